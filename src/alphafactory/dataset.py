@@ -1,0 +1,98 @@
+"""Model-ready arrays: features joined to labels and segments, plus lazy sequence windows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from alphafactory.labels import target_columns
+
+KEYS = ["symbol", "timestamp"]
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Lazy view of sequence windows ``(n, lookback, F)`` over a feature matrix.
+
+    Window i covers rows ``ends[i] - lookback + 1 .. ends[i]`` of ``base`` (all of one symbol,
+    the last one being the row to forecast), so a window never crosses symbols and never reaches
+    past its own row. Materialise a batch with ``windows[idx]``; ``np.asarray`` materialises all.
+    """
+
+    base: np.ndarray  # (N, F) float32
+    ends: np.ndarray  # (n,) int64 row indices into base
+    lookback: int
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.ends), self.lookback, self.base.shape[1])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        ends = self.ends[idx]
+        rows = ends[..., None] + np.arange(-self.lookback + 1, 1)  # (b, L)
+        return self.base[rows]  # (b, L, F)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    def take(self, idx: np.ndarray) -> "Windows":
+        return Windows(self.base, self.ends[idx], self.lookback)
+
+
+@dataclass
+class Dataset:
+    """Rows sorted by (symbol, timestamp), one per bar that has features.
+
+    X: (n, F) float32 features; Y: (n, H) float32 targets (NaN where the label is missing);
+    segment: (n,) str in {train, val, test, purged}.
+    """
+
+    keys: pd.DataFrame
+    X: np.ndarray
+    Y: np.ndarray
+    feature_names: list[str]
+    horizons: tuple[int, ...]
+    segment: np.ndarray
+    sym_codes: np.ndarray = field(repr=False)
+
+    def rows(self, segment: str) -> np.ndarray:
+        return np.flatnonzero(self.segment == segment)
+
+    def window_ends(self, rows: np.ndarray, lookback: int) -> np.ndarray:
+        """The subset of ``rows`` that has ``lookback`` bars of its own symbol up to itself."""
+        start = rows - lookback + 1
+        ok = (start >= 0)
+        ok[ok] &= self.sym_codes[start[ok]] == self.sym_codes[rows[ok]]
+        return rows[ok]
+
+    def windows(self, rows: np.ndarray, lookback: int) -> Windows:
+        return Windows(self.X, rows, lookback)
+
+
+def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
+             horizons: tuple[int, ...]) -> Dataset:
+    """Inner-join features (warm-up rows already dropped) with labels and segments on
+    (symbol, timestamp). Rows of ``labels``/``segments`` without features are dropped."""
+    ycols = target_columns(horizons)
+    missing = [c for c in ycols if c not in labels.columns]
+    if missing:
+        raise ValueError(
+            f"labels lack {missing}: the label stage was run with other horizons than {list(horizons)}"
+        )
+    lab = labels[KEYS + ycols].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
+    df = features.merge(lab, on=KEYS, how="inner", validate="1:1")
+    df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    if df.empty:
+        raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
+    fnames = [c for c in features.columns if c not in KEYS]
+    X = np.ascontiguousarray(df[fnames].to_numpy(np.float32))
+    Y = df[ycols].to_numpy(np.float32)
+    return Dataset(
+        keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
+        segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
+    )

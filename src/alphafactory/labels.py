@@ -1,0 +1,83 @@
+"""Forward-return labels that end exactly where they say.
+
+For a bar at time t and horizon h the label is ``log(close[t+h] / close[t])`` of the same symbol;
+``end_h{h}`` records the timestamp of bar t+h. The last h bars of each symbol have no h-label and
+keep NaN: they are dropped for that horizon downstream, never filled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    horizons: tuple[int, ...] = (1, 5, 20)
+    normalize: bool = False  # divide the target by trailing volatility * sqrt(h)
+    class_threshold: float = 0.5  # dead zone of the 3-class label, in units of vol * sqrt(h)
+    vol_window: int = 20  # bars of trailing 1-bar log returns used for the volatility
+
+    def validate(self) -> None:
+        if not self.horizons:
+            raise ValueError("label.horizons: got an empty list, expected at least one horizon")
+        bad = [h for h in self.horizons if h < 1]
+        if bad:
+            raise ValueError(f"label.horizons: got {bad}, expected positive integers (bars)")
+        if len(set(self.horizons)) != len(self.horizons):
+            raise ValueError(f"label.horizons: got duplicates in {list(self.horizons)}")
+        if self.vol_window < 2:
+            raise ValueError(f"label.vol_window: got {self.vol_window}, expected >= 2")
+        if self.class_threshold < 0:
+            raise ValueError(f"label.class_threshold: got {self.class_threshold}, expected >= 0")
+
+
+def target_columns(horizons: tuple[int, ...] | list[int]) -> list[str]:
+    return [f"y_h{h}" for h in horizons]
+
+
+def _shift_within(values: np.ndarray, sym_codes: np.ndarray, k: int) -> np.ndarray:
+    """values[i + k] when row i + k belongs to the same symbol, else NaN (k may be negative)."""
+    n = len(values)
+    out = np.full(n, np.nan, dtype=np.float64)
+    idx = np.arange(n) + k
+    ok = (idx >= 0) & (idx < n)
+    ok[ok] &= sym_codes[idx[ok]] == sym_codes[ok]
+    out[ok] = values[idx[ok]]
+    return out
+
+
+def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
+    """Labels for a bars panel sorted by (symbol, timestamp).
+
+    Returns one row per bar: ``symbol, timestamp, vol`` and, per horizon h, ``ret_h{h}`` (raw
+    forward log return), ``y_h{h}`` (training target: raw or vol-normalised), ``cls_h{h}``
+    (-1 SHORT / 0 NEUTRAL / 1 LONG, NaN where no label) and ``end_h{h}`` (timestamp of bar t+h).
+    """
+    codes = pd.factorize(bars["symbol"])[0]
+    logc = np.log(bars["close"].to_numpy(np.float64))
+    ts = bars["timestamp"].to_numpy("datetime64[ns]")
+    # Trailing volatility known at t: std of the last vol_window 1-bar log returns up to t.
+    r1 = logc - _shift_within(logc, codes, -1)
+    vol = (
+        pd.Series(r1).groupby(codes).rolling(cfg.vol_window, min_periods=cfg.vol_window).std()
+        .reset_index(level=0, drop=True).sort_index().to_numpy()
+    )
+    out: dict[str, object] = {"symbol": bars["symbol"].to_numpy(), "timestamp": ts, "vol": vol}
+    for h in cfg.horizons:
+        fwd = _shift_within(logc, codes, h) - logc
+        scale = vol * np.sqrt(h)
+        y = fwd / scale if cfg.normalize else fwd
+        cls = np.where(fwd > cfg.class_threshold * scale, 1.0,
+                       np.where(fwd < -cfg.class_threshold * scale, -1.0, 0.0))
+        cls[np.isnan(fwd) | np.isnan(scale)] = np.nan
+        end_idx = np.arange(len(ts)) + h
+        end = np.full(len(ts), np.datetime64("NaT"), dtype="datetime64[ns]")
+        ok = ~np.isnan(fwd)
+        end[ok] = ts[end_idx[ok]]
+        out[f"ret_h{h}"] = fwd
+        out[f"y_h{h}"] = y
+        out[f"cls_h{h}"] = cls
+        out[f"end_h{h}"] = end
+    return pd.DataFrame(out)

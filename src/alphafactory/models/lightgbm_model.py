@@ -1,0 +1,63 @@
+"""LightGBM regressor, one booster per horizon, early-stopped on val; saved as LightGBM text."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from alphafactory.models import register
+from alphafactory.models.base import PerHorizonModel
+
+
+@dataclass(frozen=True)
+class LightGBMParams:
+    n_estimators: int = 1000
+    learning_rate: float = 0.03
+    num_leaves: int = 15
+    min_child_samples: int = 100
+    feature_fraction: float = 0.7
+    bagging_fraction: float = 0.8
+    bagging_freq: int = 1
+    lambda_l2: float = 10.0
+    early_stopping_rounds: int = 50
+    num_threads: int = 2
+
+
+@register("lightgbm", family="boosting", input_kind="tabular")
+class LightGBMModel(PerHorizonModel):
+    Params = LightGBMParams
+    packages = ("lightgbm",)
+    suffix = ".txt"
+
+    def _fit_one(self, X, y, Xv, yv, seed):
+        p = self.params
+        booster_params = {
+            "objective": "regression", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+            "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+            "bagging_fraction": p.bagging_fraction, "bagging_freq": p.bagging_freq,
+            "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
+            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": "l2",
+        }
+        curves: dict = {}
+        dtrain = lgb.Dataset(X, y, free_raw_data=False)
+        dval = lgb.Dataset(Xv, yv, reference=dtrain)
+        booster = lgb.train(
+            booster_params, dtrain, num_boost_round=p.n_estimators, valid_sets=[dtrain, dval],
+            valid_names=["train", "val"],
+            callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False), lgb.record_evaluation(curves)],
+        )
+        return booster, {"train": curves["train"]["l2"], "val": curves["val"]["l2"]}
+
+    def _predict_one(self, est, X):
+        return est.predict(X, num_iteration=est.best_iteration or None)
+
+    def _best_iteration(self, est):
+        return int(est.best_iteration)
+
+    def _save_one(self, est, path: Path):
+        est.save_model(str(path), num_iteration=est.best_iteration or None)
+
+    def _load_one(self, path: Path):
+        return lgb.Booster(model_file=str(path))

@@ -1,0 +1,204 @@
+"""The one trainer shared by every PyTorch model.
+
+Plain functions, no framework: seeding, device choice, mini-batches gathered lazily from
+windows, masked multi-horizon MSE (a missing horizon label contributes nothing), gradient
+clipping, mixed precision on CUDA, evaluation under ``torch.no_grad()``, early stopping on the
+validation loss and restore of the best weights. A model file only defines its ``nn.Module``.
+"""
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from alphafactory.config import from_dict, to_dict
+from alphafactory.models.base import XY, Model
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 5  # epochs without val improvement before stopping
+    grad_clip: float = 1.0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
+    threads: int = 2  # CPU threads for torch
+
+    def validate(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"neural.trainer.device: got {self.device!r}, expected auto, cpu or cuda")
+        for k in ("epochs", "batch_size", "patience", "threads"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"neural.trainer.{k}: got {getattr(self, k)}, expected >= 1")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batch(X: Any, idx: np.ndarray) -> np.ndarray:
+    return X[idx]  # works for arrays and lazy Windows alike: (b, F) or (b, L, F)
+
+
+def masked_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the labelled entries of y (B, H); NaN labels are skipped."""
+    mask = ~torch.isnan(y)
+    diff = torch.where(mask, pred - torch.nan_to_num(y), torch.zeros_like(pred))
+    return (diff * diff).sum() / mask.sum().clamp(min=1)
+
+
+def predict_network(net: nn.Module, X: Any, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(X), batch_size):
+            xb = torch.as_tensor(_batch(X, np.arange(s, min(s + batch_size, len(X)))), device=device)
+            out.append(net(xb).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: int) -> dict[str, list[float]]:
+    """Train ``net`` in place; returns the per-epoch history. Y arrays are (n, H), already scaled."""
+    torch.set_num_threads(cfg.threads)
+    seed_everything(seed)
+    device = select_device(cfg.device)
+    net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    gen = np.random.default_rng(seed)
+    yv = torch.as_tensor(val.Y, device=device)
+    best, best_state, bad = float("inf"), copy.deepcopy(net.state_dict()), 0
+    history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+    for _epoch in range(cfg.epochs):
+        net.train()
+        order = gen.permutation(len(train.Y))
+        total, count = 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            xb = torch.as_tensor(_batch(train.X, idx), device=device)
+            yb = torch.as_tensor(train.Y[idx], device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                pred = net(xb)
+            loss = masked_mse(pred.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            total, count = total + loss.item() * len(idx), count + len(idx)
+        pv = torch.as_tensor(predict_network(net, val.X, device), device=device)
+        val_loss = masked_mse(pv, yv).item()
+        history["train_loss"].append(total / max(count, 1))
+        history["val_loss"].append(val_loss)
+        if val_loss < best - 1e-9:
+            best, best_state, bad = val_loss, copy.deepcopy(net.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    net.load_state_dict(best_state)
+    history["best_epoch"] = [int(np.argmin(history["val_loss"]))]
+    return history
+
+
+class NeuralModel(Model):
+    """Base for PyTorch families: feature scaling fit on train rows only, per-horizon target
+    scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``."""
+
+    packages = ("torch",)
+
+    def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
+                 seed: int = 0, lookback: int = 32, trainer: TrainerConfig | dict | None = None) -> None:
+        super().__init__(params, horizons=horizons, seed=seed)
+        if self.input_kind == "sequence" and lookback < 1:
+            raise ValueError(f"{self.name}: lookback {lookback}, expected >= 1")
+        self.lookback = int(lookback)
+        self.trainer = trainer if isinstance(trainer, TrainerConfig) else from_dict(
+            TrainerConfig, trainer, "neural.trainer")
+
+    def build(self, n_features: int, n_outputs: int) -> nn.Module:
+        raise NotImplementedError
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {"lookback": self.lookback, "trainer": to_dict(self.trainer)}
+
+    # Features are z-scored with train statistics, clipped to ±5 and NaN → 0 (the train mean).
+    def _scale(self, X: Any) -> Any:
+        from alphafactory.dataset import Windows
+
+        def z(a: np.ndarray) -> np.ndarray:
+            a = (a - self.mean_) / self.std_
+            return np.nan_to_num(np.clip(a, -5, 5), nan=0.0).astype(np.float32)
+
+        if isinstance(X, Windows):
+            return Windows(z(X.base), X.ends, X.lookback)
+        return z(np.asarray(X, np.float32))
+
+    def _train_rows(self, X: Any) -> np.ndarray:
+        from alphafactory.dataset import Windows
+
+        if isinstance(X, Windows):
+            return X.base[X.ends]  # the train rows themselves, not the bars before them
+        X = np.asarray(X, np.float32)
+        return X.reshape(-1, X.shape[-1])
+
+    def fit(self, train: XY, val: XY) -> "NeuralModel":
+        rows = self._train_rows(train.X)
+        self.mean_ = np.nanmean(rows, axis=0).astype(np.float32)
+        std = np.nanstd(rows, axis=0).astype(np.float32)
+        self.mean_ = np.nan_to_num(self.mean_)
+        self.std_ = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0).astype(np.float32)
+        self.y_scale_ = np.nanstd(train.Y, axis=0).astype(np.float32)
+        self.y_scale_ = np.where(self.y_scale_ > 0, self.y_scale_, 1.0).astype(np.float32)
+        n_features = rows.shape[-1]
+        seed_everything(self.seed)
+        self.net_ = self.build(n_features, len(self.horizons))
+        self.n_features_ = n_features
+        self.history_ = fit_network(
+            self.net_, XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32)),
+            XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32)), self.trainer, self.seed,
+        )
+        self.net_.to("cpu")
+        self.fitted_ = True
+        return self
+
+    def _predict(self, X: Any) -> np.ndarray:
+        device = select_device(self.trainer.device)
+        self.net_.to(device)
+        out = predict_network(self.net_, self._scale(X), device) * self.y_scale_
+        self.net_.to("cpu")
+        return out
+
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        tensors.update({"_scaler_mean": torch.as_tensor(self.mean_), "_scaler_std": torch.as_tensor(self.std_),
+                        "_y_scale": torch.as_tensor(self.y_scale_)})
+        torch.save(tensors, directory / "weights.pt")
+        return {"weights": "weights.pt", "n_features": self.n_features_}
+
+    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
+        tensors = torch.load(directory / state["weights"], map_location="cpu", weights_only=True)
+        self.mean_ = tensors.pop("_scaler_mean").numpy()
+        self.std_ = tensors.pop("_scaler_std").numpy()
+        self.y_scale_ = tensors.pop("_y_scale").numpy()
+        self.n_features_ = int(state["n_features"])
+        self.net_ = self.build(self.n_features_, len(self.horizons))
+        self.net_.load_state_dict(tensors)

@@ -1,0 +1,139 @@
+"""One conformance test over the whole registry (scikit-learn's parametrize_with_checks idea)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alphafactory import models
+from alphafactory.dataset import Windows
+from alphafactory.models.base import XY
+
+HORIZONS = (1, 3)
+LOOKBACK = 8
+N_SYM, N_BARS, N_FEAT = 3, 160, 6
+
+# Tiny settings so every family trains in about a second; the defaults are for real data.
+FAST = {
+    "lightgbm": {"n_estimators": 40, "min_child_samples": 10, "early_stopping_rounds": 10},
+    "xgboost": {"n_estimators": 40, "min_child_weight": 1.0, "early_stopping_rounds": 10},
+    "catboost": {"iterations": 40, "early_stopping_rounds": 10},
+}
+TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
+
+
+def panel(seed: int = 0):
+    """Features (N, F) with a learnable signal in column 0, targets (N, H) with NaN tails,
+    and symbol codes; rows sorted by symbol then time."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N_SYM * N_BARS, N_FEAT)).astype(np.float32)
+    Y = np.stack([0.5 * X[:, 0] + rng.normal(0, 1, len(X)) for _ in HORIZONS], 1).astype(np.float32)
+    codes = np.repeat(np.arange(N_SYM), N_BARS)
+    for s in range(N_SYM):  # the last h bars of each symbol have no h-label
+        for j, h in enumerate(HORIZONS):
+            Y[(s + 1) * N_BARS - h:(s + 1) * N_BARS, j] = np.nan
+    return X, Y, codes
+
+
+def make(name: str, seed: int = 0):
+    spec = models.get(name)
+    kw = {"horizons": HORIZONS, "seed": seed}
+    if spec.family == "neural":
+        kw.update(lookback=LOOKBACK, trainer=TRAINER)
+    return models.create(name, FAST.get(name, {}), **kw)
+
+
+def segments(name: str, X, Y, codes):
+    """train = first 60% of each symbol's bars, val = next 20%, test = last 20%."""
+    pos = np.tile(np.arange(N_BARS), N_SYM)
+    seg = np.where(pos < 0.6 * N_BARS, 0, np.where(pos < 0.8 * N_BARS, 1, 2))
+    if models.get(name).input_kind == "sequence":
+        seg = np.where(pos < LOOKBACK - 1, -1, seg)  # rows without a full window
+        data = lambda rows: Windows(X, rows, LOOKBACK)
+    else:
+        data = lambda rows: X[rows]
+    rows = [np.flatnonzero(seg == k) for k in range(3)]
+    return [XY(data(r), Y[r]) for r in rows[:2]], data(rows[2]), rows[2]
+
+
+@pytest.fixture(scope="module", params=sorted(models.REGISTRY))
+def fitted(request):
+    name = request.param
+    X, Y, codes = panel()
+    (train, val), test_X, _ = segments(name, X, Y, codes)
+    return name, make(name).fit(train, val), test_X
+
+
+def test_registry_lists_every_family():
+    families = {s.family for s in models.REGISTRY.values()}
+    assert {"boosting", "neural"} <= families
+    for spec in models.REGISTRY.values():
+        assert spec.input_kind in ("tabular", "sequence")
+        assert "regression" in spec.tasks
+
+
+def test_predict_shape_and_finite(fitted):
+    name, model, test_X = fitted
+    pred = model.predict(test_X)
+    assert pred.shape == (len(test_X), len(HORIZONS))
+    assert np.isfinite(pred).all()
+    assert model.history_, f"{name} recorded no training history"
+
+
+def test_learns_the_planted_signal(fitted):
+    name, model, test_X = fitted
+    X, Y, codes = panel()
+    _, _, rows = segments(name, X, Y, codes)
+    pred = model.predict(test_X)[:, 0]
+    ok = ~np.isnan(Y[rows, 0])
+    ic = np.corrcoef(pred[ok], Y[rows, 0][ok])[0, 1]
+    assert ic > 0.15, f"{name}: test IC {ic:.3f} on a panel with a strong linear signal"
+
+
+def test_same_seed_same_predictions(fitted):
+    name, model, test_X = fitted
+    X, Y, codes = panel()
+    (train, val), _, _ = segments(name, X, Y, codes)
+    again = make(name).fit(train, val)
+    np.testing.assert_array_equal(model.predict(test_X), again.predict(test_X))
+
+
+def test_save_load_identical(fitted, tmp_path):
+    name, model, test_X = fitted
+    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]})
+    manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+    assert manifest["model"] == name and manifest["horizons"] == list(HORIZONS)
+    assert not list((tmp_path / name).glob("*.pkl"))
+    loaded = models.load(tmp_path / name)
+    np.testing.assert_allclose(loaded.predict(test_X), model.predict(test_X), rtol=0, atol=1e-6)
+
+
+def test_future_rows_do_not_change_earlier_predictions(fitted):
+    """Scrambling features after row r leaves predictions for rows up to r untouched."""
+    name, model, test_X = fitted
+    X, Y, codes = panel()
+    _, _, rows = segments(name, X, Y, codes)
+    cut = rows[len(rows) // 2]
+    X2 = X.copy()
+    X2[cut + 1:] = np.random.default_rng(9).normal(size=X2[cut + 1:].shape)
+    early = rows[rows <= cut]
+    data = (lambda r, A: Windows(A, r, LOOKBACK)) if models.get(name).input_kind == "sequence" else (lambda r, A: A[r])
+    np.testing.assert_array_equal(model.predict(data(early, X)), model.predict(data(early, X2)))
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_unknown_param_rejected_by_name(name):
+    with pytest.raises(ValueError, match="not_a_param"):
+        models.create(name, {"not_a_param": 1}, horizons=HORIZONS)
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_predict_before_fit_raises(name):
+    with pytest.raises(models.NotFittedError, match=name):
+        make(name).predict(np.zeros((2, N_FEAT), np.float32))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        models.create("nope")
