@@ -96,3 +96,20 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
         keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
     )
+
+
+def drop_warmup(frame: pd.DataFrame, warmup: int) -> pd.DataFrame:
+    """Drop each symbol's first ``warmup`` rows (frame sorted by symbol, timestamp)."""
+    pos = frame.groupby("symbol", sort=False).cumcount().to_numpy()
+    return frame.loc[pos >= warmup].reset_index(drop=True)
+
+
+def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
+    """The horizons the label stage produced, from its ``y_h{h}`` columns."""
+    return tuple(int(c[3:]) for c in labels.columns if c.startswith("y_h"))
+
+
+def load(features: str, labels: str, segments: str) -> Dataset:
+    """Read the featurize, label and split outputs and assemble them."""
+    lab = pd.read_parquet(labels)
+    return assemble(pd.read_parquet(features), lab, pd.read_parquet(segments), horizons_of(lab))

@@ -1,0 +1,111 @@
+"""Fit a list of registered models on one dataset and collect their out-of-sample forecasts.
+
+Shared by the ``train_boosting`` and ``train_neural`` stages: each model is fitted on the train
+segment, early-stopped on val, saved in native formats, and asked for val and test forecasts
+(val forecasts feed the stacking meta-learner; test forecasts are evaluated).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphafactory import models
+from alphafactory.dataset import Dataset
+from alphafactory.models.base import XY, Model
+
+log = logging.getLogger(__name__)
+PRED_SEGMENTS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    name: str
+    model: Model
+    predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat
+    seconds: float
+
+
+def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int) -> tuple[np.ndarray, XY]:
+    """(row indices, XY) of one segment in the shape a model of ``input_kind`` consumes.
+    Sequence models only get rows with a full window of their own symbol's history."""
+    rows = ds.rows(segment)
+    if input_kind == "sequence":
+        rows = ds.window_ends(rows, lookback)
+        return rows, XY(ds.windows(rows, lookback), ds.Y[rows])
+    return rows, XY(ds.X[rows], ds.Y[rows])
+
+
+def data_hash(ds: Dataset) -> str:
+    h = hashlib.sha256()
+    for a in (ds.X, ds.Y, ds.segment.astype("U8")):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def long_predictions(ds: Dataset, rows: np.ndarray, pred: np.ndarray, segment: str, name: str) -> pd.DataFrame:
+    """(n, H) forecasts → long rows (symbol, timestamp, segment, model, horizon, yhat)."""
+    n, H = pred.shape
+    keys = ds.keys.iloc[rows]
+    return pd.DataFrame({
+        "symbol": np.repeat(keys["symbol"].to_numpy(), H),
+        "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
+        "segment": segment,
+        "model": name,
+        "horizon": np.tile(np.asarray(ds.horizons, np.int64), n),
+        "yhat": pred.reshape(-1).astype(np.float64),
+    })
+
+
+def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_dir: str | Path, *,
+               seed: int, extra: dict[str, Any] | None = None) -> list[TrainResult]:
+    """Fit, save (``out_dir/<name>``) and forecast each model in ``names``.
+
+    blocks: params block per model name; extra: constructor arguments for every model of this
+    family (lookback and trainer settings for the neural ones)."""
+    results = []
+    meta = {"features": ds.feature_names, "data_hash": data_hash(ds)}
+    for name in names:
+        spec = models.get(name)
+        lookback = (extra or {}).get("lookback", 1)
+        t0 = time.perf_counter()
+        model = models.create(name, blocks.get(name), horizons=ds.horizons, seed=seed, **(extra or {}))
+        _, train = segment_data(ds, "train", spec.input_kind, lookback)
+        _, val = segment_data(ds, "val", spec.input_kind, lookback)
+        log.info("%s: fitting on %d train rows, early-stopping on %d val rows", name, len(train.Y), len(val.Y))
+        model.fit(train, val)
+        model.save(Path(out_dir) / name, meta={**meta, "lookback": lookback if spec.input_kind == "sequence" else None})
+        frames = []
+        for seg in PRED_SEGMENTS:
+            rows, data = segment_data(ds, seg, spec.input_kind, lookback)
+            frames.append(long_predictions(ds, rows, model.predict(data.X), seg, name))
+        secs = time.perf_counter() - t0
+        log.info("%s: done in %.1f s", name, secs)
+        results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs))
+    return results
+
+
+def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
+    """Per-iteration (boosting) or per-epoch (neural) curves of every model, in one dvclive run:
+    ``<live_dir>/plots/metrics/<model>/<curve>.tsv`` (curves of different lengths share steps)."""
+    from dvclive import Live
+
+    curves: dict[str, list[float]] = {}
+    for r in results:
+        for key, val in r.model.history_.items():
+            if isinstance(val, dict):  # per horizon: {"h1": {"train": [...], "val": [...]}}
+                curves.update({f"{r.name}/{key}/{k}": v for k, v in val.items()})
+            elif key != "best_epoch":
+                curves[f"{r.name}/{key}"] = val
+    with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        for step in range(max((len(v) for v in curves.values()), default=0)):
+            for k, v in curves.items():
+                if step < len(v):
+                    live.log_metric(k, float(v[step]))
+            live.next_step()

@@ -1,0 +1,30 @@
+"""evaluate: test-period metrics of every model, the ensemble and naive baselines."""
+import pandas as pd
+
+from alphafactory import stage
+from alphafactory.config import section
+from alphafactory.dataset import horizons_of
+from alphafactory.evaluate import EvaluateConfig, baseline_forecasts, evaluate
+from alphafactory.io import read_json, write_json, write_parquet
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "preds", "bars", "info", "labels", "segments", "oracle",
+                               "metrics", "oracle-metrics", "predictions", "plots")
+    cfg = section(params, "evaluate", EvaluateConfig)
+    labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
+    preds = pd.concat([pd.read_parquet(p) for p in args.preds.split(",")], ignore_index=True)
+    preds = preds[preds["segment"] == "test"].drop(columns="segment")
+    base = baseline_forecasts(pd.read_parquet(args.bars), labels, segments, horizons_of(labels))
+    ppy = read_json(args.info)["frequency"]["periods_per_year"]
+    oracle = pd.read_parquet(args.oracle)
+    result, long, plots = evaluate(pd.concat([preds, base], ignore_index=True), labels, ppy, cfg, oracle)
+    write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)
+    write_json(result, args.metrics)
+    write_parquet(long, args.predictions)
+    for name, table in plots.items():
+        stage.write_csv(table, f"{args.plots}/{name}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

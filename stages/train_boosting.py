@@ -1,0 +1,20 @@
+"""train_boosting: gradient-boosted trees, one booster per horizon, early-stopped on val."""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.io import write_parquet
+from alphafactory.train import fit_models, log_curves
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "preds", "live")
+    names, blocks, _ = stage.family_section(params, "boosting", "boosting")
+    seed = params["train"]["seed"]
+    ds = dataset.load(args.features, args.labels, args.segments)
+    results = fit_models(ds, names, blocks, args.models, seed=seed)
+    log_curves(results, args.live)
+    write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,22 @@
+"""train_neural: PyTorch sequence models over windows of train.lookback bars, one network for all
+horizons, on CUDA when available, else CPU."""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.io import write_parquet
+from alphafactory.train import fit_models, log_curves
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "preds", "live")
+    names, blocks, shared = stage.family_section(params, "neural", "neural", reserved=("trainer",))
+    train = params["train"]
+    ds = dataset.load(args.features, args.labels, args.segments)
+    results = fit_models(ds, names, blocks, args.models, seed=train["seed"],
+                         extra={"lookback": train["lookback"], "trainer": shared["trainer"]})
+    log_curves(results, args.live)
+    write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,82 @@
+"""Labels end where they say; splits are purged by the label horizon plus an embargo."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphafactory.config import ConfigError, from_dict
+from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.split import SplitConfig, assign_segments, boundaries
+from conftest import random_bars
+
+
+def test_forward_log_return_and_end_time(bars):
+    lab = make_labels(bars, LabelConfig(horizons=(1, 5)))
+    for sym, g in bars.groupby("symbol"):
+        L = lab[lab["symbol"] == sym].reset_index(drop=True)
+        c = g["close"].to_numpy()
+        ts = g["timestamp"].to_numpy()
+        np.testing.assert_allclose(L["ret_h5"].to_numpy()[:-5], np.log(c[5:] / c[:-5]))
+        assert (L["end_h5"].to_numpy()[:-5] == ts[5:]).all()
+        # the last h bars have no h-label: NaN, never filled, never taken from the next symbol
+        assert L["ret_h5"].iloc[-5:].isna().all() and L["end_h5"].iloc[-5:].isna().all()
+        assert L["ret_h1"].iloc[-1:].isna().all() and L["ret_h1"].iloc[:-1].notna().all()
+
+
+def test_normalised_target_and_classes(bars):
+    cfg = LabelConfig(horizons=(5,), normalize=True, class_threshold=0.5, vol_window=20)
+    lab = make_labels(bars, cfg)
+    ok = lab["y_h5"].notna()
+    np.testing.assert_allclose(lab.loc[ok, "y_h5"], lab.loc[ok, "ret_h5"] / (lab.loc[ok, "vol"] * np.sqrt(5)))
+    z = lab.loc[ok, "y_h5"]
+    cls = lab.loc[ok, "cls_h5"]
+    assert (cls[z > 0.5] == 1).all() and (cls[z < -0.5] == -1).all() and (cls[z.abs() < 0.5] == 0).all()
+    # trailing vol at t uses returns up to t only: the first vol_window bars have none
+    first = lab.groupby("symbol").head(20)
+    assert first["vol"].isna().all()
+
+
+def test_label_config_errors():
+    with pytest.raises(ValueError, match="horizons"):
+        from_dict(LabelConfig, {"horizons": [0, 5]}, "label")
+    with pytest.raises(ConfigError, match="horizon_s"):
+        from_dict(LabelConfig, {"horizon_s": [1]}, "label")
+
+
+@pytest.mark.parametrize("embargo", [0, 3])
+def test_purge_and_embargo(embargo):
+    bars = random_bars(n_symbols=4, n_bars=400)
+    # symbols with different histories: one starts late
+    bars = bars[~((bars["symbol"] == "S03") & (bars["timestamp"] < bars["timestamp"].iloc[150]))].reset_index(drop=True)
+    horizons = (1, 5, 20)
+    lab = make_labels(bars, LabelConfig(horizons=horizons))
+    cfg = SplitConfig(val_frac=0.2, test_frac=0.2, embargo=embargo)
+    seg = assign_segments(lab, horizons, cfg)
+    val_start, test_start = boundaries(lab["timestamp"].to_numpy(), cfg)
+    df = lab.assign(segment=seg["segment"].to_numpy())
+    end = df["end_h20"]
+    # no train label reaches into val or test; no val label reaches into test
+    assert (end[df["segment"] == "train"] < val_start).all()
+    assert (end[df["segment"] == "val"] < test_start).all()
+    # segments are in time order
+    assert df.loc[df["segment"] == "train", "timestamp"].max() < val_start
+    assert df.loc[df["segment"] == "test", "timestamp"].min() >= test_start
+    # the last 20 bars of each symbol before a boundary are purged (longest label crosses it)
+    for sym, g in df.groupby("symbol"):
+        before_val = g[g["timestamp"] < val_start]
+        assert (before_val["segment"].iloc[-20:] == "purged").all()
+        assert before_val["segment"].iloc[-21] == "train"
+        after_test = g[g["timestamp"] >= test_start]
+        assert (after_test["segment"].iloc[:embargo] == "purged").all()
+        assert (after_test["segment"].iloc[embargo:] == "test").all()
+        after_val = g[(g["timestamp"] >= val_start) & (g["timestamp"] < test_start)]
+        assert (after_val["segment"].iloc[:embargo] == "purged").all()
+        assert after_val["segment"].iloc[embargo] == "val"
+
+
+def test_split_config_errors():
+    with pytest.raises(ValueError, match="val_frac"):
+        from_dict(SplitConfig, {"val_frac": 0.7}, "split")
+    with pytest.raises(ConfigError, match="expected an integer"):
+        from_dict(SplitConfig, {"embargo": "5"}, "split")
