@@ -1,18 +1,20 @@
 """featurize: causal features per symbol (warm-up rows, where some feature is undefined, dropped)."""
+import pandas as pd
+
 from alphafactory import stage
 from alphafactory.config import section
+from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.dataset import drop_warmup
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.io import write_parquet
-
-import pandas as pd
+from alphafactory.io import read_json, write_parquet
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "bars", "out")
+    args, params = stage.parse(__doc__, "bars", "info", "out")
     cfg = section(params, "features", FeatureConfig)
-    bars = pd.read_parquet(args.bars)
-    feats = drop_warmup(compute_features(bars, cfg), warmup_bars(cfg))
+    freq = FrequencyInfo.from_dict(read_json(args.info)["frequency"])
+    feats = compute_features(pd.read_parquet(args.bars), cfg, freq=freq)
+    feats = drop_warmup(feats, warmup_bars(cfg, freq))
     stage.log.info("featurize: %d rows x %d features", len(feats), feats.shape[1] - 2)
     write_parquet(feats, args.out)
 

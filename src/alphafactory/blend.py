@@ -106,7 +106,9 @@ class Stacker:
             state = {}
             for h, m in self.models_.items():
                 if self.cfg.meta == "catboost":
-                    m.save_model(str(tmp / f"h{h}.cbm"), format="cbm")
+                    from alphafactory.models.catboost_model import save_cbm
+
+                    save_cbm(m, tmp / f"h{h}.cbm")
                     state[str(h)] = f"h{h}.cbm"
                 else:
                     state[str(h)] = m

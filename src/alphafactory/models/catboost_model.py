@@ -11,6 +11,16 @@ from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 
 
+def save_cbm(model: cb.CatBoost, path: Path | str) -> None:
+    """Save as .cbm without the wall-clock training time and random GUID CatBoost stamps into
+    the metadata, so the same fit gives the same bytes (DVC then skips downstream stages)."""
+    meta = model.get_metadata()
+    for key in ("train_finish_time", "model_guid"):
+        if key in meta:
+            del meta[key]
+    model.save_model(str(path), format="cbm")
+
+
 @dataclass(frozen=True)
 class CatBoostParams:
     iterations: int = 1000
@@ -49,7 +59,7 @@ class CatBoostModel(PerHorizonModel):
         return int(est.get_best_iteration())
 
     def _save_one(self, est, path: Path):
-        est.save_model(str(path), format="cbm")
+        save_cbm(est, path)
 
     def _load_one(self, path: Path):
         model = cb.CatBoostRegressor()

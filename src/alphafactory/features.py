@@ -1,0 +1,838 @@
+"""Causal per-bar features of an OHLCV panel.
+
+``compute_features`` turns the long "bars" panel (``symbol, timestamp, open, high, low, close,
+volume``, sorted by (symbol, timestamp)) into one row of float32 features per bar. Every feature
+at row t uses only bars of the same symbol at or before t; cross-sectional features also use other
+symbols' values at the same timestamp t, never later ones.
+
+How it stays fast: each rolling/EWM statistic is one C-level pass over the whole concatenated
+panel, not a per-symbol Python loop. Rolling windows are clipped at each symbol's first row (and
+are NaN until full); EWMs subtract the state carried over from the previous symbol. Feature
+groups run on a few threads (the numeric kernels release the GIL) and write float32 columns
+straight into the output buffers. Every feature declares the bar index (within its symbol) from
+which it is defined; ``warmup_bars`` is the largest of these, so downstream code can drop the rows
+with ``bar index < warmup_bars(cfg)`` and be left with no NaN.
+
+Features are scale-free (log returns, ratios, z-scores, bounded oscillators), so they pool across
+symbols. Volatilities are per bar, not annualised.
+"""
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from pandas.api.indexers import BaseIndexer
+
+from alphafactory.data.frequency import FrequencyInfo, infer_frequency
+
+FEATURE_GROUPS: tuple[str, ...] = (
+    "returns",
+    "volatility",
+    "atr",
+    "rsi",
+    "macd",
+    "stochastic",
+    "bollinger",
+    "moving_average",
+    "candle",
+    "volume",
+    "obv",
+    "moments",
+    "range_position",
+    "calendar",
+    "multi_timeframe",
+    "cross_sectional",
+)
+
+BAR_COLUMNS: tuple[str, ...] = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
+
+# Upper bounds, in bars, on how long the first (partial) calendar week / month of a symbol can
+# last with daily bars (bars on every calendar day is the worst case). Features that need the
+# previous complete week or month are masked until then, so the warm-up does not depend on the
+# date a symbol's history starts.
+_WEEK_BARS = 7
+_MONTH_BARS = 31
+_TWO_PI = 2.0 * math.pi
+_CHUNK = 64  # feature columns per output buffer
+_DENSE_GRID_MAX = 4  # cross-sectional ranks on a (time, symbol) grid up to this many cells a row
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which feature groups to compute and their look-back lengths (all lengths in bars).
+
+    groups: names from ``FEATURE_GROUPS``; cross_sectional only applies with >= 2 symbols.
+    windows: rolling windows shared by most groups (returns, volatility, bands, MAs, volume...).
+    return_lags: lags k of the 1-bar log return (``ret_lag_{k}``).
+    atr_periods, rsi_periods: Wilder smoothing periods for ATR and RSI/MFI.
+    macd: (fast, slow, signal) EMA spans, one triple per MACD family.
+    stoch_smooth: SMA length of stochastic %D over %K.
+    bollinger_k: band half-width in standard deviations.
+    slope_lag: bars over which SMA/EMA slopes are measured.
+    mtf_scales: aggregation scales in bars for daily (or slower) bars, e.g. week=5, month=21.
+    mtf_days: aggregation scales in sessions for intraday bars (converted with bars per day).
+    cs_features: feature names to rank / demean across symbols; empty = a default key set.
+    """
+
+    groups: tuple[str, ...] = FEATURE_GROUPS
+    windows: tuple[int, ...] = (5, 10, 20, 60)
+    return_lags: tuple[int, ...] = (1, 2, 3, 5, 10)
+    atr_periods: tuple[int, ...] = (7, 14, 28)
+    rsi_periods: tuple[int, ...] = (6, 14, 28)
+    macd: tuple[tuple[int, int, int], ...] = ((12, 26, 9), (5, 35, 5))
+    stoch_smooth: int = 3
+    bollinger_k: float = 2.0
+    slope_lag: int = 5
+    mtf_scales: tuple[int, ...] = (5, 21)
+    mtf_days: tuple[int, ...] = (1, 5)
+    cs_features: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field value."""
+        unknown = [g for g in self.groups if g not in FEATURE_GROUPS]
+        if unknown:
+            raise ValueError(
+                f"features.groups: unknown group(s) {unknown}; "
+                f"expected some of {list(FEATURE_GROUPS)}"
+            )
+        if len(set(self.groups)) != len(self.groups):
+            raise ValueError(f"features.groups: duplicate names in {list(self.groups)}")
+        if not self.windows:
+            raise ValueError("features.windows: got an empty list, expected at least one window")
+        # A window of 1 bar has no dispersion (std, skew, Bollinger width are undefined).
+        _check_ints("windows", self.windows, 2)
+        _check_ints("return_lags", self.return_lags, 1)
+        _check_ints("atr_periods", self.atr_periods, 1)
+        _check_ints("rsi_periods", self.rsi_periods, 1)
+        _check_ints("mtf_scales", self.mtf_scales, 2)
+        _check_ints("mtf_days", self.mtf_days, 1)
+        _check_ints("stoch_smooth", [self.stoch_smooth], 1)
+        _check_ints("slope_lag", [self.slope_lag], 1)
+        for triple in self.macd:
+            if not isinstance(triple, (tuple, list)) or len(triple) != 3:
+                raise ValueError(f"features.macd: got {triple!r}, expected (fast, slow, signal)")
+            _check_ints("macd", triple, 1, unique=False)
+            if triple[0] >= triple[1]:
+                raise ValueError(f"features.macd: got {tuple(triple)}, expected fast < slow")
+        if len(set(map(tuple, self.macd))) != len(self.macd):
+            raise ValueError(f"features.macd: duplicate triples in {list(self.macd)}")
+        if not (isinstance(self.bollinger_k, (int, float)) and self.bollinger_k > 0):
+            raise ValueError(
+                f"features.bollinger_k: got {self.bollinger_k!r}, expected a number > 0"
+            )
+        if len(set(self.cs_features)) != len(self.cs_features):
+            raise ValueError(f"features.cs_features: duplicate names in {list(self.cs_features)}")
+
+
+def _check_ints(name: str, values: tuple | list, minimum: int, unique: bool = True) -> None:
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ValueError(f"features.{name}: got {v!r}, expected integers >= {minimum}")
+    if unique and len(set(values)) != len(values):
+        raise ValueError(f"features.{name}: duplicate values in {list(values)}")
+
+
+def _bars_per_day(freq: FrequencyInfo | None) -> int | None:
+    """Bars in one intraday session (rounded median), or None for daily and slower bars."""
+    if freq is None or not freq.intraday:
+        return None
+    return max(1, int(round(freq.bars_per_day)))
+
+
+def _day_scales(cfg: FeatureConfig, bpd: int) -> list[tuple[int, int]]:
+    """(days, bars) pairs of the intraday multi-timeframe scales; at least 2 bars each."""
+    return [(d, max(2, d * bpd)) for d in cfg.mtf_days]
+
+
+def _group_warmups(cfg: FeatureConfig, bpd: int | None) -> dict[str, int]:
+    """First bar index (within a symbol) from which every feature of each group is defined.
+
+    Mirrors the ``fd`` passed to ``_Out.add`` by the group functions below; ``_Out.add`` asserts
+    that no feature exceeds it, and the tests check the bound is tight.
+    """
+    w_max = max(cfg.windows)
+    if bpd is None:
+        mtf = max(_MONTH_BARS, w_max, 2 * max(cfg.mtf_scales)) if cfg.mtf_scales else _MONTH_BARS
+    else:
+        mtf = max([2 * bpd] + [max(s, w_max) for _, s in _day_scales(cfg, bpd)])
+    return {
+        "returns": max(w_max, 1 + max(cfg.return_lags, default=0)),
+        "volatility": w_max,
+        "atr": max(cfg.atr_periods, default=0),
+        "rsi": max(cfg.rsi_periods, default=0),
+        "macd": max((s + g - 2 for _, s, g in cfg.macd), default=0),
+        "stochastic": w_max + cfg.stoch_smooth - 2,
+        "bollinger": w_max - 1,
+        "moving_average": w_max - 1 + cfg.slope_lag,
+        "candle": max(1, w_max - 1),
+        "volume": w_max,
+        "obv": max(w_max, max(cfg.rsi_periods, default=0)),
+        "moments": w_max + 1,
+        "range_position": w_max - 1,
+        "calendar": 1,
+        "multi_timeframe": mtf,
+        "cross_sectional": 0,  # inherits the warm-up of the features it ranks
+    }
+
+
+def warmup_bars(cfg: FeatureConfig, freq: FrequencyInfo | None = None) -> int:
+    """Number of leading bars of each symbol with at least one NaN feature.
+
+    Rows with bar index (0-based, within the symbol) >= the result have every feature defined.
+    ``freq`` matters only for intraday bars (session-scale features); None means daily bars.
+    """
+    cfg.validate()
+    warm = _group_warmups(cfg, _bars_per_day(freq))
+    return max((warm[g] for g in cfg.groups), default=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Panel arithmetic: whole-array rolling / EWM with symbol boundaries masked.
+# --------------------------------------------------------------------------------------------
+
+
+class _FixedBounds(BaseIndexer):
+    """Precomputed window bounds: rows start[i] <= j < end[i] form the window of row i."""
+
+    def get_window_bounds(
+        self, num_values: int = 0, min_periods: int | None = None, center: bool | None = None,
+        closed: str | None = None, step: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        assert num_values == len(self.end)
+        return self.start, self.end
+
+
+class _Panel:
+    """The bars as float64 arrays of shape (n,), plus symbol bookkeeping and a memo of rolling
+    statistics shared between groups."""
+
+    def __init__(self, bars: pd.DataFrame, freq: FrequencyInfo) -> None:
+        self.n = n = len(bars)
+        self.freq = freq
+        self.bpd = _bars_per_day(freq)
+        codes = pd.factorize(bars["symbol"], sort=False)[0]
+        new = np.empty(n, dtype=bool)
+        new[0] = True
+        np.not_equal(codes[1:], codes[:-1], out=new[1:])
+        self.new_symbol = new  # (n,) True on each symbol's first bar
+        self.starts = np.flatnonzero(new)  # (n_symbols,) first row of each symbol
+        self.seg = np.cumsum(new) - 1  # (n,) symbol block id 0..n_symbols-1
+        self.pos = np.arange(n) - self.starts[self.seg]  # (n,) bar index within the symbol
+        self.n_symbols = len(self.starts)
+        self.o = bars["open"].to_numpy(np.float64)
+        self.h = bars["high"].to_numpy(np.float64)
+        self.l = bars["low"].to_numpy(np.float64)
+        self.c = bars["close"].to_numpy(np.float64)
+        self.v = bars["volume"].to_numpy(np.float64)
+        self.ts = bars["timestamp"].to_numpy("datetime64[ns]")
+        self.logc = np.log(self.c)
+        self.r = self.logc - self.lag(self.logc, 1)  # (n,) 1-bar log return, NaN on first bars
+        self._memo: dict[tuple, np.ndarray] = {}
+        self._windows: dict[int, BaseIndexer] = {}
+        self._decay: dict[float, np.ndarray] = {}
+
+    def lag(self, x: np.ndarray, k: int) -> np.ndarray:
+        """x shifted k >= 1 bars forward in time within each symbol (NaN for pos < k)."""
+        out = np.empty(self.n, dtype=np.float64)
+        out[:k] = np.nan
+        out[k:] = x[:-k]
+        out[self.pos < k] = np.nan
+        return out
+
+    def roll(self, x: np.ndarray, w: int, how: str, key: str | None = None) -> np.ndarray:
+        """Trailing rolling statistic ``how`` (mean, std, sum, max, min, skew, kurt) over w bars.
+
+        NaN where the window would reach into the previous symbol (pos < w-1) or holds a NaN.
+        The result is read-only. ``key`` names x to memoise the result (the same statistic is
+        reused by several groups).
+        """
+        memo = (key, w, how)
+        if key is not None and memo in self._memo:
+            return self._memo[memo]
+        window = pd.Series(x, copy=False).rolling(self.windows(w), min_periods=w)
+        out = getattr(window, how)().to_numpy()
+        if key is not None:
+            self._memo[memo] = out
+        return out
+
+    def corr(self, x: np.ndarray, y: np.ndarray, w: int) -> np.ndarray:
+        """Trailing rolling Pearson correlation over w bars; 0 where either side is constant."""
+        window = pd.Series(x, copy=False).rolling(self.windows(w), min_periods=w)
+        out = window.corr(pd.Series(y, copy=False)).to_numpy()
+        sx = self.roll(x, w, "std")
+        sy = self.roll(y, w, "std")
+        return np.where((sx == 0) | (sy == 0), 0.0, out)  # NaN kept where sx or sy is NaN
+
+    def windows(self, w: int) -> BaseIndexer:
+        """Trailing w-bar windows clipped at each symbol's first row (then shorter than w, so
+        ``min_periods=w`` makes them NaN). Clipping also resets pandas' running sums at every
+        symbol, so no value depends on another symbol's bars, even through rounding."""
+        if w not in self._windows:
+            end = np.arange(1, self.n + 1, dtype=np.int64)
+            start = np.maximum(end - w, self.starts[self.seg])
+            self._windows[w] = _FixedBounds(start=start, end=end)
+        return self._windows[w]
+
+    def ewm(self, x: np.ndarray, alpha: float, min_obs: int, key: str | None = None) -> np.ndarray:
+        """Exponentially weighted mean (pandas ``adjust=True`` weights (1-alpha)^i) per symbol.
+
+        Computed as num/den of two whole-array EW sums, minus the part carried over from the
+        previous symbol (the state at its last row, decayed by (1-alpha)^(pos+1)). Leading NaNs of
+        a symbol get zero weight; NaN until ``min_obs`` valid values have been seen.
+        """
+        memo = (key, alpha, min_obs, "ewm")
+        if key is not None and memo in self._memo:
+            return self._memo[memo]
+        valid = ~np.isnan(x)
+        num = self._ew_sum(np.where(valid, x, 0.0), alpha)
+        den = self._ew_sum(valid.astype(np.float64), alpha)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = num / den
+        csum = np.cumsum(valid)
+        count = csum - (csum[self.starts] - valid[self.starts])[self.seg]  # valid values so far
+        out[(count < min_obs) | (den <= 0)] = np.nan
+        if key is not None:
+            self._memo[memo] = out
+        return out
+
+    def _ew_sum(self, x: np.ndarray, alpha: float) -> np.ndarray:
+        s = pd.Series(x, copy=False).ewm(alpha=alpha, adjust=True).sum().to_numpy()
+        carry = np.zeros(self.n_symbols)
+        carry[1:] = s[self.starts[1:] - 1]  # state at the last row of the previous symbol
+        if alpha not in self._decay:  # (n,) (1 - alpha) ** (pos + 1), shared by num and den
+            log_beta = math.log1p(-alpha) if alpha < 1 else -np.inf
+            with np.errstate(invalid="ignore"):
+                self._decay[alpha] = np.exp((self.pos + 1.0) * log_beta)
+        return s - self._decay[alpha] * carry[self.seg]
+
+    def seg_cum(self, x: np.ndarray, how: str, gid: np.ndarray) -> np.ndarray:
+        """Cumulative ``how`` (cummax, cummin, cumsum) within contiguous groups ``gid``."""
+        return getattr(pd.Series(x, copy=False).groupby(gid, sort=False), how)().to_numpy()
+
+
+def _div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
+    """num / den with ``fill`` where den == 0 (a degenerate range or dispersion), NaN kept."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den == 0, fill, num / den)
+
+
+class _Out:
+    """Collects float32 feature columns, masking each one's warm-up rows (pos < fd).
+
+    Columns are written straight into (_CHUNK, n) float32 buffers (row i of a buffer = one
+    feature), so no per-feature array is kept and the frame is assembled without a copy.
+    """
+
+    def __init__(self, pos: np.ndarray, warm: int) -> None:
+        self.pos = pos
+        self.n = len(pos)
+        self.warm = warm
+        self.cols: dict[str, np.ndarray] = {}  # name -> (n,) float32 row of a chunk
+        self.fd: dict[str, int] = {}
+        self._chunks: list[np.ndarray] = []
+        self._used = _CHUNK
+        self._warm_rows: dict[int, np.ndarray] = {}  # fd -> row indices with pos < fd
+
+    def add(self, name: str, x: np.ndarray, fd: int) -> None:
+        assert name not in self.cols, f"duplicate feature name {name}"
+        assert fd <= self.warm, f"{name}: defined from bar {fd} > warmup {self.warm}"
+        if self._used == _CHUNK:
+            # np.empty pages are only touched (and counted in RSS) once written.
+            self._chunks.append(np.empty((_CHUNK, self.n), dtype=np.float32))
+            self._used = 0
+        row = self._chunks[-1][self._used]
+        self._used += 1
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.copyto(row, x, casting="unsafe")  # float64 -> float32; overflow becomes inf
+        inf = np.isinf(row)
+        if inf.any():
+            row[inf] = np.nan
+        if fd > 0:
+            if fd not in self._warm_rows:
+                self._warm_rows[fd] = np.flatnonzero(self.pos < fd)
+            row[self._warm_rows[fd]] = np.nan
+        self.cols[name] = row
+        self.fd[name] = fd
+
+    def frame(self, index: pd.Index) -> pd.DataFrame:
+        """(n, n_features) frame over the chunks: a few float32 blocks, no copy."""
+        names = list(self.cols)
+        parts = []
+        for i, chunk in enumerate(self._chunks):
+            rows = chunk[: self._used if i == len(self._chunks) - 1 else _CHUNK]
+            cols = names[i * _CHUNK : i * _CHUNK + len(rows)]
+            parts.append(pd.DataFrame(rows.T, columns=cols, index=index, copy=False))
+        if not parts:
+            return pd.DataFrame(index=index)
+        return pd.concat(parts, axis=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature groups. Each adds columns to ``out`` with ``fd`` = first bar index it is defined at;
+# ``_group_warmups`` holds the per-group maximum of these.
+# --------------------------------------------------------------------------------------------
+
+
+def _returns(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    out.add("logret_1", p.r, 1)
+    for k in cfg.return_lags:
+        out.add(f"ret_lag_{k}", p.lag(p.r, k), 1 + k)
+    for w in (1, *cfg.windows):
+        lr = p.logc - p.lag(p.logc, w)
+        out.add(f"ret_{w}", np.expm1(lr), w)
+        if w > 1:
+            out.add(f"logret_{w}", lr, w)
+    up = np.where(np.isnan(p.r), np.nan, (p.r > 0).astype(np.float64))
+    for w in cfg.windows:
+        mean = p.roll(p.r, w, "mean", "r")
+        std = p.roll(p.r, w, "std", "r")
+        out.add(f"ret_sharpe_{w}", _div(mean, std, 0.0), w)
+        out.add(f"ret_up_frac_{w}", p.roll(up, w, "mean"), w)
+
+
+def _volatility(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    hl = np.log(p.h / p.l)
+    co = np.log(p.c / p.o)
+    pk = hl**2 / (4.0 * math.log(2.0))  # Parkinson per-bar variance
+    gk = 0.5 * hl**2 - (2.0 * math.log(2.0) - 1.0) * co**2  # Garman-Klass
+    rs = np.log(p.h / p.c) * np.log(p.h / p.o) + np.log(p.l / p.c) * np.log(p.l / p.o)
+    down = np.minimum(p.r, 0.0) ** 2
+    r2 = p.r**2
+    for w in cfg.windows:
+        out.add(f"vol_cc_{w}", p.roll(p.r, w, "std", "r"), w)
+        out.add(f"vol_pk_{w}", np.sqrt(p.roll(pk, w, "mean")), w - 1)
+        # GK bars can be negative; their window mean rarely is, but clip so sqrt stays defined.
+        out.add(f"vol_gk_{w}", np.sqrt(np.maximum(p.roll(gk, w, "mean"), 0.0)), w - 1)
+        out.add(f"vol_rs_{w}", np.sqrt(np.maximum(p.roll(rs, w, "mean"), 0.0)), w - 1)
+        out.add(f"vol_down_{w}", np.sqrt(p.roll(down, w, "mean")), w)
+        out.add(f"vol_ewm_{w}", np.sqrt(p.ewm(r2, 2.0 / (w + 1.0), w)), w)
+
+
+def _true_range(p: _Panel) -> np.ndarray:
+    """(n,) true range in price units; NaN on each symbol's first bar."""
+    pc = p.lag(p.c, 1)
+    return np.maximum(p.h, pc) - np.minimum(p.l, pc)
+
+
+def _atr(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    tr = _true_range(p)
+    out.add("tr_pct", tr / p.lag(p.c, 1), 1)
+    atrs = {}
+    for n in cfg.atr_periods:
+        atrs[n] = p.ewm(tr, 1.0 / n, n) / p.c  # Wilder smoothing, as a fraction of price
+        out.add(f"atr_pct_{n}", atrs[n], n)
+    if len(atrs) >= 2:
+        lo, hi = min(atrs), max(atrs)
+        out.add(f"atr_ratio_{lo}_{hi}", _div(atrs[lo], atrs[hi], 1.0), hi)
+
+
+def _rsi(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    d = p.c - p.lag(p.c, 1)
+    gain = np.where(np.isnan(d), np.nan, np.maximum(d, 0.0))
+    loss = np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0))
+    for n in cfg.rsi_periods:
+        g = p.ewm(gain, 1.0 / n, n)
+        lo = p.ewm(loss, 1.0 / n, n)
+        out.add(f"rsi_{n}", 100.0 * _div(g, g + lo, 0.5), n)
+
+
+def _macd(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    for f, s, g in cfg.macd:
+        line = (p.ewm(p.c, 2.0 / (f + 1.0), f, "c") - p.ewm(p.c, 2.0 / (s + 1.0), s, "c")) / p.c
+        signal = p.ewm(line, 2.0 / (g + 1.0), g)
+        out.add(f"macd_{f}_{s}", line, s - 1)
+        out.add(f"macd_signal_{f}_{s}_{g}", signal, s + g - 2)
+        out.add(f"macd_hist_{f}_{s}_{g}", line - signal, s + g - 2)
+
+
+def _stochastic(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    for w in cfg.windows:
+        hh = p.roll(p.h, w, "max", "h")
+        ll = p.roll(p.l, w, "min", "l")
+        k = _div(p.c - ll, hh - ll, 0.5)  # in [0, 1]
+        out.add(f"stoch_k_{w}", k, w - 1)
+        out.add(f"stoch_d_{w}", p.roll(k, cfg.stoch_smooth, "mean"), w + cfg.stoch_smooth - 2)
+
+
+def _bollinger(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    k = float(cfg.bollinger_k)
+    for w in cfg.windows:
+        sma = p.roll(p.c, w, "mean", "c")
+        std = p.roll(p.c, w, "std", "c")
+        out.add(f"bb_pos_{w}", _div(p.c - (sma - k * std), 2.0 * k * std, 0.5), w - 1)
+        out.add(f"bb_width_{w}", 2.0 * k * std / sma, w - 1)
+
+
+def _moving_average(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    lag = cfg.slope_lag
+    sma = {w: p.roll(p.c, w, "mean", "c") for w in cfg.windows}
+    ema = {w: p.ewm(p.c, 2.0 / (w + 1.0), w, "c") for w in cfg.windows}
+    for w in cfg.windows:
+        out.add(f"sma_dist_{w}", p.c / sma[w] - 1.0, w - 1)
+        out.add(f"ema_dist_{w}", p.c / ema[w] - 1.0, w - 1)
+        out.add(f"sma_slope_{w}", np.log(sma[w] / p.lag(sma[w], lag)), w - 1 + lag)
+        out.add(f"ema_slope_{w}", np.log(ema[w] / p.lag(ema[w], lag)), w - 1 + lag)
+    ws = sorted(cfg.windows)
+    for a, b in zip(ws[:-1], ws[1:]):
+        out.add(f"sma_cross_{a}_{b}", sma[a] / sma[b] - 1.0, b - 1)
+        out.add(f"ema_cross_{a}_{b}", ema[a] / ema[b] - 1.0, b - 1)
+
+
+def _clv(p: _Panel) -> np.ndarray:
+    """(n,) close location value in [-1, 1]: -1 at the low, +1 at the high, 0 if high == low."""
+    return _div(2.0 * p.c - p.h - p.l, p.h - p.l, 0.0)
+
+
+def _candle(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    body = np.log(p.c / p.o)
+    rng = np.log(p.h / p.l)
+    clv = _clv(p)
+    out.add("candle_body", body, 0)
+    out.add("candle_upper_wick", np.log(p.h / np.maximum(p.o, p.c)), 0)
+    out.add("candle_lower_wick", np.log(np.minimum(p.o, p.c) / p.l), 0)
+    out.add("candle_range", rng, 0)
+    out.add("candle_clv", clv, 0)
+    out.add("candle_body_frac", _div(p.c - p.o, p.h - p.l, 0.0), 0)
+    out.add("candle_gap", np.log(p.o) - p.lag(p.logc, 1), 1)  # log(open / previous close)
+    for w in cfg.windows:
+        out.add(f"candle_clv_mean_{w}", p.roll(clv, w, "mean"), w - 1)
+        out.add(f"candle_body_mean_{w}", p.roll(body, w, "mean"), w - 1)
+        out.add(f"candle_range_rel_{w}", _div(rng, p.roll(rng, w, "mean", "hl"), 1.0), w - 1)
+
+
+def _volume(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    lv = np.log1p(p.v)  # log1p: zero-volume bars stay finite
+    absr = np.abs(p.r)
+    for k in (1, *cfg.windows):
+        out.add(f"logvolume_chg_{k}", lv - p.lag(lv, k), k)
+    for w in cfg.windows:
+        mean = p.roll(lv, w, "mean", "lv")
+        std = p.roll(lv, w, "std", "lv")
+        out.add(f"volume_z_{w}", _div(lv - mean, std, 0.0), w - 1)
+        out.add(f"volume_ratio_{w}", _div(p.v, p.roll(p.v, w, "mean", "v"), 1.0), w - 1)
+        out.add(f"volume_ret_corr_{w}", p.corr(absr, lv, w), w)
+    ws = sorted(cfg.windows)
+    for a, b in zip(ws[:-1], ws[1:]):
+        trend = p.roll(lv, a, "mean", "lv") - p.roll(lv, b, "mean", "lv")
+        out.add(f"volume_trend_{a}_{b}", trend, b - 1)
+
+
+def _obv(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    signed = np.sign(p.r) * p.v  # NaN on first bars
+    obv = p.seg_cum(np.nan_to_num(signed, nan=0.0), "cumsum", p.seg)  # on-balance volume
+    clv_v = _clv(p) * p.v
+    for w in cfg.windows:
+        vsum = p.roll(p.v, w, "sum", "v")
+        out.add(f"obv_slope_{w}", _div(p.roll(signed, w, "sum"), vsum, 0.0), w)
+        mean = p.roll(obv, w, "mean")
+        std = p.roll(obv, w, "std")
+        out.add(f"obv_z_{w}", _div(obv - mean, std, 0.0), w - 1)
+        out.add(f"cmf_{w}", _div(p.roll(clv_v, w, "sum"), vsum, 0.0), w - 1)  # Chaikin money flow
+    tp = (p.h + p.l + p.c) / 3.0
+    flow = tp * p.v
+    dtp = tp - p.lag(tp, 1)
+    pos_flow = np.where(np.isnan(dtp), np.nan, np.where(dtp > 0, flow, 0.0))
+    neg_flow = np.where(np.isnan(dtp), np.nan, np.where(dtp < 0, flow, 0.0))
+    for n in cfg.rsi_periods:
+        pf = p.roll(pos_flow, n, "sum")
+        nf = p.roll(neg_flow, n, "sum")
+        out.add(f"mfi_{n}", 100.0 * _div(pf, pf + nf, 0.5), n)  # money flow index
+
+
+def _moments(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    r_prev = p.lag(p.r, 1)
+    for w in cfg.windows:
+        flat = p.roll(p.r, w, "std", "r") == 0  # pandas gives NaN skew/kurt for a flat window
+        if w >= 3:
+            out.add(f"skew_{w}", np.where(flat, 0.0, p.roll(p.r, w, "skew")), w)
+        if w >= 4:
+            out.add(f"kurt_{w}", np.where(flat, 0.0, p.roll(p.r, w, "kurt")), w)
+        out.add(f"autocorr_{w}", p.corr(p.r, r_prev, w), w + 1)
+        out.add(f"ret_max_{w}", p.roll(p.r, w, "max"), w)
+        out.add(f"ret_min_{w}", p.roll(p.r, w, "min"), w)
+
+
+def _range_position(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    for w in cfg.windows:
+        out.add(f"dist_high_{w}", p.logc - np.log(p.roll(p.h, w, "max", "h")), w - 1)
+        out.add(f"dist_low_{w}", p.logc - np.log(p.roll(p.l, w, "min", "l")), w - 1)
+        out.add(f"drawdown_{w}", p.logc - np.log(p.roll(p.c, w, "max", "c")), w - 1)
+
+
+def _calendar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    days = p.ts.astype("datetime64[D]")
+    months = p.ts.astype("datetime64[M]")
+    years = p.ts.astype("datetime64[Y]")
+    d_int = days.astype(np.int64)
+    dow = (d_int + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    month0 = months.astype(np.int64) % 12  # 0 = January
+    m_start = months.astype("datetime64[D]")
+    dom0 = (days - m_start).astype(np.int64)
+    dim = ((months + np.timedelta64(1, "M")).astype("datetime64[D]") - m_start).astype(np.int64)
+    y_start = years.astype("datetime64[D]")
+    doy0 = (days - y_start).astype(np.int64)
+    diy = ((years + np.timedelta64(1, "Y")).astype("datetime64[D]") - y_start).astype(np.int64)
+    cyc = {"dow": (dow, 7.0), "month": (month0, 12.0), "dom": (dom0, dim), "doy": (doy0, diy)}
+    out.add("dow", dow, 0)
+    out.add("month", month0 + 1, 0)
+    out.add("dom", dom0 + 1, 0)
+    for name, (k, period) in cyc.items():
+        angle = _TWO_PI * k / period
+        out.add(f"{name}_sin", np.sin(angle), 0)
+        out.add(f"{name}_cos", np.cos(angle), 0)
+    dt = p.ts.astype(np.int64).astype(np.float64) / 1e9
+    out.add("bar_gap", (dt - p.lag(dt, 1)) / p.freq.bar_seconds, 1)  # in median bar spacings
+    if p.bpd is not None:
+        tod = (p.ts - days.astype("datetime64[ns]")).astype(np.int64) / 86400e9  # [0, 1)
+        out.add("tod_frac", tod, 0)
+        out.add("tod_sin", np.sin(_TWO_PI * tod), 0)
+        out.add("tod_cos", np.cos(_TWO_PI * tod), 0)
+
+
+class _Periods:
+    """Contiguous runs of bars of one symbol in one calendar period (week, month, session):
+    the running aggregates of the current period and the totals of the previous one, as (n,)."""
+
+    def __init__(self, p: _Panel, period_id: np.ndarray) -> None:
+        new = p.new_symbol.copy()
+        new[1:] |= period_id[1:] != period_id[:-1]
+        start = np.flatnonzero(new)  # (n_periods,)
+        gid = np.cumsum(new) - 1  # (n,)
+        last = np.append(start[1:] - 1, p.n - 1)
+        has_prev = np.zeros(len(start), dtype=bool)
+        has_prev[1:] = p.seg[start[1:]] == p.seg[start[:-1]]
+
+        def prev(per_period: np.ndarray) -> np.ndarray:
+            shifted = np.full(len(start), np.nan)
+            shifted[1:] = per_period[:-1]
+            shifted[~has_prev] = np.nan
+            return shifted[gid]
+
+        self.open = p.o[start][gid]
+        self.high = p.seg_cum(p.h, "cummax", gid)  # highest high so far in the period
+        self.low = p.seg_cum(p.l, "cummin", gid)
+        self.volume = p.seg_cum(p.v, "cumsum", gid)
+        self.index = np.arange(p.n) - start[gid]  # bars since the period opened
+        self.prev_open = prev(p.o[start])
+        self.prev_close = prev(p.c[last])
+        self.prev_high = prev(np.maximum.reduceat(p.h, start))
+        self.prev_low = prev(np.minimum.reduceat(p.l, start))
+        self.prev_volume = prev(np.add.reduceat(p.v, start))
+
+
+def _multi_timeframe(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    w_max = max(cfg.windows)
+    vol_l = p.roll(p.r, w_max, "std", "r")  # 1-bar volatility scale for standardising
+    if p.bpd is None:
+        _calendar_periods(p, out)
+        scales = [(str(s), s) for s in cfg.mtf_scales]
+    else:
+        _sessions(p, out, 2 * p.bpd)
+        scales = [(f"{d}d", s) for d, s in _day_scales(cfg, p.bpd)]
+    for label, s in scales:
+        norm = vol_l * math.sqrt(s)
+        lr = p.logc - p.lag(p.logc, s)
+        out.add(f"mtf_ret_z_{label}", _div(lr, norm, 0.0), max(s, w_max))
+        vol_ratio = _div(p.roll(p.r, s, "std", "r"), vol_l, 1.0)
+        out.add(f"mtf_vol_ratio_{label}", vol_ratio, max(s, w_max))
+        rng = np.log(p.roll(p.h, s, "max", "h") / p.roll(p.l, s, "min", "l"))
+        out.add(f"mtf_range_z_{label}", _div(rng, norm, 0.0), max(s - 1, w_max))
+        if p.bpd is None:
+            out.add(f"mtf_ret_z_{label}_prev", _div(p.lag(lr, s), norm, 0.0), max(2 * s, w_max))
+
+
+def _range_pos(c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return _div(c - lo, hi - lo, 0.5)
+
+
+def _calendar_periods(p: _Panel, out: _Out) -> None:
+    """Week- and month-to-date aggregates for daily (or slower) bars."""
+    d_int = p.ts.astype("datetime64[D]").astype(np.int64)
+    for name, pid, fd in (
+        ("week", (d_int + 3) // 7, _WEEK_BARS),  # weeks start on Monday
+        ("month", p.ts.astype("datetime64[M]").astype(np.int64), _MONTH_BARS),
+    ):
+        per = _Periods(p, pid)
+        short = name[0]  # wtd / mtd
+        out.add(f"{short}td_ret", p.logc - np.log(per.prev_close), fd)
+        out.add(f"{short}td_range_pos", _range_pos(p.c, per.low, per.high), fd)
+        out.add(f"{short}td_bar_index", per.index, fd)
+        out.add(f"prev_{name}_ret", np.log(per.prev_close / per.prev_open), fd)
+        out.add(f"prev_{name}_range", np.log(per.prev_high / per.prev_low), fd)
+
+
+def _sessions(p: _Panel, out: _Out, fd: int) -> None:
+    """Session (calendar date) aggregates for intraday bars, all as of the current bar."""
+    per = _Periods(p, p.ts.astype("datetime64[D]").astype(np.int64))
+    out.add("sess_ret_open", p.logc - np.log(per.open), fd)
+    out.add("sess_ret_prev_close", p.logc - np.log(per.prev_close), fd)
+    out.add("sess_gap", np.log(per.open / per.prev_close), fd)
+    out.add("sess_range", np.log(per.high / per.low), fd)
+    out.add("sess_range_pos", _range_pos(p.c, per.low, per.high), fd)
+    out.add("sess_bar_frac", per.index / p.bpd, fd)
+    out.add("sess_volume_rel", np.log1p(per.volume) - np.log1p(per.prev_volume), fd)
+    out.add("prev_sess_ret", np.log(per.prev_close / per.prev_open), fd)
+    out.add("prev_sess_range", np.log(per.prev_high / per.prev_low), fd)
+
+
+def _cs_sources(cfg: FeatureConfig, available: dict[str, np.ndarray]) -> list[str]:
+    if cfg.cs_features:
+        missing = [f for f in cfg.cs_features if f not in available]
+        if missing:
+            raise ValueError(
+                f"features.cs_features: {missing} are not computed with these groups/windows"
+            )
+        return list(cfg.cs_features)
+    ws = sorted(cfg.windows)
+    w_mid, w_max = ws[len(ws) // 2], ws[-1]
+    rsi = sorted(cfg.rsi_periods)[len(cfg.rsi_periods) // 2] if cfg.rsi_periods else 0
+    auto = ["logret_1", *[f"logret_{w}" for w in ws], f"vol_cc_{w_mid}", f"volume_z_{w_mid}",
+            f"rsi_{rsi}", f"sma_dist_{w_max}", f"dist_high_{w_max}", f"skew_{w_max}"]
+    return [f for f in auto if f in available]
+
+
+def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Out]) -> None:
+    """Percentile rank in (0, 1] and difference from the mean across the symbols at each
+    timestamp, of key features already computed in ``sources``."""
+    cols = {name: row for src in sources for name, row in src.cols.items()}
+    fds = {name: fd for src in sources for name, fd in src.fd.items()}
+    names = _cs_sources(cfg, cols)
+    if not names:
+        return
+    ts_code, uniq = pd.factorize(p.ts, sort=False)
+    n_ts = len(uniq)
+    # Aligned panels rank fastest on a dense (time, symbol) grid; ragged ones by groupby.
+    wide_ok = n_ts * p.n_symbols <= _DENSE_GRID_MAX * p.n
+    for name in names:
+        x = cols[name]
+        if wide_ok:
+            grid = np.full((n_ts, p.n_symbols), np.nan, dtype=np.float32)  # (T, S)
+            grid[ts_code, p.seg] = x
+            rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy()[ts_code, p.seg]
+        else:
+            rank = pd.Series(x, copy=False).groupby(ts_code).rank(pct=True).to_numpy()
+        xd = x.astype(np.float64)
+        valid = ~np.isnan(xd)
+        tot = np.bincount(ts_code, weights=np.where(valid, xd, 0.0), minlength=n_ts)
+        cnt = np.bincount(ts_code, weights=valid, minlength=n_ts)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = tot / cnt
+        out.add(f"cs_rank_{name}", rank, fds[name])
+        out.add(f"cs_demean_{name}", xd - mean[ts_code], fds[name])
+
+
+_GROUP_FUNCS: dict[str, Callable[[_Panel, FeatureConfig, _Out], None]] = {
+    "returns": _returns,
+    "volatility": _volatility,
+    "atr": _atr,
+    "rsi": _rsi,
+    "macd": _macd,
+    "stochastic": _stochastic,
+    "bollinger": _bollinger,
+    "moving_average": _moving_average,
+    "candle": _candle,
+    "volume": _volume,
+    "obv": _obv,
+    "moments": _moments,
+    "range_position": _range_position,
+    "calendar": _calendar,
+    "multi_timeframe": _multi_timeframe,
+}
+
+
+def _check_bars(bars: pd.DataFrame) -> None:
+    """Raise ValueError unless ``bars`` follows the bars-panel contract."""
+    if not isinstance(bars, pd.DataFrame):
+        raise ValueError(f"bars: got {type(bars).__name__}, expected a pandas DataFrame")
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise ValueError(f"bars: missing column(s) {missing}; expected {list(BAR_COLUMNS)}")
+    if len(bars) == 0:
+        raise ValueError("bars: got an empty frame, expected at least one bar")
+    ts = bars["timestamp"]
+    if not pd.api.types.is_datetime64_dtype(ts.dtype) or getattr(ts.dt, "tz", None) is not None:
+        raise ValueError(f"bars.timestamp: got dtype {ts.dtype}, expected tz-naive datetime64")
+    if ts.isna().any():
+        raise ValueError(f"bars.timestamp: {int(ts.isna().sum())} missing value(s) (NaT)")
+    for col in ("open", "high", "low", "close", "volume"):
+        x = bars[col].to_numpy(np.float64)
+        bad = ~np.isfinite(x) | ((x <= 0) if col != "volume" else (x < 0))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            want = "finite and >= 0" if col == "volume" else "finite and > 0"
+            raise ValueError(
+                f"bars.{col}: {int(bad.sum())} bad value(s), first {x[i]!r} at row {i}; "
+                f"expected {want}"
+            )
+    codes = pd.factorize(bars["symbol"], sort=False)[0]
+    if (codes < 0).any():
+        raise ValueError("bars.symbol: got missing symbols")
+    same = codes[1:] == codes[:-1]
+    if int((~same).sum()) + 1 != int(codes.max()) + 1:
+        raise ValueError(
+            "bars: rows of a symbol are not contiguous; expected sorted by (symbol, timestamp)"
+        )
+    t = ts.to_numpy("datetime64[ns]").astype(np.int64)
+    bad = same & (t[1:] <= t[:-1])
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0]) + 1
+        raise ValueError(
+            f"bars: timestamp {ts.iloc[i]} of {bars['symbol'].iloc[i]!r} at row {i} is not after "
+            "the previous one; expected unique (symbol, timestamp) sorted by timestamp"
+        )
+
+
+def compute_features(
+    bars: pd.DataFrame, cfg: FeatureConfig, freq: FrequencyInfo | None = None, n_jobs: int = 2
+) -> pd.DataFrame:
+    """Causal features of each bar.
+
+    bars: the bars panel, (n,) rows sorted by (symbol, timestamp).
+    freq: bar frequency; inferred from ``bars`` when None (intraday bars add time-of-day and
+        session features and replace the week/month aggregates).
+    n_jobs: threads computing feature groups concurrently (the numeric kernels release the GIL);
+        the result does not depend on it.
+    Returns (n, 2 + n_features): ``symbol, timestamp`` then float32 features, same rows and index
+    as ``bars``. NaN only in each symbol's first ``warmup_bars(cfg, freq)`` bars; never inf.
+    Cross-sectional features (``cs_rank_*``, ``cs_demean_*``) appear only with >= 2 symbols.
+    """
+    cfg.validate()
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"n_jobs: got {n_jobs!r}, expected an integer >= 1")
+    _check_bars(bars)
+    if freq is None:
+        freq = infer_frequency(bars)
+    p = _Panel(bars, freq)
+    warm = warmup_bars(cfg, freq)
+    # Fixed group order (FEATURE_GROUPS), one output per group: the columns come out in the same
+    # order whatever the order of cfg.groups or of thread completion.
+    groups = [g for g in FEATURE_GROUPS if g in cfg.groups and g in _GROUP_FUNCS]
+    outs = {g: _Out(p.pos, warm) for g in groups}
+
+    def run(group: str) -> None:
+        _GROUP_FUNCS[group](p, cfg, outs[group])
+
+    if n_jobs == 1 or len(groups) <= 1:
+        for g in groups:
+            run(g)
+    else:
+        with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+            list(pool.map(run, groups))  # list() re-raises the first error of any group
+    p._memo.clear()  # free the shared intermediates before the cross-sectional pass
+    parts = [outs[g] for g in groups]
+    if "cross_sectional" in cfg.groups and p.n_symbols >= 2:
+        cs = _Out(p.pos, warm)
+        _cross_sectional(p, cfg, cs, parts)
+        parts.append(cs)
+
+    keys = pd.DataFrame(
+        {"symbol": bars["symbol"], "timestamp": bars["timestamp"]}, index=bars.index
+    )
+    return pd.concat([keys, *(o.frame(bars.index) for o in parts)], axis=1)

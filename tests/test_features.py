@@ -1,0 +1,270 @@
+"""Feature panel: shape/dtype contract, warm-up, causality of every feature, config errors."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphafactory import features
+from alphafactory.config import from_dict
+from alphafactory.data.frequency import infer_frequency
+from alphafactory.features import FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
+
+KEYS = ["symbol", "timestamp"]
+
+
+def make_bars(timestamps: pd.DatetimeIndex, n_symbols: int, seed: int) -> pd.DataFrame:
+    """Random-walk OHLCV panel with valid bar geometry, sorted by (symbol, timestamp)."""
+    rng = np.random.default_rng(seed)
+    n = len(timestamps)
+    frames = []
+    for s in range(n_symbols):
+        close = rng.uniform(5, 500) * np.exp(np.cumsum(rng.normal(0, 0.015, n)))
+        open_ = close * np.exp(rng.normal(0, 0.004, n))
+        high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.006, n)))
+        low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.006, n)))
+        frames.append(pd.DataFrame({
+            "symbol": f"S{s:02d}", "timestamp": timestamps, "open": open_, "high": high,
+            "low": low, "close": close, "volume": rng.lognormal(13, 0.5, n),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def hourly_timestamps(n_days: int) -> pd.DatetimeIndex:
+    """7 hourly bars per business day (10:00..16:00): overnight and weekend gaps."""
+    days = pd.bdate_range("2021-03-01", periods=n_days)
+    return pd.DatetimeIndex((days.values[:, None] + np.arange(10, 17) * np.timedelta64(1, "h")).ravel())
+
+
+@pytest.fixture(scope="module")
+def daily_bars() -> pd.DataFrame:
+    return make_bars(pd.bdate_range("2019-01-01", periods=300), n_symbols=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def intraday_bars() -> pd.DataFrame:
+    return make_bars(hourly_timestamps(45), n_symbols=3, seed=2)
+
+
+@pytest.fixture(scope="module")
+def daily_features(daily_bars: pd.DataFrame) -> pd.DataFrame:
+    return compute_features(daily_bars, FeatureConfig())
+
+
+def feature_cols(feats: pd.DataFrame) -> list[str]:
+    return [c for c in feats.columns if c not in KEYS]
+
+
+def check_contract(bars: pd.DataFrame, feats: pd.DataFrame, cfg: FeatureConfig,
+                   min_features: int) -> None:
+    cols = feature_cols(feats)
+    assert list(feats.columns[:2]) == KEYS
+    assert len(cols) >= min_features, len(cols)
+    assert len(set(feats.columns)) == feats.shape[1]
+    assert feats.index.equals(bars.index)
+    assert feats["symbol"].equals(bars["symbol"]) and feats["timestamp"].equals(bars["timestamp"])
+    not_f32 = [c for c in cols if feats[c].dtype != np.float32]
+    assert not not_f32, f"not float32: {not_f32}"
+    X = feats[cols].to_numpy()
+    has_inf = [c for c, bad in zip(cols, np.isinf(X).any(axis=0)) if bad]
+    assert not has_inf, f"inf in {has_inf}"
+    warm = warmup_bars(cfg, infer_frequency(bars))
+    pos = bars.groupby("symbol", sort=False).cumcount().to_numpy()
+    nan_after = [c for c, bad in zip(cols, np.isnan(X[pos >= warm]).any(axis=0)) if bad]
+    assert not nan_after, f"NaN after warm-up ({warm} bars) in {nan_after}"
+    # The warm-up is tight: some feature is still undefined on the bar just before it.
+    assert np.isnan(X[pos == warm - 1]).any()
+
+
+def perturb_after(bars: pd.DataFrame, cut: pd.Timestamp, seed: int) -> pd.DataFrame:
+    """Randomly change every bar after ``cut`` (prices and volumes), keeping OHLC valid."""
+    rng = np.random.default_rng(seed)
+    out = bars.copy()
+    late = (out["timestamp"] > cut).to_numpy()
+    k = int(late.sum())
+    o = out.loc[late, "open"].to_numpy() * np.exp(rng.normal(0, 0.05, k))
+    c = out.loc[late, "close"].to_numpy() * np.exp(rng.normal(0, 0.05, k))
+    h = np.maximum(np.maximum(o, c), out.loc[late, "high"].to_numpy() * np.exp(rng.normal(0, 0.05, k)))
+    lo = np.minimum(np.minimum(o, c), out.loc[late, "low"].to_numpy() * np.exp(rng.normal(0, 0.05, k)))
+    out.loc[late, ["open", "high", "low", "close"]] = np.column_stack([o, h, lo, c])
+    out.loc[late, "volume"] = out.loc[late, "volume"].to_numpy() * rng.lognormal(0, 1, k)
+    return out
+
+
+def changed_features(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """Feature columns whose values differ between two frames of the same rows."""
+    assert a[KEYS].reset_index(drop=True).equals(b[KEYS].reset_index(drop=True))
+    cols = feature_cols(a)
+    assert cols == feature_cols(b)
+    same = np.isclose(a[cols].to_numpy(np.float64), b[cols].to_numpy(np.float64),
+                      rtol=1e-5, atol=1e-6, equal_nan=True)
+    return [c for c, ok in zip(cols, same.all(axis=0)) if not ok]
+
+
+def check_causal(bars: pd.DataFrame, cfg: FeatureConfig, cut_fracs: tuple[float, ...]) -> None:
+    full = compute_features(bars, cfg)
+    stamps = np.sort(bars["timestamp"].unique())
+    for i, frac in enumerate(cut_fracs):
+        cut = pd.Timestamp(stamps[int(frac * (len(stamps) - 1))])
+        early = (bars["timestamp"] <= cut).to_numpy()
+        truncated = compute_features(bars[early].reset_index(drop=True), cfg)
+        bad = changed_features(full[early], truncated)
+        assert not bad, f"truncating after {cut} changed earlier values of {bad}"
+        perturbed = compute_features(perturb_after(bars, cut, seed=i), cfg)
+        # The perturbation must reach the features, or the check above proves nothing.
+        assert changed_features(full[~early], perturbed[~early])
+        bad = changed_features(full[early], perturbed[early])
+        assert not bad, f"changing bars after {cut} changed earlier values of {bad}"
+
+
+def test_daily_contract(daily_bars: pd.DataFrame, daily_features: pd.DataFrame) -> None:
+    check_contract(daily_bars, daily_features, FeatureConfig(), min_features=150)
+    cols = feature_cols(daily_features)
+    for name in ("ret_5", "logret_20", "vol_gk_20", "vol_pk_5", "vol_rs_60", "atr_pct_14", "rsi_14",
+                 "macd_12_26", "macd_hist_12_26_9", "stoch_k_20", "bb_pos_20", "sma_dist_60",
+                 "ema_slope_20", "candle_clv", "candle_gap", "volume_z_20", "obv_slope_20",
+                 "skew_60", "kurt_20", "dist_high_60", "dow_sin", "month", "mtd_ret",
+                 "mtf_ret_z_21", "cs_rank_logret_5", "cs_demean_rsi_14"):
+        assert name in cols, name
+    assert not any(c.startswith(("tod_", "sess_")) for c in cols)
+
+
+def test_daily_values(daily_bars: pd.DataFrame, daily_features: pd.DataFrame) -> None:
+    f, b = daily_features, daily_bars
+    prev = b.groupby("symbol")["close"].shift(5)
+    np.testing.assert_allclose(f["ret_5"], (b["close"] / prev - 1).astype(np.float32), rtol=1e-5)
+    assert np.nanmin(f["rsi_14"]) >= 0 and np.nanmax(f["rsi_14"]) <= 100
+    assert np.nanmin(f["stoch_k_20"]) >= 0 and np.nanmax(f["stoch_k_20"]) <= 1
+    assert np.nanmax(f["dist_high_20"]) <= 1e-6 and np.nanmin(f["dist_low_20"]) >= -1e-6
+    # Ranks are percentiles among the 3 symbols; demeaned values sum to ~0 per timestamp.
+    ranks = np.sort(f["cs_rank_logret_1"].dropna().unique().astype(np.float64))
+    np.testing.assert_allclose(ranks, [1 / 3, 2 / 3, 1.0], rtol=1e-6)
+    sums = f.groupby("timestamp")["cs_demean_logret_1"].sum()
+    assert np.abs(sums).max() < 1e-6
+
+
+def test_matches_per_symbol_pandas(daily_bars: pd.DataFrame, daily_features: pd.DataFrame) -> None:
+    """The whole-panel rolling/EWM shortcuts equal plain per-symbol pandas computations."""
+    f, b = daily_features, daily_bars
+    by = b.groupby("symbol", sort=False)
+    close = by["close"]
+    logret = np.log(b["close"]).groupby(b["symbol"]).diff()
+    ewm = lambda s, **kw: s.groupby(b["symbol"]).transform(lambda x: x.ewm(**kw).mean())  # noqa: E731
+    d = close.diff()
+    gain, loss = d.clip(lower=0), (-d).clip(lower=0)
+    rsi = 100 * ewm(gain, alpha=1 / 14, min_periods=14) / (
+        ewm(gain, alpha=1 / 14, min_periods=14) + ewm(loss, alpha=1 / 14, min_periods=14))
+    tr = np.maximum(b["high"], close.shift()) - np.minimum(b["low"], close.shift())
+    fast, slow = ewm(b["close"], span=12, min_periods=12), ewm(b["close"], span=26, min_periods=26)
+    line = (fast - slow) / b["close"]
+    expected = {
+        "vol_cc_20": logret.groupby(b["symbol"]).transform(lambda x: x.rolling(20).std()),
+        "skew_20": logret.groupby(b["symbol"]).transform(lambda x: x.rolling(20).skew()),
+        "sma_dist_60": b["close"] / close.transform(lambda x: x.rolling(60).mean()) - 1,
+        "ema_dist_20": b["close"] / ewm(b["close"], span=20, min_periods=20) - 1,
+        "rsi_14": rsi,
+        "atr_pct_14": ewm(tr, alpha=1 / 14, min_periods=14) / b["close"],
+        "macd_hist_12_26_9": line - ewm(line, span=9, min_periods=9),
+    }
+    for name, want in expected.items():
+        np.testing.assert_allclose(f[name], want.astype(np.float32), rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_daily_causal(daily_bars: pd.DataFrame) -> None:
+    check_causal(daily_bars, FeatureConfig(), cut_fracs=(0.15, 0.42, 0.77))
+
+
+def test_intraday(intraday_bars: pd.DataFrame) -> None:
+    cfg = FeatureConfig()
+    assert infer_frequency(intraday_bars).intraday
+    feats = compute_features(intraday_bars, cfg)
+    check_contract(intraday_bars, feats, cfg, min_features=150)
+    cols = feature_cols(feats)
+    for name in ("tod_frac", "tod_sin", "tod_cos", "sess_ret_open", "prev_sess_range", "mtf_ret_z_1d",
+                 "mtf_vol_ratio_5d"):
+        assert name in cols, name
+    assert not any(c.startswith(("wtd_", "mtd_")) for c in cols)
+    check_causal(intraday_bars, cfg, cut_fracs=(0.3, 0.61))
+
+
+def test_ragged_panel() -> None:
+    """Symbols listed and delisted at different dates; cross-sectional features still causal."""
+    dates = pd.bdate_range("2019-01-01", periods=320)
+    parts = [make_bars(dates[a:b], 1, seed=a).assign(symbol=f"R{i}")
+             for i, (a, b) in enumerate([(0, 320), (40, 300), (90, 320), (0, 150)])]
+    bars = pd.concat(parts, ignore_index=True)
+    feats = compute_features(bars, FeatureConfig())
+    check_contract(bars, feats, FeatureConfig(), min_features=150)
+    check_causal(bars, FeatureConfig(), cut_fracs=(0.4,))
+
+
+def test_flat_prices_and_zero_volume(daily_bars: pd.DataFrame) -> None:
+    """A halted symbol (constant price, no volume for longer than any window) yields finite
+    features, not NaN: degenerate ranges and dispersions map to neutral values."""
+    bars = daily_bars.copy()
+    pos = bars.groupby("symbol").cumcount().to_numpy()
+    halted = (bars["symbol"] == "S01").to_numpy() & (pos >= 100) & (pos < 190)
+    bars.loc[halted, ["open", "high", "low", "close"]] = 42.0
+    bars.loc[halted, "volume"] = 0.0
+    feats = compute_features(bars, FeatureConfig())
+    check_contract(bars, feats, FeatureConfig(), min_features=150)
+    assert feats.loc[halted, "vol_cc_60"].iloc[-1] == 0 and feats.loc[halted, "skew_60"].iloc[-1] == 0
+
+
+def test_threads_and_rank_paths_agree(daily_bars: pd.DataFrame, daily_features: pd.DataFrame,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """n_jobs and the dense-grid vs groupby cross-sectional ranking change nothing."""
+    monkeypatch.setattr(features, "_DENSE_GRID_MAX", 0)  # force the groupby ranking
+    serial = compute_features(daily_bars, FeatureConfig(), n_jobs=1)
+    pd.testing.assert_frame_equal(serial, daily_features, check_exact=True)
+    with pytest.raises(ValueError, match="n_jobs"):
+        compute_features(daily_bars, FeatureConfig(), n_jobs=0)
+
+
+def test_single_symbol(daily_bars: pd.DataFrame) -> None:
+    one = daily_bars[daily_bars["symbol"] == "S01"].reset_index(drop=True)
+    feats = compute_features(one, FeatureConfig())
+    check_contract(one, feats, FeatureConfig(), min_features=150)
+    assert not any(c.startswith("cs_") for c in feats.columns)
+
+
+def test_groups_subset(daily_bars: pd.DataFrame) -> None:
+    cfg = FeatureConfig(groups=("rsi", "cross_sectional"), rsi_periods=(9,))
+    feats = compute_features(daily_bars, cfg)
+    assert feature_cols(feats) == ["rsi_9", "cs_rank_rsi_9", "cs_demean_rsi_9"]
+    assert warmup_bars(cfg) == 9
+    check_contract(daily_bars, feats, cfg, min_features=3)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="volatilty"):
+        FeatureConfig(groups=("returns", "volatilty"))
+    with pytest.raises(ValueError, match="volatilty"):
+        from_dict(FeatureConfig, {"groups": ["volatilty"]}, "features")
+    with pytest.raises(ValueError, match="-5"):
+        FeatureConfig(windows=(-5, 10))
+    with pytest.raises(ValueError, match="windows"):
+        from_dict(FeatureConfig, {"windows": [0]}, "features")
+    with pytest.raises(ValueError, match="fast < slow"):
+        FeatureConfig(macd=((26, 12, 9),))
+    with pytest.raises(ValueError, match="windowz"):
+        from_dict(FeatureConfig, {"windowz": [5]}, "features")
+    with pytest.raises(ValueError, match="rsi_99"):
+        compute_features(make_bars(pd.bdate_range("2020-01-01", periods=80), 2, 0),
+                         FeatureConfig(cs_features=("rsi_99",)))
+    cfg = from_dict(FeatureConfig, {"windows": [3, 7], "macd": [[3, 8, 4]]}, "features")
+    assert cfg.windows == (3, 7) and cfg.macd == ((3, 8, 4),)
+    assert set(FeatureConfig().groups) == set(FEATURE_GROUPS)
+
+
+def test_bad_bars(daily_bars: pd.DataFrame) -> None:
+    cfg = FeatureConfig()
+    with pytest.raises(ValueError, match="volume"):
+        compute_features(daily_bars.drop(columns="volume"), cfg)
+    shuffled = daily_bars.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    with pytest.raises(ValueError, match="sorted"):
+        compute_features(shuffled, cfg)
+    bad = daily_bars.copy()
+    bad.loc[7, "low"] = -1.0
+    with pytest.raises(ValueError, match="low"):
+        compute_features(bad, cfg)
