@@ -27,3 +27,16 @@ def random_bars(n_symbols: int = 3, n_bars: int = 300, seed: int = 0, start: str
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return random_bars()
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A copy of this project with a small config after one full `dvc repro`, committed.
+    Returns (repo path, the repro's output)."""
+    from pipeline_utils import SMALL, make_project, sh
+
+    repo = make_project(tmp_path_factory.mktemp("proj"), SMALL)
+    out = sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "first run")
+    return repo, out

@@ -1,0 +1,58 @@
+"""`alphafactory` command line: list models, forecast from raw bars, audit for leakage.
+
+Each subcommand lives in the module that implements it; this file only wires them up.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand → (module, help). The module provides add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "models": ("alphafactory.cli", "list the registered model families"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`alphafactory models`: name, family, input kind and tasks of every registered model."""
+    import json
+
+    from alphafactory import models
+
+    rows = [{"name": s.name, "family": s.family, "input_kind": s.input_kind, "tasks": list(s.tasks)}
+            for s in sorted(models.REGISTRY.values(), key=lambda s: (s.family, s.name))]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<16}{'family':<12}{'input':<10}tasks")
+    for r in rows:
+        print(f"{r['name']:<16}{r['family']:<12}{r['input_kind']:<10}{', '.join(r['tasks'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alphafactory", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(module=module)
+        importlib.import_module(module).add_arguments(p)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from alphafactory.stage import user_errors
+
+    try:
+        return importlib.import_module(args.module).run(args)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
