@@ -3,8 +3,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# OpenMP threads (LightGBM, XGBoost) spin while waiting by default; on a busy 2-core machine
+# that made LightGBM ~25x slower. Passive waiting costs little when the machine is idle.
+export OMP_WAIT_POLICY ?= passive
 
-.PHONY: run test install repro lock bench clean
+.PHONY: run test install repro lock bench clean report-check
 
 run: install  ## create .venv, install pinned dependencies, run the whole pipeline
 	dvc repro
@@ -26,6 +29,10 @@ repro: install
 lock: install  ## re-pin requirements.lock from the current environment
 	{ sed -n '1,3p' requirements.lock; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+report-check: install  ## render reports/index.html in headless Chromium -> reports/screenshot.png
+	dvc repro report
+	scripts/report_check.sh reports/index.html reports/screenshot.png
 
 bench: install  ## timing tables of the benchmarks in bench/
 	for b in bench/bench_*.py; do $(PY) $$b || exit 1; done

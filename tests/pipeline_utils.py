@@ -12,15 +12,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv: `python` in dvc.yaml and `dvc` itself come from here
-MODELS = ["lightgbm", "xgboost", "catboost", "lstm", "tcn"]
+MODELS = ["lightgbm", "xgboost", "catboost", "lstm", "tcn", "ridge", "random_forest"]
 
 SMALL = {
     "data": {"start": "2008-01-01"},
     "boosting": {"lightgbm": {"n_estimators": 150}, "xgboost": {"n_estimators": 150},
                  "catboost": {"iterations": 150}},
     "neural": {"trainer": {"epochs": 3, "batch_size": 128}, "lstm": {"hidden": 16}, "tcn": {"channels": 16}},
+    "classical": {"random_forest": {"n_estimators": 100}},
     "train": {"lookback": 10},
     "blend": {"catboost": {"iterations": 100}},
+    "explain": {"perm_rows": 300, "perm_seeds": 2},
 }
 
 

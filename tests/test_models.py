@@ -19,6 +19,11 @@ FAST = {
     "lightgbm": {"n_estimators": 40, "min_child_samples": 10, "early_stopping_rounds": 10},
     "xgboost": {"n_estimators": 40, "min_child_weight": 1.0, "early_stopping_rounds": 10},
     "catboost": {"iterations": 40, "early_stopping_rounds": 10},
+    "random_forest": {"n_estimators": 40, "min_child_samples": 10},
+    # patches must fit LOOKBACK (4/3: 3 patches, 2 bars of start padding); a wider head and a
+    # smaller N-HiTS learn the signal from ~270 rows instead of overfitting them
+    "patchtst": {"patch_len": 4, "stride": 3, "head_dim": 4},
+    "nhits": {"hidden": 16},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
 

@@ -1,24 +1,38 @@
-"""Stacking: a meta-learner fit on the base models' forecasts for the validation segment.
+"""Ensembles of the base models, fit on their forecasts for the validation segment.
 
-The base models never trained on val (they only early-stopped on it), and every base model is
-stacked on the same val rows, so the meta-learner sees forecasts made out of sample. Base models
-of any input kind are aligned on (symbol, timestamp, horizon); the meta-learner uses only rows
-that every base model forecast.
+The base models never trained on val (they only early-stopped on it), and every ensemble sees the
+same val rows of every member, so each combiner learns from out-of-sample forecasts. Members of
+any input kind (tabular or sequence) are aligned on (symbol, timestamp, horizon); only rows that
+every member forecast are used. Methods, one output "model" each:
+
+* ``ensemble`` — stacking: a meta-learner (``blend.meta``: CatBoost or ridge) on the members'
+  forecasts;
+* ``voting`` — the plain mean of the members;
+* ``blending`` — non-negative weights summing to 1 that minimise val MSE;
+* ``caruana`` — greedy forward selection with replacement (Caruana et al. 2004) on val MSE.
+
+Uncertainty: ``yhat_std = c_h * mean_m(member yhat_std)`` and Platt-scaled ``prob_up`` (see
+:mod:`alphafactory.uncertainty`), calibrated on out-of-fold val forecasts: val is cut into
+``oof_folds`` contiguous time blocks, each forecast by combiners fit on the other blocks with
+the ``max(h)`` bars next to it purged, so the calibration never sees in-sample fits.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import nnls
 
 from alphafactory.config import from_dict, to_dict
 from alphafactory.io import atomic_dir
+from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
-KEYS = ["symbol", "timestamp", "horizon"]
+KEYS = ["symbol", "timestamp"]
+METHODS = ("ensemble", "voting", "blending", "caruana")
 
 
 @dataclass(frozen=True)
@@ -32,104 +46,174 @@ class MetaCatBoost:
 
 @dataclass(frozen=True)
 class BlendConfig:
-    meta: Literal["catboost", "ridge", "mean"] = "catboost"
-    ridge_alpha: float = 1.0  # in units of the base forecasts' variance
+    meta: Literal["catboost", "ridge"] = "ridge"  # the stacking meta-learner ("ensemble")
+    methods: tuple[str, ...] = METHODS
+    ridge_alpha: float = 1.0  # in units of the forecasts' variance
+    caruana_rounds: int = 25
+    oof_folds: int = 5
     catboost: MetaCatBoost = field(default_factory=MetaCatBoost)
 
+    def validate(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"blend.methods: got {list(self.methods)}, expected a non-empty subset of {list(METHODS)}")
+        if self.oof_folds < 2:
+            raise ValueError(f"blend.oof_folds: got {self.oof_folds}, expected >= 2")
 
-def wide(preds: pd.DataFrame, segment: str, horizon: int, members: list[str]) -> pd.DataFrame:
-    """(symbol, timestamp) rows × one forecast column per member, rows every member forecast."""
+
+# -- combiners: fit(X (n, M), y (n,)) → state; predict(state, X) → (n,) --------------------------
+
+def _fit(method: str, cfg: BlendConfig, X: np.ndarray, y: np.ndarray, seed: int) -> Any:
+    if method == "voting":
+        return {"weights": [1.0 / X.shape[1]] * X.shape[1], "intercept": 0.0}
+    if method == "blending":
+        w, _ = nnls(X, y)
+        w = w / w.sum() if w.sum() > 0 else np.full(X.shape[1], 1.0 / X.shape[1])
+        return {"weights": w.tolist(), "intercept": 0.0}
+    if method == "caruana":
+        counts = np.zeros(X.shape[1])
+        current = np.zeros(len(y))
+        for k in range(1, cfg.caruana_rounds + 1):
+            errs = [np.mean(((current * (k - 1) + X[:, m]) / k - y) ** 2) for m in range(X.shape[1])]
+            best = int(np.argmin(errs))
+            counts[best] += 1
+            current = (current * (k - 1) + X[:, best]) / k
+        return {"weights": (counts / counts.sum()).tolist(), "intercept": 0.0}
+    if cfg.meta == "ridge":
+        mu, ym = X.mean(0), y.mean()
+        Xc = X - mu
+        lam = cfg.ridge_alpha * np.trace(Xc.T @ Xc) / X.shape[1]
+        coef = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y - ym))
+        return {"weights": coef.tolist(), "intercept": float(ym - mu @ coef)}
+    import catboost as cb
+
+    c = cfg.catboost
+    m = cb.CatBoostRegressor(iterations=c.iterations, learning_rate=c.learning_rate, depth=c.depth,
+                             l2_leaf_reg=c.l2_leaf_reg, thread_count=c.thread_count, random_seed=seed,
+                             verbose=False, allow_writing_files=False)
+    return m.fit(X, y)
+
+
+def _predict(state: Any, X: np.ndarray) -> np.ndarray:
+    if isinstance(state, dict):
+        return X @ np.asarray(state["weights"]) + state["intercept"]
+    return state.predict(X)
+
+
+def wide(preds: pd.DataFrame, segment: str, horizon: int, members: list[str],
+         value: str = "yhat") -> pd.DataFrame:
+    """(symbol, timestamp) rows × one column per member, rows every member forecast."""
     p = preds[(preds["segment"] == segment) & (preds["horizon"] == horizon)]
     missing = sorted(set(members) - set(p["model"]))
     if missing:
         raise ValueError(f"blend: no {segment} forecasts for horizon {horizon} from {missing}")
-    w = p.pivot(index=["symbol", "timestamp"], columns="model", values="yhat")[members]
+    w = p.pivot(index=KEYS, columns="model", values=value)[members]
     return w.dropna().sort_index()
 
 
+def _oof_blocks(ts: np.ndarray, k: int, purge: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train mask, test mask) per contiguous block of distinct timestamps; rows within
+    ``purge`` distinct timestamps of a block are left out of its training rows."""
+    uniq = np.unique(ts)
+    pos = np.searchsorted(uniq, ts)
+    edges = np.linspace(0, len(uniq), k + 1).astype(int)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        test = (pos >= a) & (pos < b)
+        train = (pos < a - purge) | (pos >= b + purge)
+        out.append((train, test))
+    return out
+
+
 class Stacker:
-    """Per-horizon meta-learner over base forecasts. ``fit(val_preds, y)``, ``predict(preds)``."""
+    """Per-horizon ensembles over base forecasts: ``fit(preds, labels)``, ``predict(preds, seg)``."""
 
     def __init__(self, cfg: BlendConfig, members: list[str], horizons: tuple[int, ...], seed: int = 0):
         self.cfg, self.members, self.horizons, self.seed = cfg, list(members), tuple(horizons), seed
 
     def fit(self, preds: pd.DataFrame, labels: pd.DataFrame) -> "Stacker":
-        """labels: symbol, timestamp, y_h{h} columns."""
-        self.models_ = {}
-        lab = labels.set_index(["symbol", "timestamp"])
+        """preds: long member forecasts with ``yhat_std``; labels: symbol, timestamp, y_h{h}."""
+        self.models_: dict[str, dict[int, Any]] = {m: {} for m in self.cfg.methods}
+        self.calibration_: dict[str, Calibration] = {}
+        lab = labels.set_index(KEYS)
+        oof: dict[str, list] = {m: [] for m in self.cfg.methods}
         for h in self.horizons:
             w = wide(preds, "val", h, self.members)
+            s = wide(preds, "val", h, self.members, "yhat_std").reindex(w.index)
             y = lab[f"y_h{h}"].reindex(w.index).to_numpy()
             ok = ~np.isnan(y)
-            if ok.sum() < 20:
-                raise ValueError(f"blend: only {ok.sum()} labelled val rows for horizon {h}; need >= 20")
-            self.models_[h] = self._fit_one(w.to_numpy()[ok], y[ok], self.seed + h)
+            if ok.sum() < 50:
+                raise ValueError(f"blend: only {ok.sum()} labelled val rows for horizon {h}; need >= 50")
+            X, y, base = w.to_numpy()[ok], y[ok], s.to_numpy()[ok].mean(1)
+            ts = w.index.get_level_values("timestamp").to_numpy()[ok]
+            for method in self.cfg.methods:
+                self.models_[method][h] = _fit(method, self.cfg, X, y, self.seed + h)
+                pred = np.full(len(y), np.nan)
+                for tr, te in _oof_blocks(ts, self.cfg.oof_folds, max(self.horizons)):
+                    pred[te] = _predict(_fit(method, self.cfg, X[tr], y[tr], self.seed + h), X[te])
+                oof[method].append((h, pred, y, base))
+        for method, parts in oof.items():
+            cals = [fit_calibration(p[:, None], yy[:, None], b / np.sqrt(h), (h,)) for h, p, yy, b in parts]
+            self.calibration_[method] = Calibration(
+                self.horizons, *(tuple(getattr(c, f)[0] for c in cals) for f in ("scale", "alpha", "beta")))
+        self.oof_ = oof
         return self
 
-    def _fit_one(self, X: np.ndarray, y: np.ndarray, seed: int):
-        if self.cfg.meta == "mean":
-            return None
-        if self.cfg.meta == "ridge":
-            # Closed-form ridge with intercept; the penalty scales with the forecasts' variance.
-            mu, ym = X.mean(0), y.mean()
-            Xc = X - mu
-            lam = self.cfg.ridge_alpha * np.trace(Xc.T @ Xc) / X.shape[1]
-            coef = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y - ym))
-            return {"coef": coef.tolist(), "intercept": float(ym - mu @ coef)}
-        import catboost as cb
-
-        c = self.cfg.catboost
-        m = cb.CatBoostRegressor(iterations=c.iterations, learning_rate=c.learning_rate, depth=c.depth,
-                                 l2_leaf_reg=c.l2_leaf_reg, thread_count=c.thread_count, random_seed=seed,
-                                 verbose=False, allow_writing_files=False)
-        return m.fit(X, y)
-
-    def _predict_one(self, h: int, X: np.ndarray) -> np.ndarray:
-        m = self.models_[h]
-        if self.cfg.meta == "mean":
-            return X.mean(1)
-        if self.cfg.meta == "ridge":
-            return X @ np.asarray(m["coef"]) + m["intercept"]
-        return m.predict(X)
-
     def predict(self, preds: pd.DataFrame, segment: str) -> pd.DataFrame:
+        """Long forecasts of every method for one segment of ``preds`` (same columns as the
+        members' predictions: symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up)."""
         out = []
         for h in self.horizons:
             w = wide(preds, segment, h, self.members)
-            out.append(pd.DataFrame({"symbol": w.index.get_level_values(0), "timestamp": w.index.get_level_values(1),
-                                     "segment": segment, "model": "ensemble", "horizon": h,
-                                     "yhat": self._predict_one(h, w.to_numpy())}))
+            base = wide(preds, segment, h, self.members, "yhat_std").reindex(w.index).to_numpy().mean(1)
+            for method in self.cfg.methods:
+                yhat = _predict(self.models_[method][h], w.to_numpy())
+                j = self.horizons.index(h)
+                one = Calibration((h,), (self.calibration_[method].scale[j],),
+                                  (self.calibration_[method].alpha[j],), (self.calibration_[method].beta[j],))
+                std, prob = apply_calibration(one, yhat[:, None], base / np.sqrt(h))
+                out.append(pd.DataFrame({
+                    "symbol": w.index.get_level_values(0), "timestamp": w.index.get_level_values(1),
+                    "segment": segment, "model": method, "horizon": h, "yhat": yhat,
+                    "yhat_std": std[:, 0], "prob_up": prob[:, 0]}))
         return pd.concat(out, ignore_index=True)
 
     def save(self, directory: str | Path) -> None:
-        with atomic_dir(directory) as tmp:
-            state = {}
-            for h, m in self.models_.items():
-                if self.cfg.meta == "catboost":
-                    from alphafactory.models.catboost_model import save_cbm
+        from alphafactory.models.catboost_model import save_cbm
 
-                    save_cbm(m, tmp / f"h{h}.cbm")
-                    state[str(h)] = f"h{h}.cbm"
-                else:
-                    state[str(h)] = m
-            manifest = {"meta": self.cfg.meta, "config": to_dict(self.cfg), "members": self.members,
-                        "horizons": list(self.horizons), "seed": self.seed, "state": state}
+        with atomic_dir(directory) as tmp:
+            state: dict[str, dict[str, Any]] = {}
+            for method, per_h in self.models_.items():
+                state[method] = {}
+                for h, m in per_h.items():
+                    if isinstance(m, dict):
+                        state[method][str(h)] = m
+                    else:
+                        save_cbm(m, tmp / f"{method}_h{h}.cbm")
+                        state[method][str(h)] = {"cbm": f"{method}_h{h}.cbm"}
+            manifest = {"format_version": 2, "config": to_dict(self.cfg), "members": self.members,
+                        "horizons": list(self.horizons), "seed": self.seed, "state": state,
+                        "calibration": {m: c.to_dict() for m, c in self.calibration_.items()}}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> "Stacker":
         directory = Path(directory)
         man = json.loads((directory / "manifest.json").read_text())
+        if man.get("format_version") != 2:
+            raise ValueError(f"{directory / 'manifest.json'}: format_version {man.get('format_version')!r}, expected 2")
         obj = cls(from_dict(BlendConfig, man["config"], "blend"), man["members"], tuple(man["horizons"]), man["seed"])
         obj.models_ = {}
-        for h in obj.horizons:
-            s = man["state"][str(h)]
-            if obj.cfg.meta == "catboost":
-                import catboost as cb
+        for method, per_h in man["state"].items():
+            obj.models_[method] = {}
+            for h, s in per_h.items():
+                if "cbm" in s:
+                    import catboost as cb
 
-                m = cb.CatBoostRegressor()
-                m.load_model(str(directory / s), format="cbm")
-                obj.models_[h] = m
-            else:
-                obj.models_[h] = s
+                    m = cb.CatBoostRegressor()
+                    m.load_model(str(directory / s["cbm"]), format="cbm")
+                    obj.models_[method][int(h)] = m
+                else:
+                    obj.models_[method][int(h)] = s
+        obj.calibration_ = {m: Calibration.from_dict(c) for m, c in man["calibration"].items()}
         return obj

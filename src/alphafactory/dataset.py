@@ -49,7 +49,8 @@ class Dataset:
     """Rows sorted by (symbol, timestamp), one per bar that has features.
 
     X: (n, F) float32 features; Y: (n, H) float32 targets (NaN where the label is missing);
-    segment: (n,) str in {train, val, test, purged}.
+    segment: (n,) str in {train, val, test, purged}; vol: (n,) trailing 1-bar volatility at
+    each row's time (the label stage's ``vol``, used to scale forecast uncertainty).
     """
 
     keys: pd.DataFrame
@@ -59,6 +60,7 @@ class Dataset:
     horizons: tuple[int, ...]
     segment: np.ndarray
     sym_codes: np.ndarray = field(repr=False)
+    vol: np.ndarray = field(repr=False)
 
     def rows(self, segment: str) -> np.ndarray:
         return np.flatnonzero(self.segment == segment)
@@ -84,7 +86,7 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
         raise ValueError(
             f"labels lack {missing}: the label stage was run with other horizons than {list(horizons)}"
         )
-    lab = labels[KEYS + ycols].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
+    lab = labels[KEYS + ycols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
     df = features.merge(lab, on=KEYS, how="inner", validate="1:1")
     df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
     if df.empty:
@@ -95,6 +97,7 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
     return Dataset(
         keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
+        vol=df["vol"].to_numpy(np.float64),
     )
 
 

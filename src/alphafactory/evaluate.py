@@ -23,12 +23,15 @@ class EvaluateConfig:
     threshold: float = 0.0  # |yhat| needed before the sign strategy trades
     ls_quantile: float = 0.25  # share of names per side of the cross-sectional long/short book
     min_symbols_cs: int = 3  # symbols needed at a timestamp for per-timestamp IC
+    ic_window: int = 63  # bars (timestamps) per window of the rolling-IC plot
 
     def validate(self) -> None:
         if self.cost_bps < 0:
             raise ValueError(f"evaluate.cost_bps: got {self.cost_bps}, expected >= 0")
         if not 0 < self.ls_quantile <= 0.5:
             raise ValueError(f"evaluate.ls_quantile: got {self.ls_quantile}, expected in (0, 0.5]")
+        if self.ic_window < 2:
+            raise ValueError(f"evaluate.ic_window: got {self.ic_window}, expected >= 2 bars")
 
 
 def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
@@ -86,6 +89,21 @@ def score(table: pd.DataFrame, model: str, horizon: int, periods_per_year: float
     return out
 
 
+def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, horizon: int) -> dict[str, float]:
+    """Coverage of yhat ± k·yhat_std and the Brier score of prob_up on the scored rows, for
+    models that carry uncertainty (baselines do not)."""
+    if "yhat_std" not in preds.columns:
+        return {}
+    p = preds[(preds["model"] == model) & (preds["horizon"] == horizon)]
+    p = table[KEYS + ["y"]].merge(p[KEYS + ["yhat", "yhat_std", "prob_up"]], on=KEYS, how="inner")
+    if p.empty or p["yhat_std"].isna().any():
+        return {}
+    cover = metrics.interval_coverage(p["y"].to_numpy(), p["yhat"].to_numpy(), p["yhat_std"].to_numpy())
+    out = {k: v for k, v in cover.items() if k.startswith("cover_")}
+    out["brier"] = metrics.brier_score(p["y"].to_numpy(), p["prob_up"].to_numpy())
+    return out
+
+
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
              oracle: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, dict[str, pd.DataFrame]]:
     """Score every model of ``preds`` (test rows, long format, baselines included).
@@ -98,7 +116,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
     result: dict = {m: {} for m in models}
     long_frames, plots = [], {}
     if oracle is not None and len(oracle):
-        preds = pd.concat([preds, oracle.assign(model="oracle")[preds.columns]], ignore_index=True)
+        preds = pd.concat([preds, oracle.assign(model="oracle").reindex(columns=preds.columns)], ignore_index=True)
         result["oracle"] = {}
     for h in horizons:
         table = scored_rows(preds, labels, h)
@@ -106,6 +124,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             raise ValueError(f"evaluate: no labelled test rows that every model forecast at horizon {h}")
         for m in result:
             result[m][f"h{h}"] = score(table, m, h, periods_per_year, cfg)
+            result[m][f"h{h}"].update(calibration_scores(preds, table, m, h))
         if "oracle" in result:
             oic = result["oracle"][f"h{h}"]["ic"]
             for m in models:
@@ -115,6 +134,9 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
                                              "horizon": h, "model": m, "yhat": table[m], "y": table["y"]}))
         if h == horizons[0]:
             plots.update(plot_tables(table, models, h, cfg))
+            plots.update(calibration_table(preds, table, models, h))
+            selection = select_best(table, result, models, h, periods_per_year, cfg)
+    result["_selection"] = selection  # not a model: see select_best
     return result, pd.concat(long_frames, ignore_index=True), plots
 
 
@@ -130,4 +152,66 @@ def plot_tables(table: pd.DataFrame, models: list[str], horizon: int, cfg: Evalu
     cum["timestamp"] = cum["timestamp"].dt.strftime("%Y-%m-%d %H:%M")
     focus = "ensemble" if "ensemble" in models else models[0]
     scatter = pd.DataFrame({"predicted": table[focus], "realised": table["y"]})
-    return {"cumulative_return.csv": cum, "predicted_vs_realised.csv": scatter}
+    roll = pd.DataFrame({m: metrics.rolling_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[m]),
+                                               cfg.ic_window) for m in models})
+    # constant forecasts (zero, train_mean, buy_and_hold) have no IC; rows before the first full window neither
+    roll = roll.dropna(axis=1, how="all").dropna(axis=0, how="all").reset_index()
+    roll["timestamp"] = roll["timestamp"].dt.strftime("%Y-%m-%d %H:%M")
+    return {"cumulative_return.csv": cum, "predicted_vs_realised.csv": scatter, "rolling_ic.csv": roll}
+
+
+def calibration_table(preds: pd.DataFrame, table: pd.DataFrame, models: list[str], horizon: int) -> dict[str, pd.DataFrame]:
+    """Reliability of the ensemble's (else the first model's) ``prob_up`` on the scored rows, in
+    10 equal-count bins (equal-width bins would put nearly every row in the two bins around 0.5):
+    ``{"calibration.csv": bin, mean_pred, obs_freq, count}``, or ``{}`` when the forecasts carry
+    no ``prob_up``. ``obs_freq`` is the share of rows with ``y > 0``."""
+    if "prob_up" not in preds.columns:
+        return {}
+    focus = "ensemble" if "ensemble" in models else models[0]
+    p = preds[(preds["model"] == focus) & (preds["horizon"] == horizon)]
+    p = table[KEYS + ["y"]].merge(p[KEYS + ["prob_up"]], on=KEYS, how="inner")
+    if p.empty or p["prob_up"].isna().any():
+        return {}
+    bins = pd.qcut(p["prob_up"].rank(method="first"), min(10, len(p)), labels=False)  # ties split by order
+    rel = (pd.DataFrame({"bin": bins, "mean_pred": p["prob_up"], "obs_freq": (p["y"] > 0).astype(float)})
+           .groupby("bin", sort=True).agg(mean_pred=("mean_pred", "mean"), obs_freq=("obs_freq", "mean"),
+                                          count=("obs_freq", "size")).reset_index())
+    return {"calibration.csv": rel}
+
+
+def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: int,
+                periods_per_year: float, cfg: EvaluateConfig) -> dict:
+    """The model with the highest net Sharpe at ``horizon`` and its deflated Sharpe ratio.
+
+    Candidates are every scored model except the baselines (base models and ensembles), so
+    ``n_trials`` is their number. The DSR (Bailey & Lopez de Prado 2014) is the probability that
+    the winner's true Sharpe ratio beats the best of ``n_trials`` skill-less strategies, from the
+    per-period Sharpe, skew and raw kurtosis of its net returns (non-overlapping h-bar periods);
+    the trials' Sharpe variance is the noise-only ``1 / (n_periods - 1)``. Written to
+    ``metrics/test.json`` under ``_selection`` (not a model)."""
+    from scipy.stats import kurtosis, skew
+
+    candidates = [m for m in models if m not in BASELINES]
+    out: dict = {"horizon": int(horizon), "criterion": "sharpe", "n_trials": len(candidates),
+                 "candidates": candidates, "baselines": [m for m in models if m in BASELINES],
+                 "best_model": None, "sharpe": float("nan"), "sharpe_per_period": float("nan"),
+                 "n_periods": 0, "skew": float("nan"), "kurtosis": float("nan"),
+                 "expected_max_sharpe": float("nan"), "psr": float("nan"), "dsr": float("nan")}
+    scored = {m: result[m][f"h{horizon}"]["sharpe"] for m in candidates}
+    scored = {m: s for m, s in scored.items() if s is not None and np.isfinite(s)}
+    if not scored:
+        return out
+    best = max(scored, key=scored.get)  # first of equals, in model order
+    book = metrics.strategy_returns(table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[best]),
+                                    horizon, cfg.cost_bps, cfg.threshold)
+    r = book["net"].to_numpy()
+    out.update(best_model=best, sharpe=float(scored[best]), n_periods=int(len(r)))
+    if len(r) < 3:
+        return out
+    sr = float(r.mean() / r.std(ddof=1))
+    sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
+    out.update(sharpe_per_period=sr, skew=sk, kurtosis=ku,
+               expected_max_sharpe=metrics.expected_max_sharpe(len(candidates), 1.0 / (len(r) - 1)),
+               psr=metrics.probabilistic_sharpe_ratio(sr, len(r), sk, ku),
+               dsr=metrics.deflated_sharpe_ratio(sr, len(candidates), len(r), sk, ku))
+    return out

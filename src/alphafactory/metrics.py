@@ -212,6 +212,45 @@ def cross_sectional_ic(df: pd.DataFrame, min_symbols: int = 3) -> dict[str, floa
     }
 
 
+def rolling_ic(df: pd.DataFrame, window: int) -> pd.Series:
+    """Pearson IC of ``yhat`` with ``y`` over the rows of the trailing ``window`` timestamps.
+
+    All symbols' rows in the window are pooled (one correlation per window, not a mean of
+    per-timestamp correlations), so it is defined with a single symbol too.
+
+    Args:
+        df: long panel with columns ``timestamp``, ``y``, ``yhat`` (finite).
+        window: number of distinct timestamps (bars) per window, >= 2.
+
+    Returns:
+        (n_timestamps,) float64 series indexed by sorted distinct timestamp; NaN for the first
+        ``window - 1`` timestamps and for windows where ``y`` or ``yhat`` is constant.
+    """
+    _require_columns(df, ("timestamp", "y", "yhat"))
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 2:
+        raise ValueError(f"window must be an integer >= 2, got {window!r}")
+    y = _as_1d(df["y"], "df['y']")
+    p = _as_1d(df["yhat"], "df['yhat']")
+    # Centring by the global means leaves every window's correlation unchanged and keeps the
+    # sums-of-products formula below clear of cancellation.
+    yc, pc = y - y.mean(), p - p.mean()
+    frame = pd.DataFrame({"t": df["timestamp"].to_numpy(), "n": 1.0, "y": yc, "p": pc,
+                          "yy": yc * yc, "pp": pc * pc, "yp": yc * pc, "y_raw": y, "p_raw": p})
+    grouped = frame.groupby("t", sort=True)
+    sums = grouped[["n", "y", "p", "yy", "pp", "yp"]].sum().rolling(window, min_periods=window).sum()
+    lo = grouped[["y_raw", "p_raw"]].min().rolling(window, min_periods=window).min()
+    hi = grouped[["y_raw", "p_raw"]].max().rolling(window, min_periods=window).max()
+    n = sums["n"]
+    cov = sums["yp"] - sums["y"] * sums["p"] / n
+    var_y = sums["yy"] - sums["y"] ** 2 / n
+    var_p = sums["pp"] - sums["p"] ** 2 / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (cov / np.sqrt(var_y * var_p)).clip(-1.0, 1.0)
+    # exact constant test (as _is_constant): round-off leaves a tiny non-zero variance
+    constant = (hi["y_raw"] == lo["y_raw"]) | (hi["p_raw"] == lo["p_raw"])
+    return r.where(~constant).rename("ic").rename_axis("timestamp")
+
+
 # ---------------------------------------------------------------------------------------------
 # return-series statistics
 # ---------------------------------------------------------------------------------------------

@@ -4,15 +4,39 @@ All symbols are cut at the same timestamps. A row belongs to a segment by its ow
 purged when its longest label ends at or after the start of the next segment (its label would
 overlap data the next segment evaluates on), and the first ``embargo`` bars of each symbol after
 each boundary are dropped as well (serially correlated features right after a boundary).
+
+Cross-validation folds (:func:`make_folds`) live inside the development period only (train + val:
+rows whose own longest label ends before the test segment starts), so the test segment stays
+untouched for the final evaluation. The development timestamps are cut into contiguous time
+groups of (nearly) equal numbers of distinct timestamps. A fold tests on one or more groups and
+trains on rows of the other groups, with a gap on both sides of every test block (López de Prado,
+*Advances in Financial Machine Learning*, ch. 7):
+
+* purge: a training row whose label window ``[t, end_h{H}]`` (H = longest horizon) overlaps the
+  block's label span ``[first test timestamp, last test label end]`` is dropped;
+* embargo: the ``embargo`` bars of each symbol next to the purged ones are dropped too, on both
+  sides (after a block, as López de Prado's embargo; before it, so that the gap before a test
+  block is purge + embargo bars, as between the segments). Test blocks are never trimmed.
+
+Modes (``split.cv_mode``): ``expanding`` walk-forward (fold i tests group i + 1 and trains on
+every earlier group), ``rolling`` walk-forward (the same test blocks, training limited to the
+last ``cv_train_bars`` distinct timestamps before the gap), and ``cpcv``, combinatorial purged
+cross-validation: ``cv_folds`` groups, every choice of ``cv_test_groups`` of them is one split
+(C(N, k) folds), training rows before and after the test blocks.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 SEGMENTS = ("train", "val", "test")
+CV_MODES = ("expanding", "rolling", "cpcv")
+ROLES = ("train", "test")  # values of the folds' ``role`` column
 
 
 @dataclass(frozen=True)
@@ -20,6 +44,10 @@ class SplitConfig:
     val_frac: float = 0.15
     test_frac: float = 0.15
     embargo: int = 5  # bars dropped after each boundary, on top of the purge
+    cv_folds: int = 4  # walk-forward: test blocks; cpcv: time groups N
+    cv_mode: Literal["expanding", "rolling", "cpcv"] = "expanding"
+    cv_train_bars: int | None = None  # rolling: training window in distinct timestamps
+    cv_test_groups: int = 2  # cpcv: groups k held out per split
 
     def validate(self) -> None:
         for key in ("val_frac", "test_frac"):
@@ -32,6 +60,30 @@ class SplitConfig:
             )
         if self.embargo < 0:
             raise ValueError(f"split.embargo: got {self.embargo}, expected >= 0")
+        if self.cv_mode not in CV_MODES:
+            raise ValueError(f"split.cv_mode: got {self.cv_mode!r}, expected one of {list(CV_MODES)}")
+        if isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int) or self.cv_folds < 2:
+            raise ValueError(f"split.cv_folds: got {self.cv_folds!r}, expected an integer >= 2")
+        if self.cv_mode == "rolling":
+            bars = self.cv_train_bars
+            if isinstance(bars, bool) or not isinstance(bars, int) or bars < 1:
+                raise ValueError(
+                    f"split.cv_train_bars: got {bars!r} with cv_mode 'rolling', expected the "
+                    f"training window length in timestamps (an integer >= 1)"
+                )
+        elif self.cv_train_bars is not None:
+            raise ValueError(
+                f"split.cv_train_bars: got {self.cv_train_bars!r} with cv_mode {self.cv_mode!r}, "
+                f"expected null (a training window applies to cv_mode 'rolling' only)"
+            )
+        k = self.cv_test_groups
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"split.cv_test_groups: got {k!r}, expected an integer >= 1")
+        if self.cv_mode == "cpcv" and k >= self.cv_folds:
+            raise ValueError(
+                f"split.cv_test_groups: got {k} with cv_folds {self.cv_folds}, expected "
+                f"1 <= cv_test_groups < cv_folds (some groups must be left to train on)"
+            )
 
 
 def boundaries(timestamps: np.ndarray, cfg: SplitConfig) -> tuple[np.datetime64, np.datetime64]:
@@ -70,3 +122,185 @@ def assign_segments(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitC
     return pd.DataFrame(
         {"symbol": labels["symbol"].to_numpy(), "timestamp": ts, "segment": names[out]}
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-validation folds inside the development period (train + val)
+# ---------------------------------------------------------------------------------------------
+
+
+def development_mask(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig) -> np.ndarray:
+    """(n,) bool: rows before the test segment whose longest label also ends before it starts.
+    Folds use these rows only, so no fold ever reads a test-segment bar, as feature or label."""
+    ts = labels["timestamp"].to_numpy("datetime64[ns]")
+    _, test_start = boundaries(ts, cfg)
+    end = labels[f"end_h{max(horizons)}"].to_numpy("datetime64[ns]")
+    return (ts < test_start) & ~np.isnat(end) & (end < test_start)
+
+
+class _FoldBuilder:
+    """Per-row arrays shared by every fold of one labels panel (sorted by symbol, timestamp)."""
+
+    def __init__(self, labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig, n_groups: int):
+        self.cfg = cfg
+        self.symbol = labels["symbol"].to_numpy()
+        self.ts = labels["timestamp"].to_numpy("datetime64[ns]")
+        self.end = labels[f"end_h{max(horizons)}"].to_numpy("datetime64[ns]")
+        self.codes = pd.factorize(labels["symbol"])[0]
+        same = self.codes[1:] == self.codes[:-1]
+        if (np.diff(self.codes) < 0).any() or (self.ts[1:][same] <= self.ts[:-1][same]).any():
+            raise ValueError("folds: labels must be sorted by (symbol, timestamp) with unique rows, "
+                             "as make_labels returns them")
+        self.n_sym = int(self.codes.max()) + 1 if len(self.codes) else 0
+        # 0-based position of each row among its symbol's rows (bars), for per-symbol embargoes
+        starts = np.r_[0, np.flatnonzero(~same) + 1]
+        self.pos = np.arange(len(self.ts)) - np.repeat(starts, np.diff(np.r_[starts, len(self.ts)]))
+        self.dev = development_mask(labels, horizons, cfg)
+        self.stamps = np.unique(self.ts[self.dev])  # distinct development timestamps, sorted
+        if len(self.stamps) < 2 * n_groups:
+            raise ValueError(
+                f"split.cv_folds: {n_groups} time groups need at least {2 * n_groups} distinct "
+                f"timestamps before the test segment, got {len(self.stamps)}"
+            )
+        # time group of each distinct timestamp: n_groups contiguous runs of near-equal length
+        self.stamp_group = np.arange(len(self.stamps)) * n_groups // len(self.stamps)
+        self.group = np.full(len(self.ts), -1, dtype=np.int64)
+        self.group[self.dev] = self.stamp_group[np.searchsorted(self.stamps, self.ts[self.dev])]
+
+    def _count(self, mask: np.ndarray) -> np.ndarray:
+        """Rows of each row's symbol that satisfy ``mask``, broadcast to rows: (n,)."""
+        return np.bincount(self.codes, weights=mask, minlength=self.n_sym)[self.codes]
+
+    def _gap_before(self, t0: np.datetime64) -> np.ndarray:
+        """Rows before a test block starting at t0 that may not train: the purge (label ends at or
+        after t0) plus the ``embargo`` bars of each symbol just before the purged ones."""
+        before = self.ts < t0
+        rank = self._count(before) - self.pos  # 1 = the symbol's last bar before t0
+        purged = before & (self.end >= t0)
+        reach = np.zeros(self.n_sym)
+        np.maximum.at(reach, self.codes[purged], rank[purged])
+        return before & (purged | (rank <= reach[self.codes] + self.cfg.embargo))
+
+    def _gap_after(self, t1: np.datetime64, label_end: np.datetime64) -> np.ndarray:
+        """Rows after a test block ending at t1 that may not train: the purge (timestamp at or
+        before the block's last label end, so the label windows overlap) plus the next
+        ``embargo`` bars of each symbol."""
+        after_purge = self.ts > label_end
+        rank = self.pos - self._count(~after_purge) + 1  # 1 = the symbol's first bar after it
+        return (self.ts > t1) & (~after_purge | (rank <= self.cfg.embargo))
+
+    def fold(self, test_groups: tuple[int, ...], walk_forward: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(train, test) row masks for one fold holding out ``test_groups`` (sorted)."""
+        test = self.dev & np.isin(self.group, test_groups)
+        train = self.dev & ~np.isin(self.group, test_groups)
+        if walk_forward:
+            train &= self.group < test_groups[0]
+        # contiguous runs of test groups are one test block each
+        runs = np.split(np.asarray(test_groups), np.flatnonzero(np.diff(test_groups) > 1) + 1)
+        for run in runs:
+            in_run = np.flatnonzero(np.isin(self.stamp_group, run))
+            block = test & np.isin(self.group, run)
+            t0, t1 = self.stamps[in_run[0]], self.stamps[in_run[-1]]
+            train &= ~self._gap_before(t0) & ~self._gap_after(t1, self.end[block].max())
+        return train, test
+
+    def frame(self, masks: list[tuple[np.ndarray, np.ndarray]]) -> pd.DataFrame:
+        """Long table: one row per (fold, row used by that fold)."""
+        parts = []
+        for i, (train, test) in enumerate(masks):
+            if not train.any() or not test.any():
+                raise ValueError(
+                    f"split: fold {i} has {int(train.sum())} training and {int(test.sum())} test rows "
+                    f"after the purge and embargo; expected both > 0 (use fewer split.cv_folds, a "
+                    f"smaller split.embargo or more data)"
+                )
+            rows = np.flatnonzero(train | test)
+            parts.append(pd.DataFrame({
+                "symbol": self.symbol[rows], "timestamp": self.ts[rows], "fold": np.int64(i),
+                "group": self.group[rows], "role": np.where(test[rows], ROLES[1], ROLES[0]),
+            }))
+        return pd.concat(parts, ignore_index=True)
+
+
+def walk_forward_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig) -> pd.DataFrame:
+    """Walk-forward folds over the development period (``cv_mode`` expanding or rolling).
+
+    The development timestamps are cut into ``cv_folds + 1`` time groups; fold i tests on group
+    i + 1 and trains on the groups before it, purged and embargoed before the test block. Rolling
+    mode keeps only the last ``cv_train_bars`` distinct timestamps of that training set.
+    labels: :func:`alphafactory.labels.make_labels` output (sorted by symbol, timestamp).
+    Returns the long table ``symbol, timestamp, fold, group, role`` (role train | test); rows a
+    fold does not list are unused by it (purged, embargoed, later, or outside the window).
+    """
+    cfg.validate()
+    if cfg.cv_mode == "cpcv":
+        raise ValueError("walk_forward_folds: split.cv_mode is 'cpcv'; call cpcv_folds (or make_folds)")
+    fb = _FoldBuilder(labels, horizons, cfg, cfg.cv_folds + 1)
+    masks = []
+    for i in range(cfg.cv_folds):
+        train, test = fb.fold((i + 1,), walk_forward=True)
+        if cfg.cv_mode == "rolling":
+            stamps = np.unique(fb.ts[train])
+            if len(stamps) < cfg.cv_train_bars:
+                raise ValueError(
+                    f"split.cv_train_bars: got {cfg.cv_train_bars}, but fold {i} has only "
+                    f"{len(stamps)} training timestamps; expected <= {len(stamps)} (or fewer cv_folds)"
+                )
+            train &= fb.ts >= stamps[-cfg.cv_train_bars]
+        masks.append((train, test))
+    return fb.frame(masks)
+
+
+def cpcv_splits(n_groups: int, k: int) -> list[tuple[int, ...]]:
+    """The C(n_groups, k) held-out group sets of combinatorial purged CV, in lexicographic order
+    (split i of this list is fold i)."""
+    if not 1 <= k < n_groups:
+        raise ValueError(f"cpcv: got {k} test groups of {n_groups}, expected 1 <= k < n_groups")
+    return list(combinations(range(n_groups), k))
+
+
+def cpcv_paths(n_groups: int, k: int) -> np.ndarray:
+    """(C(n_groups - 1, k - 1), n_groups) int: the fold whose forecasts fill group g on backtest
+    path p. Every group is tested by C(N-1, k-1) folds; path p takes the p-th of them, so each
+    (fold, test group) pair is used by exactly one path."""
+    splits = cpcv_splits(n_groups, k)
+    n_paths = math.comb(n_groups - 1, k - 1)
+    out = np.empty((n_paths, n_groups), dtype=np.int64)
+    for g in range(n_groups):
+        out[:, g] = [i for i, s in enumerate(splits) if g in s]
+    return out
+
+
+def cpcv_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig) -> pd.DataFrame:
+    """Combinatorial purged cross-validation over the development period.
+
+    ``cv_folds`` time groups; each of the C(cv_folds, cv_test_groups) splits tests on its groups
+    and trains on all the others, purged and embargoed on both sides of every test block.
+    Same long format as :func:`walk_forward_folds`; fold i holds out ``cpcv_splits(N, k)[i]``.
+    """
+    cfg.validate()
+    splits = cpcv_splits(cfg.cv_folds, cfg.cv_test_groups)
+    fb = _FoldBuilder(labels, horizons, cfg, cfg.cv_folds)
+    return fb.frame([fb.fold(s, walk_forward=False) for s in splits])
+
+
+def make_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig) -> pd.DataFrame:
+    """The folds of ``cfg.cv_mode``: :func:`cpcv_folds` for cpcv, else :func:`walk_forward_folds`."""
+    cfg.validate()
+    if cfg.cv_mode == "cpcv":
+        return cpcv_folds(labels, horizons, cfg)
+    return walk_forward_folds(labels, horizons, cfg)
+
+
+def fold_summary(folds: pd.DataFrame) -> list[dict]:
+    """Per fold: test groups, train/test rows and time spans (JSON-ready)."""
+    out = []
+    for fold, g in folds.groupby("fold", sort=True):
+        tr, te = g[g["role"] == "train"], g[g["role"] == "test"]
+        out.append({
+            "fold": int(fold), "test_groups": sorted(int(x) for x in te["group"].unique()),
+            "train_rows": int(len(tr)), "test_rows": int(len(te)),
+            "train_start": str(tr["timestamp"].min()), "train_end": str(tr["timestamp"].max()),
+            "test_start": str(te["timestamp"].min()), "test_end": str(te["timestamp"].max()),
+        })
+    return out

@@ -19,6 +19,7 @@ import pandas as pd
 from alphafactory import models
 from alphafactory.dataset import Dataset
 from alphafactory.models.base import XY, Model
+from alphafactory.uncertainty import apply_calibration, fit_calibration
 
 log = logging.getLogger(__name__)
 PRED_SEGMENTS = ("val", "test")
@@ -28,7 +29,7 @@ PRED_SEGMENTS = ("val", "test")
 class TrainResult:
     name: str
     model: Model
-    predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat
+    predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up
     seconds: float
 
 
@@ -49,17 +50,20 @@ def data_hash(ds: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def long_predictions(ds: Dataset, rows: np.ndarray, pred: np.ndarray, segment: str, name: str) -> pd.DataFrame:
-    """(n, H) forecasts → long rows (symbol, timestamp, segment, model, horizon, yhat)."""
+def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.ndarray, std: np.ndarray,
+                     prob: np.ndarray, segment: str, name: str) -> pd.DataFrame:
+    """(n, H) forecasts, their std and P(up) → long rows
+    (symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up)."""
     n, H = pred.shape
-    keys = ds.keys.iloc[rows]
     return pd.DataFrame({
         "symbol": np.repeat(keys["symbol"].to_numpy(), H),
         "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
         "segment": segment,
         "model": name,
-        "horizon": np.tile(np.asarray(ds.horizons, np.int64), n),
+        "horizon": np.tile(np.asarray(horizons, np.int64), n),
         "yhat": pred.reshape(-1).astype(np.float64),
+        "yhat_std": std.reshape(-1).astype(np.float64),
+        "prob_up": prob.reshape(-1).astype(np.float64),
     })
 
 
@@ -78,13 +82,21 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         model = models.create(name, blocks.get(name), horizons=ds.horizons, seed=seed, **(extra or {}))
         _, train = segment_data(ds, "train", spec.input_kind, lookback)
         _, val = segment_data(ds, "val", spec.input_kind, lookback)
-        log.info("%s: fitting on %d train rows, early-stopping on %d val rows", name, len(train.Y), len(val.Y))
+        log.info("%s: fitting on %d train rows (%d val rows for early stopping/scoring)", name,
+                 len(train.Y), len(val.Y))
         model.fit(train, val)
-        model.save(Path(out_dir) / name, meta={**meta, "lookback": lookback if spec.input_kind == "sequence" else None})
-        frames = []
+        forecasts = {}
         for seg in PRED_SEGMENTS:
             rows, data = segment_data(ds, seg, spec.input_kind, lookback)
-            frames.append(long_predictions(ds, rows, model.predict(data.X), seg, name))
+            forecasts[seg] = (rows, model.predict(data.X))
+        vrows, vpred = forecasts["val"]
+        cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
+        model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
+                                               "lookback": lookback if spec.input_kind == "sequence" else None})
+        frames = []
+        for seg, (rows, pred) in forecasts.items():
+            std, prob = apply_calibration(cal, pred, ds.vol[rows])
+            frames.append(long_predictions(ds.keys.iloc[rows], ds.horizons, pred, std, prob, seg, name))
         secs = time.perf_counter() - t0
         log.info("%s: done in %.1f s", name, secs)
         results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs))

@@ -1,0 +1,246 @@
+"""The forecasting bundle: one self-contained directory that turns raw bars into forecasts.
+
+Layout (every path relative to the bundle directory)::
+
+    manifest.json          format_version + {path: {sha256, size}} of every other file
+    bundle.json            feature config, horizons, lookback, frequency, feature column order,
+                           training symbols, base models (in blender order), library versions
+    models/<name>/         a copy of each trained base model dir (its own manifest.json + native
+                           files: LightGBM text, XGBoost UBJ, CatBoost .cbm, torch tensors)
+    blend/                 the stacking meta-learner (manifest.json + .cbm or JSON coefficients)
+
+Nothing in a bundle is pickled: loading it (``alphafactory.inference.load_bundle``) reads JSON
+and native model files only, after checking every file against ``manifest.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import shutil
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from alphafactory.config import to_dict
+from alphafactory.features import FeatureConfig
+from alphafactory.io import atomic_dir
+from alphafactory.labels import LabelConfig
+from alphafactory.stage import InputError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CONFIG = "bundle.json"
+MODELS_DIR = "models"
+BLEND_DIR = "blend"
+# Distributions whose versions the bundle records (absent ones are left out): the libraries that
+# read the native model files, plus the ones that shape the feature values.
+PACKAGES = ("alphafactory", "numpy", "pandas", "pyarrow", "scipy", "lightgbm", "xgboost",
+            "xgboost-cpu", "catboost", "torch")
+# Output columns of a forecast; a base model may not take one of these names.
+RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
+
+
+class BundleError(InputError):
+    """A bundle that cannot be built or trusted: names the file and what was expected."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def features_code_sha256() -> str:
+    """sha256 of the installed ``alphafactory/features.py``: a bundle records it so a later
+    change to the feature code (same names, other values) is reported when it is loaded."""
+    from alphafactory import features
+
+    return sha256_file(Path(features.__file__))
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; expected a saved model directory with a manifest")
+    return json.loads(path.read_text())
+
+
+def _discover(model_dirs: Sequence[str | Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """{model name: (its directory, its manifest)} over every ``<family dir>/<model>/``."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for family_dir in map(Path, model_dirs):
+        if not family_dir.is_dir():
+            raise BundleError(f"{family_dir}: no such directory; expected trained models in "
+                              f"<dir>/<model>/manifest.json")
+        for sub in sorted(p for p in family_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            man = _read_manifest(sub)
+            name = man.get("model")
+            if name != sub.name:
+                raise BundleError(f"{sub / MANIFEST}: model {name!r}, expected {sub.name!r} (the directory name)")
+            if name in found:
+                raise BundleError(f"model {name!r} found twice: {found[name][0]} and {sub}")
+            if name in RESERVED:
+                raise BundleError(f"{sub}: model name {name!r} is reserved for an output column {list(RESERVED)}")
+            found[name] = (sub, man)
+    if not found:
+        raise BundleError(f"no trained models under {[str(d) for d in model_dirs]}")
+    return found
+
+
+def _check_models(found: dict[str, tuple[Path, dict[str, Any]]], blend: dict[str, Any],
+                  horizons: tuple[int, ...], lookback: int) -> list[str]:
+    """Check the models agree with each other, the params and the blender; return their feature
+    column order."""
+    features = None
+    for name, (d, man) in found.items():
+        where = d / MANIFEST
+        if tuple(man["horizons"]) != tuple(horizons):
+            raise BundleError(f"{where}: horizons {man['horizons']}, expected label.horizons "
+                              f"{list(horizons)} (stale model: rerun the training stage)")
+        cols = man.get("meta", {}).get("features")
+        if not cols:
+            raise BundleError(f"{where}: no meta.features (the feature column order); expected a "
+                              f"model saved by alphafactory.train.fit_models")
+        if features is None:
+            features = list(cols)
+        elif list(cols) != features:
+            raise BundleError(f"{where}: feature columns differ from the other models' "
+                              f"({len(cols)} vs {len(features)}); expected one feature set")
+        if man.get("input_kind") == "sequence" and man.get("init", {}).get("lookback") != lookback:
+            raise BundleError(f"{where}: lookback {man.get('init', {}).get('lookback')}, expected "
+                              f"train.lookback {lookback} (stale model: rerun the training stage)")
+        if not man.get("meta", {}).get("calibration"):
+            raise BundleError(f"{where}: no meta.calibration (the model's uncertainty calibration); "
+                              f"expected a model saved by alphafactory.train.fit_models")
+    missing = [m for m in blend["members"] if m not in found]
+    if missing:
+        raise BundleError(f"blender members {missing} have no trained model dir; found {sorted(found)}")
+    if tuple(blend["horizons"]) != tuple(horizons):
+        raise BundleError(f"blender horizons {blend['horizons']}, expected {list(horizons)}")
+    assert features is not None
+    return features
+
+
+def _files(directory: Path) -> list[str]:
+    """Posix paths, relative to ``directory``, of every file under it but the manifest."""
+    rels = (p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())
+    return sorted(r for r in rels if r != MANIFEST)
+
+
+def file_table(directory: Path) -> dict[str, dict[str, Any]]:
+    """{posix relative path: {sha256, size}} of every file under ``directory`` but the manifest."""
+    return {rel: {"sha256": sha256_file(directory / rel), "size": (directory / rel).stat().st_size}
+            for rel in _files(directory)}
+
+
+def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: str | Path, *,
+                 features: FeatureConfig, label: LabelConfig, lookback: int,
+                 info: dict[str, Any]) -> dict[str, Any]:
+    """Assemble the bundle directory ``out`` atomically; return its ``bundle.json`` content.
+
+    model_dirs: family directories holding ``<model>/manifest.json`` (models/boosting, ...).
+    blend_dir: the saved :class:`alphafactory.blend.Stacker`.
+    features, label, lookback: the ``features`` and ``label`` params sections and
+        ``train.lookback`` the models were trained with (horizons and lookback are checked
+        against the models' manifests; ``label.vol_window`` scales the forecast uncertainty).
+    info: the prepare stage's ``info.json`` (bar frequency, symbols and their bar counts).
+    """
+    horizons = tuple(label.horizons)
+    found = _discover(model_dirs)
+    blend = _read_manifest(Path(blend_dir))
+    columns = _check_models(found, blend, horizons, int(lookback))
+    methods = list(blend.get("config", {}).get("methods", []))
+    if not methods:
+        raise BundleError(f"{Path(blend_dir) / MANIFEST}: no config.methods; expected a saved "
+                          f"alphafactory.blend.Stacker")
+    # The headline forecast: the stacking ensemble when it was fit, else the first method.
+    primary = "ensemble" if "ensemble" in methods else methods[0]
+    clash = sorted(set(methods) & set(found))
+    if clash:
+        raise BundleError(f"blend methods {clash} have the same names as base models")
+    # Blender members first, in the blender's column order; other base models after them.
+    order = [*blend["members"], *(n for n in found if n not in blend["members"])]
+    config = {
+        "features": to_dict(features),
+        "label": to_dict(label),
+        "horizons": list(horizons),
+        "lookback": int(lookback),
+        "frequency": info["frequency"],
+        "feature_columns": columns,
+        "symbols": sorted(info["symbols"]),
+        "models": [{"name": n, "family": found[n][1]["family"], "input_kind": found[n][1]["input_kind"],
+                    "path": f"{MODELS_DIR}/{n}"} for n in order],
+        "blender": {"path": BLEND_DIR, "meta": blend["config"].get("meta"), "methods": methods,
+                    "primary": primary, "members": blend["members"]},
+        "features_code_sha256": features_code_sha256(),
+        "versions": library_versions(),
+    }
+    with atomic_dir(out) as tmp:
+        for name in order:
+            shutil.copytree(found[name][0], tmp / MODELS_DIR / name)
+        shutil.copytree(blend_dir, tmp / BLEND_DIR)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        manifest = {"format_version": FORMAT_VERSION, "files": file_table(tmp)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return config
+
+
+def verify(directory: str | Path) -> dict[str, Any]:
+    """Check ``directory`` against its manifest; return the parsed ``bundle.json``.
+
+    Raises :class:`BundleError` naming the file for: no manifest, an unknown format_version, a
+    path outside the bundle, a missing, truncated or modified file, and a file the manifest does
+    not list (so nothing unchecked is ever read)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not directory.is_dir():
+        raise BundleError(f"{directory}: no such directory; expected a bundle (dvc pull bundle, or "
+                          f"run the bundle stage)")
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; {directory} is not a bundle (expected {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format_version {version!r} is not supported; this "
+                          f"alphafactory reads format_version {FORMAT_VERSION} (rebuild the bundle "
+                          f"with the bundle stage of a matching version)")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or CONFIG not in files:
+        raise BundleError(f"{path}: expected 'files' listing {CONFIG} and the model files")
+    for rel, want in files.items():
+        parts = PurePosixPath(rel).parts
+        if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
+            raise BundleError(f"{path}: file path {rel!r} points outside the bundle")
+        f = directory / rel
+        if not f.is_file():
+            raise BundleError(f"{f}: missing; the manifest lists it ({want['size']} bytes)")
+        size = f.stat().st_size
+        if size != want["size"]:
+            raise BundleError(f"{f}: {size} bytes, manifest says {want['size']}; the file is "
+                              f"truncated or modified")
+        digest = sha256_file(f)
+        if digest != want["sha256"]:
+            raise BundleError(f"{f}: sha256 {digest[:16]}..., manifest says {want['sha256'][:16]}...; "
+                              f"the file was modified")
+    extra = sorted(set(_files(directory)) - set(files))
+    if extra:
+        raise BundleError(f"{directory / extra[0]}: not listed in {MANIFEST} ({len(extra)} unlisted "
+                          f"file(s)); expected only the files the bundle stage wrote")
+    return json.loads((directory / CONFIG).read_text())

@@ -1,0 +1,351 @@
+"""Which features the trained models use, measured on the test period.
+
+* **Tree SHAP** for tree models (any model whose per-horizon estimators are LightGBM, XGBoost or
+  CatBoost boosters: the boosting family, and a random forest in LightGBM's rf mode): the
+  libraries' own exact contributions (``Booster.predict(pred_contrib=True)``,
+  ``Booster.predict(DMatrix, pred_contribs=True)``, ``get_feature_importance(type="ShapValues")``).
+  Per row, the contributions plus the expected value add up to the forecast (checked on every
+  call). Summarised as mean |SHAP| per feature and horizon, and as each feature's share of the
+  total.
+* **Permutation importance** for every other registered model (neural, ridge, SVR, ...), through
+  nothing but ``Model.predict``: a feature (or a group of features) is shuffled across the test
+  rows and the drop in test IC is measured, averaged over a few seeds. Sequence models get the
+  feature's whole window shuffled across samples, so each window stays a coherent series that
+  no longer belongs to its row. To stay fast, only a capped, evenly spaced set of test rows is
+  scored and only a subset of features is shuffled: the top features by SHAP share, or groups of
+  features that share a name prefix (``vol_*``, ``rsi_*``).
+
+Only test rows are used: nothing here feeds back into training or model selection.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphafactory import models
+from alphafactory.dataset import Dataset
+from alphafactory.models.base import Model
+
+log = logging.getLogger(__name__)
+PERMUTE_MODES = ("top_shap", "prefix")
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    shap_rows: int = 2000  # test rows for SHAP, evenly spaced over the test period (0: all)
+    top_k: int = 20  # features in the top-features table
+    permute: str = "top_shap"  # top_shap: the perm_features top features by SHAP | prefix: name groups
+    perm_features: int = 10  # top_shap mode: how many features are shuffled one at a time
+    perm_rows: int = 1000  # test rows scored per shuffle, evenly spaced (0: all)
+    perm_seeds: int = 3  # shuffles averaged per feature
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.permute not in PERMUTE_MODES:
+            raise ValueError(f"explain.permute: got {self.permute!r}, expected one of {list(PERMUTE_MODES)}")
+        for key in ("top_k", "perm_features", "perm_seeds"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"explain.{key}: got {getattr(self, key)}, expected >= 1")
+        for key in ("shap_rows", "perm_rows"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"explain.{key}: got {getattr(self, key)}, expected >= 0 (0: all rows)")
+
+
+# ---------------------------------------------------------------------------------------------
+# SHAP
+# ---------------------------------------------------------------------------------------------
+
+
+def _booster_kind(est: Any) -> str | None:
+    """'lightgbm', 'xgboost', 'catboost' or None for an estimator without native tree SHAP."""
+    import catboost as cb
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    if isinstance(est, lgb.Booster):
+        return "lightgbm"
+    if isinstance(est, xgb.Booster):
+        return "xgboost"
+    if isinstance(est, cb.CatBoost):
+        return "catboost"
+    return None
+
+
+def supports_shap(model: Model) -> bool:
+    """True when every per-horizon estimator of ``model`` is a LightGBM/XGBoost/CatBoost booster."""
+    ests = getattr(model, "estimators_", None)
+    return bool(ests) and all(_booster_kind(e) is not None for e in ests)
+
+
+def _lightgbm_rf(est: Any) -> bool:
+    """True for a LightGBM booster trained in random-forest mode (any alias of ``boosting``)."""
+    params = getattr(est, "params", None) or {}
+    return any(params.get(k) in ("rf", "random_forest") for k in ("boosting", "boosting_type", "boost"))
+
+
+def _contributions(est: Any, X: np.ndarray) -> np.ndarray:
+    """(n, F + 1) float64: per-feature contributions, then the expected value (last column)."""
+    kind = _booster_kind(est)
+    if kind == "lightgbm":
+        # the same trees predict() uses (see LightGBMModel._predict_one); a loaded booster has
+        # best_iteration <= 0, meaning all of them
+        n_iter = est.best_iteration if est.best_iteration > 0 else est.current_iteration()
+        out = est.predict(X, pred_contrib=True, num_iteration=n_iter)
+        if _lightgbm_rf(est):
+            # rf mode predicts the mean of its trees but pred_contrib returns their sum
+            # (LightGBM issue #6217, open in 4.7): average the contributions the same way
+            out = np.asarray(out, dtype=np.float64) / n_iter
+    elif kind == "xgboost":
+        import xgboost as xgb
+
+        out = est.predict(xgb.DMatrix(X), pred_contribs=True)
+    elif kind == "catboost":
+        import catboost as cb
+
+        out = est.get_feature_importance(type="ShapValues", data=cb.Pool(X))
+    else:
+        raise ValueError(f"no native SHAP for estimator {type(est).__name__}; "
+                         "expected a LightGBM, XGBoost or CatBoost booster")
+    out = np.asarray(out, dtype=np.float64)
+    if out.shape != (len(X), X.shape[1] + 1):
+        raise ValueError(f"{kind} contributions have shape {out.shape}, expected {(len(X), X.shape[1] + 1)}")
+    return out
+
+
+def shap_values(model: Model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact tree SHAP of a tree model (see ``supports_shap``).
+
+    X: (n, F) float32 features. Returns (phi, base): phi (n, H, F) contributions per horizon and
+    feature, base (n, H) expected values; ``phi.sum(-1) + base == model.predict(X)`` up to
+    float rounding.
+    """
+    if not supports_shap(model):
+        raise ValueError(f"model {model.name!r} has no native tree SHAP; use permutation_importance")
+    X = np.asarray(X, np.float32)
+    parts = [_contributions(e, X) for e in model.estimators_]  # H x (n, F + 1)
+    stacked = np.stack(parts, axis=1)  # (n, H, F + 1)
+    return stacked[..., :-1], stacked[..., -1]
+
+
+def shap_summary(model: Model, X: np.ndarray, feature_names: list[str]) -> pd.DataFrame:
+    """Mean |SHAP| per horizon and feature of one tree model on rows X (n, F).
+
+    Returns long rows ``model, horizon, feature, mean_abs_shap, share`` (share: the feature's
+    fraction of the horizon's total mean |SHAP|, so horizons with different return scales compare)."""
+    phi, base = shap_values(model, X)
+    # Guard: the contributions must explain the forecasts the model really makes (same trees).
+    pred = model.predict(X)
+    err = float(np.max(np.abs(phi.sum(-1) + base - pred))) if len(X) else 0.0
+    if err > 1e-3 * float(pred.std()) + 1e-9:
+        raise ValueError(f"{model.name}: SHAP values + expected value differ from predict() by up to {err:.3g}; "
+                         "expected them to add up (are the saved trees the ones predict uses?)")
+    mean_abs = np.abs(phi).mean(axis=0)  # (H, F), in units of the target (log return)
+    total = mean_abs.sum(axis=1, keepdims=True)
+    share = np.divide(mean_abs, total, out=np.zeros_like(mean_abs), where=total > 0)
+    H, F = mean_abs.shape
+    return pd.DataFrame({
+        "model": model.name,
+        "horizon": np.repeat(np.asarray(model.horizons, np.int64), F),
+        "feature": np.tile(np.asarray(feature_names, dtype=object), H),
+        "mean_abs_shap": mean_abs.reshape(-1),
+        "share": share.reshape(-1),
+    })
+
+
+def top_features(shap: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The k features with the largest SHAP share averaged over models and horizons.
+
+    Returns ``rank, feature, importance`` (importance: mean share, a fraction), best first."""
+    if shap.empty:
+        return pd.DataFrame({"rank": pd.Series(dtype="int64"), "feature": pd.Series(dtype=object),
+                             "importance": pd.Series(dtype="float64")})
+    mean = shap.groupby("feature", sort=True)["share"].mean()
+    mean = mean.sort_values(ascending=False, kind="stable").head(k)
+    return pd.DataFrame({"rank": np.arange(1, len(mean) + 1), "feature": mean.index.to_numpy(),
+                         "importance": mean.to_numpy()})
+
+
+# ---------------------------------------------------------------------------------------------
+# permutation importance
+# ---------------------------------------------------------------------------------------------
+
+
+def prefix_groups(feature_names: list[str]) -> dict[str, list[str]]:
+    """Features grouped by the name up to the first ``_`` (``vol_cc_20`` -> ``vol``), in order."""
+    groups: dict[str, list[str]] = {}
+    for name in feature_names:
+        groups.setdefault(name.split("_", 1)[0], []).append(name)
+    return groups
+
+
+def _pearson_columns(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pearson correlation of a[:, j] and b[:, j] over mask[:, j]; a, b, mask (n, H) -> (H,).
+    NaN where fewer than 2 rows or a side is constant."""
+    m = mask.astype(np.float64)
+    cnt = m.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        a0 = np.where(mask, a, 0.0)
+        b0 = np.where(mask, b, 0.0)
+        da = np.where(mask, a - a0.sum(0) / cnt, 0.0)
+        db = np.where(mask, b - b0.sum(0) / cnt, 0.0)
+        r = (da * db).sum(0) / np.sqrt((da * da).sum(0) * (db * db).sum(0))
+    r[(cnt < 2) | ~np.isfinite(r)] = np.nan
+    return r
+
+
+def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: dict[str, list[int]],
+                           n_seeds: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Drop in test IC (and rise in MSE) when each group of feature columns is shuffled across rows.
+
+    X: (n, F) or (n, L, F) float32 model inputs (shuffled along axis 0, one feature column at a
+    time for every window step together); Y: (n, H) realised targets, NaN where unlabelled;
+    groups: label -> feature column indices shuffled together.
+
+    Returns long rows ``horizon, feature, base_ic, ic_drop, ic_drop_std, mse_rise`` per horizon
+    and group: ``ic_drop = base_ic - shuffled_ic`` (mean over seeds; > 0 means the model uses it),
+    ``ic_drop_std`` its spread over seeds (ddof=1, NaN for one seed), ``mse_rise`` the relative
+    increase of MSE (0.01 = +1 %).
+    """
+    X = np.array(X, dtype=np.float32, copy=True)  # shuffled in place below, restored after each
+    Y = np.asarray(Y, np.float64)
+    if len(X) != len(Y) or Y.ndim != 2:
+        raise ValueError(f"X has {len(X)} rows and Y shape {Y.shape}; expected Y (n, H) with n = {len(X)}")
+    mask = ~np.isnan(Y)
+
+    def score(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ic = _pearson_columns(pred, Y, mask)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mse = np.where(mask, (pred - np.nan_to_num(Y)) ** 2, 0.0).sum(0) / mask.sum(0)
+        return ic, mse
+
+    base_ic, base_mse = score(model.predict(X))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, cols in groups.items():
+        cols = np.asarray(cols, dtype=np.int64)
+        original = X[..., cols].copy()  # (n, k) or (n, L, k)
+        ics, mses = [], []
+        for _ in range(n_seeds):
+            X[..., cols] = original[rng.permutation(len(X))]
+            ic, mse = score(model.predict(X))
+            ics.append(ic)
+            mses.append(mse)
+        X[..., cols] = original
+        drops = base_ic[None, :] - np.asarray(ics)  # (seeds, H)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rise = np.asarray(mses).mean(0) / base_mse - 1.0
+        rows.append(pd.DataFrame({
+            "horizon": np.asarray(model.horizons, np.int64), "feature": label, "base_ic": base_ic,
+            "ic_drop": drops.mean(0), "ic_drop_std": drops.std(0, ddof=1) if n_seeds > 1 else np.nan,
+            "mse_rise": rise,
+        }))
+    return pd.concat(rows, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage's work
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExplainResult:
+    shap: pd.DataFrame  # model, horizon, feature, mean_abs_shap, share
+    top: pd.DataFrame  # rank, feature, importance
+    permutation: pd.DataFrame  # model, horizon, feature, kind, base_ic, ic_drop, ic_drop_std, mse_rise, n_rows
+    models: pd.DataFrame  # model, family, input_kind, method, n_rows
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"shap.csv": self.shap, "top_features.csv": self.top,
+                "permutation.csv": self.permutation, "models.csv": self.models}
+
+
+def evenly_spaced(rows: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` of ``rows`` (0: all), evenly spaced so the whole period is covered."""
+    if cap == 0 or len(rows) <= cap:
+        return rows
+    return rows[np.unique(np.linspace(0, len(rows) - 1, cap).round().astype(np.int64))]
+
+
+def model_dirs(parents: list[str | Path]) -> list[Path]:
+    """Saved model directories (those with a manifest.json) under each family directory."""
+    found = []
+    for parent in map(Path, parents):
+        if not parent.is_dir():
+            raise ValueError(f"model directory {parent} does not exist; expected a family directory "
+                             "such as models/boosting written by a training stage")
+        found.extend(sorted(p for p in parent.iterdir() if (p / "manifest.json").is_file()))
+    return found
+
+
+def _inputs(model: Model, ds: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(X, rows kept): (n, F) for tabular models, (n, L, F) windows for sequence models."""
+    if model.input_kind != "sequence":
+        return ds.X[rows], rows
+    lookback = getattr(model, "lookback", None) or (getattr(model, "meta_", {}) or {}).get("lookback")
+    if not lookback:
+        raise ValueError(f"sequence model {model.name!r} records no lookback in its manifest")
+    rows = ds.window_ends(rows, int(lookback))
+    return np.asarray(ds.windows(rows, int(lookback))), rows
+
+
+def _check_features(model: Model, path: Path, ds: Dataset) -> None:
+    trained = (getattr(model, "meta_", {}) or {}).get("features")
+    if trained is not None and list(trained) != list(ds.feature_names):
+        extra = sorted(set(ds.feature_names) - set(trained))[:5]
+        missing = sorted(set(trained) - set(ds.feature_names))[:5]
+        raise ValueError(f"{path}: trained on {len(trained)} feature columns, but the features table has "
+                         f"{len(ds.feature_names)} (not trained on: {extra}; absent: {missing}); "
+                         "expected the same columns in the same order: rerun the training stages")
+
+
+def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> ExplainResult:
+    """Tree SHAP for tree models, then permutation importance for every other model in ``dirs``."""
+    test = ds.rows("test")
+    if len(test) == 0:
+        raise ValueError("no test rows in the dataset; expected the split stage to assign some")
+    loaded = []
+    for path in dirs:
+        model = models.load(path)
+        _check_features(model, path, ds)
+        loaded.append(model)
+    shap_frames, info = [], []
+    shap_rows = evenly_spaced(test, cfg.shap_rows)
+    for model in (m for m in loaded if supports_shap(m)):
+        t0 = time.perf_counter()
+        shap_frames.append(shap_summary(model, ds.X[shap_rows], ds.feature_names))
+        info.append((model, "shap", len(shap_rows)))
+        log.info("explain: %s: tree SHAP on %d test rows x %d features x %d horizons in %.1f s",
+                 model.name, len(shap_rows), len(ds.feature_names), len(model.horizons), time.perf_counter() - t0)
+    shap = pd.concat(shap_frames, ignore_index=True) if shap_frames else pd.DataFrame(
+        columns=["model", "horizon", "feature", "mean_abs_shap", "share"])
+    top = top_features(shap, cfg.top_k)
+
+    index = {n: i for i, n in enumerate(ds.feature_names)}
+    if cfg.permute == "top_shap" and not top.empty:
+        groups, kind = {f: [index[f]] for f in top["feature"].head(cfg.perm_features)}, "feature"
+    else:
+        if cfg.permute == "top_shap":
+            log.info("explain: no tree model to rank features by SHAP; shuffling name-prefix groups")
+        groups = {g: [index[f] for f in names] for g, names in prefix_groups(ds.feature_names).items()}
+        kind = "group"
+    perm_rows = evenly_spaced(test, cfg.perm_rows)
+    perm_frames = []
+    for model in (m for m in loaded if not supports_shap(m)):
+        t0 = time.perf_counter()
+        X, rows = _inputs(model, ds, perm_rows)
+        table = permutation_importance(model, X, ds.Y[rows], groups, cfg.perm_seeds, cfg.seed)
+        perm_frames.append(table.assign(model=model.name, kind=kind, n_rows=len(rows)))
+        info.append((model, "permutation", len(rows)))
+        log.info("explain: %s: permutation importance of %d %ss x %d seeds on %d test rows in %.1f s",
+                 model.name, len(groups), kind, cfg.perm_seeds, len(rows), time.perf_counter() - t0)
+    cols = ["model", "horizon", "feature", "kind", "base_ic", "ic_drop", "ic_drop_std", "mse_rise", "n_rows"]
+    permutation = pd.concat(perm_frames, ignore_index=True)[cols] if perm_frames else pd.DataFrame(columns=cols)
+    table = pd.DataFrame([(m.name, m.family, m.input_kind, how, n) for m, how, n in info],
+                         columns=["model", "family", "input_kind", "method", "n_rows"])
+    return ExplainResult(shap, top, permutation, table)

@@ -1,0 +1,387 @@
+"""Forecasts from raw bars with a trained bundle, and the ``alphafactory predict`` command.
+
+One feature path: bars are validated like ``prepare`` does, featurized by the same
+``features.compute_features`` + warm-up drop as the ``featurize`` stage, cut into windows of
+``lookback`` bars for the sequence models, forecast by every base model, then stacked by the
+blender. So on the pipeline's own bars, ``predict(..., asof="all")`` reproduces the forecasts the
+``evaluate`` stage scored (a test checks it).
+
+    bundle = load_bundle("bundle")
+    preds = predict(bars, bundle)                       # from each symbol's last bar
+    preds = predict(bars, bundle, asof="2013-06-28")    # from the last bar at or before it
+    preds = predict(bars, bundle, asof="all")           # every bar with enough history
+
+Cross-sectional features rank each symbol against the others at the same timestamp, so pass the
+same panel of symbols the models were trained on (a warning says when it differs).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphafactory import bundle as bundle_files
+from alphafactory.blend import Stacker
+from alphafactory.bundle import BundleError
+from alphafactory.config import ConfigError, from_dict
+from alphafactory.data.frequency import FrequencyInfo
+from alphafactory.data.validate import DataValidationError, validate_bars
+from alphafactory.dataset import Windows, drop_warmup
+from alphafactory.features import FeatureConfig, compute_features, warmup_bars
+from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.models.base import Model
+from alphafactory.stage import InputError
+from alphafactory.uncertainty import Calibration, apply_calibration
+
+log = logging.getLogger(__name__)
+
+# Weight an exponentially weighted feature may still owe to the bars cut off by the default
+# history trim (see ``history_bars``); measured effect on forecasts in the README.
+HISTORY_TOL = 1e-6
+KEYS = ["symbol", "timestamp", "horizon"]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle. ``models``: base models by name, blender members first."""
+
+    path: Path
+    digest: str  # sha256 of manifest.json: identifies the bundle (and, through it, every file)
+    features: FeatureConfig
+    label: LabelConfig  # vol_window sets the volatility that scales yhat_std
+    frequency: FrequencyInfo
+    horizons: tuple[int, ...]
+    lookback: int
+    feature_columns: tuple[str, ...]
+    symbols: tuple[str, ...]
+    models: dict[str, Model]
+    calibration: dict[str, Calibration]  # per base model: yhat_std and prob_up from val
+    blender: Stacker
+    primary: str  # the blend method whose forecast is ``yhat`` (the stacking "ensemble")
+    config: dict[str, Any]  # bundle.json as written by the bundle stage
+
+    @property
+    def warmup(self) -> int:
+        """Leading bars of each symbol without every feature (dropped, as in ``featurize``)."""
+        return warmup_bars(self.features, self.frequency)
+
+    @property
+    def window(self) -> int:
+        """Bars of features one forecast reads: the longest sequence-model lookback, else 1."""
+        return max([getattr(m, "lookback", 1) for m in self.models.values()
+                    if m.input_kind == "sequence"], default=1)
+
+    @property
+    def min_bars(self) -> int:
+        """Bars a symbol needs up to the forecast bar: warm-up + lookback (and at least the
+        ``label.vol_window`` returns that scale ``yhat_std``)."""
+        return max(self.warmup + self.window, self.label.vol_window + 1)
+
+
+def ewm_memory_bars(cfg: FeatureConfig, tol: float = HISTORY_TOL) -> int:
+    """Bars after which every exponentially weighted feature of ``cfg`` gives the older bars a
+    total weight below ``tol``: (1 - alpha_min) ** m <= tol.
+
+    Mirrors the EWM spans in ``features.py`` (vol_ewm and EMAs: 2/(w+1) over ``windows``; ATR
+    and RSI: 1/n; MACD: 2/(span+1)); ``test_trimmed_history_matches_full_history`` fails if a
+    feature with a longer memory is added."""
+    groups = set(cfg.groups)
+    alphas = []
+    if groups & {"volatility", "moving_average"}:
+        alphas += [2.0 / (w + 1.0) for w in cfg.windows]
+    if "atr" in groups:
+        alphas += [1.0 / n for n in cfg.atr_periods]
+    if "rsi" in groups:
+        alphas += [1.0 / n for n in cfg.rsi_periods]
+    if "macd" in groups:
+        alphas += [2.0 / (s + 1.0) for triple in cfg.macd for s in triple]
+    if not alphas:
+        return 0
+    return int(math.ceil(math.log(tol) / math.log1p(-min(alphas))))
+
+
+def history_bars(bundle: Bundle, tol: float = HISTORY_TOL) -> int:
+    """Bars per symbol kept before featurizing for an as-of forecast: warm-up + lookback, plus
+    enough earlier bars that features with a long memory (EWMs; the previous week/month/session
+    aggregates, which need one more warm-up) come out as they do on the full history."""
+    return bundle.min_bars + max(ewm_memory_bars(bundle.features, tol), bundle.warmup)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify every file of the bundle at ``path`` against its manifest, then load it.
+
+    Reads JSON and native model files only (``alphafactory.models.load``,
+    ``alphafactory.blend.Stacker.load``): nothing is unpickled. Raises :class:`BundleError`
+    naming the file for a missing, truncated or modified file, an unlisted file, or an
+    unsupported format version. Library versions and feature code that differ from the ones the
+    bundle was built with are logged as warnings."""
+    from alphafactory import models as registry
+
+    path = Path(path)
+    config = bundle_files.verify(path)
+    where = path / bundle_files.CONFIG
+    try:
+        features = from_dict(FeatureConfig, config["features"], "features")
+        label = from_dict(LabelConfig, config["label"], "label")
+        frequency = FrequencyInfo.from_dict(config["frequency"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise BundleError(f"{where}: bad features, label or frequency section ({e})") from e
+    loaded: dict[str, Model] = {}
+    for spec in config["models"]:
+        try:
+            loaded[spec["name"]] = registry.load(path / spec["path"])
+        except ValueError as e:  # unknown model family or format version: name the directory
+            raise BundleError(f"{path / spec['path']}: cannot load model ({e})") from e
+    try:
+        blender = Stacker.load(path / config["blender"]["path"])
+    except ValueError as e:
+        raise BundleError(f"{path / config['blender']['path']}: cannot load the blender ({e})") from e
+    _warn_environment(config, path)
+    return Bundle(
+        path=path, digest=bundle_files.sha256_file(path / bundle_files.MANIFEST), features=features,
+        label=label, frequency=frequency, horizons=tuple(config["horizons"]),
+        lookback=int(config["lookback"]), feature_columns=tuple(config["feature_columns"]),
+        symbols=tuple(config["symbols"]), models=loaded,
+        calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
+        blender=blender, primary=config["blender"]["primary"], config=config,
+    )
+
+
+def _warn_environment(config: dict[str, Any], path: Path) -> None:
+    now = bundle_files.library_versions()
+    diff = {k: (v, now.get(k)) for k, v in config.get("versions", {}).items() if now.get(k) != v}
+    if diff:
+        log.warning("%s: built with other library versions than installed (bundle, installed): %s; "
+                    "forecasts may differ slightly", path, diff)
+    if config.get("features_code_sha256") != bundle_files.features_code_sha256():
+        log.warning("%s: alphafactory/features.py differs from the one the bundle was built with; "
+                    "features (and forecasts) may differ from the evaluated ones", path)
+
+
+def list_models(bundle: Bundle) -> list[str]:
+    """The component columns of :func:`predict`: base models (blender members first), then the
+    blend methods other than the headline one."""
+    return [*bundle.models, *(m for m in bundle.blender.cfg.methods if m != bundle.primary)]
+
+
+def model_info(bundle: Bundle) -> dict[str, Any]:
+    """What the bundle forecasts and what it needs, as plain JSON-able values."""
+    cfg = bundle.config
+    return {
+        "path": str(bundle.path),
+        "bundle_sha256": bundle.digest,
+        "horizons": list(bundle.horizons),
+        "base_models": [{k: m[k] for k in ("name", "family", "input_kind")} for m in cfg["models"]],
+        "has_neural": any(m["family"] == "neural" for m in cfg["models"]),
+        "blender": {k: cfg["blender"][k] for k in ("primary", "methods", "meta", "members")},
+        "feature_count": len(bundle.feature_columns),
+        "lookback": bundle.lookback,
+        "warmup_bars": bundle.warmup,
+        "min_bars": bundle.min_bars,
+        "history_bars": history_bars(bundle),
+        "frequency": bundle.frequency.label,
+        "symbols": list(bundle.symbols),
+        "versions": cfg["versions"],
+    }
+
+
+def _parse_asof(asof: Any) -> pd.Timestamp | str | None:
+    if asof is None or (isinstance(asof, str) and asof == "all"):
+        return asof
+    try:
+        ts = pd.Timestamp(asof)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"asof: cannot parse {asof!r} as a timestamp; expected e.g. 2013-06-28, "
+                         f"'2013-06-28 15:30', or 'all'") from e
+    if ts is pd.NaT:
+        raise InputError(f"asof: got {asof!r}, expected a timestamp or 'all'")
+    # Bars are tz-naive UTC wall time (validate_bars); an aware asof is compared in UTC.
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+
+
+def trim_history(bars: pd.DataFrame, keep: int) -> pd.DataFrame:
+    """At least the last ``keep`` bars of every symbol, cut at one timestamp for all symbols so
+    that every kept timestamp keeps its whole cross-section. bars: sorted by (symbol, timestamp)."""
+    codes = pd.factorize(bars["symbol"], sort=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,)
+    ends = np.r_[starts[1:], len(bars)]
+    first_kept = np.maximum(ends - keep, starts)
+    ts = bars["timestamp"].to_numpy("datetime64[ns]")
+    cutoff = ts[first_kept].min()
+    return bars.loc[ts >= cutoff].reset_index(drop=True)
+
+
+def _check_history(bars: pd.DataFrame, need: int, bundle: Bundle, asof: Any) -> None:
+    counts = bars.groupby("symbol", sort=True).size()
+    short = counts[counts < need]
+    if len(short):
+        listed = ", ".join(f"{s!r} has {n}" for s, n in short.head(10).items())
+        more = f" and {len(short) - 10} more" if len(short) > 10 else ""
+        upto = f" up to asof={asof}" if asof is not None else ""
+        raise DataValidationError(
+            f"bars: too little history{upto}: {listed}{more}; expected at least {need} bars per "
+            f"symbol (feature warm-up {bundle.warmup} + lookback {bundle.window})")
+
+
+def _check_panel(bars: pd.DataFrame, bundle: Bundle) -> None:
+    present = set(pd.unique(bars["symbol"]))
+    unknown = sorted(present - set(bundle.symbols))
+    if unknown:
+        log.warning("bars: %d symbol(s) not seen in training (forecast with the pooled models): %s",
+                    len(unknown), unknown[:10])
+    absent = sorted(set(bundle.symbols) - present)
+    if absent and "cross_sectional" in bundle.features.groups:
+        log.warning("bars: %d training symbol(s) absent: %s; cross-sectional features rank across "
+                    "the symbols present, so forecasts differ from a run on the full panel",
+                    len(absent), absent[:10])
+
+
+def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None = None, *,
+            history: int | None = None, source_name: str = "bars") -> pd.DataFrame:
+    """Forecast every horizon from raw OHLCV bars.
+
+    bars: raw table (``symbol, timestamp, open, high, low, close, volume``; any row order; the
+        same rules as ``prepare``). Each symbol needs ``bundle.min_bars`` bars up to the forecast
+        bar (warm-up + lookback).
+    asof: None forecasts from each symbol's last bar; a timestamp, from each symbol's last bar at
+        or before it (later bars are dropped first, so they cannot leak in); "all", from every
+        bar with enough history (for backfills and checks; the full history is featurized).
+    history: bars per symbol featurized for an as-of forecast (default :func:`history_bars`,
+        which reproduces the full-history features); more is slower, never less faithful.
+    Returns one row per (symbol, forecast bar, horizon), sorted: ``symbol, timestamp, horizon``
+    (bars ahead); ``yhat``, ``yhat_std`` and ``prob_up`` of the headline blend method (the
+    stacking ``ensemble``): the forecast h-bar log return (in vol units with
+    ``label.normalize``), its calibrated standard deviation and P(return > 0), calibrated on val
+    like the pipeline's (:mod:`alphafactory.uncertainty`); then one ``yhat`` column per component
+    (:func:`list_models`: each base model and the other blend methods).
+    """
+    at = _parse_asof(asof)
+    bars = validate_bars(bars, source_name)
+    _check_panel(bars, bundle)
+    if isinstance(at, pd.Timestamp):
+        bars = bars.loc[bars["timestamp"].to_numpy() <= at.to_datetime64()].reset_index(drop=True)
+        if bars.empty:
+            raise DataValidationError(f"{source_name}: no bar at or before asof={asof}")
+    all_rows = isinstance(at, str)
+    if not all_rows:
+        _check_history(bars, bundle.min_bars, bundle, asof)
+        keep = history if history is not None else history_bars(bundle)
+        if keep < bundle.min_bars:
+            raise InputError(f"history: got {keep}, expected at least {bundle.min_bars} bars "
+                             f"(warm-up {bundle.warmup} + lookback {bundle.window})")
+        bars = trim_history(bars, keep)
+    feats = compute_features(bars, bundle.features, freq=bundle.frequency)  # same rows as bars
+    missing = [c for c in bundle.feature_columns if c not in feats.columns]
+    if missing:
+        why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
+        raise DataValidationError(f"{source_name}: the features lack {len(missing)} column(s) the models "
+                                  f"were trained on, e.g. {missing[:5]}{why}")
+    cols = list(bundle.feature_columns)
+    if all_rows:
+        # Exactly the featurize stage's cut, then every row with a full window of its own symbol.
+        feats = drop_warmup(feats, bundle.warmup)
+        # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
+        vol = drop_warmup(make_labels(bars, bundle.label)[["symbol", "vol"]], bundle.warmup)["vol"].to_numpy()
+        pos = feats.groupby("symbol", sort=False).cumcount().to_numpy()
+        rows = np.flatnonzero(pos >= bundle.window - 1)
+        if len(rows) == 0:
+            raise DataValidationError(f"{source_name}: no bar has {bundle.min_bars} bars of history "
+                                      f"(warm-up {bundle.warmup} + lookback {bundle.window})")
+        vol = vol[rows]
+        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (N, F)
+    else:
+        # Only each symbol's last `window` rows are read (all past the warm-up: _check_history);
+        # taking them before anything else skips copying the whole (N, F) frame.
+        last = _tail(bars, bundle.window)
+        feats = feats.take(last)
+        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (n_symbols * window, F)
+        rows = np.arange(bundle.window - 1, len(last), bundle.window)  # each symbol's last bar
+        # The label stage's volatility at the last bars, from their last vol_window returns.
+        k = bundle.label.vol_window + 1
+        vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
+    components = {}
+    for name, model in bundle.models.items():
+        data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
+        components[name] = model.predict(data)  # (n, H)
+    return _assemble(feats.iloc[rows], vol, components, bundle)
+
+
+def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
+    """Row indices of each symbol's last ``k`` bars (every symbol has >= k), in order."""
+    codes = pd.factorize(bars["symbol"], sort=False)[0]
+    ends = np.r_[np.flatnonzero(codes[1:] != codes[:-1]) + 1, len(bars)]  # (n_symbols,)
+    return (ends[:, None] + np.arange(-k, 0)).reshape(-1)
+
+
+def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndarray],
+              bundle: Bundle) -> pd.DataFrame:
+    """Long (n * H) rows: keys x horizons, the blend methods' forecasts, the components.
+
+    keys: (n,) symbol, timestamp; vol: (n,) trailing volatility; components: (n, H) per model."""
+    n, H = len(keys), len(bundle.horizons)
+    grid = pd.DataFrame({
+        "symbol": np.repeat(keys["symbol"].to_numpy(), H),
+        "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
+        "horizon": np.tile(np.asarray(bundle.horizons, np.int64), n),
+    })
+    members = []
+    for name in bundle.blender.members:
+        std, prob = apply_calibration(bundle.calibration[name], components[name], vol)
+        members.append(grid.assign(segment="live", model=name, yhat=components[name].reshape(-1),
+                                   yhat_std=std.reshape(-1), prob_up=prob.reshape(-1)))
+    blended = bundle.blender.predict(pd.concat(members, ignore_index=True), "live")
+    wide = blended.pivot(index=KEYS, columns="model", values="yhat")
+    head = blended.loc[blended["model"] == bundle.primary, KEYS + ["yhat", "yhat_std", "prob_up"]]
+    out = grid.merge(head, on=KEYS, how="left", validate="1:1")
+    for name, pred in components.items():
+        out[name] = pred.reshape(-1)
+    others = [m for m in bundle.blender.cfg.methods if m != bundle.primary]
+    out = out.join(wide[others], on=KEYS)
+    return out.sort_values(KEYS, kind="stable", ignore_index=True)
+
+
+# -- `alphafactory predict` -------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bars", required=True,
+                        help="raw OHLCV bars: a CSV/parquet file or a directory of per-symbol files")
+    parser.add_argument("--models", default="bundle", help="bundle directory (default: bundle)")
+    parser.add_argument("--asof", default=None,
+                        help="forecast from the last bar at or before this timestamp (default: each "
+                             "symbol's last bar); 'all': every bar with enough history")
+    parser.add_argument("--history", type=int, default=None,
+                        help="bars per symbol featurized for an as-of forecast (default: enough for "
+                             "the full-history features)")
+    dest = parser.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--out", help="write the forecasts to this parquet file")
+    dest.add_argument("--db", nargs="?", const="sqlite:///preds.db", metavar="URL",
+                      help="upsert into a SQL table (SQLAlchemy URL; default sqlite:///preds.db)")
+    parser.add_argument("--table", default="preds", help="table for --db (default: preds)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`alphafactory predict`: bundle + raw bars → forecasts in a parquet file or a SQL table."""
+    from alphafactory.data.sources import load_file
+    from alphafactory.io import write_parquet
+
+    bundle = load_bundle(args.models)
+    preds = predict(load_file(args.bars), bundle, asof=args.asof, history=args.history,
+                    source_name=str(args.bars))
+    n_sym = preds["symbol"].nunique()
+    if args.out:
+        write_parquet(preds, args.out)
+        log.info("predict: %d rows (%d symbols x %d horizons) -> %s", len(preds), n_sym,
+                 len(bundle.horizons), args.out)
+    else:
+        from alphafactory.db import write_predictions
+
+        n = write_predictions(preds, args.db, table=args.table)
+        log.info("predict: upserted %d rows (%d symbols x %d horizons) into %s table %s", n, n_sym,
+                 len(bundle.horizons), args.db.split("://")[0], args.table)
+    return 0

@@ -1,0 +1,46 @@
+"""GRU over a window of bars; the last hidden state feeds one linear head for all horizons."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alphafactory.config import ConfigError
+from alphafactory.models import register
+from alphafactory.models.trainer import NeuralModel
+
+
+@dataclass(frozen=True)
+class GRUParams:
+    hidden: int = 32
+    layers: int = 1
+    dropout: float = 0.1  # between stacked layers and before the head
+
+    def validate(self) -> None:
+        for k in ("hidden", "layers"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"neural.gru.{k}: got {getattr(self, k)}, expected >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"neural.gru.dropout: got {self.dropout}, expected 0 <= dropout < 1")
+
+
+class GRUNet(nn.Module):
+    def __init__(self, n_features: int, n_outputs: int, p: GRUParams) -> None:
+        super().__init__()
+        self.gru = nn.GRU(n_features, p.hidden, p.layers, batch_first=True,
+                          dropout=p.dropout if p.layers > 1 else 0.0)
+        self.drop = nn.Dropout(p.dropout)
+        self.head = nn.Linear(p.hidden, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, L, F)
+        out, _ = self.gru(x)  # (B, L, hidden)
+        return self.head(self.drop(out[:, -1]))  # (B, H)
+
+
+@register("gru", family="neural", input_kind="sequence")
+class GRUModel(NeuralModel):
+    Params = GRUParams
+
+    def build(self, n_features: int, n_outputs: int) -> nn.Module:
+        return GRUNet(n_features, n_outputs, self.params)

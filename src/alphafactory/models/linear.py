@@ -1,0 +1,169 @@
+"""Ridge regression in closed form, all horizons in one solve; saved as plain JSON.
+
+Also home of the helpers the classical (non-tree) families share: the train-only feature scaler
+and a byte-deterministic ``.npz`` writer (``svm.py`` imports them from here).
+
+Closed-form models have no iterations, so there is nothing to early-stop: ``val`` is never used
+for fitting, only scored for the training history. Val stays out of sample for the stacking
+meta-learner, exactly as for the early-stopped families.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alphafactory.io import atomic_path
+from alphafactory.models import register
+from alphafactory.models.base import XY, Model
+
+# Regression only for now; a classifier (``logistic``) will register with tasks=("classification",).
+TASKS = ("regression",)
+
+
+# -- shared by the classical families --------------------------------------------------------------
+@dataclass(frozen=True)
+class Scaler:
+    """Per-feature standardisation fitted on train rows only, NaN-aware.
+
+    mean, scale: (F,) float64. A constant or all-NaN feature gets scale 1 (and mean 0 if all NaN),
+    so it maps to 0 instead of dividing by zero."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    clip: float | None = None
+
+    @classmethod
+    def fit(cls, X: np.ndarray, clip: float | None = None) -> "Scaler":
+        """X: (n, F) train rows, NaN allowed."""
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or len(X) == 0:
+            raise ValueError(f"scaler: expected a non-empty (n, F) matrix, got shape {X.shape}")
+        if np.isinf(X).any():
+            raise ValueError(f"scaler: {int(np.isinf(X).sum())} infinite feature values; expected finite or NaN")
+        seen = (~np.isnan(X)).any(0)  # (F,): all-NaN columns get mean 0, scale 1 (no warning)
+        Xs = np.where(seen, X, 0.0)
+        mean = np.nanmean(Xs, 0)
+        std = np.nanstd(Xs, 0)
+        return cls(mean, np.where(std > 0, std, 1.0), clip)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """(n, F) raw → (n, F) float64 z-scores, clipped to ±clip, NaN → 0 (the train mean)."""
+        Z = (np.asarray(X, np.float64) - self.mean) / self.scale
+        if self.clip is not None:
+            np.clip(Z, -self.clip, self.clip, out=Z)  # ±inf becomes ±clip
+        elif np.isinf(Z).any():
+            raise ValueError(f"scaler: {int(np.isinf(Z).sum())} infinite feature values; expected finite "
+                             "or NaN (or set clip)")
+        Z[np.isnan(Z)] = 0.0
+        return Z
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "scale": self.scale}
+
+
+def save_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` atomically, byte-identical for identical
+    arrays (``np.savez`` stamps the current time into the zip, which would make DVC see a change)."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(arrays[name]), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` written by :func:`save_arrays`; object arrays are refused (no pickle)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def mse(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean squared error over the labelled entries of y (NaN skipped)."""
+    ok = ~np.isnan(y)
+    return float(np.mean((pred[ok] - y[ok]) ** 2)) if ok.any() else float("nan")
+
+
+# -- ridge -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RidgeParams:
+    alpha: float = 1.0  # penalty per labelled row, on standardised features (see RidgeModel)
+    clip: float | None = 5.0  # standardised features are clipped to ±clip; null: no clipping
+
+    def validate(self) -> None:
+        if not self.alpha >= 0:
+            raise ValueError(f"models.ridge.alpha: got {self.alpha}, expected >= 0")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"models.ridge.clip: got {self.clip}, expected > 0 or null")
+
+
+def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form ridge with an unpenalised intercept, one column per target.
+
+    Z: (n, F) float64 features (no NaN); Y: (n, H) targets, NaN where unlabelled. Target j
+    minimises ``mean_i (y_ij - b0_j - z_i·b_j)² + alpha·|b_j|²`` over its labelled rows, so alpha
+    does not depend on the number of rows. Targets labelled on the same rows share one solve with
+    several right-hand sides. Returns (coef (F, H), intercept (H,))."""
+    n, F = Z.shape
+    Za = np.hstack([Z, np.ones((n, 1))])  # (n, F+1): last column is the intercept
+    pen = np.ones(F + 1)
+    pen[-1] = 0.0
+    labelled = ~np.isnan(Y)  # (n, H)
+    beta = np.empty((F + 1, Y.shape[1]))
+    patterns, group = np.unique(labelled, axis=1, return_inverse=True)
+    for g in range(patterns.shape[1]):
+        rows, cols = patterns[:, g], np.flatnonzero(group.reshape(-1) == g)
+        if rows.sum() < 2:
+            raise ValueError(f"ridge: {rows.sum()} labelled train rows for target column(s) {cols.tolist()}; need >= 2")
+        A = Za[rows]
+        G = A.T @ A + rows.sum() * alpha * np.diag(pen)
+        try:
+            beta[:, cols] = np.linalg.solve(G, A.T @ Y[rows][:, cols])
+        except np.linalg.LinAlgError as e:
+            raise ValueError(f"ridge: singular normal equations with alpha={alpha}; expected alpha > 0") from e
+    return beta[:-1], beta[-1]
+
+
+@register("ridge", family="classical", input_kind="tabular", tasks=TASKS)
+class RidgeModel(Model):
+    """Linear regression on standardised, clipped features with an L2 penalty, solved exactly.
+
+    The scaler is fitted on train rows (NaN-aware; a missing feature becomes 0, the train mean).
+    Saved as ``ridge.json``: feature means and scales, coefficients (F, H) and intercepts (H,),
+    as plain numbers (float64 round-trips exactly through JSON)."""
+
+    Params = RidgeParams
+    FILE = "ridge.json"
+
+    def fit(self, train: XY, val: XY) -> "RidgeModel":
+        """Exact solve on ``train``; ``val`` is only scored for ``history_``, never fitted on."""
+        Y = np.asarray(train.Y, np.float64).reshape(len(train.Y), -1)
+        if Y.shape[1] != len(self.horizons):
+            raise ValueError(f"ridge: Y has {Y.shape[1]} columns, expected one per horizon {self.horizons}")
+        self.scaler_ = Scaler.fit(train.X, self.params.clip)
+        self.coef_, self.intercept_ = ridge_solve(self.scaler_.transform(train.X), Y, self.params.alpha)
+        self.fitted_ = True
+        ptr, pval = self._predict(train.X), self._predict(val.X)
+        self.history_ = {f"h{h}": {"train": [mse(ptr[:, j], Y[:, j])], "val": [mse(pval[:, j], val.Y[:, j])]}
+                         for j, h in enumerate(self.horizons)}
+        return self
+
+    def _predict(self, X: Any) -> np.ndarray:
+        return self.scaler_.transform(X) @ self.coef_ + self.intercept_
+
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        state = {"mean": self.scaler_.mean.tolist(), "scale": self.scaler_.scale.tolist(),
+                 "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+        (directory / self.FILE).write_text(json.dumps(state) + "\n")
+        return {"file": self.FILE}
+
+    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
+        s = json.loads((directory / state["file"]).read_text())
+        self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
+        self.coef_ = np.asarray(s["coef"], np.float64).reshape(len(self.scaler_.mean), len(self.horizons))
+        self.intercept_ = np.asarray(s["intercept"], np.float64)

@@ -1,0 +1,79 @@
+"""Random forest, one forest per horizon, grown by LightGBM in random-forest mode; saved as
+LightGBM text.
+
+Why LightGBM's ``boosting: rf`` rather than scikit-learn's ``RandomForestRegressor``: the
+artifact is LightGBM's own text format (native, loads without running code, no exporter or
+hand-written predictor to keep in sync), training is histogram-based and multi-threaded (a forest
+of fully grown scikit-learn trees on ~10k rows × 237 features is slower on 2 cores and its arrays
+grow with the number of rows), and missing features are routed natively. The trees are
+independent: each sees ``bagging_fraction`` of the rows, drawn without replacement afresh for
+every tree, and ``feature_fraction`` of the features, and the forecast is their average.
+
+A forest is not early-stopped: more trees only reduce variance. ``val`` is scored after every
+tree for the training curve and never used for fitting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+
+from alphafactory.models import register
+from alphafactory.models.base import PerHorizonModel
+
+TASKS = ("regression",)
+
+
+@dataclass(frozen=True)
+class RandomForestParams:
+    n_estimators: int = 300
+    num_leaves: int = 31
+    max_depth: int = -1  # -1: no limit beyond num_leaves
+    min_child_samples: int = 200  # rows per leaf: the main guard against fitting noise
+    feature_fraction: float = 0.5  # share of features each tree sees
+    bagging_fraction: float = 0.5  # share of rows each tree sees (redrawn per tree)
+    lambda_l2: float = 0.0
+    num_threads: int = 2
+
+    def validate(self) -> None:
+        if not 0 < self.bagging_fraction < 1:
+            raise ValueError(f"models.random_forest.bagging_fraction: got {self.bagging_fraction}, "
+                             "expected 0 < value < 1 (a forest needs row subsampling)")
+        if not 0 < self.feature_fraction <= 1:
+            raise ValueError(f"models.random_forest.feature_fraction: got {self.feature_fraction}, expected (0, 1]")
+        for k in ("n_estimators", "num_leaves", "min_child_samples", "num_threads"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"models.random_forest.{k}: got {getattr(self, k)}, expected >= 1")
+
+
+@register("random_forest", family="classical", input_kind="tabular", tasks=TASKS)
+class RandomForestModel(PerHorizonModel):
+    Params = RandomForestParams
+    packages = ("lightgbm",)
+    suffix = ".txt"
+
+    def _fit_one(self, X, y, Xv, yv, seed):
+        p = self.params
+        forest_params = {
+            "boosting": "rf", "objective": "regression", "num_leaves": p.num_leaves,
+            "max_depth": p.max_depth, "min_child_samples": p.min_child_samples,
+            "feature_fraction": p.feature_fraction, "bagging_fraction": p.bagging_fraction,
+            "bagging_freq": 1, "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
+            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": "l2",
+        }
+        curves: dict = {}
+        dtrain = lgb.Dataset(X, y, free_raw_data=False)
+        dval = lgb.Dataset(Xv, yv, reference=dtrain)
+        forest = lgb.train(forest_params, dtrain, num_boost_round=p.n_estimators, valid_sets=[dtrain, dval],
+                           valid_names=["train", "val"], callbacks=[lgb.record_evaluation(curves)])
+        return forest, {"train": curves["train"]["l2"], "val": curves["val"]["l2"]}
+
+    def _predict_one(self, est, X):
+        return est.predict(X)
+
+    def _save_one(self, est, path: Path):
+        est.save_model(str(path))
+
+    def _load_one(self, path: Path):
+        return lgb.Booster(model_file=str(path))

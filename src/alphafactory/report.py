@@ -1,0 +1,481 @@
+"""The HTML report: one self-contained page that compares every model on the test period.
+
+``render`` turns the pipeline's outputs (metrics, plot tables, explanations, split summary, data
+info) into a single HTML string: inline CSS, figures as inline SVG drawn with matplotlib's Agg
+backend, no script and no network resource, so it opens from the file system or an e-mail
+attachment. The output is deterministic (no timestamps, fixed SVG ids), so an unchanged input
+gives an unchanged file.
+"""
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display, no GUI toolkit
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# metric key -> (column label, format, better): better 1 = higher is better, -1 = lower, 0 = neither
+METRICS: dict[str, tuple[str, str, int]] = {
+    "ic": ("IC", "f4", 1),
+    "rank_ic": ("rank IC", "f4", 1),
+    "cs_ic_mean": ("CS IC", "f4", 1),
+    "cs_icir": ("CS ICIR", "f3", 1),
+    "cs_rank_ic_mean": ("CS rank IC", "f4", 1),
+    "r2": ("R²", "f4", 1),
+    "dir_acc": ("dir. acc.", "pct", 1),
+    "mae": ("MAE", "e", -1),
+    "rmse": ("RMSE", "e", -1),
+    "sharpe": ("Sharpe net", "f2", 1),
+    "sharpe_gross": ("Sharpe gross", "f2", 1),
+    "ann_return": ("ann. return net", "pct", 1),
+    "max_drawdown": ("max DD", "pct", -1),
+    "win_rate": ("win rate", "pct", 1),
+    "turnover": ("turnover", "f2", 0),
+    "ls_sharpe": ("L/S Sharpe", "f2", 1),
+    "ls_ann_return": ("L/S ann. return", "pct", 1),
+    "ls_max_drawdown": ("L/S max DD", "pct", -1),
+    "brier": ("Brier", "f4", -1),
+    "cover_1.00": ("cover ±1σ", "pct", 0),
+    "cover_1.96": ("cover ±1.96σ", "pct", 0),
+    "oracle_share": ("IC / oracle", "f2", 1),
+    "n": ("rows", "int", 0),
+}
+# a baseline that never trades trivially has no drawdown: not worth flagging as "beats every model"
+NOT_A_SKILL = ("max_drawdown", "ls_max_drawdown", "turnover", "n")
+DEFAULT_METRICS = ("ic", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
+                   "turnover", "ls_sharpe", "ls_max_drawdown")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    title: str = "alphafactory: test-period model comparison"
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # columns of the comparison tables, in order
+    top_features: int = 20  # bars in the feature-importance figure
+
+    def validate(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown or not self.metrics:
+            raise ValueError(f"report.metrics: unknown or empty {unknown or list(self.metrics)}; "
+                             f"expected some of {list(METRICS)}")
+        if self.top_features < 1:
+            raise ValueError(f"report.top_features: got {self.top_features}, expected >= 1")
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    metrics: dict[str, Any]  # metrics/test.json: {model: {"h<k>": {metric: value}}, "_selection": {...}}
+    split: dict[str, Any]  # data/split/summary.json: {segment: {start, end, rows}}
+    info: dict[str, Any]  # data/prepared/info.json: source, symbols, frequency, start, end
+    plots: dict[str, pd.DataFrame]  # metrics/plots/*.csv by file name
+    explain: dict[str, pd.DataFrame]  # metrics/explain/*.csv by file name
+    ic_window: int | None = None  # bars per rolling-IC window (evaluate.ic_window)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+_STYLE = {
+    "svg.hashsalt": "alphafactory",  # fixed element ids: same input, same bytes
+    "svg.fonttype": "none",  # text stays text: smaller, searchable, rendered in the page's font
+    "font.size": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+}
+
+
+def _svg(fig: plt.Figure) -> str:
+    """The figure as an inline <svg> element (no XML prolog, DOCTYPE or metadata block)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    return re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+
+
+def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Distinct solid line colours: tab10 without its grey (grey marks the baselines), then Dark2;
+    dashed only beyond those 17 names."""
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
+    palette += [c for i, c in enumerate(plt.get_cmap("Dark2").colors) if i != 7]
+    return {n: {"color": palette[i % len(palette)], "ls": "-" if i < len(palette) else "--"}
+            for i, n in enumerate(names)}
+
+
+def _dates(ts: pd.Series) -> pd.Series:
+    return pd.to_datetime(ts)
+
+
+def fig_cumulative(cum: pd.DataFrame, models: list[str], baselines: list[str], best: str | None) -> str:
+    """Cumulative net return of the sign strategy: one line per model, baselines dashed."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(10, 4.2))
+        x = _dates(cum["timestamp"])
+        styles = _styles(models)
+        for m in [m for m in models if m in cum.columns]:
+            ax.plot(x, 100 * cum[m], **styles[m], lw=2.6 if m == best else 1.2, label=m)
+        for m in [b for b in baselines if b in cum.columns]:
+            ax.plot(x, 100 * cum[m], color="0.35", lw=1.0, ls="--" if m == "buy_and_hold" else ":",
+                    label=f"{m} (baseline)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_ylabel("cumulative net return, %")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def fig_rolling_ic(roll: pd.DataFrame, models: list[str], baselines: list[str], window: str) -> str:
+    """Rolling pooled IC per model."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        x = _dates(roll["timestamp"])
+        styles = _styles(models)
+        for m in [m for m in models if m in roll.columns]:
+            ax.plot(x, roll[m], **styles[m], lw=1.2, label=m)
+        for m in [b for b in baselines if b in roll.columns]:
+            ax.plot(x, roll[m], color="0.35", lw=1.0, ls=":", label=f"{m} (baseline)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_ylabel(f"IC over trailing {window} bars")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def fig_scatter(sc: pd.DataFrame, model: str) -> str:
+    """Predicted against realised return, with the least-squares line."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 4.2))
+        x, y = 100 * sc["predicted"].to_numpy(), 100 * sc["realised"].to_numpy()
+        ax.scatter(x, y, s=5, alpha=0.35, color="#1f77b4", linewidths=0)
+        if len(x) > 2 and np.ptp(x) > 0:
+            slope, icpt = np.polyfit(x, y, 1)
+            xs = np.linspace(x.min(), x.max(), 2)
+            ax.plot(xs, slope * xs + icpt, color="#d62728", lw=1.5,
+                    label=f"least squares (IC {np.corrcoef(x, y)[0, 1]:.3f})")
+            ax.legend(loc="upper left", frameon=False, fontsize=8)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.axvline(0, color="black", lw=0.5)
+        ax.set_xlabel(f"{model} forecast, %")
+        ax.set_ylabel("realised target, %")
+        return _svg(fig)
+
+
+def fig_calibration(cal: pd.DataFrame, model: str) -> str:
+    """Reliability of P(up): observed frequency of up moves against the mean forecast per bin."""
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(5.2, 4.2))
+        lo = float(min(cal["mean_pred"].min(), cal["obs_freq"].min(), 0.4)) - 0.05
+        hi = float(max(cal["mean_pred"].max(), cal["obs_freq"].max(), 0.6)) + 0.05
+        ax.plot([lo, hi], [lo, hi], color="0.5", ls="--", lw=1, label="perfectly calibrated")
+        ax.plot(cal["mean_pred"], cal["obs_freq"], "o", color="#2ca02c", ms=6, label=model)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel("forecast P(up), bin mean")
+        ax.set_ylabel("observed share of up moves")
+        ax.legend(loc="lower right", frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def fig_top_features(top: pd.DataFrame, k: int) -> str:
+    """Horizontal bars of the mean SHAP share, best on top."""
+    t = top.head(k).iloc[::-1]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 0.24 * len(t) + 0.8))
+        ax.barh(t["feature"], 100 * t["importance"], color="#1f77b4")
+        ax.set_xlabel("share of mean |SHAP|, % (mean over tree models and horizons)")
+        ax.grid(axis="y", visible=False)
+        return _svg(fig)
+
+
+def fig_permutation(perm: pd.DataFrame, horizon: int) -> str:
+    """Heat map of the IC drop per shuffled feature (rows) and model (columns) at one horizon."""
+    p = perm[perm["horizon"] == horizon]
+    wide = p.pivot_table(index="feature", columns="model", values="ic_drop", sort=False)
+    wide = wide.loc[wide.mean(axis=1).sort_values(ascending=False).index]
+    v = wide.to_numpy()
+    lim = float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 1.0
+    with plt.rc_context({**_STYLE, "axes.grid": False}):
+        fig, ax = plt.subplots(figsize=(1.1 * wide.shape[1] + 2.8, 0.3 * wide.shape[0] + 1.2))
+        im = ax.imshow(v, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xticks(range(wide.shape[1]), wide.columns)
+        ax.set_yticks(range(wide.shape[0]), wide.index)
+        for (i, j), val in np.ndenumerate(v):
+            if np.isfinite(val):
+                ax.text(j, i, f"{val:+.3f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(val) > 0.6 * lim else "black")
+        fig.colorbar(im, ax=ax, label="IC drop when shuffled", shrink=0.8)
+        return _svg(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+# ---------------------------------------------------------------------------------------------
+
+CSS = """
+body{font:14px/1.45 -apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#1b1f24;
+  margin:0;background:#f5f6f8}
+main{max-width:1320px;margin:0 auto;padding:20px 28px 40px;background:#fff}
+h1{font-size:24px;margin:6px 0 4px}h2{font-size:19px;margin:28px 0 8px;border-bottom:2px solid #e3e6ea;
+  padding-bottom:4px}h3{font-size:15px;margin:18px 0 6px}
+.sub{color:#57606a;margin:0 0 12px}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.box{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:10px 14px}
+.note{background:#fff8e1;border-color:#f0d58c}
+table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
+th,td{padding:3px 8px;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}
+th{background:#f0f2f5;font-weight:600}
+td.name,th.name{text-align:left}td.fam{text-align:left;color:#57606a}
+tr.sep td{background:#eef1f4;color:#57606a;font-weight:600;text-align:left;font-size:11.5px;
+  text-transform:uppercase;letter-spacing:.04em}
+tbody.baselines td{color:#57606a;font-style:italic}
+td.best{background:#d6f5d6;font-weight:700;color:#0b5d1e}
+td.beats{background:#ffe2c6;font-weight:700}
+tr.top td.name{font-weight:700}
+figure{margin:10px 0 18px}figcaption{color:#57606a;font-size:12.5px;margin-top:4px}
+svg{max-width:100%;height:auto}
+code{background:#f0f2f5;padding:0 3px;border-radius:3px}
+"""
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "e":
+        return f"{value:.2e}"
+    return f"{value:.{kind[1:]}f}"
+
+
+def _day(ts: Any) -> str:
+    return str(ts)[:10] if ts is not None else "?"
+
+
+def _period(split: dict[str, Any], seg: str) -> str:
+    s = split.get(seg) or {}
+    return f"{_day(s.get('start'))} – {_day(s.get('end'))}"
+
+
+def _groups(metrics: dict[str, Any], families: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """(models, baselines, other) in the order of metrics/test.json; keys starting with _ are not models."""
+    sel = metrics.get("_selection") or {}
+    names = [k for k in metrics if not k.startswith("_")]
+    baselines = [b for b in sel.get("baselines", []) if b in metrics]
+    other = [n for n in names if n == "oracle"]
+    models = [n for n in names if n not in baselines and n not in other]
+    order = {"boosting": 0, "neural": 1, "classical": 2, "ensemble": 3}
+    models.sort(key=lambda n: order.get(families.get(n, "ensemble"), 2))
+    return models, baselines, other
+
+
+def comparison_table(metrics: dict[str, Any], horizon: str, columns: tuple[str, ...],
+                     families: dict[str, str], best_model: str | None = None) -> str:
+    """One horizon's table: models (best value per column marked), then baselines, then oracle.
+
+    A baseline cell that beats every model in its column is marked too: the models did not
+    beat the naive forecast on that figure."""
+    models, baselines, other = _groups(metrics, families)
+
+    def val(name: str, key: str) -> float:
+        v = (metrics.get(name, {}).get(horizon) or {}).get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.nan
+
+    best: dict[str, float] = {}
+    for key in columns:
+        better = METRICS[key][2]
+        vals = [val(m, key) for m in models]
+        finite = [v for v in vals if math.isfinite(v)]
+        if better and finite:
+            best[key] = max(finite) if better > 0 else min(finite)
+    head = "".join(f"<th>{html.escape(METRICS[c][0])}</th>" for c in columns)
+    out = [f'<table><thead><tr><th class="name">model</th><th class="name">family</th>{head}</tr></thead>']
+
+    def rows(names: list[str], is_model: bool) -> list[str]:
+        lines = []
+        for name in names:
+            cells = []
+            for key in columns:
+                v, better = val(name, key), METRICS[key][2]
+                cls = ""
+                if key in best and math.isfinite(v):
+                    if is_model and v == best[key]:
+                        cls = ' class="best"'
+                    elif not is_model and name != "oracle" and key not in NOT_A_SKILL and (v - best[key]) * better > 0:
+                        cls = ' class="beats"'
+                cells.append(f"<td{cls}>{_fmt(v, METRICS[key][1])}</td>")
+            fam = "baseline" if not is_model and name != "oracle" else families.get(name, "ensemble")
+            if name == "oracle":
+                fam = "true expectation"
+            tr = ' class="top"' if name == best_model else ""
+            lines.append(f'<tr{tr}><td class="name">{html.escape(name)}</td><td class="fam">{html.escape(fam)}'
+                         f"</td>{''.join(cells)}</tr>")
+        return lines
+
+    span = len(columns) + 2
+    out.append("<tbody>" + "".join(rows(models, True)) + "</tbody>")
+    if baselines:
+        out.append(f'<tbody class="baselines"><tr class="sep"><td colspan="{span}">naive baselines</td></tr>'
+                   + "".join(rows(baselines, False)) + "</tbody>")
+    if other:
+        out.append(f'<tbody><tr class="sep"><td colspan="{span}">oracle (synthetic data: the true conditional '
+                   "expectation)</td></tr>" + "".join(rows(other, False)) + "</tbody>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _figure(svg: str, caption: str) -> str:
+    return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
+
+
+def _span(frame: pd.DataFrame) -> str:
+    ts = frame["timestamp"]
+    return f"{_day(ts.iloc[0])} – {_day(ts.iloc[-1])}" if len(ts) else "no rows"
+
+
+def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    """The whole report as one HTML string (see the module docstring)."""
+    m, split, info = inputs.metrics, inputs.split, inputs.info
+    e = html.escape
+    models_csv = inputs.explain.get("models.csv", pd.DataFrame(columns=["model", "family", "method"]))
+    families = dict(zip(models_csv["model"], models_csv["family"]))
+    models, baselines, other = _groups(m, families)
+    sel = m.get("_selection") or {}
+    horizons = sorted({h for k in models + baselines for h in (m[k] or {})}, key=lambda h: int(h[1:]))
+    h0 = f"h{sel['horizon']}" if sel.get("horizon") is not None else (horizons[0] if horizons else "h1")
+    freq = (info.get("frequency") or {}).get("label", "?")
+    test = _period(split, "test")
+    symbols = info.get("symbols") or {}
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(cfg.title)}</title>"
+             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>"
+             f"<body><main><h1>{e(cfg.title)}</h1>"
+             f"<p class=\"sub\">Test period <b>{test}</b> · {len(models)} models, {len(baselines)} baselines · "
+             f"horizons {', '.join(h[1:] for h in horizons)} bars · {e(freq)} bars</p>"]
+
+    # -- data and periods --------------------------------------------------------------------
+    seg_rows = "".join(
+        f"<tr><td class=\"name\">{s}</td><td>{_day((split.get(s) or {}).get('start'))}</td>"
+        f"<td>{_day((split.get(s) or {}).get('end'))}</td><td>{_fmt((split.get(s) or {}).get('rows'), 'int')}</td>"
+        f"<td class=\"fam\">{desc}</td></tr>"
+        for s, desc in (("train", "models fit here"), ("val", "early stopping, ensemble weights, calibration"),
+                        ("test", "every figure in this report"),
+                        ("purged", "dropped: labels overlapping the next segment, plus the embargo"))
+        if s in split)
+    sym = ", ".join(f"{e(str(k))} ({v:,} bars)" for k, v in symbols.items())
+    parts.append(
+        "<div class=\"grid\"><div class=\"box\"><h3>Data</h3>"
+        f"<p>Source <b>{e(str(info.get('source', '?')))}</b>, {e(freq)} bars, "
+        f"{_day(info.get('start'))} – {_day(info.get('end'))}.<br>{len(symbols)} symbols: {sym}.</p>"
+        "<table><thead><tr><th class=\"name\">segment</th><th>start</th><th>end</th><th>rows</th>"
+        f"<th class=\"name\">used for</th></tr></thead><tbody>{seg_rows}</tbody></table></div>"
+        "<div class=\"box note\"><h3>How to read this</h3><ul>"
+        "<li><b>IC</b> is the correlation of forecast and realised return over all test rows. For daily "
+        "returns an IC of 0.02–0.06 is realistic and useful; above 0.1 is rare and deserves a leakage check.</li>"
+        "<li><b>Sharpe net</b> is the annualised Sharpe ratio of a per-symbol sign strategy (long if the "
+        "forecast is positive, short if negative) after trading costs, on non-overlapping h-bar periods. "
+        "<b>L/S</b> is the long/short book of the top and bottom names.</li>"
+        "<li>Green cells: best model per column. Orange cells: a naive baseline beats every model on that "
+        "figure. Baselines (zero, train mean, momentum, buy and hold) are what any model must beat.</li>"
+        "<li>The test period was never used to fit, stop or select anything. With a few hundred test "
+        "periods, a Sharpe ratio has a standard error of about 1 (annualised), so small differences are noise; "
+        "the deflated Sharpe ratio below accounts for picking the best of several models.</li></ul></div></div>")
+
+    # -- selection -----------------------------------------------------------------------------
+    if sel.get("best_model"):
+        parts.append(
+            "<h2>Best model and its deflated Sharpe ratio</h2><div class=\"box\"><p>"
+            f"At horizon <b>{sel['horizon']}</b>, the highest net Sharpe among {sel.get('n_trials')} models "
+            f"(baselines excluded) is <b>{e(str(sel['best_model']))}</b>: {_fmt(sel.get('sharpe'), 'f2')} "
+            f"annualised ({_fmt(sel.get('sharpe_per_period'), 'f4')} per period over {sel.get('n_periods')} "
+            f"periods; skew {_fmt(sel.get('skew'), 'f2')}, kurtosis {_fmt(sel.get('kurtosis'), 'f2')}).<br>"
+            f"Probabilistic Sharpe ratio (true Sharpe &gt; 0): <b>{_fmt(sel.get('psr'), 'f3')}</b>. "
+            f"<b>Deflated Sharpe ratio</b> (true Sharpe &gt; the best of {sel.get('n_trials')} skill-less "
+            f"strategies, {_fmt(sel.get('expected_max_sharpe'), 'f4')} per period): "
+            f"<b>{_fmt(sel.get('dsr'), 'f3')}</b>. Values above 0.95 indicate a Sharpe ratio unlikely to be "
+            "luck of the selection.</p></div>")
+
+    # -- comparison tables -----------------------------------------------------------------------
+    parts.append(f"<h2>Model comparison on the test period ({test})</h2>")
+    for h in horizons:
+        parts.append(f"<h3>Horizon {h[1:]} bar{'s' if h != 'h1' else ''} ahead</h3>")
+        parts.append(comparison_table(m, h, cfg.metrics, families, sel.get("best_model") if h == h0 else None))
+    parts.append("<p class=\"sub\">Returns and drawdowns are net of trading costs; the h-bar strategies "
+                 "hold non-overlapping h-bar periods. – means undefined (e.g. the IC of a constant "
+                 "forecast).</p>")
+
+    # -- figures -------------------------------------------------------------------------------
+    parts.append(f"<h2>Performance over the test period (horizon {h0[1:]})</h2>")
+    cum = inputs.plots.get("cumulative_return.csv")
+    if cum is not None and len(cum):
+        log.info("report: cumulative return figure")
+        parts.append(_figure(fig_cumulative(cum, models, baselines, sel.get("best_model")),
+                             f"Cumulative net return of the sign strategy, {_span(cum)} (test period, "
+                             f"{h0[1:]}-bar horizon, compounded). Thick line: the best model by net Sharpe."))
+    roll = inputs.plots.get("rolling_ic.csv")
+    if roll is not None and len(roll):
+        log.info("report: rolling IC figure")
+        window = str(inputs.ic_window or "?")
+        parts.append(_figure(fig_rolling_ic(roll, models, baselines, window),
+                             f"Rolling IC over the trailing {window} test bars, all symbols pooled, "
+                             f"{_span(roll)} (the first window ends {_day(roll['timestamp'].iloc[0])})."))
+    sc, cal = inputs.plots.get("predicted_vs_realised.csv"), inputs.plots.get("calibration.csv")
+    focus = "ensemble" if "ensemble" in m else (models[0] if models else "?")
+    cells = []
+    if sc is not None and len(sc):
+        log.info("report: predicted vs realised figure")
+        cells.append(_figure(fig_scatter(sc, focus), f"{e(focus)} forecast against the realised "
+                             f"{h0[1:]}-bar target, {len(sc):,} test rows ({test})."))
+    if cal is not None and len(cal):
+        log.info("report: calibration figure")
+        cover = (m.get(focus) or {}).get(h0) or {}
+        cov = ", ".join(f"±{k[6:]}σ: {_fmt(cover[k], 'pct')}" for k in ("cover_1.00", "cover_1.645", "cover_1.96")
+                        if isinstance(cover.get(k), (int, float)))
+        cells.append(_figure(fig_calibration(cal, focus), f"Calibration of {e(focus)}'s P(up) on the test rows "
+                             f"({test}), {len(cal)} bins of equal row counts ({int(cal['count'].sum()):,} rows)."
+                             + (f" Interval coverage (nominal 68.3%, 90%, 95%): {cov}." if cov else "")))
+    else:
+        cells.append("<p class=\"sub\">No calibration figure: the forecasts carry no <code>prob_up</code>.</p>")
+    parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
+
+    # -- explanations --------------------------------------------------------------------------
+    parts.append("<h2>What the models use</h2>")
+    top, perm = inputs.explain.get("top_features.csv"), inputs.explain.get("permutation.csv")
+    cells = []
+    if top is not None and len(top):
+        log.info("report: top features figure")
+        shap_models = ", ".join(models_csv.loc[models_csv["method"] == "shap", "model"])
+        cells.append(_figure(fig_top_features(top, cfg.top_features),
+                             f"Top {min(cfg.top_features, len(top))} features by tree SHAP ({e(shap_models)}): "
+                             f"each feature's share of the mean |SHAP| on test rows ({test}), averaged over "
+                             "models and horizons."))
+    if perm is not None and len(perm):
+        log.info("report: permutation importance figure")
+        hp = int(h0[1:]) if int(h0[1:]) in set(perm["horizon"]) else int(perm["horizon"].min())
+        n_rows = int(perm["n_rows"].max())
+        spread = perm.loc[perm["horizon"] == hp, "ic_drop_std"].median()
+        cells.append(_figure(fig_permutation(perm, hp),
+                             f"Permutation importance at horizon {hp}: drop in test IC when the feature "
+                             f"is shuffled across up to {n_rows:,} test rows ({test}), mean over seeds "
+                             f"(median spread between seeds {_fmt(spread, 'f3')}). Positive: the model relies "
+                             "on it; near zero or negative: it does not."))
+    if cells:
+        parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
+    else:
+        parts.append("<p class=\"sub\">No explanations were computed.</p>")
+    parts.append("<p class=\"sub\">Made by the <code>report</code> stage from <code>metrics/test.json</code>, "
+                 "<code>metrics/plots/</code>, <code>metrics/explain/</code> and <code>data/split/summary.json"
+                 "</code>. Training curves: <code>dvc plots show</code>.</p></main></body></html>\n")
+    return "".join(parts)

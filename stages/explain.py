@@ -1,0 +1,21 @@
+"""explain: tree SHAP of the boosting models and permutation importance of every other model,
+on the test period."""
+from alphafactory import dataset, stage
+from alphafactory.config import section
+from alphafactory.explain import ExplainConfig, explain_models, model_dirs
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "out")
+    cfg = section(params, "explain", ExplainConfig)
+    ds = dataset.load(args.features, args.labels, args.segments)
+    dirs = model_dirs(args.models.split(","))
+    stage.log.info("explain: %d models, %d test rows, %d features", len(dirs), len(ds.rows("test")),
+                   len(ds.feature_names))
+    result = explain_models(dirs, ds, cfg)
+    for name, table in result.tables().items():
+        stage.write_csv(table, f"{args.out}/{name}")
+
+
+if __name__ == "__main__":
+    stage.run(main)

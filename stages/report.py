@@ -1,0 +1,28 @@
+"""report: one self-contained HTML page comparing every model on the test period."""
+from pathlib import Path
+
+import pandas as pd
+
+from alphafactory import stage
+from alphafactory.config import section
+from alphafactory.io import read_json, write_text
+from alphafactory.report import ReportConfig, ReportInputs, render
+
+
+def _tables(directory: str) -> dict[str, pd.DataFrame]:
+    return {p.name: pd.read_csv(p) for p in sorted(Path(directory).glob("*.csv"))}
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "metrics", "plots", "explain", "split", "info", "out")
+    cfg = section(params, "report", ReportConfig)
+    inputs = ReportInputs(metrics=read_json(args.metrics), split=read_json(args.split), info=read_json(args.info),
+                          plots=_tables(args.plots), explain=_tables(args.explain),
+                          ic_window=(params.get("evaluate") or {}).get("ic_window"))
+    text = render(inputs, cfg)
+    write_text(text, args.out)
+    stage.log.info("report: wrote %s (%.0f kB)", args.out, len(text.encode()) / 1024)
+
+
+if __name__ == "__main__":
+    stage.run(main)

@@ -1,0 +1,20 @@
+"""train_classical: ridge, random forest and SVR on the tabular features, one solve or one model
+per horizon. Closed-form and kernel fits do not early-stop: val is only scored, never fitted."""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.io import write_parquet
+from alphafactory.train import fit_models, log_curves
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "preds", "live")
+    names, blocks, _ = stage.family_section(params, "classical", "classical")
+    ds = dataset.load(args.features, args.labels, args.segments)
+    results = fit_models(ds, names, blocks, args.models, seed=params["train"]["seed"])
+    log_curves(results, args.live)
+    write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
+
+
+if __name__ == "__main__":
+    stage.run(main)

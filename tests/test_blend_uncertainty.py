@@ -1,0 +1,90 @@
+"""Ensembles fit on val forecasts, and uncertainty calibrated on val."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphafactory.blend import BlendConfig, Stacker, _oof_blocks
+from alphafactory.config import from_dict
+from alphafactory.uncertainty import apply_calibration, fit_calibration
+
+
+def test_calibration_recovers_the_residual_scale_and_prob_up():
+    rng = np.random.default_rng(0)
+    n = 20000
+    vol = rng.uniform(0.01, 0.03, n)
+    yhat = rng.normal(0, 0.005, (n, 1))
+    y = yhat + rng.normal(0, 1, (n, 1)) * 0.8 * vol[:, None]  # residual sd = 0.8 * vol
+    cal = fit_calibration(yhat, y, vol, (1,))
+    assert cal.scale[0] == pytest.approx(0.8, rel=0.02)
+    std, prob = apply_calibration(cal, yhat, vol)
+    np.testing.assert_allclose(std[:, 0], 0.8 * vol, rtol=0.02)
+    # ~68% of outcomes inside ±1 std, and P(up) matches the observed frequency by bin
+    assert np.mean(np.abs(y - yhat) <= std) == pytest.approx(0.683, abs=0.015)
+    bins = np.digitize(prob[:, 0], [0.3, 0.5, 0.7])
+    for b in range(4):
+        m = bins == b
+        if m.sum() > 500:
+            assert prob[m, 0].mean() == pytest.approx((y[m, 0] > 0).mean(), abs=0.03)
+
+
+def test_calibration_horizon_scaling():
+    rng = np.random.default_rng(1)
+    vol = np.full(5000, 0.02)
+    yhat = np.zeros((5000, 1))
+    y = rng.normal(0, 0.02 * np.sqrt(5), (5000, 1))
+    cal = fit_calibration(yhat, y, vol, (5,))
+    assert cal.scale[0] == pytest.approx(1.0, rel=0.05)  # sd of a 5-bar return is vol * sqrt(5)
+
+
+def _panel(n_ts=400, n_sym=5, seed=0):
+    """Member forecasts for val and test: 'good' carries signal, 'noise' does not."""
+    rng = np.random.default_rng(seed)
+    ts = pd.bdate_range("2020-01-01", periods=n_ts)
+    rows = pd.MultiIndex.from_product([[f"S{i}" for i in range(n_sym)], ts], names=["symbol", "timestamp"])
+    sig = rng.normal(0, 0.01, len(rows))
+    y = sig + rng.normal(0, 0.01, len(rows))
+    seg = np.where(rows.get_level_values("timestamp") < ts[n_ts // 2], "val", "test")
+    frames = []
+    for name, f in {"good": sig, "noise": rng.normal(0, 0.01, len(rows)), "half": 0.5 * sig}.items():
+        frames.append(pd.DataFrame({"symbol": rows.get_level_values(0), "timestamp": rows.get_level_values(1),
+                                    "segment": seg, "model": name, "horizon": 1, "yhat": f,
+                                    "yhat_std": 0.01, "prob_up": 0.5}))
+    labels = pd.DataFrame({"symbol": rows.get_level_values(0), "timestamp": rows.get_level_values(1), "y_h1": y})
+    return pd.concat(frames, ignore_index=True), labels
+
+
+@pytest.mark.parametrize("meta", ["ridge", "catboost"])
+def test_ensembles_learn_from_val_and_round_trip(meta, tmp_path):
+    preds, labels = _panel()
+    cfg = from_dict(BlendConfig, {"meta": meta, "catboost": {"iterations": 50}}, "blend")
+    st = Stacker(cfg, ["good", "noise", "half"], (1,), seed=3).fit(preds, labels)
+    w = st.models_["blending"][1]["weights"]
+    assert min(w) >= 0 and sum(w) == pytest.approx(1.0) and w[1] < 0.2  # little weight on noise
+    car = st.models_["caruana"][1]["weights"]
+    assert car[0] == max(car)  # greedy selection picks the informative member most
+    test = st.predict(preds, "test")
+    assert set(test["model"]) == {"ensemble", "voting", "blending", "caruana"}
+    y = labels.set_index(["symbol", "timestamp"])["y_h1"]
+    for m, g in test.groupby("model"):
+        ic = np.corrcoef(g["yhat"], y.reindex(pd.MultiIndex.from_frame(g[["symbol", "timestamp"]])))[0, 1]
+        assert ic > 0.4, (m, ic)  # the signal member alone has IC ~0.7
+        assert (g["yhat_std"] > 0).all() and g["prob_up"].between(0, 1).all()
+    st.save(tmp_path / "blend")
+    again = Stacker.load(tmp_path / "blend").predict(preds, "test")
+    pd.testing.assert_frame_equal(again, test)
+
+
+def test_oof_blocks_purge_neighbours():
+    ts = np.repeat(np.arange(100), 3)
+    for train, test in _oof_blocks(ts, 4, purge=5):
+        assert not (train & test).any()
+        t = ts[test]
+        near = (ts >= t.min() - 5) & (ts <= t.max() + 5)
+        assert not (train & near).any()
+
+
+def test_blend_config_rejects_unknown_method():
+    with pytest.raises(ValueError, match="bagging"):
+        from_dict(BlendConfig, {"methods": ["ensemble", "bagging"]}, "blend")

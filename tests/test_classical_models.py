@@ -1,0 +1,140 @@
+"""Behaviour particular to the classical families (ridge, random_forest, svm); the shared contract
+is checked for every registered model in test_models.py."""
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from alphafactory import models
+from alphafactory.models.base import XY
+from alphafactory.models.linear import Scaler, load_arrays, ridge_solve, save_arrays
+from alphafactory.models.svm import SVMParams, fit_svr, predict_arrays
+
+CLASSICAL = ("random_forest", "ridge", "svm")
+SMALL_RF = {"n_estimators": 30, "min_child_samples": 10, "num_threads": 1}
+
+
+def panel(n: int = 300, f: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """X: (n, f) float32 with a few NaN; Y: (n, 2) float32, linear in X[:, 0] plus noise."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, f)).astype(np.float32)
+    Y = np.stack([0.5 * X[:, 0] + rng.normal(0, 1, n), -0.3 * X[:, 0] + rng.normal(0, 1, n)], 1)
+    X[rng.random(X.shape) < 0.02] = np.nan
+    return X, Y.astype(np.float32)
+
+
+def test_classical_models_are_registered_for_regression():
+    for name in CLASSICAL:
+        spec = models.get(name)
+        assert (spec.family, spec.input_kind, spec.tasks) == ("classical", "tabular", ("regression",))
+
+
+def test_ridge_matches_the_hand_computed_solution():
+    # One feature already standardised (mean 0, sd 1). Horizon 1: all 4 rows labelled; horizon 2:
+    # the last row unlabelled. With an unpenalised intercept, b = S_zy / (S_zz + n·alpha) on
+    # centred data, b0 = mean(y) - b·mean(z):
+    #   h1: S_zz = 4, S_zy = 4, n = 4        → alpha=1: b = 4/8 = 1/2, b0 = 3/2
+    #   h2: z = [-1, 1, -1], y = [0, 2, 1]   → S_zz = 8/3, S_zy = 2, n = 3 → b = 6/17, b0 = 19/17
+    X = np.array([[-1.0], [1.0], [-1.0], [1.0]], np.float32)
+    Y = np.array([[0, 0], [2, 2], [1, 1], [3, np.nan]], np.float32)
+    m = models.create("ridge", {"alpha": 1.0}, horizons=(1, 2)).fit(XY(X, Y), XY(X, Y))
+    np.testing.assert_allclose(m.coef_, [[1 / 2, 6 / 17]], rtol=1e-12)
+    np.testing.assert_allclose(m.intercept_, [3 / 2, 19 / 17], rtol=1e-12)
+    np.testing.assert_allclose(m.predict(np.array([[1.0], [np.nan]], np.float32)),
+                               [[2.0, 25 / 17], [3 / 2, 19 / 17]], rtol=1e-12)  # NaN → train mean
+    # alpha = 0 is ordinary least squares: h1 fits y = 1.5 + 1.0·z exactly in the mean.
+    ols = models.create("ridge", {"alpha": 0.0}, horizons=(1, 2)).fit(XY(X, Y), XY(X, Y))
+    np.testing.assert_allclose(ols.coef_[0, 0], 1.0, rtol=1e-12)
+
+
+def test_ridge_solve_equals_scikit_learn_per_horizon():
+    """Targets with different labelled rows are solved separately, each with alpha·n_rows."""
+    from sklearn.linear_model import Ridge
+
+    X, Y = panel()
+    Y[-7:, 1] = np.nan
+    Z = Scaler.fit(X, clip=None).transform(X)
+    coef, intercept = ridge_solve(Z, Y.astype(np.float64), alpha=0.3)
+    for j in range(2):
+        ok = ~np.isnan(Y[:, j])
+        ref = Ridge(alpha=0.3 * ok.sum()).fit(Z[ok], Y[ok, j])
+        np.testing.assert_allclose(coef[:, j], ref.coef_, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(intercept[j], ref.intercept_, rtol=1e-8)
+
+
+def test_scaler_handles_constant_and_missing_columns():
+    X = np.array([[1.0, 2.0, np.nan], [3.0, 2.0, np.nan], [np.nan, 2.0, np.nan]])
+    s = Scaler.fit(X, clip=0.5)
+    np.testing.assert_array_equal(s.mean, [2.0, 2.0, 0.0])
+    np.testing.assert_array_equal(s.scale, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(s.transform(X), [[-0.5, 0, 0], [0.5, 0, 0], [0, 0, 0]])
+    with pytest.raises(ValueError, match="infinite"):
+        Scaler.fit(np.array([[np.inf], [1.0]]))
+
+
+@pytest.mark.parametrize("name", CLASSICAL)
+def test_val_is_never_used_for_fitting(name):
+    X, Y = panel()
+    train, test = XY(X[:200], Y[:200]), X[250:]
+    params = SMALL_RF if name == "random_forest" else {}
+    a = models.create(name, params, horizons=(1, 2), seed=3).fit(train, XY(X[200:250], Y[200:250]))
+    b = models.create(name, params, horizons=(1, 2), seed=3).fit(train, XY(-X[200:250], Y[200:250] * 7 + 1))
+    np.testing.assert_array_equal(a.predict(test), b.predict(test))
+
+
+def test_random_forest_averages_trees_and_is_not_early_stopped(tmp_path):
+    X, Y = panel()
+    m = models.create("random_forest", SMALL_RF, horizons=(1, 2)).fit(XY(X[:200], Y[:200]), XY(X[200:], Y[200:]))
+    assert [e.num_trees() for e in m.estimators_] == [30, 30]
+    assert all(len(c["val"]) == 30 for c in m.history_.values())
+    # An average of leaf means stays within the range of the train targets (a boosted sum need not).
+    pred = m.predict(np.random.default_rng(1).normal(0, 10, (500, 5)).astype(np.float32))
+    assert (pred >= Y[:200].min(0)).all() and (pred <= Y[:200].max(0)).all()
+    m.save(tmp_path / "rf")
+    assert "average_output" in (tmp_path / "rf" / "h1.txt").read_text()
+
+
+@pytest.mark.parametrize("kind", ["linear", "rbf"])
+def test_svm_numpy_predictor_equals_scikit_learn(kind):
+    X, Y = panel()
+    p = SVMParams(kind=kind, C=1.0, max_rows=120)
+    est, state = fit_svr(X, Y[:, 0], p, seed=0)
+    Z = Scaler(state["mean"], state["scale"], p.clip).transform(X)
+    ref = est.predict(Z) * state["y_scale"] + state["y_mean"]
+    np.testing.assert_allclose(predict_arrays(state, X), ref, rtol=1e-9, atol=1e-12)
+    if kind == "rbf":  # the documented row cap: a seeded subset of max_rows train rows
+        assert int(state["rows_used"]) == 120 and len(state["support_vectors"]) <= 120
+
+
+def test_svm_rbf_save_load_and_seeded_row_cap(tmp_path):
+    X, Y = panel()
+    params = {"kind": "rbf", "max_rows": 100}
+    m = models.create("svm", params, horizons=(1, 2), seed=5).fit(XY(X[:250], Y[:250]), XY(X[250:], Y[250:]))
+    m.save(tmp_path / "svm")
+    loaded = models.load(tmp_path / "svm")
+    np.testing.assert_array_equal(loaded.predict(X), m.predict(X))
+    other = models.create("svm", params, horizons=(1, 2), seed=6).fit(XY(X[:250], Y[:250]), XY(X[250:], Y[250:]))
+    assert not np.array_equal(other.predict(X), m.predict(X))  # another seed draws other rows
+
+
+def test_save_arrays_is_byte_deterministic_and_plain(tmp_path):
+    arrays = {"b": np.arange(3.0), "a": np.asarray(2.5), "empty": np.asarray([])}
+    save_arrays(tmp_path / "x.npz", arrays)
+    with zipfile.ZipFile(tmp_path / "x.npz") as zf:  # no wall-clock time in the zip entries
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    back = load_arrays(tmp_path / "x.npz")
+    assert back.keys() == arrays.keys() and back["a"].shape == ()
+    np.testing.assert_array_equal(back["b"], arrays["b"])
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("random_forest", {"bagging_fraction": 1.0}, "bagging_fraction"),
+    ("ridge", {"alpha": -1.0}, "alpha"),
+    ("svm", {"kind": "poly"}, "kind"),
+    ("svm", {"gamma": 0.0}, "gamma"),
+])
+def test_bad_params_are_named(name, params, match):
+    with pytest.raises(ValueError, match=match):
+        models.create(name, params)

@@ -1,0 +1,310 @@
+"""Forecasting from a trained bundle: the bundle stage, load_bundle's integrity checks, predict()
+against the pipeline's own test forecasts, `alphafactory predict` into parquet, SQLite and a real
+PostgreSQL server, and a bundle pulled from a DVC remote into a fresh clone.
+
+Uses the session `project` fixture (one small `dvc repro`, conftest.py) and leaves it as found."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from alphafactory import cli
+from alphafactory.bundle import BundleError, build_bundle
+from alphafactory.config import load_params, section
+from alphafactory.data.validate import DataValidationError
+from alphafactory.db import read_predictions, write_predictions
+from alphafactory.features import FeatureConfig
+from alphafactory.inference import (KEYS, ewm_memory_bars, history_bars, list_models, load_bundle,
+                                    model_info, predict, trim_history)
+from alphafactory.labels import LabelConfig
+from alphafactory.stage import InputError
+from conftest import random_bars
+from pipeline_utils import BIN, MODELS, sh
+
+pytestmark = pytest.mark.slow
+HEAD = ["yhat", "yhat_std", "prob_up"]
+
+
+@pytest.fixture(scope="module")
+def bundle(project):
+    repo, _ = project
+    return load_bundle(repo / "bundle")
+
+
+@pytest.fixture(scope="module")
+def bars(project) -> pd.DataFrame:
+    repo, _ = project
+    return pd.read_parquet(repo / "data/prepared/bars.parquet")
+
+
+@pytest.fixture(scope="module")
+def every_bar(bundle, bars) -> pd.DataFrame:
+    return predict(bars, bundle, asof="all")
+
+
+def test_bundle_is_self_contained_and_hashed(project, bundle):
+    repo, _ = project
+    root = repo / "bundle"
+    manifest = json.loads((root / "manifest.json").read_text())
+    on_disk = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [f for f in on_disk if f != "manifest.json"]
+    assert all(len(v["sha256"]) == 64 and v["size"] > 0 for v in manifest["files"].values())
+    config = json.loads((root / "bundle.json").read_text())
+    assert config["horizons"] == [1, 5, 20] and config["lookback"] == 10  # SMALL: train.lookback 10
+    assert config["symbols"] == ["AAPL", "GOOG", "IBM", "MSFT"]
+    assert config["frequency"]["label"] == "1D"
+    assert config["feature_columns"] == json.loads((repo / "models/boosting/lightgbm/manifest.json")
+                                                   .read_text())["meta"]["features"]
+    assert {"numpy", "lightgbm", "catboost", "torch"} <= set(config["versions"])
+    for m in MODELS:  # copies of the trained model dirs, native formats only
+        assert (root / "models" / m / "manifest.json").read_bytes() == next(
+            repo.glob(f"models/*/{m}/manifest.json")).read_bytes()
+    assert not [p for p in root.rglob("*") if p.suffix in (".pkl", ".pickle", ".joblib")]
+    blend = json.loads((repo / "models/blend/manifest.json").read_text())
+    assert sorted(blend["members"]) == sorted(MODELS)
+    others = [m for m in blend["config"]["methods"] if m != "ensemble"]
+    assert list_models(bundle) == [*blend["members"], *others]
+    info = model_info(bundle)
+    assert info["base_models"][0] == {"name": "lightgbm", "family": "boosting", "input_kind": "tabular"}
+    assert info["has_neural"] and info["feature_count"] == len(config["feature_columns"])
+    assert info["min_bars"] == info["warmup_bars"] + 10
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_build_bundle_is_deterministic_and_refuses_stale_models(project, tmp_path):
+    repo, _ = project
+    families = [str(d) for d in sorted((repo / "models").iterdir()) if d.is_dir() and d.name != "blend"]
+    params = load_params(repo / "params.yaml")  # what the bundle stage read
+    kwargs = dict(features=section(params, "features", FeatureConfig), label=section(params, "label", LabelConfig),
+                  lookback=params["train"]["lookback"], info=json.loads((repo / "data/prepared/info.json").read_text()))
+    build_bundle(families, repo / "models/blend", tmp_path / "again", **kwargs)
+    assert (tmp_path / "again/manifest.json").read_bytes() == (repo / "bundle/manifest.json").read_bytes()
+    with pytest.raises(BundleError, match=r"lstm/manifest.json: lookback 10, expected train.lookback 6"):
+        build_bundle(families, repo / "models/blend", tmp_path / "b", **{**kwargs, "lookback": 6})
+    with pytest.raises(BundleError, match=r"horizons \[1, 5, 20\], expected label.horizons \[1, 5\]"):
+        build_bundle(families, repo / "models/blend", tmp_path / "b", **{**kwargs, "label": LabelConfig(horizons=(1, 5))})
+    with pytest.raises(BundleError, match=r"blender members \['lstm', 'tcn'\] have no trained model dir"):
+        build_bundle([f for f in families if not f.endswith("neural")], repo / "models/blend", tmp_path / "b", **kwargs)
+    assert not (tmp_path / "b").exists()
+
+
+def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar):
+    """One feature path: forecasts from raw bars equal the evaluate stage's, model by model."""
+    repo, _ = project
+    test = pd.read_parquet(repo / "data/predictions/test.parquet")
+    models = [m for m in test["model"].unique() if m not in ("zero", "train_mean", "momentum", "buy_and_hold")]
+    assert {*MODELS, "ensemble"} <= set(models)
+    for m in models:
+        col = "yhat" if m == "ensemble" else m
+        ref = test.loc[test["model"] == m, KEYS + ["yhat"]].rename(columns={"yhat": "ref"})
+        got = ref.merge(every_bar[KEYS + [col]], on=KEYS, how="left")
+        assert len(got) > 1000 and got[col].notna().all(), m
+        np.testing.assert_allclose(got[col], got["ref"], rtol=1e-6, atol=1e-9, err_msg=m)
+    # The headline uncertainty is the blend stage's calibrated one.
+    blend = pd.read_parquet(repo / "data/preds/blend.parquet")
+    blend = blend[(blend["segment"] == "test") & (blend["model"] == "ensemble")]
+    got = blend.merge(every_bar, on=KEYS, suffixes=("_ref", ""))
+    assert len(got) == len(blend)
+    for c in HEAD:
+        np.testing.assert_allclose(got[c], got[f"{c}_ref"], rtol=1e-6, atol=1e-9, err_msg=c)
+    assert list(every_bar.columns[:6]) == KEYS + HEAD
+    assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
+    assert (every_bar["yhat_std"] > 0).all()
+
+
+def test_asof_uses_a_trimmed_history_and_never_later_bars(bundle, bars, every_bar):
+    ts = np.sort(bars["timestamp"].unique())
+    at = pd.Timestamp(ts[-200])
+    # Later bars are dropped before anything else: doubling every later price changes nothing.
+    future = bars["timestamp"] > at
+    shocked = bars.copy()
+    shocked.loc[future, ["open", "high", "low", "close"]] *= 2.0
+    got = predict(shocked, bundle, asof=at)
+    assert set(got["timestamp"]) == {at} and got["symbol"].nunique() == 4
+    ref = every_bar[every_bar["timestamp"] == at].reset_index(drop=True)
+    # history_bars() keeps enough bars for the exponentially weighted features to come out as on
+    # the full history (measured: ~1e-8 on the neural forecasts, 0 on the trees).
+    cols = [c for c in got.columns if c not in KEYS]
+    np.testing.assert_allclose(got[cols].to_numpy(), ref[cols].to_numpy(), rtol=1e-6, atol=1e-7)
+    # Default asof: each symbol's last bar.
+    last = predict(bars, bundle)
+    assert (last.groupby("symbol")["timestamp"].max() == bars.groupby("symbol")["timestamp"].max()).all()
+    assert len(last) == 4 * len(bundle.horizons)
+
+
+def test_history_bars_covers_the_longest_memory(bundle):
+    # EMA of 60 bars (alpha 2/61) is the slowest: (59/61)^m <= 1e-6.
+    assert ewm_memory_bars(bundle.features) == int(np.ceil(np.log(1e-6) / np.log1p(-2 / 61)))
+    assert history_bars(bundle) == bundle.min_bars + ewm_memory_bars(bundle.features)
+
+
+def test_trim_history_keeps_whole_cross_sections():
+    b = random_bars(n_symbols=3, n_bars=50)
+    b = b[~((b["symbol"] == "S01") & (b.index % 50 < 20))].reset_index(drop=True)  # S01 starts late
+    out = trim_history(b, 10)
+    assert out.groupby("symbol").size().min() == 10
+    cut = out["timestamp"].min()
+    assert out.groupby("symbol").size().to_dict() == b[b["timestamp"] >= cut].groupby("symbol").size().to_dict()
+
+
+def test_predict_errors_name_the_problem(bundle, bars):
+    short = bars[(bars["symbol"] != "IBM") | (bars["timestamp"] >= bars["timestamp"].max() - pd.Timedelta(days=60))]
+    with pytest.raises(DataValidationError, match=rf"'IBM' has \d+; expected at least {bundle.min_bars} bars"):
+        predict(short, bundle)
+    with pytest.raises(DataValidationError, match=r"missing column\(s\) \['volume'\]"):
+        predict(bars.drop(columns="volume"), bundle)
+    with pytest.raises(InputError, match="asof: cannot parse 'yesterday'"):
+        predict(bars, bundle, asof="yesterday")
+    with pytest.raises(DataValidationError, match="no bar at or before asof=1990-01-01"):
+        predict(bars, bundle, asof="1990-01-01")
+    with pytest.raises(DataValidationError, match="cross-sectional features need >= 2 symbols"):
+        predict(bars[bars["symbol"] == "AAPL"], bundle)
+    with pytest.raises(InputError, match=f"history: got 5, expected at least {bundle.min_bars}"):
+        predict(bars, bundle, history=5)
+
+
+def test_load_bundle_refuses_a_tampered_bundle(project, tmp_path):
+    repo, _ = project
+
+    def copy() -> Path:
+        dest = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(repo / "bundle", dest)
+        return dest
+
+    b = copy()
+    f = b / "models/lightgbm/h1.txt"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, one bit flipped
+    f.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"models/lightgbm/h1.txt: sha256 .* the file was modified"):
+        load_bundle(b)
+    b = copy()
+    f = b / "models/lstm/weights.pt"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(BundleError, match=r"models/lstm/weights.pt: \d+ bytes, manifest says \d+; the file is truncated"):
+        load_bundle(b)
+    b = copy()
+    (b / "blend/manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"blend/manifest.json: missing"):
+        load_bundle(b)
+    b = copy()
+    (b / "models/catboost/extra.cbm").write_bytes(b"x")
+    with pytest.raises(BundleError, match=r"models/catboost/extra.cbm: not listed in manifest.json"):
+        load_bundle(b)
+    b = copy()
+    man = json.loads((b / "manifest.json").read_text())
+    (b / "manifest.json").write_text(json.dumps({**man, "format_version": 99}))
+    with pytest.raises(BundleError, match=r"manifest.json: bundle format_version 99 is not supported; "
+                                          r"this alphafactory reads format_version 1"):
+        load_bundle(b)
+    with pytest.raises(BundleError, match="is not a bundle"):
+        load_bundle(tmp_path)
+
+
+def test_cli_predict_to_parquet_and_sqlite_is_idempotent(project, bundle, bars, tmp_path):
+    repo, _ = project
+    src = tmp_path / "bars"  # a directory of per-symbol CSV files, as `prepare` accepts
+    src.mkdir()
+    for sym, g in bars.groupby("symbol"):
+        g.drop(columns="symbol").to_csv(src / f"{sym}.csv", index=False)
+    out = tmp_path / "preds.parquet"
+    assert cli.main(["predict", "--bars", str(src), "--models", str(repo / "bundle"), "--out", str(out)]) == 0
+    expected = predict(bars, bundle)
+    got = pd.read_parquet(out)
+    assert list(got.columns) == list(expected.columns)
+    np.testing.assert_allclose(got[HEAD].to_numpy(), expected[HEAD].to_numpy(), rtol=1e-12)
+
+    url = f"sqlite:///{tmp_path / 'preds.db'}"
+    args = ["predict", "--bars", str(src), "--models", str(repo / "bundle"), "--db", url, "--asof", "2012-06-29"]
+    for _ in range(2):  # the second run updates the same rows, it adds none
+        assert cli.main(args) == 0
+    table = read_predictions(url)
+    assert len(table) == 4 * 3 and not table.duplicated(KEYS).any()
+    assert set(table.columns) == set(expected.columns)
+    assert (table["timestamp"] == pd.Timestamp("2012-06-29")).all()
+    with sa.create_engine(url).begin() as conn:
+        assert sa.inspect(conn).get_pk_constraint("preds")["constrained_columns"] == KEYS
+        conn.execute(sa.text("CREATE TABLE seed (ticker TEXT, dt DATE, horizon TEXT, "
+                             "PRIMARY KEY (ticker, dt, horizon))"))
+    with pytest.raises(InputError, match=r"table 'seed' has primary key \['ticker', 'dt', 'horizon'\], "
+                                         r"expected \['symbol', 'timestamp', 'horizon'\]"):
+        write_predictions(table, url, table="seed")
+    assert cli.main(["predict", "--bars", str(src), "--models", str(tmp_path), "--out", str(out)]) == 2
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    path = found[-1] if found else shutil.which(name)
+    assert path, f"{name} not found: install the Debian 'postgresql' package (.ci/run does)"
+    return path
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a free loopback port (initdb + pg_ctl), stopped after."""
+    base = Path(tempfile.mkdtemp(prefix="af-pg-"))  # under /tmp: reachable by the postgres user
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, text=True)  # noqa: E731
+    run(_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+    run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_postgres_upsert_is_idempotent_and_adds_new_model_columns(bundle, bars, postgres_url):
+    preds = predict(bars, bundle)
+    assert write_predictions(preds, postgres_url) == len(preds)
+    changed = preds.assign(yhat=preds["yhat"] + 1.0)
+    write_predictions(changed, postgres_url)  # same keys: updated in place
+    table = read_predictions(postgres_url)
+    assert len(table) == len(preds) and not table.duplicated(KEYS).any()
+    np.testing.assert_allclose(table["yhat"], changed["yhat"], rtol=1e-12)
+    np.testing.assert_allclose(table["lstm"], preds["lstm"], rtol=1e-12)
+    # A bundle with another base model: its column is added; older rows keep NULL there.
+    later = preds.assign(timestamp=preds["timestamp"] + pd.Timedelta(days=1), gru=0.5)
+    write_predictions(later, postgres_url)
+    table = read_predictions(postgres_url)
+    assert len(table) == 2 * len(preds)
+    assert table["gru"].isna().sum() == len(preds) and (table["gru"].dropna() == 0.5).all()
+
+
+def test_pushed_bundle_forecasts_in_a_fresh_clone_without_retraining(project, bundle, bars, tmp_path):
+    repo, _ = project
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh(repo, "dvc", "remote", "add", "--local", "-d", "inference-test", str(remote))
+    try:
+        sh(repo, "dvc", "push", "-q", "bundle")  # what a consumer needs, nothing else
+    finally:
+        sh(repo, "dvc", "remote", "remove", "--local", "inference-test")
+    sh(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    sh(clone, "dvc", "remote", "add", "-d", "store", str(remote))
+    sh(clone, "dvc", "pull", "-q", "bundle")  # the bundle alone: no data, no model dirs
+    assert not (clone / "models/boosting").exists()
+    out = tmp_path / "preds.parquet"
+    sh(clone, str(BIN / "alphafactory"), "predict", "--bars", str(repo / "data/prepared/bars.parquet"),
+       "--out", str(out))
+    got, expected = pd.read_parquet(out), predict(bars, bundle)
+    pd.testing.assert_frame_equal(got, expected)

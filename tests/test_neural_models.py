@@ -1,0 +1,109 @@
+"""Behaviour particular to single neural families (the registry-wide checks are in test_models.py):
+the transformer's causal mask, PatchTST's patching, N-HiTS's interpolation basis, and the
+validation of each family's params."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from alphafactory import models
+from alphafactory.config import ConfigError
+from alphafactory.models.nhits import NHITSNet, NHITSParams, interpolation_basis
+from alphafactory.models.patchtst import PatchTSTNet, PatchTSTParams, patch_layout
+from alphafactory.models.transformer import TransformerNet, TransformerParams
+
+
+@pytest.mark.parametrize("pos_encoding", ["sinusoidal", "learned"])
+def test_transformer_state_at_t_depends_on_steps_up_to_t_only(pos_encoding):
+    torch.manual_seed(0)
+    L, k = 10, 6
+    net = TransformerNet(5, 2, TransformerParams(pos_encoding=pos_encoding), max_len=L).eval()
+    x = torch.randn(4, L, 5)
+    x2 = x.clone()
+    x2[:, k:] = torch.randn(4, L - k, 5)  # change steps k .. L-1
+    with torch.no_grad():
+        a, b = net.encode(x), net.encode(x2)
+    assert a.shape == (4, L, 32)
+    torch.testing.assert_close(a[:, :k], b[:, :k], rtol=0, atol=1e-6)  # steps before k: untouched
+    assert (a[:, k:] - b[:, k:]).abs().amax(dim=(0, 2)).min() > 1e-3  # every step from k on moved
+    x3 = x.clone()
+    x3[:, 0] += 1.0  # the first step reaches the last step's state, hence the forecast
+    with torch.no_grad():
+        assert (net(x3) - net(x)).abs().max() > 1e-4
+
+
+def test_transformer_rejects_window_longer_than_lookback():
+    net = TransformerNet(3, 1, TransformerParams(), max_len=8)
+    with pytest.raises(ValueError, match="window of 9 bars, longer than the lookback 8"):
+        net(torch.zeros(1, 9, 3))
+
+
+def test_patchtst_pads_the_start_so_the_last_patch_ends_at_the_last_bar():
+    assert patch_layout(32, 8, 4) == (7, 0)
+    assert patch_layout(10, 4, 4) == (3, 2)  # 2 bars of padding: patches [-2..1], [2..5], [6..9]
+    assert patch_layout(8, 8, 4) == (1, 0)
+    net = PatchTSTNet(2, 3, PatchTSTParams(patch_len=4, stride=4), lookback=10)
+    x = torch.arange(20, dtype=torch.float32).view(1, 10, 2)  # feature f at bar t: 2t + f
+    p = net.patches(x)  # (1, F, P, patch_len)
+    assert p.shape == (1, 2, 3, 4)
+    torch.testing.assert_close(p[0, 1, -1], x[0, 6:, 1])  # last patch = last 4 bars
+    torch.testing.assert_close(p[0, 0, 0], torch.tensor([0.0, 0.0, 0.0, 2.0]))  # first bar repeated
+    assert net(torch.randn(5, 10, 2)).shape == (5, 3)
+
+
+def test_patchtst_channels_are_independent_until_the_head():
+    """Changing one feature changes the encoded patches of that feature only."""
+    torch.manual_seed(0)
+    net = PatchTSTNet(3, 1, PatchTSTParams(), lookback=16).eval()
+    x = torch.randn(2, 16, 3)
+    x2 = x.clone()
+    x2[:, :, 1] = torch.randn(2, 16)
+
+    def states(x: torch.Tensor) -> torch.Tensor:  # (B, F, P, d)
+        z = net.embed(net.patches(x)) + net.pos
+        return net.encoder(z.flatten(0, 1)).view(*z.shape)
+
+    with torch.no_grad():
+        a, b = states(x), states(x2)
+    torch.testing.assert_close(a[:, [0, 2]], b[:, [0, 2]], rtol=0, atol=1e-6)
+    assert (a[:, 1] - b[:, 1]).abs().max() > 1e-3
+
+
+def test_patchtst_patch_longer_than_lookback_is_an_error_naming_both():
+    with pytest.raises(ConfigError, match="patch_len: got 16, longer than train.lookback 8"):
+        models.create("patchtst", {"patch_len": 16}, horizons=(1,), lookback=8)
+
+
+def test_nhits_basis_interpolates_knots_at_the_horizons():
+    b = interpolation_basis((1, 5, 20), 2)  # knots at bars 1 and 20
+    torch.testing.assert_close(b, torch.tensor([[1.0, 15 / 19, 0.0], [0.0, 4 / 19, 1.0]]))
+    torch.testing.assert_close(interpolation_basis((1, 5, 20), 1), torch.ones(1, 3))
+    full = interpolation_basis((1, 2, 3), 3)  # one knot per horizon: the identity
+    torch.testing.assert_close(full, torch.eye(3))
+    torch.testing.assert_close(interpolation_basis((3, 1, 2), 3), torch.eye(3)[:, [2, 0, 1]])
+
+
+def test_nhits_coarse_stack_gives_a_linear_term_structure():
+    """A stack with 2 knots forecasts values on a straight line over the horizons."""
+    torch.manual_seed(0)
+    p = NHITSParams(pool_sizes=(8,), downsample=(10,))  # ceil(20 / 10) = 2 knots
+    net = NHITSNet(4, (1, 5, 20), p, lookback=6).eval()  # pool kernel 8 > lookback 6: whole window
+    with torch.no_grad():
+        out = net(torch.randn(7, 6, 4))  # (B, H)
+    slope = (out[:, 2] - out[:, 0]) / 19
+    torch.testing.assert_close(out[:, 1], out[:, 0] + 4 * slope, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, params, match", [
+    ("gru", {"hidden": 0}, r"neural.gru.hidden: got 0, expected >= 1"),
+    ("mlp", {"dropout": 1.0}, r"neural.mlp.dropout: got 1.0"),
+    ("transformer", {"d_model": 30, "heads": 4}, r"d_model: got 30 with heads 4"),
+    ("transformer", {"pos_encoding": "rotary"}, r"pos_encoding: got 'rotary'"),
+    ("patchtst", {"patch_len": 4, "stride": 5}, r"stride: got 5 with patch_len 4"),
+    ("nhits", {"pool_sizes": [4, 1], "downsample": [1]}, r"pool_sizes \[4, 1\] and downsample \[1\]"),
+    ("nhits", {"pool_sizes": []}, r"neural.nhits.pool_sizes: got \[\]"),
+])
+def test_bad_params_are_errors_naming_the_value(name, params, match):
+    with pytest.raises(ConfigError, match=match):
+        models.create(name, params, horizons=(1, 5))
+
