@@ -80,3 +80,24 @@ def test_split_config_errors():
         from_dict(SplitConfig, {"val_frac": 0.7}, "split")
     with pytest.raises(ConfigError, match="expected an integer"):
         from_dict(SplitConfig, {"embargo": "5"}, "split")
+
+
+def test_sequence_windows_never_cross_symbols_or_reach_ahead(bars):
+    from alphafactory.dataset import assemble
+    from alphafactory.features import FeatureConfig, compute_features
+
+    lab = make_labels(bars, LabelConfig(horizons=(1,)))
+    seg = assign_segments(lab, (1,), SplitConfig(embargo=0))
+    feats = compute_features(bars, FeatureConfig(groups=("returns",)))
+    ds = assemble(feats, lab, seg, (1,))
+    rows = np.arange(len(ds.keys))
+    ends = ds.window_ends(rows, lookback=16)
+    w = ds.windows(ends, 16)
+    # every window holds 16 consecutive bars of its own symbol, ending at its own row
+    win_rows = ends[:, None] + np.arange(-15, 1)
+    assert (ds.sym_codes[win_rows] == ds.sym_codes[ends][:, None]).all()
+    assert (ds.keys["timestamp"].to_numpy()[win_rows] <= ds.keys["timestamp"].to_numpy()[ends][:, None]).all()
+    np.testing.assert_array_equal(w[np.arange(3)][:, -1], ds.X[ends[:3]])
+    # the first 15 rows of each symbol have no full window and are excluded
+    first = pd.Series(rows).groupby(ds.sym_codes).head(15).to_numpy()
+    assert not np.isin(first, ends).any()
