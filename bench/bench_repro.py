@@ -52,7 +52,7 @@ def main() -> None:
             secs, out = timed(["dvc", "repro"], repo)
             assert "Running stage" not in out, out
             noop.append(secs)
-    rows = [("full `dvc repro -f` (8 stages)", full, 180.0), ("no-op `dvc repro`", noop, 2.0)]
+    rows = [("full `dvc repro -f` (all stages)", full, 180.0), ("no-op `dvc repro`", noop, 2.0)]
     print(f"\n{os.cpu_count()} cores, python {sys.version.split()[0]}\n")
     print("| run | repeats | median s | min s | max s | target s | ok |")
     print("|---|---|---|---|---|---|---|")
