@@ -9,6 +9,7 @@ from alphafactory import features
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import infer_frequency
 from alphafactory.features import FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
+from alphafactory.audit import perturb_after
 
 KEYS = ["symbol", "timestamp"]
 
@@ -74,21 +75,6 @@ def check_contract(bars: pd.DataFrame, feats: pd.DataFrame, cfg: FeatureConfig,
     assert not nan_after, f"NaN after warm-up ({warm} bars) in {nan_after}"
     # The warm-up is tight: some feature is still undefined on the bar just before it.
     assert np.isnan(X[pos == warm - 1]).any()
-
-
-def perturb_after(bars: pd.DataFrame, cut: pd.Timestamp, seed: int) -> pd.DataFrame:
-    """Randomly change every bar after ``cut`` (prices and volumes), keeping OHLC valid."""
-    rng = np.random.default_rng(seed)
-    out = bars.copy()
-    late = (out["timestamp"] > cut).to_numpy()
-    k = int(late.sum())
-    o = out.loc[late, "open"].to_numpy() * np.exp(rng.normal(0, 0.05, k))
-    c = out.loc[late, "close"].to_numpy() * np.exp(rng.normal(0, 0.05, k))
-    h = np.maximum(np.maximum(o, c), out.loc[late, "high"].to_numpy() * np.exp(rng.normal(0, 0.05, k)))
-    lo = np.minimum(np.minimum(o, c), out.loc[late, "low"].to_numpy() * np.exp(rng.normal(0, 0.05, k)))
-    out.loc[late, ["open", "high", "low", "close"]] = np.column_stack([o, h, lo, c])
-    out.loc[late, "volume"] = out.loc[late, "volume"].to_numpy() * rng.lognormal(0, 1, k)
-    return out
 
 
 def changed_features(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
