@@ -1,17 +1,19 @@
-"""train_classical: ridge, random forest and SVR on the tabular features, one solve or one model
-per horizon. Closed-form and kernel fits do not early-stop: val is only scored, never fitted."""
+"""train_classical: ridge or logistic regression, random forest and SVR on the tabular features,
+one solve or one model per horizon. Closed-form and kernel fits do not early-stop: val is only scored, never fitted."""
 import pandas as pd
 
 from alphafactory import dataset, stage
+from alphafactory.config import section
 from alphafactory.io import write_parquet
-from alphafactory.train import fit_models, log_curves
+from alphafactory.train import TrainConfig, fit_models, log_curves
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "preds", "live")
-    names, blocks, _ = stage.family_section(params, "classical", "classical")
+    train = section(params, "train", TrainConfig)
+    names, blocks, _ = stage.family_section(params, "classical", "classical", task=train.task)
     ds = dataset.load(args.features, args.labels, args.segments)
-    results = fit_models(ds, names, blocks, args.models, seed=params["train"]["seed"])
+    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task)
     log_curves(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
 

@@ -3,17 +3,18 @@ horizons, on CUDA when available, else CPU."""
 import pandas as pd
 
 from alphafactory import dataset, stage
+from alphafactory.config import section
 from alphafactory.io import write_parquet
-from alphafactory.train import fit_models, log_curves
+from alphafactory.train import TrainConfig, fit_models, log_curves
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "features", "labels", "segments", "models", "preds", "live")
-    names, blocks, shared = stage.family_section(params, "neural", "neural", reserved=("trainer",))
-    train = params["train"]
+    train = section(params, "train", TrainConfig)
+    names, blocks, shared = stage.family_section(params, "neural", "neural", reserved=("trainer",), task=train.task)
     ds = dataset.load(args.features, args.labels, args.segments)
-    results = fit_models(ds, names, blocks, args.models, seed=train["seed"],
-                         extra={"lookback": train["lookback"], "trainer": shared["trainer"]})
+    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task,
+                         extra={"lookback": train.lookback, "trainer": shared["trainer"]})
     log_curves(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
 

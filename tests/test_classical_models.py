@@ -1,4 +1,4 @@
-"""Behaviour particular to the classical families (ridge, random_forest, svm); the shared contract
+"""Behaviour particular to the classical families (ridge, logistic, random_forest, svm); the shared contract
 is checked for every registered model in test_models.py."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from alphafactory.models.base import XY
 from alphafactory.models.linear import Scaler, load_arrays, ridge_solve, save_arrays
 from alphafactory.models.svm import SVMParams, fit_svr, predict_arrays
 
-CLASSICAL = ("random_forest", "ridge", "svm")
+CLASSICAL = {"logistic": ("classification",), "random_forest": ("regression", "classification"),
+             "ridge": ("regression",), "svm": ("regression",)}
 SMALL_RF = {"n_estimators": 30, "min_child_samples": 10, "num_threads": 1}
 
 
@@ -25,10 +26,43 @@ def panel(n: int = 300, f: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return X, Y.astype(np.float32)
 
 
-def test_classical_models_are_registered_for_regression():
-    for name in CLASSICAL:
+def test_classical_models_are_registered_with_their_tasks():
+    for name, tasks in CLASSICAL.items():
         spec = models.get(name)
-        assert (spec.family, spec.input_kind, spec.tasks) == ("classical", "tabular", ("regression",))
+        assert (spec.family, spec.input_kind, spec.tasks) == ("classical", "tabular", tasks)
+
+
+def test_logistic_matches_scikit_learn():
+    """Same objective as scikit-learn's multinomial LogisticRegression with C = 1 / (alpha · n)
+    (sklearn minimises C·sum(loss) + |W|²/2; we minimise mean(loss) + alpha·|W|²/2)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from alphafactory.models.linear import logistic_solve
+
+    rng = np.random.default_rng(1)
+    Z = rng.normal(size=(400, 4))
+    k = np.digitize(Z[:, 0] + rng.normal(0, 1, 400), [-0.5, 0.5])
+    alpha = 0.05
+    W, b = logistic_solve(Z, k, alpha, max_iter=1000, tol=1e-10)
+    ref = LogisticRegression(C=1 / (alpha * len(Z)), tol=1e-12, max_iter=5000).fit(Z, k)
+    np.testing.assert_allclose(W, ref.coef_.T, atol=1e-5)
+    np.testing.assert_allclose(b, ref.intercept_, atol=1e-5)
+
+
+def test_logistic_is_regression_free_and_ordered():
+    """Fitted on SHORT/NEUTRAL/LONG of a linear signal, P(LONG) rises with the signal and the
+    expected-return forecast is ordered like it."""
+    X, Y = panel(n=600)
+    C = np.where(Y > 0.5, 2.0, np.where(Y < -0.5, 0.0, 1.0)).astype(np.float32)
+    m = models.create("logistic", {"alpha": 0.01}, horizons=(1, 2), task="classification")
+    m.fit(XY(X[:400], C[:400], R=Y[:400]), XY(X[400:], C[400:], R=Y[400:]))
+    grid = np.zeros((5, 5), np.float32)
+    grid[:, 0] = np.linspace(-2, 2, 5)
+    p = m.predict_proba(grid)
+    assert (np.diff(p[:, 0, 2]) > 0).all() and (np.diff(p[:, 0, 0]) < 0).all()
+    assert (np.diff(m.predict(grid)[:, 0]) > 0).all() and (np.diff(m.predict(grid)[:, 1]) < 0).all()
+    with pytest.raises(ValueError, match="does not support train.task 'regression'"):
+        models.create("logistic", horizons=(1,))
 
 
 def test_ridge_matches_the_hand_computed_solution():
@@ -74,13 +108,18 @@ def test_scaler_handles_constant_and_missing_columns():
         Scaler.fit(np.array([[np.inf], [1.0]]))
 
 
-@pytest.mark.parametrize("name", CLASSICAL)
-def test_val_is_never_used_for_fitting(name):
+@pytest.mark.parametrize("name,task", [(n, t) for n, tasks in CLASSICAL.items() for t in tasks])
+def test_val_is_never_used_for_fitting(name, task):
     X, Y = panel()
-    train, test = XY(X[:200], Y[:200]), X[250:]
+    if task == "classification":
+        C = np.where(Y > 0.5, 2.0, np.where(Y < -0.5, 0.0, 1.0)).astype(np.float32)
+        xy = lambda rows, sign=1: XY(sign * X[rows], C[rows] if sign > 0 else 2 - C[rows], R=Y[rows])
+    else:
+        xy = lambda rows, sign=1: XY(sign * X[rows], Y[rows] if sign > 0 else Y[rows] * 7 + 1)
+    train, test, val = xy(slice(0, 200)), X[250:], slice(200, 250)
     params = SMALL_RF if name == "random_forest" else {}
-    a = models.create(name, params, horizons=(1, 2), seed=3).fit(train, XY(X[200:250], Y[200:250]))
-    b = models.create(name, params, horizons=(1, 2), seed=3).fit(train, XY(-X[200:250], Y[200:250] * 7 + 1))
+    a = models.create(name, params, horizons=(1, 2), seed=3, task=task).fit(train, xy(val))
+    b = models.create(name, params, horizons=(1, 2), seed=3, task=task).fit(train, xy(val, -1))
     np.testing.assert_array_equal(a.predict(test), b.predict(test))
 
 

@@ -1,4 +1,5 @@
-"""One conformance test over the whole registry (scikit-learn's parametrize_with_checks idea)."""
+"""One conformance test over the whole registry (scikit-learn's parametrize_with_checks idea),
+for every task each model registers (regression and/or SHORT/NEUTRAL/LONG classification)."""
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ FAST = {
     "random_forest": {"n_estimators": 40, "min_child_samples": 10},
     # patches must fit LOOKBACK (4/3: 3 patches, 2 bars of start padding); a wider head and a
     # smaller N-HiTS learn the signal from ~270 rows instead of overfitting them
-    "patchtst": {"patch_len": 4, "stride": 3, "head_dim": 4},
+    "patchtst": {"patch_len": 4, "stride": 3, "head_dim": 8, "d_model": 32},
     "nhits": {"hidden": 16},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
@@ -41,15 +42,26 @@ def panel(seed: int = 0):
     return X, Y, codes
 
 
-def make(name: str, seed: int = 0):
+# Every (model, task) pair the registry declares.
+CASES = [(n, t) for n in sorted(models.REGISTRY) for t in models.REGISTRY[n].tasks]
+
+
+def classes(Y: np.ndarray) -> np.ndarray:
+    """Class indices 0/1/2 (SHORT/NEUTRAL/LONG) of targets Y, dead zone ±0.5 sd; NaN stays NaN."""
+    C = np.where(Y > 0.5, 2.0, np.where(Y < -0.5, 0.0, 1.0)).astype(np.float32)
+    C[np.isnan(Y)] = np.nan
+    return C
+
+
+def make(name: str, seed: int = 0, task: str = "regression"):
     spec = models.get(name)
-    kw = {"horizons": HORIZONS, "seed": seed}
+    kw = {"horizons": HORIZONS, "seed": seed, "task": task}
     if spec.family == "neural":
         kw.update(lookback=LOOKBACK, trainer=TRAINER)
     return models.create(name, FAST.get(name, {}), **kw)
 
 
-def segments(name: str, X, Y, codes):
+def segments(name: str, X, Y, codes, task: str = "regression"):
     """train = first 60% of each symbol's bars, val = next 20%, test = last 20%."""
     pos = np.tile(np.arange(N_BARS), N_SYM)
     seg = np.where(pos < 0.6 * N_BARS, 0, np.where(pos < 0.8 * N_BARS, 1, 2))
@@ -59,15 +71,18 @@ def segments(name: str, X, Y, codes):
     else:
         data = lambda rows: X[rows]
     rows = [np.flatnonzero(seg == k) for k in range(3)]
+    if task == "classification":
+        C = classes(Y)
+        return [XY(data(r), C[r], R=Y[r]) for r in rows[:2]], data(rows[2]), rows[2]
     return [XY(data(r), Y[r]) for r in rows[:2]], data(rows[2]), rows[2]
 
 
-@pytest.fixture(scope="module", params=sorted(models.REGISTRY))
+@pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{t}" for n, t in CASES])
 def fitted(request):
-    name = request.param
+    name, task = request.param
     X, Y, codes = panel()
-    (train, val), test_X, _ = segments(name, X, Y, codes)
-    return name, make(name).fit(train, val), test_X
+    (train, val), test_X, _ = segments(name, X, Y, codes, task)
+    return name, make(name, task=task).fit(train, val), test_X
 
 
 def test_registry_lists_every_family():
@@ -75,7 +90,9 @@ def test_registry_lists_every_family():
     assert {"boosting", "neural"} <= families
     for spec in models.REGISTRY.values():
         assert spec.input_kind in ("tabular", "sequence")
-        assert "regression" in spec.tasks
+        assert spec.tasks and set(spec.tasks) <= {"regression", "classification"}
+    tasks = {t for s in models.REGISTRY.values() for t in s.tasks}
+    assert tasks == {"regression", "classification"}
 
 
 def test_predict_shape_and_finite(fitted):
@@ -84,6 +101,16 @@ def test_predict_shape_and_finite(fitted):
     assert pred.shape == (len(test_X), len(HORIZONS))
     assert np.isfinite(pred).all()
     assert model.history_, f"{name} recorded no training history"
+    if model.task == "classification":
+        proba = model.predict_proba(test_X)
+        assert proba.shape == (len(test_X), len(HORIZONS), 3)
+        assert (proba >= 0).all() and np.allclose(proba.sum(-1), 1.0)
+        # the forecast is the expected return under the class probabilities
+        np.testing.assert_allclose(pred, np.einsum("nhk,hk->nh", proba, model.class_returns_))
+        assert (np.diff(model.class_returns_, axis=1) > 0).all(), "class mean returns not ordered"
+    else:
+        with pytest.raises(ValueError, match="predict_proba"):
+            model.predict_proba(test_X)
 
 
 def test_learns_the_planted_signal(fitted):
@@ -99,8 +126,8 @@ def test_learns_the_planted_signal(fitted):
 def test_same_seed_same_predictions(fitted):
     name, model, test_X = fitted
     X, Y, codes = panel()
-    (train, val), _, _ = segments(name, X, Y, codes)
-    again = make(name).fit(train, val)
+    (train, val), _, _ = segments(name, X, Y, codes, model.task)
+    again = make(name, task=model.task).fit(train, val)
     np.testing.assert_array_equal(model.predict(test_X), again.predict(test_X))
 
 
@@ -111,6 +138,7 @@ def test_save_load_identical(fitted, tmp_path):
     assert manifest["model"] == name and manifest["horizons"] == list(HORIZONS)
     assert not list((tmp_path / name).glob("*.pkl"))
     loaded = models.load(tmp_path / name)
+    assert loaded.task == model.task == manifest["task"]
     np.testing.assert_allclose(loaded.predict(test_X), model.predict(test_X), rtol=0, atol=1e-6)
 
 
@@ -130,13 +158,32 @@ def test_future_rows_do_not_change_earlier_predictions(fitted):
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_unknown_param_rejected_by_name(name):
     with pytest.raises(ValueError, match="not_a_param"):
-        models.create(name, {"not_a_param": 1}, horizons=HORIZONS)
+        models.create(name, {"not_a_param": 1}, horizons=HORIZONS, task=models.get(name).tasks[0])
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_predict_before_fit_raises(name):
     with pytest.raises(models.NotFittedError, match=name):
-        make(name).predict(np.zeros((2, N_FEAT), np.float32))
+        make(name, task=models.get(name).tasks[0]).predict(np.zeros((2, N_FEAT), np.float32))
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_unsupported_task_rejected_by_name(name):
+    other = {"regression", "classification"} - set(models.get(name).tasks)
+    for task in [*other, "ranking"]:
+        with pytest.raises(ValueError, match=repr(task)):
+            make(name, task=task)
+
+
+@pytest.mark.parametrize("name", [n for n, t in CASES if t == "classification"])
+def test_classification_needs_all_classes(name):
+    """A horizon without one of the classes in train is an error naming the missing class."""
+    X, Y, codes = panel()
+    (train, val), _, _ = segments(name, X, Y, codes, "classification")
+    C = train.Y.copy()
+    C[C == 0] = 1  # no SHORT rows left
+    with pytest.raises(ValueError, match="SHORT"):
+        make(name, task="classification").fit(XY(train.X, C, R=train.R), val)
 
 
 def test_unknown_model_name():

@@ -11,6 +11,12 @@ every member forecast are used. Methods, one output "model" each:
 * ``blending`` — non-negative weights summing to 1 that minimise val MSE;
 * ``caruana`` — greedy forward selection with replacement (Caruana et al. 2004) on val MSE.
 
+Classification task: the members' forecasts are expected returns (see :mod:`alphafactory.models.base`),
+so the combiners are the same. An ensemble's class probabilities ``p_short, p_neutral, p_long``
+are the mixture of its members' probabilities with the combiner's weights made non-negative and
+normalised (voting, blending and caruana weights already are; stacking: its positive ridge
+coefficients; a CatBoost meta-learner has no weights, so an equal mixture).
+
 Uncertainty: ``yhat_std = c_h * mean_m(member yhat_std)`` and Platt-scaled ``prob_up`` (see
 :mod:`alphafactory.uncertainty`), calibrated on out-of-fold val forecasts: val is cut into
 ``oof_folds`` contiguous time blocks, each forecast by combiners fit on the other blocks with
@@ -29,6 +35,7 @@ from scipy.optimize import nnls
 
 from alphafactory.config import from_dict, to_dict
 from alphafactory.io import atomic_dir
+from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
 KEYS = ["symbol", "timestamp"]
@@ -100,6 +107,14 @@ def _predict(state: Any, X: np.ndarray) -> np.ndarray:
     return state.predict(X)
 
 
+def mixture_weights(state: Any, n_members: int) -> np.ndarray:
+    """Non-negative weights summing to 1 with which an ensemble mixes its members' class
+    probabilities: the combiner's weights clipped at 0 (equal if none is positive or the
+    combiner has no weights)."""
+    w = np.clip(np.asarray(state["weights"], np.float64), 0, None) if isinstance(state, dict) else np.zeros(n_members)
+    return w / w.sum() if w.sum() > 0 else np.full(n_members, 1.0 / n_members)
+
+
 def wide(preds: pd.DataFrame, segment: str, horizon: int, members: list[str],
          value: str = "yhat") -> pd.DataFrame:
     """(symbol, timestamp) rows × one column per member, rows every member forecast."""
@@ -163,19 +178,27 @@ class Stacker:
         """Long forecasts of every method for one segment of ``preds`` (same columns as the
         members' predictions: symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up)."""
         out = []
+        has_proba = all(c in preds.columns for c in PROBA_COLUMNS)
         for h in self.horizons:
             w = wide(preds, segment, h, self.members)
             base = wide(preds, segment, h, self.members, "yhat_std").reindex(w.index).to_numpy().mean(1)
+            if has_proba:  # (n, M, 3) member class probabilities
+                P = np.stack([wide(preds, segment, h, self.members, c).reindex(w.index).to_numpy()
+                              for c in PROBA_COLUMNS], axis=-1)
             for method in self.cfg.methods:
                 yhat = _predict(self.models_[method][h], w.to_numpy())
                 j = self.horizons.index(h)
                 one = Calibration((h,), (self.calibration_[method].scale[j],),
                                   (self.calibration_[method].alpha[j],), (self.calibration_[method].beta[j],))
                 std, prob = apply_calibration(one, yhat[:, None], base / np.sqrt(h))
+                classes = {}
+                if has_proba:
+                    mix = np.einsum("nmk,m->nk", P, mixture_weights(self.models_[method][h], len(self.members)))
+                    classes = {c: mix[:, k] for k, c in enumerate(PROBA_COLUMNS)}
                 out.append(pd.DataFrame({
                     "symbol": w.index.get_level_values(0), "timestamp": w.index.get_level_values(1),
                     "segment": segment, "model": method, "horizon": h, "yhat": yhat,
-                    "yhat_std": std[:, 0], "prob_up": prob[:, 0]}))
+                    "yhat_std": std[:, 0], "prob_up": prob[:, 0], **classes}))
         return pd.concat(out, ignore_index=True)
 
     def save(self, directory: str | Path) -> None:

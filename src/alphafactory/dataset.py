@@ -50,7 +50,9 @@ class Dataset:
 
     X: (n, F) float32 features; Y: (n, H) float32 targets (NaN where the label is missing);
     segment: (n,) str in {train, val, test, purged}; vol: (n,) trailing 1-bar volatility at
-    each row's time (the label stage's ``vol``, used to scale forecast uncertainty).
+    each row's time (the label stage's ``vol``, used to scale forecast uncertainty); C: (n, H)
+    float32 class indices 0/1/2 (SHORT/NEUTRAL/LONG, the label stage's ``cls_h`` + 1), NaN where
+    unlabelled: the targets of the classification task.
     """
 
     keys: pd.DataFrame
@@ -61,6 +63,7 @@ class Dataset:
     segment: np.ndarray
     sym_codes: np.ndarray = field(repr=False)
     vol: np.ndarray = field(repr=False)
+    C: np.ndarray | None = field(default=None, repr=False)
 
     def rows(self, segment: str) -> np.ndarray:
         return np.flatnonzero(self.segment == segment)
@@ -86,7 +89,8 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
         raise ValueError(
             f"labels lack {missing}: the label stage was run with other horizons than {list(horizons)}"
         )
-    lab = labels[KEYS + ycols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
+    ccols = [f"cls_h{h}" for h in horizons]
+    lab = labels[KEYS + ycols + ccols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
     df = features.merge(lab, on=KEYS, how="inner", validate="1:1")
     df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
     if df.empty:
@@ -97,7 +101,7 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
     return Dataset(
         keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
-        vol=df["vol"].to_numpy(np.float64),
+        vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
     )
 
 

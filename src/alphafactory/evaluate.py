@@ -3,6 +3,12 @@
 Only the test segment is scored: no model trained or early-stopped on it, and the meta-learner
 was fit on val. For each horizon the scored rows are the labelled test rows that every model
 forecast, so figures in one table are comparable.
+
+Classification task (forecasts carry ``p_short, p_neutral, p_long``): each model that has class
+probabilities also gets accuracy, macro and per-class F1, log loss and one-vs-rest ROC AUC
+against the label stage's SHORT/NEUTRAL/LONG class on the same rows, and the confusion-matrix
+plot shows its predicted (most probable) class against the true one. Under regression that plot
+shows the direction (sign) of the forecast against the direction of the realised return.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import metrics
+from alphafactory.labels import PROBA_COLUMNS
 
 KEYS = ["symbol", "timestamp"]
 BASELINES = ("zero", "train_mean", "momentum", "buy_and_hold")
@@ -104,6 +111,56 @@ def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, hor
     return out
 
 
+def classification_scores(preds: pd.DataFrame, labels: pd.DataFrame, table: pd.DataFrame, model: str,
+                          horizon: int) -> dict[str, float]:
+    """Classification metrics of ``model`` on the scored rows, for models with class
+    probabilities (``{}`` otherwise). The confusion matrix is left to the plot."""
+    p = class_rows(preds, labels, table, model, horizon)
+    if p is None:
+        return {}
+    proba = p[list(PROBA_COLUMNS)].to_numpy()
+    out = metrics.classification_metrics(p["cls"].to_numpy(), proba.argmax(1) - 1, proba)
+    return {k: v for k, v in out.items() if k not in ("confusion", "n")}
+
+
+def class_rows(preds: pd.DataFrame, labels: pd.DataFrame, table: pd.DataFrame, model: str,
+               horizon: int) -> pd.DataFrame | None:
+    """Scored rows of ``model`` with its class probabilities and the true class ``cls``
+    (-1/0/1), or None when the model has no class probabilities."""
+    if not all(c in preds.columns for c in PROBA_COLUMNS):
+        return None
+    p = preds[(preds["model"] == model) & (preds["horizon"] == horizon)]
+    p = table[KEYS].merge(p[KEYS + list(PROBA_COLUMNS)], on=KEYS, how="inner")
+    if p.empty or p[list(PROBA_COLUMNS)].isna().any().any():
+        return None
+    cls = labels.set_index(KEYS)[f"cls_h{horizon}"]
+    p["cls"] = cls.reindex(pd.MultiIndex.from_frame(p[KEYS])).to_numpy()
+    return p.dropna(subset=["cls"])
+
+
+def confusion_table(preds: pd.DataFrame, labels: pd.DataFrame, table: pd.DataFrame, models: list[str],
+                    horizon: int) -> dict[str, pd.DataFrame]:
+    """``confusion.csv`` (one row per scored row: actual, predicted) for DVC's confusion template.
+
+    Classification: the ensemble's (else the first classifier's) most probable class against the
+    true SHORT/NEUTRAL/LONG class. Regression: the ensemble's (else the first model's) direction,
+    up/down/flat, against the direction of the realised return."""
+    names = {-1: "SHORT", 0: "NEUTRAL", 1: "LONG"}
+    with_proba = [m for m in models if class_rows(preds, labels, table, m, horizon) is not None]
+    if with_proba:
+        focus = "ensemble" if "ensemble" in with_proba else with_proba[0]
+        p = class_rows(preds, labels, table, focus, horizon)
+        actual = p["cls"].astype(int).map(names)
+        predicted = pd.Series(p[list(PROBA_COLUMNS)].to_numpy().argmax(1) - 1).map(names)
+    else:
+        focus = "ensemble" if "ensemble" in models else models[0]
+        direction = {-1.0: "down", 0.0: "flat", 1.0: "up"}
+        actual = pd.Series(np.sign(table["y"].to_numpy())).map(direction)
+        predicted = pd.Series(np.sign(table[focus].to_numpy())).map(direction)
+    return {"confusion.csv": pd.DataFrame({"actual": actual.to_numpy(), "predicted": predicted.to_numpy(),
+                                           "model": focus})}
+
+
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
              oracle: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, dict[str, pd.DataFrame]]:
     """Score every model of ``preds`` (test rows, long format, baselines included).
@@ -125,6 +182,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
         for m in result:
             result[m][f"h{h}"] = score(table, m, h, periods_per_year, cfg)
             result[m][f"h{h}"].update(calibration_scores(preds, table, m, h))
+            result[m][f"h{h}"].update(classification_scores(preds, labels, table, m, h))
         if "oracle" in result:
             oic = result["oracle"][f"h{h}"]["ic"]
             for m in models:
@@ -135,6 +193,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
         if h == horizons[0]:
             plots.update(plot_tables(table, models, h, cfg))
             plots.update(calibration_table(preds, table, models, h))
+            plots.update(confusion_table(preds, labels, table, models, h))
             selection = select_best(table, result, models, h, periods_per_year, cfg)
     result["_selection"] = selection  # not a model: see select_best
     return result, pd.concat(long_frames, ignore_index=True), plots

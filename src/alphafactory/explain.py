@@ -78,7 +78,12 @@ def _booster_kind(est: Any) -> str | None:
 
 
 def supports_shap(model: Model) -> bool:
-    """True when every per-horizon estimator of ``model`` is a LightGBM/XGBoost/CatBoost booster."""
+    """True when every per-horizon estimator of ``model`` is a LightGBM/XGBoost/CatBoost booster
+    fitted for regression. A classifier's forecast (an expected return under its class
+    probabilities) is not additive in the trees' raw scores, so classifiers get permutation
+    importance instead."""
+    if getattr(model, "task", "regression") != "regression":
+        return False
     ests = getattr(model, "estimators_", None)
     return bool(ests) and all(_booster_kind(e) is not None for e in ests)
 

@@ -33,6 +33,10 @@ class LabelConfig:
             raise ValueError(f"label.class_threshold: got {self.class_threshold}, expected >= 0")
 
 
+CLASS_NAMES = ("short", "neutral", "long")  # labels -1, 0, 1; class index = label + 1
+PROBA_COLUMNS = tuple(f"p_{c}" for c in CLASS_NAMES)  # class probabilities in prediction tables
+
+
 def target_columns(horizons: tuple[int, ...] | list[int]) -> list[str]:
     return [f"y_h{h}" for h in horizons]
 

@@ -45,11 +45,12 @@ def run(main: Callable[[], None]) -> None:
         sys.exit(2)
 
 
-def family_section(params: dict[str, Any], section: str, family: str,
-                   reserved: tuple[str, ...] = ()) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+def family_section(params: dict[str, Any], section: str, family: str, reserved: tuple[str, ...] = (),
+                   task: str | None = None) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
     """Read a model-family section: ``models`` (the enabled names, in order), one params block per
     model of that family, and ``reserved`` keys shared by the family (e.g. ``trainer``).
-    Returns (names, blocks by model name, reserved values). Unknown keys and names are errors."""
+    Returns (names, blocks by model name, reserved values). Unknown keys and names are errors, and
+    so is an enabled model that does not support ``task`` (when given)."""
     from alphafactory import models
 
     sec = params.get(section) or {}
@@ -60,6 +61,12 @@ def family_section(params: dict[str, Any], section: str, family: str,
     for key in [*names, *(k for k in sec if k not in ("models", *reserved))]:
         if key not in of_family:
             raise ConfigError(f"{section}: {key!r} is not a registered {family} model; expected one of {of_family}")
+    if task is not None:
+        unsupported = [n for n in names if task not in models.REGISTRY[n].tasks]
+        if unsupported:
+            able = [n for n in of_family if task in models.REGISTRY[n].tasks]
+            raise ConfigError(f"{section}.models: {unsupported} do not support train.task {task!r}; "
+                              f"{family} models that do: {able}")
     blocks = {k: v for k, v in sec.items() if k in of_family}
     return tuple(names), blocks, {k: sec.get(k) for k in reserved}
 

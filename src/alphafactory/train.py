@@ -1,8 +1,10 @@
 """Fit a list of registered models on one dataset and collect their out-of-sample forecasts.
 
-Shared by the ``train_boosting`` and ``train_neural`` stages: each model is fitted on the train
-segment, early-stopped on val, saved in native formats, and asked for val and test forecasts
-(val forecasts feed the stacking meta-learner; test forecasts are evaluated).
+Shared by the ``train_*`` stages: each model is fitted on the train segment, early-stopped on val,
+saved in native formats, and asked for val and test forecasts (val forecasts feed the stacking
+meta-learner; test forecasts are evaluated). ``task="classification"`` fits the models on the
+SHORT/NEUTRAL/LONG labels; their forecasts are then expected returns under the predicted class
+probabilities, and the probabilities themselves are kept as ``p_short, p_neutral, p_long``.
 """
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import models
 from alphafactory.dataset import Dataset
-from alphafactory.models.base import XY, Model
+from alphafactory.labels import PROBA_COLUMNS
+from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.uncertainty import apply_calibration, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -26,21 +29,42 @@ PRED_SEGMENTS = ("val", "test")
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """The ``train`` section of params.yaml, shared by the training stages."""
+
+    seed: int = 42
+    lookback: int = 32  # bars per window of the sequence models
+    task: Literal["regression", "classification"] = "regression"
+    scope: Literal["pooled", "per_symbol"] = "pooled"  # one model across symbols, or one per symbol
+
+    def validate(self) -> None:
+        if self.lookback < 1:
+            raise ValueError(f"train.lookback: got {self.lookback}, expected >= 1")
+
+
+@dataclass(frozen=True)
 class TrainResult:
     name: str
     model: Model
     predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up
+    #                            (+ p_short, p_neutral, p_long for the classification task)
     seconds: float
 
 
-def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int) -> tuple[np.ndarray, XY]:
+def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int,
+                 task: str = "regression") -> tuple[np.ndarray, XY]:
     """(row indices, XY) of one segment in the shape a model of ``input_kind`` consumes.
-    Sequence models only get rows with a full window of their own symbol's history."""
+    Sequence models only get rows with a full window of their own symbol's history.
+    Classification: Y holds the class indices and R the targets."""
     rows = ds.rows(segment)
     if input_kind == "sequence":
         rows = ds.window_ends(rows, lookback)
-        return rows, XY(ds.windows(rows, lookback), ds.Y[rows])
-    return rows, XY(ds.X[rows], ds.Y[rows])
+    X = ds.windows(rows, lookback) if input_kind == "sequence" else ds.X[rows]
+    if task == "classification":
+        if ds.C is None:
+            raise ValueError("the classification task needs class labels (Dataset.C)")
+        return rows, XY(X, ds.C[rows], R=ds.Y[rows])
+    return rows, XY(X, ds.Y[rows])
 
 
 def data_hash(ds: Dataset) -> str:
@@ -51,10 +75,13 @@ def data_hash(ds: Dataset) -> str:
 
 
 def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.ndarray, std: np.ndarray,
-                     prob: np.ndarray, segment: str, name: str) -> pd.DataFrame:
+                     prob: np.ndarray, segment: str, name: str, proba: np.ndarray | None = None) -> pd.DataFrame:
     """(n, H) forecasts, their std and P(up) → long rows
-    (symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up)."""
+    (symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up), plus the class
+    probabilities ``p_short, p_neutral, p_long`` when ``proba`` (n, H, 3) is given."""
     n, H = pred.shape
+    classes = {} if proba is None else {c: proba[:, :, k].reshape(-1).astype(np.float64)
+                                        for k, c in enumerate(PROBA_COLUMNS)}
     return pd.DataFrame({
         "symbol": np.repeat(keys["symbol"].to_numpy(), H),
         "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
@@ -64,39 +91,46 @@ def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.nda
         "yhat": pred.reshape(-1).astype(np.float64),
         "yhat_std": std.reshape(-1).astype(np.float64),
         "prob_up": prob.reshape(-1).astype(np.float64),
+        **classes,
     })
 
 
 def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_dir: str | Path, *,
-               seed: int, extra: dict[str, Any] | None = None) -> list[TrainResult]:
+               seed: int, extra: dict[str, Any] | None = None, task: str = "regression") -> list[TrainResult]:
     """Fit, save (``out_dir/<name>``) and forecast each model in ``names``.
 
     blocks: params block per model name; extra: constructor arguments for every model of this
-    family (lookback and trainer settings for the neural ones)."""
+    family (lookback and trainer settings for the neural ones); task: ``train.task``."""
+    if task not in TASKS:
+        raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
     results = []
     meta = {"features": ds.feature_names, "data_hash": data_hash(ds)}
     for name in names:
         spec = models.get(name)
         lookback = (extra or {}).get("lookback", 1)
         t0 = time.perf_counter()
-        model = models.create(name, blocks.get(name), horizons=ds.horizons, seed=seed, **(extra or {}))
-        _, train = segment_data(ds, "train", spec.input_kind, lookback)
-        _, val = segment_data(ds, "val", spec.input_kind, lookback)
+        model = models.create(name, blocks.get(name), horizons=ds.horizons, seed=seed, task=task, **(extra or {}))
+        _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
+        _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
         log.info("%s: fitting on %d train rows (%d val rows for early stopping/scoring)", name,
                  len(train.Y), len(val.Y))
         model.fit(train, val)
         forecasts = {}
         for seg in PRED_SEGMENTS:
             rows, data = segment_data(ds, seg, spec.input_kind, lookback)
-            forecasts[seg] = (rows, model.predict(data.X))
-        vrows, vpred = forecasts["val"]
+            if model.classifier:
+                proba = model.predict_proba(data.X)
+                forecasts[seg] = (rows, model.expected_return(proba), proba)
+            else:
+                forecasts[seg] = (rows, model.predict(data.X), None)
+        vrows, vpred, _ = forecasts["val"]
         cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
         model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
                                                "lookback": lookback if spec.input_kind == "sequence" else None})
         frames = []
-        for seg, (rows, pred) in forecasts.items():
+        for seg, (rows, pred, proba) in forecasts.items():
             std, prob = apply_calibration(cal, pred, ds.vol[rows])
-            frames.append(long_predictions(ds.keys.iloc[rows], ds.horizons, pred, std, prob, seg, name))
+            frames.append(long_predictions(ds.keys.iloc[rows], ds.horizons, pred, std, prob, seg, name, proba))
         secs = time.perf_counter() - t0
         log.info("%s: done in %.1f s", name, secs)
         results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs))

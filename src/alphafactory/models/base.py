@@ -4,6 +4,15 @@
 fitted state ends in ``_``; ``predict(X)`` returns ``(n, H)``, one column per horizon, and raises
 :class:`NotFittedError` before ``fit``. ``save(dir)`` writes native artifacts plus ``manifest.json``;
 ``Model.load(dir)`` rebuilds any registered model from them (no pickle: loading runs no code).
+
+Tasks (``task=`` at construction, one of the family's registered ``tasks``):
+
+* ``regression``: ``Y`` holds the targets; ``predict`` returns them.
+* ``classification``: ``Y`` holds class indices 0/1/2 (SHORT/NEUTRAL/LONG, NaN where unlabelled)
+  and ``R`` the targets in return units. A family's ``_predict`` returns class probabilities
+  ``(n, H, 3)``; :meth:`Model.predict_proba` returns them and :meth:`Model.predict` turns them into
+  a return forecast ``sum_k P(k) * mean train target of class k`` (per horizon), so a classifier
+  is evaluated, calibrated and blended on the same scale as a regressor.
 """
 from __future__ import annotations
 
@@ -18,9 +27,11 @@ import numpy as np
 
 from alphafactory.config import from_dict, to_dict
 from alphafactory.io import atomic_dir
+from alphafactory.labels import CLASS_NAMES
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+TASKS = ("regression", "classification")
 
 
 class NotFittedError(ValueError):
@@ -30,14 +41,45 @@ class NotFittedError(ValueError):
 @dataclass(frozen=True)
 class XY:
     """A training segment. X: (n, F) float32, or (n, L, F) windows for sequence models;
-    Y: (n, H) float32 targets, NaN where a horizon has no label."""
+    Y: (n, H) float32 targets, NaN where a horizon has no label (classification: class indices
+    0/1/2); R: (n, H) targets in return units, needed by the classification task only."""
 
     X: Any
     Y: np.ndarray
+    R: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.X) != len(self.Y):
             raise ValueError(f"X has {len(self.X)} rows but Y has {len(self.Y)}")
+        if self.R is not None and np.shape(self.R) != np.shape(self.Y):
+            raise ValueError(f"R has shape {np.shape(self.R)} but Y has {np.shape(self.Y)}")
+
+
+def check_classes(Y: np.ndarray, where: str, require_all: bool = True) -> None:
+    """Class-index targets: 0/1/2 or NaN; with ``require_all`` every horizon has all 3 classes."""
+    Y = np.asarray(Y, np.float64)
+    seen = Y[~np.isnan(Y)]
+    bad = np.setdiff1d(np.unique(seen), [0.0, 1.0, 2.0])
+    if bad.size:
+        raise ValueError(f"{where}: class targets {bad[:5].tolist()}; expected class indices 0, 1, 2 "
+                         "(SHORT, NEUTRAL, LONG) or NaN")
+    if require_all:
+        for j in range(Y.shape[1]):
+            counts = np.bincount(Y[:, j][~np.isnan(Y[:, j])].astype(np.int64), minlength=3)
+            if (counts == 0).any():
+                missing = [CLASS_NAMES[k].upper() for k in np.flatnonzero(counts == 0)]
+                raise ValueError(f"{where}: horizon column {j} has no {missing} rows (class counts "
+                                 f"{counts.tolist()}); lower or raise label.class_threshold")
+
+
+def class_returns(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """(H, 3) mean target of each class per horizon, over rows labelled in both Y and R."""
+    out = np.zeros((Y.shape[1], 3))
+    for j in range(Y.shape[1]):
+        ok = ~np.isnan(Y[:, j]) & ~np.isnan(R[:, j])
+        k, r = Y[ok, j].astype(np.int64), np.asarray(R[ok, j], np.float64)
+        out[j] = np.bincount(k, r, minlength=3) / np.maximum(np.bincount(k, minlength=3), 1)
+    return out
 
 
 def _version(pkg: str) -> str | None:
@@ -57,20 +99,43 @@ class Model(ABC):
     packages: ClassVar[tuple[str, ...]] = ()  # recorded in the manifest
 
     def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
-                 seed: int = 0) -> None:
+                 seed: int = 0, task: str = "regression") -> None:
         self.params = from_dict(self.Params, params, f"models.{self.name}")
         self.horizons = tuple(int(h) for h in horizons)
         self.seed = int(seed)
         if not self.horizons:
             raise ValueError(f"{self.name}: expected at least one horizon")
+        if task not in TASKS:
+            raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
+        if task not in self.tasks:
+            raise ValueError(f"model {self.name!r} does not support train.task {task!r}; "
+                             f"it supports {list(self.tasks)}")
+        self.task = task
+
+    @property
+    def classifier(self) -> bool:
+        return self.task == "classification"
 
     # -- contract -------------------------------------------------------------------------
-    @abstractmethod
     def fit(self, train: XY, val: XY) -> "Model":
-        """Fit on ``train``; ``val`` is only for early stopping. Stores ``history_``."""
+        """Fit on ``train``; ``val`` is only for early stopping (or scoring). Returns self."""
+        if self.classifier:
+            if train.R is None:
+                raise ValueError(f"{self.name}: the classification task needs XY.R (targets in return units)")
+            check_classes(train.Y, f"{self.name}: train")
+            check_classes(val.Y, f"{self.name}: val", require_all=False)
+            self.class_returns_ = class_returns(np.asarray(train.Y), np.asarray(train.R))
+        self._fit(train, val)
+        self.fitted_ = True
+        return self
 
     @abstractmethod
-    def _predict(self, X: Any) -> np.ndarray: ...
+    def _fit(self, train: XY, val: XY) -> None:
+        """Family-specific fit; stores the fitted state and ``history_``."""
+
+    @abstractmethod
+    def _predict(self, X: Any) -> np.ndarray:
+        """(n, H) forecasts; classification: (n, H, 3) class probabilities."""
 
     @abstractmethod
     def _save_state(self, directory: Path) -> dict[str, Any]:
@@ -93,10 +158,26 @@ class Model(ABC):
             raise NotFittedError(f"model {self.name!r} is not fitted: call fit() before predict()/save()")
 
     def predict(self, X: Any) -> np.ndarray:
-        """(n, F) or (n, L, F) → (n, H) float64 forecasts, one column per horizon."""
+        """(n, F) or (n, L, F) → (n, H) float64 forecasts, one column per horizon (a classifier's
+        expected return given its class probabilities)."""
+        if self.classifier:
+            return self.expected_return(self.predict_proba(X))
         self._check_fitted()
         out = np.asarray(self._predict(X), dtype=np.float64)
         return out.reshape(len(X), len(self.horizons))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Classification only: (n, H, 3) probabilities of SHORT, NEUTRAL, LONG per horizon."""
+        self._check_fitted()
+        if not self.classifier:
+            raise ValueError(f"model {self.name!r} was fitted for {self.task}, not classification: "
+                             "predict_proba is undefined")
+        out = np.asarray(self._predict(X), dtype=np.float64)
+        return out.reshape(len(X), len(self.horizons), 3)
+
+    def expected_return(self, proba: np.ndarray) -> np.ndarray:
+        """(n, H, 3) class probabilities → (n, H) sum_k P(k) · mean train target of class k."""
+        return np.einsum("nhk,hk->nh", proba, self.class_returns_)
 
     def save(self, directory: str | Path, meta: dict[str, Any] | None = None) -> None:
         """Write the model atomically: the directory appears complete or not at all."""
@@ -111,6 +192,8 @@ class Model(ABC):
                 "params": to_dict(self.params),
                 "horizons": list(self.horizons),
                 "seed": self.seed,
+                "task": self.task,
+                "class_returns": self.class_returns_.tolist() if self.classifier else None,
                 "init": self._init_kwargs(),
                 "state": state,
                 "versions": {p: _version(p) for p in ("alphafactory", "numpy", *self.packages)},
@@ -133,7 +216,9 @@ class Model(ABC):
             )
         cls = get(manifest["model"]).cls
         model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
-                    **manifest.get("init", {}))
+                    task=manifest.get("task", "regression"), **manifest.get("init", {}))
+        if model.classifier:
+            model.class_returns_ = np.asarray(manifest["class_returns"], np.float64)
         model._load_state(directory, manifest["state"])
         model.meta_ = manifest.get("meta", {})
         model.fitted_ = True
@@ -142,7 +227,8 @@ class Model(ABC):
 
 class PerHorizonModel(Model):
     """A model fitted as one estimator per horizon (gradient boosting libraries), each on the
-    rows where that horizon has a label and early-stopped on the same horizon of ``val``."""
+    rows where that horizon has a label and early-stopped on the same horizon of ``val``.
+    For classification ``_fit_one`` gets class indices and ``_predict_one`` returns (n, 3)."""
 
     suffix: ClassVar[str] = ".bin"
 
@@ -163,7 +249,7 @@ class PerHorizonModel(Model):
     def _best_iteration(self, est: Any) -> int | None:
         return None
 
-    def fit(self, train: XY, val: XY) -> "PerHorizonModel":
+    def _fit(self, train: XY, val: XY) -> None:
         X, Xv = np.asarray(train.X, np.float32), np.asarray(val.X, np.float32)
         self.estimators_, self.history_ = [], {}
         for j, h in enumerate(self.horizons):
@@ -173,12 +259,10 @@ class PerHorizonModel(Model):
             est, hist = self._fit_one(X[m], train.Y[m, j], Xv[mv], val.Y[mv, j], self.seed + j)
             self.estimators_.append(est)
             self.history_[f"h{h}"] = hist
-        self.fitted_ = True
-        return self
 
     def _predict(self, X: Any) -> np.ndarray:
         X = np.asarray(X, np.float32)
-        return np.column_stack([self._predict_one(e, X) for e in self.estimators_])
+        return np.stack([self._predict_one(e, X) for e in self.estimators_], axis=1)
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
         files = []

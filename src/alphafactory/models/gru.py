@@ -38,7 +38,7 @@ class GRUNet(nn.Module):
         return self.head(self.drop(out[:, -1]))  # (B, H)
 
 
-@register("gru", family="neural", input_kind="sequence")
+@register("gru", family="neural", input_kind="sequence", tasks=("regression", "classification"))
 class GRUModel(NeuralModel):
     Params = GRUParams
 

@@ -1,4 +1,5 @@
-"""LightGBM regressor, one booster per horizon, early-stopped on val; saved as LightGBM text."""
+"""LightGBM, one booster per horizon (regression, or 3-class multiclass), early-stopped on val;
+saved as LightGBM text."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class LightGBMParams:
     num_threads: int = 2
 
 
-@register("lightgbm", family="boosting", input_kind="tabular")
+@register("lightgbm", family="boosting", input_kind="tabular", tasks=("regression", "classification"))
 class LightGBMModel(PerHorizonModel):
     Params = LightGBMParams
     packages = ("lightgbm",)
@@ -33,12 +34,14 @@ class LightGBMModel(PerHorizonModel):
 
     def _fit_one(self, X, y, Xv, yv, seed):
         p = self.params
+        metric = "multi_logloss" if self.classifier else "l2"
+        objective = {"objective": "multiclass", "num_class": 3} if self.classifier else {"objective": "regression"}
         booster_params = {
-            "objective": "regression", "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+            **objective, "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
             "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
             "bagging_fraction": p.bagging_fraction, "bagging_freq": p.bagging_freq,
             "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
-            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": "l2",
+            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric,
         }
         curves: dict = {}
         dtrain = lgb.Dataset(X, y, free_raw_data=False)
@@ -48,7 +51,7 @@ class LightGBMModel(PerHorizonModel):
             valid_names=["train", "val"],
             callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False), lgb.record_evaluation(curves)],
         )
-        return booster, {"train": curves["train"]["l2"], "val": curves["val"]["l2"]}
+        return booster, {"train": curves["train"][metric], "val": curves["val"][metric]}
 
     def _predict_one(self, est, X):
         return est.predict(X, num_iteration=est.best_iteration or None)

@@ -1,4 +1,5 @@
-"""Ridge regression in closed form, all horizons in one solve; saved as plain JSON.
+"""Ridge regression in closed form, all horizons in one solve, and its classification twin,
+L2-penalised multinomial logistic regression; both saved as plain JSON.
 
 Also home of the helpers the classical (non-tree) families share: the train-only feature scaler
 and a byte-deterministic ``.npz`` writer (``svm.py`` imports them from here).
@@ -22,8 +23,6 @@ from alphafactory.io import atomic_path
 from alphafactory.models import register
 from alphafactory.models.base import XY, Model
 
-# Regression only for now; a classifier (``logistic``) will register with tasks=("classification",).
-TASKS = ("regression",)
 
 
 # -- shared by the classical families --------------------------------------------------------------
@@ -129,7 +128,7 @@ def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray,
     return beta[:-1], beta[-1]
 
 
-@register("ridge", family="classical", input_kind="tabular", tasks=TASKS)
+@register("ridge", family="classical", input_kind="tabular", tasks=("regression",))
 class RidgeModel(Model):
     """Linear regression on standardised, clipped features with an L2 penalty, solved exactly.
 
@@ -140,18 +139,16 @@ class RidgeModel(Model):
     Params = RidgeParams
     FILE = "ridge.json"
 
-    def fit(self, train: XY, val: XY) -> "RidgeModel":
+    def _fit(self, train: XY, val: XY) -> None:
         """Exact solve on ``train``; ``val`` is only scored for ``history_``, never fitted on."""
         Y = np.asarray(train.Y, np.float64).reshape(len(train.Y), -1)
         if Y.shape[1] != len(self.horizons):
             raise ValueError(f"ridge: Y has {Y.shape[1]} columns, expected one per horizon {self.horizons}")
         self.scaler_ = Scaler.fit(train.X, self.params.clip)
         self.coef_, self.intercept_ = ridge_solve(self.scaler_.transform(train.X), Y, self.params.alpha)
-        self.fitted_ = True
         ptr, pval = self._predict(train.X), self._predict(val.X)
         self.history_ = {f"h{h}": {"train": [mse(ptr[:, j], Y[:, j])], "val": [mse(pval[:, j], val.Y[:, j])]}
                          for j, h in enumerate(self.horizons)}
-        return self
 
     def _predict(self, X: Any) -> np.ndarray:
         return self.scaler_.transform(X) @ self.coef_ + self.intercept_
@@ -167,3 +164,102 @@ class RidgeModel(Model):
         self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
         self.coef_ = np.asarray(s["coef"], np.float64).reshape(len(self.scaler_.mean), len(self.horizons))
         self.intercept_ = np.asarray(s["intercept"], np.float64)
+
+
+# -- logistic --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogisticParams:
+    alpha: float = 0.1  # L2 penalty on the coefficients, added to the mean log loss per row
+    clip: float | None = 5.0  # standardised features are clipped to ±clip; null: no clipping
+    max_iter: int = 500  # L-BFGS iterations per horizon
+    tol: float = 1e-7  # L-BFGS gradient tolerance
+
+    def validate(self) -> None:
+        if not self.alpha > 0:
+            raise ValueError(f"models.logistic.alpha: got {self.alpha}, expected > 0")
+        if self.clip is not None and not self.clip > 0:
+            raise ValueError(f"models.logistic.clip: got {self.clip}, expected > 0 or null")
+        if self.max_iter < 1:
+            raise ValueError(f"models.logistic.max_iter: got {self.max_iter}, expected >= 1")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_loss(proba: np.ndarray, k: np.ndarray) -> float:
+    """Mean negative log-likelihood of class indices k (n,) under proba (n, K)."""
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(k)), k], 1e-15, 1.0)))) if len(k) else float("nan")
+
+
+def logistic_solve(Z: np.ndarray, k: np.ndarray, alpha: float, max_iter: int, tol: float,
+                   n_classes: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression: minimise ``mean_i -log softmax(z_i·W + b)[k_i] +
+    alpha/2·|W|²`` (intercept unpenalised) with L-BFGS from zero, which is deterministic.
+    Z: (n, F) float64 features; k: (n,) class indices. Returns (W (F, K), b (K,))."""
+    from scipy.optimize import minimize
+
+    n, F = Z.shape
+    onehot = np.eye(n_classes)[k]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        W, b = theta[:-n_classes].reshape(F, n_classes), theta[-n_classes:]
+        logits = Z @ W + b
+        logits -= logits.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(logits).sum(axis=1))
+        loss = float(np.mean(lse - (logits * onehot).sum(axis=1))) + 0.5 * alpha * float((W * W).sum())
+        G = (np.exp(logits - lse[:, None]) - onehot) / n  # (n, K)
+        return loss, np.concatenate([(Z.T @ G + alpha * W).ravel(), G.sum(axis=0)])
+
+    res = minimize(objective, np.zeros(F * n_classes + n_classes), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": tol})
+    return res.x[:-n_classes].reshape(F, n_classes), res.x[-n_classes:]
+
+
+@register("logistic", family="classical", input_kind="tabular", tasks=("classification",))
+class LogisticModel(Model):
+    """Multinomial (SHORT/NEUTRAL/LONG) logistic regression per horizon, on the same train-only
+    standardised, clipped features as ridge. Saved as ``logistic.json``: feature means and
+    scales, coefficients (H, F, 3) and intercepts (H, 3) as plain numbers."""
+
+    Params = LogisticParams
+    packages = ("scipy",)
+    FILE = "logistic.json"
+
+    def _fit(self, train: XY, val: XY) -> None:
+        """L-BFGS on ``train``; ``val`` is only scored for ``history_``, never fitted on."""
+        p = self.params
+        self.scaler_ = Scaler.fit(train.X, p.clip)
+        Z = self.scaler_.transform(train.X)
+        coef, intercept, self.history_ = [], [], {}
+        for j, h in enumerate(self.horizons):
+            ok = ~np.isnan(train.Y[:, j])
+            W, b = logistic_solve(Z[ok], train.Y[ok, j].astype(np.int64), p.alpha, p.max_iter, p.tol)
+            coef.append(W)
+            intercept.append(b)
+        self.coef_, self.intercept_ = np.stack(coef), np.stack(intercept)
+        ptr, pval = self._predict(train.X), self._predict(val.X)
+        for j, h in enumerate(self.horizons):
+            scores = []
+            for P, Y in ((ptr, train.Y), (pval, val.Y)):
+                ok = ~np.isnan(Y[:, j])
+                scores.append([log_loss(P[ok, j], Y[ok, j].astype(np.int64))])
+            self.history_[f"h{h}"] = {"train": scores[0], "val": scores[1]}
+
+    def _predict(self, X: Any) -> np.ndarray:
+        Z = self.scaler_.transform(X)
+        return softmax(np.einsum("nf,hfk->nhk", Z, self.coef_) + self.intercept_)
+
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        state = {"mean": self.scaler_.mean.tolist(), "scale": self.scaler_.scale.tolist(),
+                 "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+        (directory / self.FILE).write_text(json.dumps(state) + "\n")
+        return {"file": self.FILE}
+
+    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
+        s = json.loads((directory / state["file"]).read_text())
+        self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
+        self.coef_ = np.asarray(s["coef"], np.float64).reshape(len(self.horizons), len(self.scaler_.mean), 3)
+        self.intercept_ = np.asarray(s["intercept"], np.float64).reshape(len(self.horizons), 3)

@@ -30,7 +30,7 @@ class LSTMNet(nn.Module):
         return self.head(self.drop(out[:, -1]))  # (B, H)
 
 
-@register("lstm", family="neural", input_kind="sequence")
+@register("lstm", family="neural", input_kind="sequence", tasks=("regression", "classification"))
 class LSTMModel(NeuralModel):
     Params = LSTMParams
 

@@ -41,7 +41,7 @@ class MLPNet(nn.Module):
         return self.head(self.body(x))  # (B, H)
 
 
-@register("mlp", family="neural", input_kind="tabular")
+@register("mlp", family="neural", input_kind="tabular", tasks=("regression", "classification"))
 class MLPModel(NeuralModel):
     Params = MLPParams
 

@@ -108,7 +108,8 @@ class NHITSNet(nn.Module):
         return out  # (B, H)
 
 
-@register("nhits", family="neural", input_kind="sequence")
+# Regression only: its stacks forecast a curve interpolated across the horizons.
+@register("nhits", family="neural", input_kind="sequence", tasks=("regression",))
 class NHITSModel(NeuralModel):
     Params = NHITSParams
 

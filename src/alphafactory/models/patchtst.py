@@ -103,7 +103,7 @@ class PatchTSTNet(nn.Module):
         return self.head(self.drop(z.reshape(B, -1)))  # (B, F*head_dim) → (B, H): channels mix here
 
 
-@register("patchtst", family="neural", input_kind="sequence")
+@register("patchtst", family="neural", input_kind="sequence", tasks=("regression", "classification"))
 class PatchTSTModel(NeuralModel):
     Params = PatchTSTParams
 

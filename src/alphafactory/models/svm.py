@@ -26,7 +26,6 @@ from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 from alphafactory.models.linear import Scaler, load_arrays, mse, save_arrays
 
-TASKS = ("regression",)
 _CHUNK = 2048  # rows per block of the RBF kernel: (2048, n_sv) float64 at a time
 
 
@@ -105,7 +104,7 @@ def fit_svr(X: np.ndarray, y: np.ndarray, p: SVMParams, seed: int) -> tuple[Any,
     return est, state
 
 
-@register("svm", family="classical", input_kind="tabular", tasks=TASKS)
+@register("svm", family="classical", input_kind="tabular", tasks=("regression",))
 class SVMModel(PerHorizonModel):
     Params = SVMParams
     packages = ("scikit-learn",)

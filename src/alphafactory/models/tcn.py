@@ -50,7 +50,7 @@ class TCNNet(nn.Module):
         return self.head(y[:, :, -1])  # (B, H)
 
 
-@register("tcn", family="neural", input_kind="sequence")
+@register("tcn", family="neural", input_kind="sequence", tasks=("regression", "classification"))
 class TCNModel(NeuralModel):
     Params = TCNParams
 

@@ -66,6 +66,16 @@ def masked_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (diff * diff).sum() / mask.sum().clamp(min=1)
 
 
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled entries of y (B, H) of class indices (NaN skipped);
+    logits (B, H * K), K classes per horizon."""
+    B, H = y.shape
+    mask = ~torch.isnan(y)
+    ce = nn.functional.cross_entropy(logits.reshape(B * H, -1), torch.nan_to_num(y).long().reshape(-1),
+                                     reduction="none").reshape(B, H)
+    return torch.where(mask, ce, torch.zeros_like(ce)).sum() / mask.sum().clamp(min=1)
+
+
 def predict_network(net: nn.Module, X: Any, device: torch.device, batch_size: int = 1024) -> np.ndarray:
     net.eval()
     out = []
@@ -76,8 +86,10 @@ def predict_network(net: nn.Module, X: Any, device: torch.device, batch_size: in
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: int) -> dict[str, list[float]]:
-    """Train ``net`` in place; returns the per-epoch history. Y arrays are (n, H), already scaled."""
+def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: int,
+                loss_fn: Any = masked_mse) -> dict[str, list[float]]:
+    """Train ``net`` in place; returns the per-epoch history. Y arrays are (n, H), already scaled
+    (regression, ``masked_mse``) or class indices (``masked_cross_entropy``)."""
     torch.set_num_threads(cfg.threads)
     seed_everything(seed)
     device = select_device(cfg.device)
@@ -98,14 +110,14 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
             yb = torch.as_tensor(train.Y[idx], device=device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 pred = net(xb)
-            loss = masked_mse(pred.float(), yb)
+            loss = loss_fn(pred.float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
         pv = torch.as_tensor(predict_network(net, val.X, device), device=device)
-        val_loss = masked_mse(pv, yv).item()
+        val_loss = loss_fn(pv, yv).item()
         history["train_loss"].append(total / max(count, 1))
         history["val_loss"].append(val_loss)
         if val_loss < best - 1e-9:
@@ -121,13 +133,15 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
 
 class NeuralModel(Model):
     """Base for PyTorch families: feature scaling fit on train rows only, per-horizon target
-    scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``."""
+    scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``.
+    Classification: the network has 3 logits per horizon, trained with cross-entropy."""
 
     packages = ("torch",)
 
     def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
-                 seed: int = 0, lookback: int = 32, trainer: TrainerConfig | dict | None = None) -> None:
-        super().__init__(params, horizons=horizons, seed=seed)
+                 seed: int = 0, task: str = "regression", lookback: int = 32,
+                 trainer: TrainerConfig | dict | None = None) -> None:
+        super().__init__(params, horizons=horizons, seed=seed, task=task)
         if self.input_kind == "sequence" and lookback < 1:
             raise ValueError(f"{self.name}: lookback {lookback}, expected >= 1")
         self.lookback = int(lookback)
@@ -160,32 +174,40 @@ class NeuralModel(Model):
         X = np.asarray(X, np.float32)
         return X.reshape(-1, X.shape[-1])
 
-    def fit(self, train: XY, val: XY) -> "NeuralModel":
+    @property
+    def n_outputs(self) -> int:
+        return len(self.horizons) * (3 if self.classifier else 1)
+
+    def _fit(self, train: XY, val: XY) -> None:
         rows = self._train_rows(train.X)
         self.mean_ = np.nanmean(rows, axis=0).astype(np.float32)
         std = np.nanstd(rows, axis=0).astype(np.float32)
         self.mean_ = np.nan_to_num(self.mean_)
         self.std_ = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0).astype(np.float32)
-        self.y_scale_ = np.nanstd(train.Y, axis=0).astype(np.float32)
-        self.y_scale_ = np.where(self.y_scale_ > 0, self.y_scale_, 1.0).astype(np.float32)
+        if self.classifier:  # class indices are not scaled
+            self.y_scale_ = np.ones(len(self.horizons), np.float32)
+        else:
+            self.y_scale_ = np.nanstd(train.Y, axis=0).astype(np.float32)
+            self.y_scale_ = np.where(self.y_scale_ > 0, self.y_scale_, 1.0).astype(np.float32)
         n_features = rows.shape[-1]
         seed_everything(self.seed)
-        self.net_ = self.build(n_features, len(self.horizons))
+        self.net_ = self.build(n_features, self.n_outputs)
         self.n_features_ = n_features
         self.history_ = fit_network(
             self.net_, XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32)),
             XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32)), self.trainer, self.seed,
+            loss_fn=masked_cross_entropy if self.classifier else masked_mse,
         )
         self.net_.to("cpu")
-        self.fitted_ = True
-        return self
 
     def _predict(self, X: Any) -> np.ndarray:
         device = select_device(self.trainer.device)
         self.net_.to(device)
-        out = predict_network(self.net_, self._scale(X), device) * self.y_scale_
+        out = predict_network(self.net_, self._scale(X), device)
         self.net_.to("cpu")
-        return out
+        if self.classifier:  # logits (n, H * 3) → probabilities (n, H, 3)
+            return torch.softmax(torch.as_tensor(out, dtype=torch.float64).reshape(len(out), -1, 3), -1).numpy()
+        return out * self.y_scale_
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
@@ -200,5 +222,5 @@ class NeuralModel(Model):
         self.std_ = tensors.pop("_scaler_std").numpy()
         self.y_scale_ = tensors.pop("_y_scale").numpy()
         self.n_features_ = int(state["n_features"])
-        self.net_ = self.build(self.n_features_, len(self.horizons))
+        self.net_ = self.build(self.n_features_, self.n_outputs)
         self.net_.load_state_dict(tensors)

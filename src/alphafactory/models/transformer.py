@@ -88,7 +88,7 @@ class TransformerNet(nn.Module):
         return self.head(self.encode(x)[:, -1])  # (B, H)
 
 
-@register("transformer", family="neural", input_kind="sequence")
+@register("transformer", family="neural", input_kind="sequence", tasks=("regression", "classification"))
 class TransformerModel(NeuralModel):
     Params = TransformerParams
 

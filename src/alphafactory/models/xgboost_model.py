@@ -25,7 +25,7 @@ class XGBoostParams:
     device: str = "cpu"  # "cuda" on a GPU machine
 
 
-@register("xgboost", family="boosting", input_kind="tabular")
+@register("xgboost", family="boosting", input_kind="tabular", tasks=("regression", "classification"))
 class XGBoostModel(PerHorizonModel):
     Params = XGBoostParams
     packages = ("xgboost",)
@@ -35,16 +35,20 @@ class XGBoostModel(PerHorizonModel):
         p = self.params
         dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
         curves: dict = {}
+        task = ({"objective": "multi:softprob", "num_class": 3, "eval_metric": "mlogloss"} if self.classifier
+                else {"objective": "reg:squarederror", "eval_metric": "rmse"})
         booster = xgb.train(
-            {"objective": "reg:squarederror", "eta": p.learning_rate, "max_depth": p.max_depth,
+            {**task, "eta": p.learning_rate, "max_depth": p.max_depth,
              "min_child_weight": p.min_child_weight, "subsample": p.subsample,
              "colsample_bytree": p.colsample_bytree, "lambda": p.reg_lambda, "nthread": p.nthread,
-             "seed": seed, "tree_method": "hist", "device": p.device, "eval_metric": "rmse"},
+             "seed": seed, "tree_method": "hist", "device": p.device},
             dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
             early_stopping_rounds=p.early_stopping_rounds, evals_result=curves, verbose_eval=False,
         )
         # Keep only the trees up to the best iteration, so saved and in-memory models agree.
         booster = booster[: booster.best_iteration + 1]
+        if self.classifier:
+            return booster, {"train": curves["train"]["mlogloss"], "val": curves["val"]["mlogloss"]}
         sq = lambda c: [v * v for v in c]  # rmse → mse, the same scale as the other families
         return booster, {"train": sq(curves["train"]["rmse"]), "val": sq(curves["val"]["rmse"])}
 
