@@ -13,7 +13,7 @@ def main() -> None:
     train = section(params, "train", TrainConfig)
     names, blocks, shared = stage.family_section(params, "neural", "neural", reserved=("trainer",), task=train.task)
     ds = dataset.load(args.features, args.labels, args.segments)
-    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task,
+    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
                          extra={"lookback": train.lookback, "trainer": shared["trainer"]})
     log_curves(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)

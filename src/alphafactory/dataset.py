@@ -78,6 +78,13 @@ class Dataset:
     def windows(self, rows: np.ndarray, lookback: int) -> Windows:
         return Windows(self.X, rows, lookback)
 
+    def subset(self, rows: np.ndarray) -> "Dataset":
+        """The dataset restricted to ``rows`` (sorted indices), e.g. one symbol's rows."""
+        return Dataset(keys=self.keys.iloc[rows].reset_index(drop=True), X=self.X[rows], Y=self.Y[rows],
+                       feature_names=self.feature_names, horizons=self.horizons, segment=self.segment[rows],
+                       sym_codes=self.sym_codes[rows], vol=self.vol[rows],
+                       C=None if self.C is None else self.C[rows])
+
 
 def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
              horizons: tuple[int, ...]) -> Dataset:

@@ -22,10 +22,12 @@ from alphafactory import models
 from alphafactory.dataset import Dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
+from alphafactory.models.per_symbol import PerSymbolModel
 from alphafactory.uncertainty import apply_calibration, fit_calibration
 
 log = logging.getLogger(__name__)
 PRED_SEGMENTS = ("val", "test")
+SCOPES = ("pooled", "per_symbol")
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class TrainResult:
     name: str
-    model: Model
+    model: Model | PerSymbolModel
     predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up
     #                            (+ p_short, p_neutral, p_long for the classification task)
     seconds: float
@@ -95,34 +97,78 @@ def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.nda
     })
 
 
+def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
+                 extra: dict[str, Any] | None = None, task: str = "regression") -> tuple[Model, dict[str, tuple]]:
+    """Fit one model on ``ds``'s train rows (early-stopping on val) and forecast val and test:
+    returns (model, {segment: (row indices, (n, H) forecasts, (n, H, 3) class probabilities or None)})."""
+    spec = models.get(name)
+    lookback = (extra or {}).get("lookback", 1)
+    model = models.create(name, block, horizons=ds.horizons, seed=seed, task=task, **(extra or {}))
+    _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
+    _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
+    if len(train.Y) == 0 or len(val.Y) == 0:
+        where = f" of symbol {ds.keys['symbol'].iloc[0]!r}" if ds.keys["symbol"].nunique() == 1 else ""
+        raise ValueError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows{where}; need both "
+                         "(per_symbol needs every symbol to span the train and val periods)")
+    model.fit(train, val)
+    forecasts = {}
+    for seg in PRED_SEGMENTS:
+        rows, data = segment_data(ds, seg, spec.input_kind, lookback)
+        if model.classifier:
+            proba = model.predict_proba(data.X)
+            forecasts[seg] = (rows, model.expected_return(proba), proba)
+        else:
+            forecasts[seg] = (rows, model.predict(data.X), None)
+    return model, forecasts
+
+
+def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
+                    extra: dict[str, Any] | None, task: str) -> tuple[PerSymbolModel, dict[str, tuple]]:
+    """One model per symbol, each on that symbol's rows; forecasts gathered back into ``ds`` rows."""
+    members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
+    symbols = ds.keys["symbol"].to_numpy()
+    for code in np.unique(ds.sym_codes):
+        rows = np.flatnonzero(ds.sym_codes == code)
+        sym = str(symbols[rows[0]])
+        model, fc = fit_forecast(ds.subset(rows), name, block, seed=seed, extra=extra, task=task)
+        members[sym] = model
+        for seg, (r, pred, proba) in fc.items():
+            parts[seg].append((rows[r], pred, proba))
+    forecasts = {}
+    for seg, chunks in parts.items():
+        rows = np.concatenate([c[0] for c in chunks])
+        order = np.argsort(rows, kind="stable")
+        pred = np.concatenate([c[1] for c in chunks])[order]
+        proba = None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks])[order]
+        forecasts[seg] = (rows[order], pred, proba)
+    log.info("%s: %d per-symbol models", name, len(members))
+    return PerSymbolModel(name, members), forecasts
+
+
 def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_dir: str | Path, *,
-               seed: int, extra: dict[str, Any] | None = None, task: str = "regression") -> list[TrainResult]:
+               seed: int, extra: dict[str, Any] | None = None, task: str = "regression",
+               scope: str = "pooled") -> list[TrainResult]:
     """Fit, save (``out_dir/<name>``) and forecast each model in ``names``.
 
     blocks: params block per model name; extra: constructor arguments for every model of this
-    family (lookback and trainer settings for the neural ones); task: ``train.task``."""
+    family (lookback and trainer settings for the neural ones); task: ``train.task``; scope:
+    ``train.scope`` (``pooled``: one model on every symbol's rows; ``per_symbol``: one per symbol,
+    see :mod:`alphafactory.models.per_symbol`). The uncertainty calibration is fit on the val
+    forecasts of all symbols either way."""
     if task not in TASKS:
         raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
+    if scope not in SCOPES:
+        raise ValueError(f"train.scope: got {scope!r}, expected one of {list(SCOPES)}")
     results = []
     meta = {"features": ds.feature_names, "data_hash": data_hash(ds)}
     for name in names:
         spec = models.get(name)
         lookback = (extra or {}).get("lookback", 1)
         t0 = time.perf_counter()
-        model = models.create(name, blocks.get(name), horizons=ds.horizons, seed=seed, task=task, **(extra or {}))
-        _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
-        _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
-        log.info("%s: fitting on %d train rows (%d val rows for early stopping/scoring)", name,
-                 len(train.Y), len(val.Y))
-        model.fit(train, val)
-        forecasts = {}
-        for seg in PRED_SEGMENTS:
-            rows, data = segment_data(ds, seg, spec.input_kind, lookback)
-            if model.classifier:
-                proba = model.predict_proba(data.X)
-                forecasts[seg] = (rows, model.expected_return(proba), proba)
-            else:
-                forecasts[seg] = (rows, model.predict(data.X), None)
+        log.info("%s: fitting (%s) on %d train rows, val for early stopping/scoring", name, scope,
+                 len(ds.rows("train")))
+        fit = _fit_per_symbol if scope == "per_symbol" else fit_forecast
+        model, forecasts = fit(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
         vrows, vpred, _ = forecasts["val"]
         cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
         model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
@@ -144,6 +190,9 @@ def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
 
     curves: dict[str, list[float]] = {}
     for r in results:
+        if isinstance(r.model, PerSymbolModel):  # one curve per symbol would swamp the plots
+            log.info("%s: per-symbol models: training curves not logged", r.name)
+            continue
         for key, val in r.model.history_.items():
             if isinstance(val, dict):  # per horizon: {"h1": {"train": [...], "val": [...]}}
                 curves.update({f"{r.name}/{key}/{k}": v for k, v in val.items()})

@@ -214,6 +214,10 @@ class Model(ABC):
             raise ValueError(
                 f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
             )
+        if manifest.get("scope") == "per_symbol":
+            from alphafactory.models.per_symbol import PerSymbolModel
+
+            return PerSymbolModel.load(directory, manifest)  # type: ignore[return-value]
         cls = get(manifest["model"]).cls
         model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
                     task=manifest.get("task", "regression"), **manifest.get("init", {}))
