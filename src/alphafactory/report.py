@@ -49,6 +49,10 @@ METRICS: dict[str, tuple[str, str, int]] = {
     "cover_1.00": ("cover ±1σ", "pct", 0),
     "cover_1.96": ("cover ±1.96σ", "pct", 0),
     "oracle_share": ("IC / oracle", "f2", 1),
+    "accuracy": ("accuracy", "pct", 1),  # train.task: classification
+    "macro_f1": ("macro F1", "f3", 1),
+    "log_loss": ("log loss", "f4", -1),
+    "roc_auc": ("ROC AUC", "f3", 1),
     "n": ("rows", "int", 0),
 }
 # a baseline that never trades trivially has no drawdown: not worth flagging as "beats every model"
@@ -337,6 +341,23 @@ def comparison_table(metrics: dict[str, Any], horizon: str, columns: tuple[str, 
     return "".join(out)
 
 
+def confusion_html(conf: pd.DataFrame, period: str) -> str:
+    """The confusion-matrix counts of ``confusion.csv`` (actual, predicted, model) as a table."""
+    order = [c for c in ("SHORT", "NEUTRAL", "LONG", "down", "flat", "up")
+             if c in set(conf["actual"]) | set(conf["predicted"])]
+    counts = pd.crosstab(conf["actual"], conf["predicted"]).reindex(index=order, columns=order, fill_value=0)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in order)
+    best = ' class="best"'
+    rows = "".join(f"<tr><th>{html.escape(a)}</th>" + "".join(
+        f"<td{best if a == p else ''}>{int(counts.loc[a, p]):,}</td>" for p in order) + "</tr>"
+        for a in order)
+    model = html.escape(str(conf["model"].iloc[0]))
+    kind = "class" if "SHORT" in order or "LONG" in order else "direction"
+    return (f"<figure><table><tr><th>true \\ predicted</th>{head}</tr>{rows}</table><figcaption>Confusion "
+            f"matrix of {model}: predicted against true {kind} on {len(conf):,} test rows ({period}); the "
+            "diagonal is correct.</figcaption></figure>")
+
+
 def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
@@ -448,6 +469,10 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
                              + (f" Interval coverage (nominal 68.3%, 90%, 95%): {cov}." if cov else "")))
     else:
         cells.append("<p class=\"sub\">No calibration figure: the forecasts carry no <code>prob_up</code>.</p>")
+    conf = inputs.plots.get("confusion.csv")
+    if conf is not None and len(conf):
+        log.info("report: confusion matrix")
+        cells.append(confusion_html(conf, test))
     parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
 
     # -- explanations --------------------------------------------------------------------------
