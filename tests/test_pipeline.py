@@ -6,6 +6,7 @@ repo put it back as they found it."""
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ def test_full_repro_trains_every_model_and_scores_the_test_period(project):
     repo, out = project
     assert ran_stages(out) == {"prepare", "featurize", "label", "split", "train_boosting",
                                "train_neural", "train_classical", "blend", "bundle", "evaluate",
-                               "explain", "report"}
+                               "cv", "explain", "report"}
     m = json.loads((repo / "metrics/test.json").read_text())
     for model in [*MODELS, "ensemble", "zero", "train_mean", "momentum", "buy_and_hold"]:
         for h in ("h1", "h5", "h20"):
@@ -47,6 +48,33 @@ def test_full_repro_trains_every_model_and_scores_the_test_period(project):
     assert not list(repo.glob("models/**/*.pkl"))
 
 
+def test_cv_metrics_per_fold_mean_and_std(project):
+    repo, _ = project
+    cv = json.loads((repo / "metrics/cv.json").read_text())
+    folds = [f"fold{i}" for i in range(4)]  # split.cv_folds expanding folds
+    assert sorted(cv["_folds"]) == folds
+    # every fold lies before the test segment
+    seg = pd.read_parquet(repo / "data/split/segments.parquet")
+    test_start = seg.loc[seg["segment"] == "test", "timestamp"].min()
+    for span in cv["_folds"].values():
+        assert span["train_end"] < span["val_start"] and pd.Timestamp(span["test_end"]) < test_start
+    for model in ("lightgbm", "ridge"):  # cv.models
+        for h in ("h1", "h5", "h20"):
+            entry = cv[model][h]
+            assert set(entry) == {*folds, "mean", "std"}
+            for part in entry.values():
+                assert all(math.isfinite(v) for v in part.values()), (model, h, part)
+    # declared as a metrics file; cv.val_frac reruns cv alone and `dvc metrics diff` shows it
+    shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
+    assert "metrics/cv.json" in shown[""]["data"]
+    out = sh(repo, "dvc", "exp", "run", "-n", "cvval", "-S", "cv.val_frac=0.3")
+    assert ran_stages(out) == {"cv"}
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    assert "lightgbm.h1.mean.ic" in diff["metrics/cv.json"], sorted(diff["metrics/cv.json"])[:10]
+    sh(repo, "git", "checkout", "--", ".")
+    sh(repo, "dvc", "checkout", "-q")
+
+
 def test_second_repro_is_a_noop(project):
     repo, _ = project
     out = sh(repo, "dvc", "repro")
@@ -58,9 +86,12 @@ def test_code_change_marks_only_its_stages(project):
     repo, _ = project
     # explain loads saved models of any family, which imports the whole model package
     cases = {"src/alphafactory/models/tcn.py": {"train_neural", "explain"},
-             "src/alphafactory/models/lightgbm_model.py": {"train_boosting", "explain"},
+             "src/alphafactory/models/lightgbm_model.py": {"train_boosting", "cv", "explain"},
+             "src/alphafactory/cv.py": {"cv"},
              "src/alphafactory/evaluate.py": {"evaluate"},
-             "src/alphafactory/labels.py": {"label"}}
+             # train.py, blend.py and evaluate.py import the class columns from labels.py
+             "src/alphafactory/labels.py": {"label", "train_boosting", "train_neural", "train_classical",
+                                            "blend", "evaluate", "cv"}}
     for path, expected in cases.items():
         f = repo / path
         original = f.read_text()

@@ -1,0 +1,222 @@
+"""Walk-forward (or CPCV) cross-validation metrics inside the development period.
+
+For every fold of ``data/split/folds.parquet`` the models of ``cv.models`` are refitted with the
+hyperparameters the training stages use, and their forecasts on the fold's test block are scored
+with the same point-forecast metrics as the test period (:func:`metrics.regression_metrics`).
+The test segment is never read: folds only hold rows of train + val (see :mod:`alphafactory.split`).
+
+Each fold becomes a :class:`Dataset` whose ``segment`` array is rewritten, so the training code
+path is the one of the training stages (:func:`alphafactory.train.fit_models`):
+
+* the fold's test rows → ``test`` (forecast and scored);
+* the last ``val_frac`` of the fold's distinct training timestamps → ``val`` (early stopping and
+  the uncertainty calibration ``fit_models`` always fits);
+* the earlier training rows whose longest label ends before that val block starts → ``train``;
+* every other row (training rows whose label reaches into val, rows the fold does not use, the
+  real val and test segments) → ``purged``.
+
+``train.task`` and ``train.scope`` are those of the training stages. Under classification the
+scored forecast is ``yhat``, the expected return under the class probabilities, as in the test
+evaluation. Under ``per_symbol`` a fold only forecasts the symbols that have train and val rows
+in it (one model per symbol needs both).
+
+The fold models are fitted into a temporary directory and deleted: they are not outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphafactory import metrics, models
+from alphafactory.config import ConfigError
+from alphafactory.dataset import KEYS, Dataset
+from alphafactory.split import ROLES
+from alphafactory.train import fit_models
+from alphafactory.uncertainty import MIN_ROWS
+
+log = logging.getLogger(__name__)
+FAMILIES = ("boosting", "neural", "classical")  # families whose models the training stages fit
+FIGURES = ("ic", "rank_ic", "r2", "dir_acc", "mae", "rmse")  # per fold, then mean and std
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    models: tuple[str, ...] = ("lightgbm", "ridge")
+    val_frac: float = 0.2  # share of each fold's training timestamps (the latest) used as val
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("cv.models: got an empty list, expected at least one model name")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"cv.models: got {list(self.models)}, expected each name once")
+        for name in self.models:
+            spec = models.REGISTRY.get(name)
+            if spec is None or spec.family not in FAMILIES:
+                ok = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
+                raise ConfigError(f"cv.models: {name!r} is not a registered base model; expected some of {ok}")
+        if not 0.0 < self.val_frac <= 0.5:
+            raise ConfigError(f"cv.val_frac: got {self.val_frac}, expected a fraction in (0, 0.5]")
+
+
+def fold_segments(ds: Dataset, fold: pd.DataFrame, label_end: np.ndarray, val_frac: float) -> np.ndarray:
+    """(n,) str segment array of one fold over the rows of ``ds``.
+
+    fold: the fold's rows of the folds table (``symbol, timestamp, role``); label_end: (n,)
+    datetime64 end of each ds row's longest label (NaT where unlabelled). Fold rows without
+    features (warm-up) are not in ``ds`` and are skipped, so a fold may end up with few or no
+    train and val rows: :func:`cross_validate` skips such folds."""
+    keys = ds.keys.assign(_row=np.arange(len(ds.keys)))
+    hit = keys.merge(fold[KEYS + ["role"]], on=KEYS, how="inner", validate="1:1")
+    rows, role = hit["_row"].to_numpy(), hit["role"].to_numpy()
+    ts = ds.keys["timestamp"].to_numpy("datetime64[ns]")
+    seg = np.full(len(ts), "purged", dtype=object)
+    seg[rows[role == ROLES[1]]] = "test"
+    fit = rows[role == ROLES[0]]
+    stamps = np.unique(ts[fit])
+    if not len(stamps):
+        return seg.astype(str)
+    v0 = stamps[len(stamps) - max(1, math.ceil(val_frac * len(stamps)))]  # first val timestamp
+    seg[fit[ts[fit] >= v0]] = "val"
+    # purge: a train row whose longest label ends at or after v0 overlaps val
+    keep = fit[(ts[fit] < v0) & ~np.isnat(label_end[fit]) & (label_end[fit] < v0)]
+    seg[keep] = "train"
+    return seg.astype(str)
+
+
+def _symbols_with_train_and_val(ds: Dataset) -> Dataset:
+    """``ds`` without the symbols that have no train or no val rows (``per_symbol`` fits one model
+    per symbol, which needs both). All rows of a kept symbol stay, as sequence-window history."""
+    fit = np.intersect1d(ds.sym_codes[ds.segment == "train"], ds.sym_codes[ds.segment == "val"])
+    return ds.subset(np.flatnonzero(np.isin(ds.sym_codes, fit)))
+
+
+def _period(ds: Dataset, seg: np.ndarray) -> dict[str, Any]:
+    """Rows and time span of the train, val and test parts of one fold (JSON-ready; the span of
+    an empty part is None)."""
+    ts = ds.keys["timestamp"]
+    out: dict[str, Any] = {}
+    for name in ("train", "val", "test"):
+        t = ts[seg == name]
+        lo, hi = (str(t.min()), str(t.max())) if len(t) else (None, None)
+        out.update({f"{name}_rows": int(len(t)), f"{name}_start": lo, f"{name}_end": hi})
+    return out
+
+
+def score_fold(preds: pd.DataFrame, ds: Dataset) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {"h<k>": figures}} on one fold's test forecasts.
+
+    preds: long forecasts of :func:`fit_models` (test rows only). As in the test-period evaluation,
+    each horizon is scored on the labelled rows that every model forecast, so the figures of one
+    fold are comparable across models."""
+    ycols = {h: f"y_h{h}" for h in ds.horizons}
+    truth = pd.DataFrame(ds.Y, columns=list(ycols.values())).assign(**{k: ds.keys[k].to_numpy() for k in KEYS})
+    out: dict = {m: {} for m in dict.fromkeys(preds["model"])}
+    for h, col in ycols.items():
+        wide = preds[preds["horizon"] == h].pivot(index=KEYS, columns="model", values="yhat")
+        table = wide.join(truth.set_index(KEYS)[col], how="inner").dropna()
+        if table.empty:
+            raise ValueError(f"cv: no labelled fold-test rows that every model forecast at horizon {h}")
+        for m in out:
+            fig = metrics.regression_metrics(table[col].to_numpy(), table[m].to_numpy())
+            out[m][f"h{h}"] = {k: fig[k] for k in (*FIGURES, "n")}
+    return out
+
+
+def summarise(per_fold: dict[int, dict]) -> dict:
+    """Figures by fold id ``{fold: {model: {"h<k>": figures}}}`` → ``{model: {"h<k>":
+    {"fold<i>": figures, "mean": ..., "std": ...}}}``. Mean and std (ddof=1) are over the folds
+    where a figure is defined; NaN (written as null) where none or, for std, fewer than two are."""
+    first = next(iter(per_fold.values()))
+    out: dict = {}
+    for m, by_h in first.items():
+        out[m] = {}
+        for hk in by_h:
+            entry: dict = {f"fold{i}": f[m][hk] for i, f in per_fold.items()}
+            entry["mean"], entry["std"] = {}, {}
+            for k in FIGURES:
+                v = np.array([f[m][hk][k] for f in per_fold.values()], dtype=np.float64)
+                v = v[np.isfinite(v)]
+                entry["mean"][k] = float(v.mean()) if len(v) else math.nan
+                entry["std"][k] = float(v.std(ddof=1)) if len(v) > 1 else math.nan
+            out[m][hk] = entry
+    return out
+
+
+def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: CVConfig, *,
+                   blocks: dict[str, Any], seed: int, extra: dict[str, dict[str, Any]] | None = None,
+                   task: str = "regression", scope: str = "pooled") -> dict:
+    """Refit ``cfg.models`` on every fold and score their fold-test forecasts.
+
+    ds: the whole panel (its ``segment`` is ignored and replaced per fold); labels: the label
+    stage's table (for ``end_h{max horizon}``); folds: ``symbol, timestamp, fold, role`` from
+    :func:`alphafactory.split.make_folds`; blocks: params block per model name (as the training
+    stages read them); extra: constructor arguments per family (``{"neural": {"lookback": ...,
+    "trainer": ...}}``); task, scope: ``train.task`` and ``train.scope``.
+
+    Returns ``{"_folds": {"fold<i>": rows, spans and ``scored``}, model: {"h<k>": {"fold<i>":
+    figures, "mean": figures, "std": figures}}}``; figures are ``ic, rank_ic, r2, dir_acc, mae,
+    rmse`` (per fold also ``n``). A fold with fewer than ``MIN_ROWS`` train, val or test rows
+    with features (the first expanding fold on short data, mostly feature warm-up) is skipped:
+    ``scored`` false and no figures."""
+    cfg.validate()
+    end_col = f"end_h{max(ds.horizons)}"
+    ends = ds.keys.merge(labels[KEYS + [end_col]], on=KEYS, how="left", validate="1:1")
+    label_end = ends[end_col].to_numpy("datetime64[ns]")
+    by_family: dict[str, list[str]] = {}
+    for name in cfg.models:
+        spec = models.get(name)
+        if task not in spec.tasks:
+            able = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES and task in s.tasks)
+            raise ConfigError(f"cv.models: {name!r} does not support train.task {task!r}; models that do: {able}")
+        by_family.setdefault(spec.family, []).append(name)
+    fold_ids = sorted(int(f) for f in folds["fold"].unique())
+    if not fold_ids:
+        raise ValueError("cv: the folds table has no rows")
+    per_fold: dict[int, dict] = {}
+    spans: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="alphafactory-cv-") as tmp:
+        for i, fid in enumerate(fold_ids):
+            t0 = time.perf_counter()
+            seg = fold_segments(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac)
+            fold_ds = dataclasses.replace(ds, segment=seg)
+            if scope == "per_symbol":
+                fold_ds = _symbols_with_train_and_val(fold_ds)
+            span = _period(fold_ds, fold_ds.segment)
+            spans[f"fold{fid}"] = span
+            short = [f"{span[f'{part}_rows']} {part}" for part in ("train", "val", "test")
+                     if span[f"{part}_rows"] < MIN_ROWS]
+            span["scored"] = not short
+            if short:
+                # typically the first expanding fold, whose training rows are mostly feature warm-up
+                log.warning("cv fold %d/%d skipped: %s rows with features, expected >= %d each", i + 1,
+                            len(fold_ids), ", ".join(short), MIN_ROWS)
+                continue
+            log.info("cv fold %d/%d: train %d rows %s..%s, val %d, test %d rows %s..%s", i + 1,
+                     len(fold_ids), span["train_rows"], span["train_start"][:10], span["train_end"][:10],
+                     span["val_rows"], span["test_rows"], span["test_start"][:10], span["test_end"][:10])
+            preds = []
+            for family, names in by_family.items():
+                results = fit_models(fold_ds, tuple(names), blocks, Path(tmp) / f"fold{fid}", seed=seed,
+                                     extra=(extra or {}).get(family), task=task, scope=scope)
+                preds += [r.predictions for r in results]
+            p = pd.concat(preds, ignore_index=True)
+            scores = score_fold(p[p["segment"] == "test"], fold_ds)
+            per_fold[fid] = scores
+            h = f"h{min(ds.horizons)}"
+            log.info("cv fold %d/%d done in %.1f s; %s IC: %s", i + 1, len(fold_ids), time.perf_counter() - t0,
+                     h, ", ".join(f"{m} {s[h]['ic']:+.4f}" for m, s in scores.items()))
+    if not per_fold:
+        raise ValueError(
+            f"cv: no fold has >= {MIN_ROWS} train, val and test rows with features; got (train, val, test) "
+            f"rows {[(f['train_rows'], f['val_rows'], f['test_rows']) for f in spans.values()]}; expected "
+            f"more data, fewer split.cv_folds or a larger cv.val_frac")
+    return {"_folds": spans, **summarise(per_fold)}

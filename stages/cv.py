@@ -1,0 +1,34 @@
+"""cv: walk-forward (or CPCV) cross-validation metrics inside train + val. The models of cv.models
+are refitted on every fold of the split stage with their training-stage hyperparameters and scored
+on the fold's test block; per-fold figures, mean and std go to one DVC metrics file."""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.config import section
+from alphafactory.cv import FAMILIES, CVConfig, cross_validate
+from alphafactory.io import write_json
+from alphafactory.train import TrainConfig
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics")
+    cfg = section(params, "cv", CVConfig)
+    train = section(params, "train", TrainConfig)
+    blocks, shared = {}, {}
+    for family in FAMILIES:
+        reserved = ("trainer",) if family == "neural" else ()
+        _, b, s = stage.family_section(params, family, family, reserved=reserved)
+        blocks.update(b)
+        shared.update(s)
+    extra = {"neural": {"lookback": train.lookback, "trainer": shared["trainer"]}}
+    labels = pd.read_parquet(args.labels)
+    # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
+    unassigned = labels[dataset.KEYS].assign(segment="purged")
+    ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
+    result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
+                            extra=extra, task=train.task, scope=train.scope)
+    write_json(result, args.metrics)
+
+
+if __name__ == "__main__":
+    stage.run(main)
