@@ -150,6 +150,9 @@ def test_classification_task_scores_the_expected_return(panel):
                          task="classification")
     assert all(math.isfinite(v) for v in out["lightgbm"]["h1"]["mean"].values())
     assert out["lightgbm"]["h1"]["fold0"]["n"] == out["_folds"]["fold0"]["test_rows"]
+    fold = out["lightgbm"]["h1"]["fold0"]  # class figures of the class probabilities, same rows
+    assert 0 < fold["accuracy"] <= 1 and 0 < fold["macro_f1"] <= 1 and fold["log_loss"] > 0
+    assert set(out["lightgbm"]["h1"]["mean"]) >= {"accuracy", "macro_f1", "log_loss", "ic"}
     with pytest.raises(ConfigError, match="cv.models: 'ridge' does not support train.task 'classification'"):
         cross_validate(ds, labels, folds, CVConfig(models=("ridge",)), blocks={}, seed=0, task="classification")
 

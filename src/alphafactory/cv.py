@@ -2,7 +2,8 @@
 
 For every fold of ``data/split/folds.parquet`` the models of ``cv.models`` are refitted with the
 hyperparameters the training stages use, and their forecasts on the fold's test block are scored
-with the same point-forecast metrics as the test period (:func:`metrics.regression_metrics`).
+with the same point-forecast metrics as the test period (:func:`metrics.regression_metrics`), plus
+accuracy, macro F1 and log loss of the class probabilities under `train.task: classification`.
 The test segment is never read: folds only hold rows of train + val (see :mod:`alphafactory.split`).
 
 Each fold becomes a :class:`Dataset` whose ``segment`` array is rewritten, so the training code
@@ -39,6 +40,7 @@ import pandas as pd
 from alphafactory import metrics, models
 from alphafactory.config import ConfigError
 from alphafactory.dataset import KEYS, Dataset
+from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.split import ROLES
 from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
@@ -46,6 +48,7 @@ from alphafactory.uncertainty import MIN_ROWS
 log = logging.getLogger(__name__)
 FAMILIES = ("boosting", "neural", "classical")  # families whose models the training stages fit
 FIGURES = ("ic", "rank_ic", "r2", "dir_acc", "mae", "rmse")  # per fold, then mean and std
+CLASS_FIGURES = ("accuracy", "macro_f1", "log_loss")  # also, under train.task: classification
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ def score_fold(preds: pd.DataFrame, ds: Dataset) -> dict[str, dict[str, dict[str
     fold are comparable across models."""
     ycols = {h: f"y_h{h}" for h in ds.horizons}
     truth = pd.DataFrame(ds.Y, columns=list(ycols.values())).assign(**{k: ds.keys[k].to_numpy() for k in KEYS})
+    classes = None  # classification task: class indices 0/1/2 per horizon, scored with the probabilities
+    if ds.C is not None and all(c in preds.columns for c in PROBA_COLUMNS):
+        classes = pd.DataFrame(ds.C, columns=list(ycols.values()), index=pd.MultiIndex.from_frame(ds.keys[KEYS]))
     out: dict = {m: {} for m in dict.fromkeys(preds["model"])}
     for h, col in ycols.items():
         wide = preds[preds["horizon"] == h].pivot(index=KEYS, columns="model", values="yhat")
@@ -128,7 +134,18 @@ def score_fold(preds: pd.DataFrame, ds: Dataset) -> dict[str, dict[str, dict[str
         for m in out:
             fig = metrics.regression_metrics(table[col].to_numpy(), table[m].to_numpy())
             out[m][f"h{h}"] = {k: fig[k] for k in (*FIGURES, "n")}
+            if classes is not None:
+                out[m][f"h{h}"].update(_class_figures(preds, classes[col], table.index, m, h))
     return out
+
+
+def _class_figures(preds: pd.DataFrame, cls: pd.Series, index: pd.Index, model: str, h: int) -> dict[str, float]:
+    """Accuracy, macro F1 and log loss of ``model``'s class probabilities on the scored rows."""
+    p = preds[(preds["model"] == model) & (preds["horizon"] == h)].set_index(KEYS)[list(PROBA_COLUMNS)]
+    proba, c = p.reindex(index).to_numpy(), cls.reindex(index).to_numpy()
+    ok = ~np.isnan(c) & np.isfinite(proba).all(1)
+    fig = metrics.classification_metrics(c[ok] - 1, proba[ok].argmax(1) - 1, proba[ok])
+    return {k: fig[k] for k in CLASS_FIGURES}
 
 
 def summarise(per_fold: dict[int, dict]) -> dict:
@@ -142,7 +159,7 @@ def summarise(per_fold: dict[int, dict]) -> dict:
         for hk in by_h:
             entry: dict = {f"fold{i}": f[m][hk] for i, f in per_fold.items()}
             entry["mean"], entry["std"] = {}, {}
-            for k in FIGURES:
+            for k in (k for k in first[m][hk] if k != "n"):
                 v = np.array([f[m][hk][k] for f in per_fold.values()], dtype=np.float64)
                 v = v[np.isfinite(v)]
                 entry["mean"][k] = float(v.mean()) if len(v) else math.nan
