@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from alphafactory.bundle import BundleError, build_bundle
 from alphafactory.config import load_params, section
 from alphafactory.data.validate import DataValidationError
 from alphafactory.db import read_predictions, write_predictions
-from alphafactory.features import FeatureConfig
+from alphafactory.features import FeatureConfig, compute_features
 from alphafactory.inference import (KEYS, ewm_memory_bars, history_bars, list_models, load_bundle,
                                     model_info, predict, trim_history)
 from alphafactory.labels import LabelConfig
@@ -143,10 +144,57 @@ def test_asof_uses_a_trimmed_history_and_never_later_bars(bundle, bars, every_ba
     assert len(last) == 4 * len(bundle.horizons)
 
 
+def test_load_bundle_imports_only_what_its_models_need(project):
+    """In a fresh process: the modules of the bundle's models only, and no scikit-learn
+    (LightGBM and XGBoost would import it for their unused scikit-learn wrappers: ~1 s)."""
+    from alphafactory import models
+
+    repo, _ = project
+    code = ("import json, sys; from alphafactory.inference import load_bundle; load_bundle(sys.argv[1]); "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' "
+            "or m.startswith('alphafactory.models.'))))")
+    out = subprocess.run([sys.executable, "-c", code, str(repo / "bundle")], check=True,
+                         capture_output=True, text=True).stdout
+    assert json.loads(out) == sorted({models.get(m).module for m in MODELS}
+                                     | {"alphafactory.models.base", "alphafactory.models.trainer"})
+
+
 def test_history_bars_covers_the_longest_memory(bundle):
     # EMA of 60 bars (alpha 2/61) is the slowest: (59/61)^m <= 1e-6.
     assert ewm_memory_bars(bundle.features) == int(np.ceil(np.log(1e-6) / np.log1p(-2 / 61)))
     assert history_bars(bundle) == bundle.min_bars + ewm_memory_bars(bundle.features)
+
+
+def _intraday_bars() -> pd.DataFrame:
+    ts = pd.date_range("2021-01-04 09:30", periods=1800, freq="15min")
+    ts = ts[(ts.hour >= 9) & (ts.hour < 16) & (ts.day_of_week < 5)]
+    b = random_bars(n_symbols=3, n_bars=len(ts))
+    return b.assign(timestamp=np.tile(ts, 3))
+
+
+@pytest.mark.parametrize("kind", ["daily", "short_warmup", "ragged", "intraday"])
+def test_features_of_the_last_bars_equal_the_full_computation(kind):
+    """predict featurizes only what a forecast from the last bar reads (compute_features(tail=k)):
+    finite-window features from the last k + warm-up bars, the long-memory ones (EWMs, previous
+    week/month/session) from all. Fails if a feature reads further back than its warm-up."""
+    if kind == "intraday":
+        b = _intraday_bars()
+    else:
+        b = random_bars(n_symbols=4, n_bars=400)
+    if kind == "ragged":  # S01 ends 50 bars early, S02 starts late: cross-sections differ in size
+        pos = b.groupby("symbol").cumcount()
+        b = b[~((b["symbol"] == "S01") & (pos >= 350)) & ~((b["symbol"] == "S02") & (pos < 150))]
+        b = b.reset_index(drop=True)
+    # short_warmup: a 31-bar warm-up, shorter than the ~45 bars back to a previous month's start
+    cfg = FeatureConfig(windows=(5, 10), mtf_scales=(5,)) if kind == "short_warmup" else FeatureConfig()
+    full = compute_features(b, cfg)
+    for k in (1, 10):
+        got = compute_features(b, cfg, tail=k)
+        ref = full.groupby("symbol", sort=False).tail(k)
+        assert list(got.index) == list(ref.index) and list(got.columns) == list(ref.columns)
+        assert got.notna().all().all()
+        np.testing.assert_allclose(got.iloc[:, 2:].to_numpy(np.float64), ref.iloc[:, 2:].to_numpy(np.float64),
+                                   rtol=1e-6, atol=1e-9, err_msg=f"{kind}, tail={k}")
 
 
 def test_trim_history_keeps_whole_cross_sections():

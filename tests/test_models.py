@@ -189,3 +189,50 @@ def test_classification_needs_all_classes(name):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         models.create("nope")
+
+
+# -- the registry's lazy discovery -------------------------------------------------------------
+
+def test_registry_is_read_without_importing_the_model_libraries():
+    """Listing models imports no model module; each class, once imported, is what was listed."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from alphafactory import models; "
+            "print(json.dumps([sorted(models.REGISTRY), sorted(m for m in sys.modules if m.split('.')[0] "
+            "in ('torch', 'lightgbm', 'xgboost', 'catboost', 'sklearn') or m.startswith('alphafactory.models.'))]))")
+    listed, imported = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
+                                                 capture_output=True, text=True).stdout)
+    assert listed == sorted(models.REGISTRY) and len(listed) >= 10
+    assert imported == ["alphafactory.models.base"]
+    for spec in models.REGISTRY.values():
+        cls = spec.cls  # imports the module
+        assert (cls.name, cls.family, cls.input_kind, cls.tasks, cls.__module__) == \
+               (spec.name, spec.family, spec.input_kind, spec.tasks, spec.module)
+
+
+def test_registrations_are_read_statically_or_the_module_is_imported():
+    read = models._registrations
+    src = ("from alphafactory.models import register\nTASKS = ('classification',)\n"
+           "@register('a', family='f', input_kind='tabular', tasks=TASKS)\nclass A: ...\n"
+           "@register(name='b', family='f', input_kind='sequence')\nclass B: ...\n")
+    assert read("m", src) == [models.ModelSpec("a", "f", "tabular", ("classification",), "m"),
+                              models.ModelSpec("b", "f", "sequence", ("regression",), "m")]
+    assert read("m", "import numpy\n") == []
+    # Anything it cannot read without running the module means: import the module (None).
+    for other in ("@register('a' + 'b', family='f', input_kind='tabular')\nclass A: ...\n",
+                  "K = make()\n@register('a', family=K, input_kind='tabular')\nclass A: ...\n",
+                  "class A: ...\nregister('a', family='f', input_kind='tabular')(A)\n",
+                  "def f():\n    @register('a', family='f', input_kind='tabular')\n    class A: ...\n",
+                  "@register('a', family='f')\nclass A: ...\n"):
+        assert read("m", other) is None, other
+    with pytest.raises(ValueError, match="input_kind 'image'"):
+        read("m", "@register('a', family='f', input_kind='image')\nclass A: ...\n")
+
+
+def test_a_models_import_error_is_raised_when_its_class_is_needed():
+    spec = models.ModelSpec("ghost", "boosting", "tabular", ("regression",), "alphafactory.models.no_such_module")
+    with pytest.raises(ModuleNotFoundError, match="no_such_module"):
+        spec.cls
+    with pytest.raises(ValueError, match="importing alphafactory.models.base did not register it"):
+        models.ModelSpec("ghost", "boosting", "tabular", ("regression",), "alphafactory.models.base").cls

@@ -39,12 +39,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="alphafactory", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    # Only the chosen subcommand's module is imported (the first word not starting with "-": the
+    # top-level parser has no option taking a value), so `alphafactory predict` does not pay for
+    # the imports of `audit` (scipy.stats) to build a parser it does not use.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from alphafactory.stage import user_errors

@@ -11,7 +11,9 @@ are NaN until full); EWMs subtract the state carried over from the previous symb
 groups run on a few threads (the numeric kernels release the GIL) and write float32 columns
 straight into the output buffers. Every feature declares the bar index (within its symbol) from
 which it is defined; ``warmup_bars`` is the largest of these, so downstream code can drop the rows
-with ``bar index < warmup_bars(cfg)`` and be left with no NaN.
+with ``bar index < warmup_bars(cfg)`` and be left with no NaN. A forecast reads only the last
+rows of each symbol: ``compute_features(..., tail=k)`` computes those alone, the finite-window
+features from the last k + warm-up bars.
 
 Features are scale-free (log returns, ratios, z-scores, bounded oscillators), so they pool across
 symbols. Volatilities are per bar, not annualised.
@@ -21,7 +23,8 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -211,13 +214,41 @@ class _FixedBounds(BaseIndexer):
 
 class _Panel:
     """The bars as float64 arrays of shape (n,), plus symbol bookkeeping and a memo of rolling
-    statistics shared between groups."""
+    statistics shared between groups.
+
+    A panel made by :meth:`suffix` holds only the last bars of each symbol: it computes the
+    finite-window features on them, and its exponentially weighted means on the whole history
+    (``full``, of which it holds the rows ``at``), so they carry the memory of the earlier bars."""
 
     def __init__(self, bars: pd.DataFrame, freq: FrequencyInfo) -> None:
-        self.n = n = len(bars)
+        codes = pd.factorize(bars["symbol"], sort=False)[0]
+        cols = [bars[c].to_numpy(np.float64) for c in ("open", "high", "low", "close", "volume")]
+        self._setup(codes, *cols, bars["timestamp"].to_numpy("datetime64[ns]"), freq)
+        self.full, self.at = None, None
+
+    def suffix(self, at: np.ndarray) -> "_Panel":
+        """The panel of rows ``at`` (sorted; per symbol, a run of its last bars) of this one."""
+        out = object.__new__(_Panel)
+        out._setup(self.codes[at], self.o[at], self.h[at], self.l[at], self.c[at], self.v[at],
+                   self.ts[at], self.freq)
+        out.full, out.at = self, at
+        # Each symbol's bars before its suffix, right-aligned in a (n_symbols, width) grid whose
+        # column j is (width - 1 - j) bars before the suffix: EW sums over them are a product.
+        kept = np.zeros(self.n, dtype=bool)
+        kept[at] = True
+        before = np.flatnonzero(~kept)
+        lag = at[out.starts][self.seg[before]] - 1 - before  # (n_before,) >= 0
+        out._width = width = int(lag.max()) + 1 if len(before) else 0
+        out._before, out._grid_at = before, self.seg[before] * width + (width - 1 - lag)  # flat
+        out._weights = {}
+        return out
+
+    def _setup(self, codes: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray,  # noqa: E741
+               c: np.ndarray, v: np.ndarray, ts: np.ndarray, freq: FrequencyInfo) -> None:
+        self.n = n = len(codes)
         self.freq = freq
         self.bpd = _bars_per_day(freq)
-        codes = pd.factorize(bars["symbol"], sort=False)[0]
+        self.codes = codes
         new = np.empty(n, dtype=bool)
         new[0] = True
         np.not_equal(codes[1:], codes[:-1], out=new[1:])
@@ -226,15 +257,10 @@ class _Panel:
         self.seg = np.cumsum(new) - 1  # (n,) symbol block id 0..n_symbols-1
         self.pos = np.arange(n) - self.starts[self.seg]  # (n,) bar index within the symbol
         self.n_symbols = len(self.starts)
-        self.o = bars["open"].to_numpy(np.float64)
-        self.h = bars["high"].to_numpy(np.float64)
-        self.l = bars["low"].to_numpy(np.float64)
-        self.c = bars["close"].to_numpy(np.float64)
-        self.v = bars["volume"].to_numpy(np.float64)
-        self.ts = bars["timestamp"].to_numpy("datetime64[ns]")
+        self.o, self.h, self.l, self.c, self.v, self.ts = o, h, l, c, v, ts
         self.logc = np.log(self.c)
         self.r = self.logc - self.lag(self.logc, 1)  # (n,) 1-bar log return, NaN on first bars
-        self._memo: dict[tuple, np.ndarray] = {}
+        self._memo: dict[tuple, Any] = {}
         self._windows: dict[int, BaseIndexer] = {}
         self._decay: dict[float, np.ndarray] = {}
 
@@ -280,23 +306,36 @@ class _Panel:
             self._windows[w] = _FixedBounds(start=start, end=end)
         return self._windows[w]
 
-    def ewm(self, x: np.ndarray, alpha: float, min_obs: int, key: str | None = None) -> np.ndarray:
-        """Exponentially weighted mean (pandas ``adjust=True`` weights (1-alpha)^i) per symbol.
+    def ewm(self, of: Callable[["_Panel"], np.ndarray], alpha: float, min_obs: int,
+            key: str | None = None) -> np.ndarray:
+        """Exponentially weighted mean (pandas ``adjust=True`` weights (1-alpha)^i) per symbol of
+        the series ``of(panel)``. ``of`` is a function of the panel, not an array: an EWM
+        remembers every earlier bar, so a :meth:`suffix` panel evaluates it on the whole history.
 
         Computed as num/den of two whole-array EW sums, minus the part carried over from the
         previous symbol (the state at its last row, decayed by (1-alpha)^(pos+1)). Leading NaNs of
-        a symbol get zero weight; NaN until ``min_obs`` valid values have been seen.
+        a symbol get zero weight; NaN until ``min_obs`` valid values have been seen. On a suffix
+        panel, the EW sums run over its rows, plus the decayed sums of each symbol's earlier bars.
         """
         memo = (key, alpha, min_obs, "ewm")
         if key is not None and memo in self._memo:
             return self._memo[memo]
-        valid = ~np.isnan(x)
-        num = self._ew_sum(np.where(valid, x, 0.0), alpha)
-        den = self._ew_sum(valid.astype(np.float64), alpha)
+        if self.full is None:
+            x = of(self)
+            valid = ~np.isnan(x)
+            num = self._ew_sum(np.where(valid, x, 0.0), alpha)
+            den = self._ew_sum(valid.astype(np.float64), alpha)
+            csum = np.cumsum(valid)
+            count = csum - (csum[self.starts] - valid[self.starts])[self.seg]  # valid values so far
+        else:
+            x0, v0, earlier, count = self._history(of)
+            if alpha not in self._weights:  # (width,) (1 - alpha) ** (bars before the suffix - 1)
+                self._weights[alpha] = np.power(1.0 - alpha, np.arange(self._width - 1, -1, -1.0))
+            carried = (earlier @ self._weights[alpha])[:, self.seg]  # (2, n): sums as of the bar before
+            num = self._ew_sum(x0, alpha) + self._decay[alpha] * carried[0]
+            den = self._ew_sum(v0, alpha) + self._decay[alpha] * carried[1]
         with np.errstate(invalid="ignore", divide="ignore"):
             out = num / den
-        csum = np.cumsum(valid)
-        count = csum - (csum[self.starts] - valid[self.starts])[self.seg]  # valid values so far
         out[(count < min_obs) | (den <= 0)] = np.nan
         if key is not None:
             self._memo[memo] = out
@@ -311,6 +350,27 @@ class _Panel:
             with np.errstate(invalid="ignore"):
                 self._decay[alpha] = np.exp((self.pos + 1.0) * log_beta)
         return s - self._decay[alpha] * carry[self.seg]
+
+    def _history(self, of: Callable[["_Panel"], np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Suffix panel: the series ``of`` on the whole history, split for :meth:`ewm`: at this
+        panel's rows, its values with NaN as 0 and its validity as 0/1, (n,) each; the same two
+        over each symbol's earlier bars, (2, n_symbols, width); the valid values so far, (n,).
+        Memoised per ``of`` (several EWMs smooth the same series)."""
+        memo = ("history", of)
+        if memo not in self._memo:
+            x = of(self.full)
+            valid = ~np.isnan(x)
+            csum = np.cumsum(valid)
+            starts = self.full.starts
+            count = csum[self.at] - (csum[starts] - valid[starts])[self.seg]
+            x0, v0 = np.where(valid, x, 0.0), valid.astype(np.float64)
+            earlier = np.zeros((2, self.n_symbols * self._width))
+            earlier[0, self._grid_at] = x0[self._before]
+            earlier[1, self._grid_at] = v0[self._before]
+            earlier = earlier.reshape(2, self.n_symbols, self._width)
+            self._memo[memo] = (x0[self.at], v0[self.at], earlier, count)
+        return self._memo[memo]
 
     def seg_cum(self, x: np.ndarray, how: str, gid: np.ndarray) -> np.ndarray:
         """Cumulative ``how`` (cummax, cummin, cumsum) within contiguous groups ``gid``."""
@@ -328,11 +388,13 @@ class _Out:
 
     Columns are written straight into (_CHUNK, n) float32 buffers (row i of a buffer = one
     feature), so no per-feature array is kept and the frame is assembled without a copy.
+    ``rows``: keep only these rows of each (len(pos),) column (None: all).
     """
 
-    def __init__(self, pos: np.ndarray, warm: int) -> None:
-        self.pos = pos
-        self.n = len(pos)
+    def __init__(self, pos: np.ndarray, warm: int, rows: np.ndarray | None = None) -> None:
+        self.rows = rows
+        self.pos = pos if rows is None else pos[rows]
+        self.n = len(self.pos)
         self.warm = warm
         self.cols: dict[str, np.ndarray] = {}  # name -> (n,) float32 row of a chunk
         self.fd: dict[str, int] = {}
@@ -349,6 +411,8 @@ class _Out:
             self._used = 0
         row = self._chunks[-1][self._used]
         self._used += 1
+        if self.rows is not None:
+            x = x[self.rows]
         with np.errstate(over="ignore", invalid="ignore"):
             np.copyto(row, x, casting="unsafe")  # float64 -> float32; overflow becomes inf
         inf = np.isinf(row)
@@ -361,12 +425,15 @@ class _Out:
         self.cols[name] = row
         self.fd[name] = fd
 
-    def frame(self, index: pd.Index) -> pd.DataFrame:
-        """(n, n_features) frame over the chunks: a few float32 blocks, no copy."""
+    def frame(self, index: pd.Index, take: np.ndarray | None = None) -> pd.DataFrame:
+        """(n, n_features) frame over the chunks: a few float32 blocks, no copy; or only the
+        rows ``take`` of them (a copy), labelled with ``index``."""
         names = list(self.cols)
         parts = []
         for i, chunk in enumerate(self._chunks):
             rows = chunk[: self._used if i == len(self._chunks) - 1 else _CHUNK]
+            if take is not None:
+                rows = rows[:, take]
             cols = names[i * _CHUNK : i * _CHUNK + len(rows)]
             parts.append(pd.DataFrame(rows.T, columns=cols, index=index, copy=False))
         if not parts:
@@ -378,6 +445,14 @@ class _Out:
 # Feature groups. Each adds columns to ``out`` with ``fd`` = first bar index it is defined at;
 # ``_group_warmups`` holds the per-group maximum of these.
 # --------------------------------------------------------------------------------------------
+
+
+def _close(p: _Panel) -> np.ndarray:
+    return p.c
+
+
+def _squared_return(p: _Panel) -> np.ndarray:
+    return p.r**2
 
 
 def _returns(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
@@ -404,7 +479,6 @@ def _volatility(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     gk = 0.5 * hl**2 - (2.0 * math.log(2.0) - 1.0) * co**2  # Garman-Klass
     rs = np.log(p.h / p.c) * np.log(p.h / p.o) + np.log(p.l / p.c) * np.log(p.l / p.o)
     down = np.minimum(p.r, 0.0) ** 2
-    r2 = p.r**2
     for w in cfg.windows:
         out.add(f"vol_cc_{w}", p.roll(p.r, w, "std", "r"), w)
         out.add(f"vol_pk_{w}", np.sqrt(p.roll(pk, w, "mean")), w - 1)
@@ -412,7 +486,7 @@ def _volatility(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add(f"vol_gk_{w}", np.sqrt(np.maximum(p.roll(gk, w, "mean"), 0.0)), w - 1)
         out.add(f"vol_rs_{w}", np.sqrt(np.maximum(p.roll(rs, w, "mean"), 0.0)), w - 1)
         out.add(f"vol_down_{w}", np.sqrt(p.roll(down, w, "mean")), w)
-        out.add(f"vol_ewm_{w}", np.sqrt(p.ewm(r2, 2.0 / (w + 1.0), w)), w)
+        out.add(f"vol_ewm_{w}", np.sqrt(p.ewm(_squared_return, 2.0 / (w + 1.0), w)), w)
 
 
 def _true_range(p: _Panel) -> np.ndarray:
@@ -426,27 +500,38 @@ def _atr(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     out.add("tr_pct", tr / p.lag(p.c, 1), 1)
     atrs = {}
     for n in cfg.atr_periods:
-        atrs[n] = p.ewm(tr, 1.0 / n, n) / p.c  # Wilder smoothing, as a fraction of price
+        atrs[n] = p.ewm(_true_range, 1.0 / n, n) / p.c  # Wilder smoothing, as a fraction of price
         out.add(f"atr_pct_{n}", atrs[n], n)
     if len(atrs) >= 2:
         lo, hi = min(atrs), max(atrs)
         out.add(f"atr_ratio_{lo}_{hi}", _div(atrs[lo], atrs[hi], 1.0), hi)
 
 
-def _rsi(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+def _gain(p: _Panel) -> np.ndarray:
     d = p.c - p.lag(p.c, 1)
-    gain = np.where(np.isnan(d), np.nan, np.maximum(d, 0.0))
-    loss = np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0))
+    return np.where(np.isnan(d), np.nan, np.maximum(d, 0.0))
+
+
+def _loss(p: _Panel) -> np.ndarray:
+    d = p.c - p.lag(p.c, 1)
+    return np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0))
+
+
+def _rsi(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     for n in cfg.rsi_periods:
-        g = p.ewm(gain, 1.0 / n, n)
-        lo = p.ewm(loss, 1.0 / n, n)
+        g = p.ewm(_gain, 1.0 / n, n)
+        lo = p.ewm(_loss, 1.0 / n, n)
         out.add(f"rsi_{n}", 100.0 * _div(g, g + lo, 0.5), n)
+
+
+def _macd_line(p: _Panel, f: int, s: int) -> np.ndarray:
+    return (p.ewm(_close, 2.0 / (f + 1.0), f, "c") - p.ewm(_close, 2.0 / (s + 1.0), s, "c")) / p.c
 
 
 def _macd(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     for f, s, g in cfg.macd:
-        line = (p.ewm(p.c, 2.0 / (f + 1.0), f, "c") - p.ewm(p.c, 2.0 / (s + 1.0), s, "c")) / p.c
-        signal = p.ewm(line, 2.0 / (g + 1.0), g)
+        line = _macd_line(p, f, s)
+        signal = p.ewm(partial(_macd_line, f=f, s=s), 2.0 / (g + 1.0), g)
         out.add(f"macd_{f}_{s}", line, s - 1)
         out.add(f"macd_signal_{f}_{s}_{g}", signal, s + g - 2)
         out.add(f"macd_hist_{f}_{s}_{g}", line - signal, s + g - 2)
@@ -473,7 +558,7 @@ def _bollinger(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
 def _moving_average(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     lag = cfg.slope_lag
     sma = {w: p.roll(p.c, w, "mean", "c") for w in cfg.windows}
-    ema = {w: p.ewm(p.c, 2.0 / (w + 1.0), w, "c") for w in cfg.windows}
+    ema = {w: p.ewm(_close, 2.0 / (w + 1.0), w, "c") for w in cfg.windows}
     for w in cfg.windows:
         out.add(f"sma_dist_{w}", p.c / sma[w] - 1.0, w - 1)
         out.add(f"ema_dist_{w}", p.c / ema[w] - 1.0, w - 1)
@@ -596,35 +681,46 @@ def _calendar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add("tod_cos", np.cos(_TWO_PI * tod), 0)
 
 
+def _period_runs(p: _Panel, period_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, gid): first row of each run of one symbol's bars in one period, (n_periods,),
+    and each bar's run number, (n,)."""
+    new = p.new_symbol.copy()
+    new[1:] |= period_id[1:] != period_id[:-1]
+    return np.flatnonzero(new), np.cumsum(new) - 1
+
+
 class _Periods:
     """Contiguous runs of bars of one symbol in one calendar period (week, month, session):
-    the running aggregates of the current period and the totals of the previous one, as (n,)."""
+    the running aggregates of the current period and the totals of the previous one, as (n,).
 
-    def __init__(self, p: _Panel, period_id: np.ndarray) -> None:
-        new = p.new_symbol.copy()
-        new[1:] |= period_id[1:] != period_id[:-1]
-        start = np.flatnonzero(new)  # (n_periods,)
-        gid = np.cumsum(new) - 1  # (n,)
-        last = np.append(start[1:] - 1, p.n - 1)
-        has_prev = np.zeros(len(start), dtype=bool)
-        has_prev[1:] = p.seg[start[1:]] == p.seg[start[:-1]]
+    The previous period can begin before the first bar of a :meth:`_Panel.suffix` panel, so its
+    totals are taken from the whole history."""
 
-        def prev(per_period: np.ndarray) -> np.ndarray:
-            shifted = np.full(len(start), np.nan)
-            shifted[1:] = per_period[:-1]
-            shifted[~has_prev] = np.nan
-            return shifted[gid]
-
+    def __init__(self, p: _Panel, period_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        start, gid = _period_runs(p, period_of(p.ts))
         self.open = p.o[start][gid]
         self.high = p.seg_cum(p.h, "cummax", gid)  # highest high so far in the period
         self.low = p.seg_cum(p.l, "cummin", gid)
         self.volume = p.seg_cum(p.v, "cumsum", gid)
         self.index = np.arange(p.n) - start[gid]  # bars since the period opened
-        self.prev_open = prev(p.o[start])
-        self.prev_close = prev(p.c[last])
-        self.prev_high = prev(np.maximum.reduceat(p.h, start))
-        self.prev_low = prev(np.minimum.reduceat(p.l, start))
-        self.prev_volume = prev(np.add.reduceat(p.v, start))
+        q = p if p.full is None else p.full
+        if q is not p:
+            start, gid = _period_runs(q, period_of(q.ts))
+        last = np.append(start[1:] - 1, q.n - 1)
+        has_prev = np.zeros(len(start), dtype=bool)
+        has_prev[1:] = q.seg[start[1:]] == q.seg[start[:-1]]
+
+        def prev(per_period: np.ndarray) -> np.ndarray:
+            shifted = np.full(len(start), np.nan)
+            shifted[1:] = per_period[:-1]
+            shifted[~has_prev] = np.nan
+            return shifted[gid] if q is p else shifted[gid[p.at]]
+
+        self.prev_open = prev(q.o[start])
+        self.prev_close = prev(q.c[last])
+        self.prev_high = prev(np.maximum.reduceat(q.h, start))
+        self.prev_low = prev(np.minimum.reduceat(q.l, start))
+        self.prev_volume = prev(np.add.reduceat(q.v, start))
 
 
 def _multi_timeframe(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
@@ -652,14 +748,22 @@ def _range_pos(c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return _div(c - lo, hi - lo, 0.5)
 
 
+def _day(ts: np.ndarray) -> np.ndarray:
+    return ts.astype("datetime64[D]").astype(np.int64)
+
+
+def _week(ts: np.ndarray) -> np.ndarray:
+    return (_day(ts) + 3) // 7  # weeks start on Monday (1970-01-01 was a Thursday)
+
+
+def _month(ts: np.ndarray) -> np.ndarray:
+    return ts.astype("datetime64[M]").astype(np.int64)
+
+
 def _calendar_periods(p: _Panel, out: _Out) -> None:
     """Week- and month-to-date aggregates for daily (or slower) bars."""
-    d_int = p.ts.astype("datetime64[D]").astype(np.int64)
-    for name, pid, fd in (
-        ("week", (d_int + 3) // 7, _WEEK_BARS),  # weeks start on Monday
-        ("month", p.ts.astype("datetime64[M]").astype(np.int64), _MONTH_BARS),
-    ):
-        per = _Periods(p, pid)
+    for name, period_of, fd in (("week", _week, _WEEK_BARS), ("month", _month, _MONTH_BARS)):
+        per = _Periods(p, period_of)
         short = name[0]  # wtd / mtd
         out.add(f"{short}td_ret", p.logc - np.log(per.prev_close), fd)
         out.add(f"{short}td_range_pos", _range_pos(p.c, per.low, per.high), fd)
@@ -670,7 +774,7 @@ def _calendar_periods(p: _Panel, out: _Out) -> None:
 
 def _sessions(p: _Panel, out: _Out, fd: int) -> None:
     """Session (calendar date) aggregates for intraday bars, all as of the current bar."""
-    per = _Periods(p, p.ts.astype("datetime64[D]").astype(np.int64))
+    per = _Periods(p, _day)
     out.add("sess_ret_open", p.logc - np.log(per.open), fd)
     out.add("sess_ret_prev_close", p.logc - np.log(per.prev_close), fd)
     out.add("sess_gap", np.log(per.open / per.prev_close), fd)
@@ -698,24 +802,27 @@ def _cs_sources(cfg: FeatureConfig, available: dict[str, np.ndarray]) -> list[st
     return [f for f in auto if f in available]
 
 
-def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Out]) -> None:
+def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Out],
+                     rows: np.ndarray | None) -> None:
     """Percentile rank in (0, 1] and difference from the mean across the symbols at each
-    timestamp, of key features already computed in ``sources``."""
+    timestamp, of key features already computed in ``sources`` (on the ``rows`` of ``p``, all the
+    rows of every timestamp they hold; None: all rows)."""
     cols = {name: row for src in sources for name, row in src.cols.items()}
     fds = {name: fd for src in sources for name, fd in src.fd.items()}
     names = _cs_sources(cfg, cols)
     if not names:
         return
-    ts_code, uniq = pd.factorize(p.ts, sort=False)
+    ts, seg = (p.ts, p.seg) if rows is None else (p.ts[rows], p.seg[rows])
+    ts_code, uniq = pd.factorize(ts, sort=False)
     n_ts = len(uniq)
     # Aligned panels rank fastest on a dense (time, symbol) grid; ragged ones by groupby.
-    wide_ok = n_ts * p.n_symbols <= _DENSE_GRID_MAX * p.n
+    wide_ok = n_ts * p.n_symbols <= _DENSE_GRID_MAX * len(ts)
     for name in names:
         x = cols[name]
         if wide_ok:
             grid = np.full((n_ts, p.n_symbols), np.nan, dtype=np.float32)  # (T, S)
-            grid[ts_code, p.seg] = x
-            rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy()[ts_code, p.seg]
+            grid[ts_code, seg] = x
+            rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy()[ts_code, seg]
         else:
             rank = pd.Series(x, copy=False).groupby(ts_code).rank(pct=True).to_numpy()
         xd = x.astype(np.float64)
@@ -789,8 +896,22 @@ def _check_bars(bars: pd.DataFrame) -> None:
         )
 
 
+def _tail_rows(p: _Panel, tail: int, same_time: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(out, need): sorted row indices of each symbol's last ``tail`` bars, and of the bars the
+    cross-sectional features need for them (with ``same_time``: every bar at one of their
+    timestamps; else the same rows)."""
+    ends = np.r_[p.starts[1:], p.n]
+    out = np.flatnonzero(np.arange(p.n) >= np.maximum(ends - tail, p.starts)[p.seg])
+    if not same_time:
+        return out, out
+    times = np.unique(p.ts[out])  # sorted
+    nearest = times[np.minimum(np.searchsorted(times, p.ts), len(times) - 1)]
+    return out, np.flatnonzero(nearest == p.ts)
+
+
 def compute_features(
-    bars: pd.DataFrame, cfg: FeatureConfig, freq: FrequencyInfo | None = None, n_jobs: int = 2
+    bars: pd.DataFrame, cfg: FeatureConfig, freq: FrequencyInfo | None = None, n_jobs: int = 2,
+    *, tail: int | None = None,
 ) -> pd.DataFrame:
     """Causal features of each bar.
 
@@ -802,19 +923,40 @@ def compute_features(
     Returns (n, 2 + n_features): ``symbol, timestamp`` then float32 features, same rows and index
     as ``bars``. NaN only in each symbol's first ``warmup_bars(cfg, freq)`` bars; never inf.
     Cross-sectional features (``cs_rank_*``, ``cs_demean_*``) appear only with >= 2 symbols.
+    tail: return only each symbol's last ``tail`` rows (what a forecast from the last bar
+        reads), at a fraction of the cost: the finite-window features are computed on the last
+        ``tail + warmup_bars(cfg, freq)`` bars of each symbol (and of the symbols at the same
+        timestamps); the exponentially weighted means and the previous week/month/session
+        totals, whose memory is longer, on all of ``bars``. The values are the full
+        computation's up to float rounding (rolling sums that start at another bar).
     """
     cfg.validate()
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs: got {n_jobs!r}, expected an integer >= 1")
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+        raise ValueError(f"tail: got {tail!r}, expected an integer >= 1 or None")
     _check_bars(bars)
     if freq is None:
         freq = infer_frequency(bars)
     p = _Panel(bars, freq)
     warm = warmup_bars(cfg, freq)
+    with_cs = "cross_sectional" in cfg.groups and p.n_symbols >= 2
+    keep = need = take = None  # rows of bars returned; rows of p kept; positions of keep in need
+    if tail is not None:
+        keep, need = _tail_rows(p, tail, with_cs)
+        # Each symbol from a warm-up before its first needed bar, a suffix of its rows: a
+        # finite-window feature reads no further back than the bar where it is first defined.
+        first = need[np.flatnonzero(np.r_[True, np.diff(p.seg[need]) != 0])]  # (n_symbols,)
+        start = np.maximum(first - warm, p.starts)
+        at = np.flatnonzero(np.arange(p.n) >= start[p.seg])
+        p = p.suffix(at)
+        if len(keep) < len(need):
+            take = np.searchsorted(need, keep)
+        need = np.searchsorted(at, need)
     # Fixed group order (FEATURE_GROUPS), one output per group: the columns come out in the same
     # order whatever the order of cfg.groups or of thread completion.
     groups = [g for g in FEATURE_GROUPS if g in cfg.groups and g in _GROUP_FUNCS]
-    outs = {g: _Out(p.pos, warm) for g in groups}
+    outs = {g: _Out(p.pos, warm, need) for g in groups}
 
     def run(group: str) -> None:
         _GROUP_FUNCS[group](p, cfg, outs[group])
@@ -826,13 +968,16 @@ def compute_features(
         with ThreadPoolExecutor(max_workers=n_jobs) as pool:
             list(pool.map(run, groups))  # list() re-raises the first error of any group
     p._memo.clear()  # free the shared intermediates before the cross-sectional pass
+    if p.full is not None:
+        p.full._memo.clear()
     parts = [outs[g] for g in groups]
-    if "cross_sectional" in cfg.groups and p.n_symbols >= 2:
-        cs = _Out(p.pos, warm)
-        _cross_sectional(p, cfg, cs, parts)
+    if with_cs:
+        cs = _Out(p.pos if need is None else p.pos[need], warm)
+        _cross_sectional(p, cfg, cs, parts, need)
         parts.append(cs)
 
+    rows = bars if keep is None else bars.iloc[keep]
     keys = pd.DataFrame(
-        {"symbol": bars["symbol"], "timestamp": bars["timestamp"]}, index=bars.index
+        {"symbol": rows["symbol"], "timestamp": rows["timestamp"]}, index=rows.index
     )
-    return pd.concat([keys, *(o.frame(bars.index) for o in parts)], axis=1)
+    return pd.concat([keys, *(o.frame(rows.index, take) for o in parts)], axis=1)

@@ -4,7 +4,9 @@ One feature path: bars are validated like ``prepare`` does, featurized by the sa
 ``features.compute_features`` + warm-up drop as the ``featurize`` stage, cut into windows of
 ``lookback`` bars for the sequence models, forecast by every base model, then stacked by the
 blender. So on the pipeline's own bars, ``predict(..., asof="all")`` reproduces the forecasts the
-``evaluate`` stage scored (a test checks it).
+``evaluate`` stage scored (a test checks it). A forecast from each symbol's last bar featurizes
+only the ``lookback`` rows it reads (``compute_features(..., tail=)``, equal to the full
+computation up to float rounding; a test checks that too).
 
     bundle = load_bundle("bundle")
     preds = predict(bars, bundle)                       # from each symbol's last bar
@@ -17,8 +19,11 @@ same panel of symbols the models were trained on (a warning says when it differs
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +137,7 @@ def load_bundle(path: str | Path) -> Bundle:
         frequency = FrequencyInfo.from_dict(config["frequency"])
     except (ConfigError, KeyError, TypeError) as e:
         raise BundleError(f"{where}: bad features, label or frequency section ({e})") from e
+    _import_libraries(path, config)
     loaded: dict[str, Model] = {}
     for spec in config["models"]:
         try:
@@ -151,6 +157,32 @@ def load_bundle(path: str | Path) -> Bundle:
         calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
         blender=blender, primary=config["blender"]["primary"], config=config,
     )
+
+
+def _import_libraries(path: Path, config: dict[str, Any]) -> None:
+    """Import LightGBM and XGBoost, if the models of the bundle at ``path`` use them (the
+    distributions their manifests record; a per-symbol model's top manifest records none), hiding
+    scikit-learn from them when no model records it and it is not imported yet.
+
+    Both libraries import scikit-learn, when it is installed, only for their optional
+    scikit-learn wrappers (``LGBMRegressor``, ``XGBRegressor``): about 1 s of the 2 s load
+    budget, as it imports scipy.stats. A bundle loads native Boosters, which never use it, and
+    the same native code computes the forecasts either way. The price: in this process those
+    wrappers raise an ImportError when used; nothing in alphafactory uses them."""
+    packages = {p for spec in config["models"]
+                for p in json.loads((path / spec["path"] / "manifest.json").read_text()).get("versions", {})}
+    libs = [m for m in ("lightgbm", "xgboost") if m in packages and m not in sys.modules]
+    if not libs:
+        return
+    hide = "scikit-learn" not in packages and "sklearn" not in sys.modules
+    if hide:
+        sys.modules["sklearn"] = None  # type: ignore[assignment]  # import sklearn: ModuleNotFoundError
+    try:
+        for m in libs:
+            importlib.import_module(m)
+    finally:
+        if hide and sys.modules.get("sklearn", ...) is None:
+            del sys.modules["sklearn"]
 
 
 def _warn_environment(config: dict[str, Any], path: Path) -> None:
@@ -276,7 +308,10 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
             raise InputError(f"history: got {keep}, expected at least {bundle.min_bars} bars "
                              f"(warm-up {bundle.warmup} + lookback {bundle.window})")
         bars = trim_history(bars, keep)
-    feats = compute_features(bars, bundle.features, freq=bundle.frequency)  # same rows as bars
+    # As of the last bar, only each symbol's last `window` rows of features are read: the
+    # finite-window features are computed on the bars they depend on only (see compute_features).
+    feats = compute_features(bars, bundle.features, freq=bundle.frequency,
+                             tail=None if all_rows else bundle.window)
     missing = [c for c in bundle.feature_columns if c not in feats.columns]
     if missing:
         why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
@@ -296,12 +331,9 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
         vol = vol[rows]
         X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (N, F)
     else:
-        # Only each symbol's last `window` rows are read (all past the warm-up: _check_history);
-        # taking them before anything else skips copying the whole (N, F) frame.
-        last = _tail(bars, bundle.window)
-        feats = feats.take(last)
+        # Each symbol's last `window` rows (all past the warm-up: _check_history).
         X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (n_symbols * window, F)
-        rows = np.arange(bundle.window - 1, len(last), bundle.window)  # each symbol's last bar
+        rows = np.arange(bundle.window - 1, len(feats), bundle.window)  # each symbol's last bar
         # The label stage's volatility at the last bars, from their last vol_window returns.
         k = bundle.label.vol_window + 1
         vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
@@ -325,24 +357,40 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
 
     keys: (n,) symbol, timestamp; vol: (n,) trailing volatility; components: (n, H) per model."""
     n, H = len(keys), len(bundle.horizons)
-    grid = pd.DataFrame({
-        "symbol": np.repeat(keys["symbol"].to_numpy(), H),
-        "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
-        "horizon": np.tile(np.asarray(bundle.horizons, np.int64), n),
+    horizons = np.asarray(bundle.horizons, np.int64)
+    # The members' long forecasts, as the blender reads them. It aligns them on (symbol,
+    # timestamp): each row's number stands for its symbol, and the text columns are categorical
+    # (its pivots and filters are several times faster on those than on strings).
+    members = bundle.blender.members
+    cal = [apply_calibration(bundle.calibration[m], components[m], vol) for m in members]  # (std, prob)
+    ts = np.repeat(keys["timestamp"].to_numpy(), H)
+    long = pd.DataFrame({
+        "symbol": np.tile(np.repeat(np.arange(n), H), len(members)), "timestamp": np.tile(ts, len(members)),
+        "horizon": np.tile(horizons, n * len(members)),
+        "segment": pd.Categorical.from_codes(np.zeros(n * H * len(members), np.int64), ["live"]),
+        "model": pd.Categorical.from_codes(np.repeat(np.arange(len(members)), n * H), members),
+        "yhat": np.concatenate([components[m].reshape(-1) for m in members]),
+        "yhat_std": np.concatenate([std.reshape(-1) for std, _ in cal]),
+        "prob_up": np.concatenate([prob.reshape(-1) for _, prob in cal]),
     })
-    members = []
-    for name in bundle.blender.members:
-        std, prob = apply_calibration(bundle.calibration[name], components[name], vol)
-        members.append(grid.assign(segment="live", model=name, yhat=components[name].reshape(-1),
-                                   yhat_std=std.reshape(-1), prob_up=prob.reshape(-1)))
-    blended = bundle.blender.predict(pd.concat(members, ignore_index=True), "live")
-    wide = blended.pivot(index=KEYS, columns="model", values="yhat")
-    head = blended.loc[blended["model"] == bundle.primary, KEYS + ["yhat", "yhat_std", "prob_up"]]
-    out = grid.merge(head, on=KEYS, how="left", validate="1:1")
-    for name, pred in components.items():
-        out[name] = pred.reshape(-1)
+    blended = bundle.blender.predict(long, "live")
+    at = blended["symbol"].to_numpy() * H + pd.Index(horizons).get_indexer(blended["horizon"])
+    method = blended["model"].to_numpy()
+
+    def column(name: str, value: str = "yhat") -> np.ndarray:  # (n * H,), NaN where not blended
+        out = np.full(n * H, np.nan)
+        sel = method == name
+        out[at[sel]] = blended[value].to_numpy()[sel]
+        return out
+
     others = [m for m in bundle.blender.cfg.methods if m != bundle.primary]
-    out = out.join(wide[others], on=KEYS)
+    out = pd.DataFrame({
+        "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": ts,
+        "horizon": np.tile(horizons, n),
+        **{c: column(bundle.primary, c) for c in ("yhat", "yhat_std", "prob_up")},
+        **{name: pred.reshape(-1) for name, pred in components.items()},
+        **{m: column(m) for m in others},
+    })
     return out.sort_values(KEYS, kind="stable", ignore_index=True)
 
 
