@@ -141,3 +141,46 @@ def test_push_then_pull_in_a_fresh_clone_is_up_to_date(project, tmp_path):
     assert (clone / "models/boosting/lightgbm/manifest.json").exists()
     assert "up to date" in sh(clone, "dvc", "status")
     assert ran_stages(sh(clone, "dvc", "repro")) == set()
+
+
+def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
+    """train.task=classification with train.scope=per_symbol through every stage, then forecast
+    from the bundle: class metrics, a 3-class confusion table, per-symbol model dirs, class
+    probabilities in predict's output, and a clear error for a symbol without a model."""
+    from alphafactory.inference import load_bundle, predict
+
+    repo, _ = project
+    out = sh(repo, "dvc", "exp", "run", "-n", "cls", "-S", "train.task=classification",
+             "-S", "train.scope=per_symbol", "-S", "boosting.models=[lightgbm]", "-S", "neural.models=[lstm]",
+             "-S", "classical.models=[logistic]", "-S", "cv.models=[lightgbm]")
+    assert {"train_boosting", "train_neural", "train_classical", "blend", "evaluate", "cv"} <= ran_stages(out)
+    m = json.loads((repo / "metrics/test.json").read_text())
+    for model in ("lightgbm", "lstm", "logistic", "ensemble"):
+        fig = m[model]["h1"]
+        assert 0 < fig["accuracy"] <= 1 and fig["log_loss"] > 0 and math.isfinite(fig["ic"]), model
+    assert "accuracy" not in m["momentum"]["h1"]  # baselines have no class probabilities
+    conf = pd.read_csv(repo / "metrics/plots/confusion.csv")
+    assert set(conf["actual"]) == {"SHORT", "NEUTRAL", "LONG"}
+    cv = json.loads((repo / "metrics/cv.json").read_text())
+    assert math.isfinite(cv["lightgbm"]["h1"]["mean"]["accuracy"])
+    manifest = json.loads((repo / "models/boosting/lightgbm/manifest.json").read_text())
+    assert manifest["scope"] == "per_symbol" and manifest["task"] == "classification"
+    assert len(manifest["symbols"]) == 4
+
+    bars = pd.read_parquet(repo / "data/prepared/bars.parquet")
+    bundle = load_bundle(repo / "bundle")
+    fc = predict(bars, bundle)
+    probs = fc[["p_short", "p_neutral", "p_long"]].to_numpy()
+    assert (abs(probs.sum(1) - 1) < 1e-6).all()
+    # the same rows as the evaluate stage's test forecasts of the ensemble, to float tolerance
+    last = fc["timestamp"].max()
+    test = pd.read_parquet(repo / "data/preds/blend.parquet")
+    test = test[(test["model"] == "ensemble") & (test["timestamp"] == last)]
+    if len(test):
+        merged = fc.merge(test, on=["symbol", "timestamp", "horizon"], suffixes=("", "_eval"))
+        assert (abs(merged["yhat"] - merged["yhat_eval"]) < 1e-9).all()
+    other = bars[bars["symbol"] == bars["symbol"].iloc[0]].assign(symbol="NEW")
+    with pytest.raises(ValueError, match="NEW"):
+        predict(pd.concat([bars, other], ignore_index=True), bundle)
+    sh(repo, "git", "checkout", "--", ".")
+    sh(repo, "dvc", "checkout", "-q")

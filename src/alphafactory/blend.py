@@ -31,7 +31,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import nnls
 
 from alphafactory.config import from_dict, to_dict
 from alphafactory.io import atomic_dir
@@ -74,6 +73,8 @@ def _fit(method: str, cfg: BlendConfig, X: np.ndarray, y: np.ndarray, seed: int)
     if method == "voting":
         return {"weights": [1.0 / X.shape[1]] * X.shape[1], "intercept": 0.0}
     if method == "blending":
+        from scipy.optimize import nnls  # fitting only: loading a bundle does not import scipy
+
         w, _ = nnls(X, y)
         w = w / w.sum() if w.sum() > 0 else np.full(X.shape[1], 1.0 / X.shape[1])
         return {"weights": w.tolist(), "intercept": 0.0}

@@ -39,7 +39,7 @@ from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import DataValidationError, validate_bars
 from alphafactory.dataset import Windows, drop_warmup
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
 from alphafactory.stage import InputError
 from alphafactory.uncertainty import Calibration, apply_calibration
@@ -264,6 +264,14 @@ def _check_history(bars: pd.DataFrame, need: int, bundle: Bundle, asof: Any) -> 
 def _check_panel(bars: pd.DataFrame, bundle: Bundle) -> None:
     present = set(pd.unique(bars["symbol"]))
     unknown = sorted(present - set(bundle.symbols))
+    for name, model in bundle.models.items():
+        if getattr(model, "scope", "pooled") == "per_symbol":
+            missing = sorted(present - set(model.symbols))
+            if missing:
+                raise InputError(f"bars: {len(missing)} symbol(s) have no model {name!r}, which was trained per "
+                                 f"symbol (train.scope: per_symbol): {missing[:10]}; its symbols: "
+                                 f"{model.symbols[:20]}. Drop them, or forecast them with a bundle trained "
+                                 "with train.scope: pooled")
     if unknown:
         log.warning("bars: %d symbol(s) not seen in training (forecast with the pooled models): %s",
                     len(unknown), unknown[:10])
@@ -290,8 +298,11 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     (bars ahead); ``yhat``, ``yhat_std`` and ``prob_up`` of the headline blend method (the
     stacking ``ensemble``): the forecast h-bar log return (in vol units with
     ``label.normalize``), its calibrated standard deviation and P(return > 0), calibrated on val
-    like the pipeline's (:mod:`alphafactory.uncertainty`); then one ``yhat`` column per component
-    (:func:`list_models`: each base model and the other blend methods).
+    like the pipeline's (:mod:`alphafactory.uncertainty`); with ``train.task: classification``,
+    ``p_short, p_neutral, p_long`` of the headline method; then one ``yhat`` column per component
+    (:func:`list_models`: each base model and the other blend methods). A bundle trained with
+    ``train.scope: per_symbol`` forecasts each symbol with its own models and refuses symbols it
+    has none for (:class:`InputError` naming them).
     """
     at = _parse_asof(asof)
     bars = validate_bars(bars, source_name)
@@ -337,11 +348,25 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
         # The label stage's volatility at the last bars, from their last vol_window returns.
         k = bundle.label.vol_window + 1
         vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
-    components = {}
+    components, probas = {}, {}
+    symbols = feats["symbol"].to_numpy()[rows]
     for name, model in bundle.models.items():
         data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
-        components[name] = model.predict(data)  # (n, H)
-    return _assemble(feats.iloc[rows], vol, components, bundle)
+        args = (data, symbols) if getattr(model, "scope", "pooled") == "per_symbol" else (data,)
+        if model.classifier:  # (n, H, 3) class probabilities; the forecast is their expected return
+            probas[name] = model.predict_proba(*args)
+            components[name] = np.einsum("nhk,nhk->nh", probas[name], _class_returns(model, symbols))
+        else:
+            components[name] = model.predict(*args)  # (n, H)
+    return _assemble(feats.iloc[rows], vol, components, bundle, probas)
+
+
+def _class_returns(model: Any, symbols: np.ndarray) -> np.ndarray:
+    """(n, H, 3) mean train target of each class for each row's model (per symbol or pooled)."""
+    if getattr(model, "scope", "pooled") == "per_symbol":
+        return np.stack([model.members[s].class_returns_ for s in symbols]) if len(symbols) else np.zeros(
+            (0, len(model.horizons), 3))
+    return np.broadcast_to(model.class_returns_, (len(symbols), *model.class_returns_.shape))
 
 
 def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
@@ -352,10 +377,11 @@ def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
 
 
 def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndarray],
-              bundle: Bundle) -> pd.DataFrame:
+              bundle: Bundle, probas: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Long (n * H) rows: keys x horizons, the blend methods' forecasts, the components.
 
-    keys: (n,) symbol, timestamp; vol: (n,) trailing volatility; components: (n, H) per model."""
+    keys: (n,) symbol, timestamp; vol: (n,) trailing volatility; components: (n, H) per model;
+    probas: (n, H, 3) class probabilities per model (classification task), mixed by the blender."""
     n, H = len(keys), len(bundle.horizons)
     horizons = np.asarray(bundle.horizons, np.int64)
     # The members' long forecasts, as the blender reads them. It aligns them on (symbol,
@@ -373,6 +399,10 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
         "yhat_std": np.concatenate([std.reshape(-1) for std, _ in cal]),
         "prob_up": np.concatenate([prob.reshape(-1) for _, prob in cal]),
     })
+    classes = bool(probas) and all(m in probas for m in members)
+    if classes:
+        for k, c in enumerate(PROBA_COLUMNS):
+            long[c] = np.concatenate([probas[m][:, :, k].reshape(-1) for m in members])
     blended = bundle.blender.predict(long, "live")
     at = blended["symbol"].to_numpy() * H + pd.Index(horizons).get_indexer(blended["horizon"])
     method = blended["model"].to_numpy()
@@ -388,6 +418,7 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
         "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": ts,
         "horizon": np.tile(horizons, n),
         **{c: column(bundle.primary, c) for c in ("yhat", "yhat_std", "prob_up")},
+        **({c: column(bundle.primary, c) for c in PROBA_COLUMNS} if classes else {}),
         **{name: pred.reshape(-1) for name, pred in components.items()},
         **{m: column(m) for m in others},
     })

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.optimize import minimize
 
 MIN_ROWS = 30
 
@@ -38,6 +37,7 @@ class Calibration:
 
 def _platt(z: np.ndarray, up: np.ndarray) -> tuple[float, float]:
     """Maximum-likelihood logistic fit of up ~ sigmoid(a z + b) (tiny L2 for stability)."""
+    from scipy.optimize import minimize  # fitting only: loading a bundle does not import scipy
 
     def nll(p: np.ndarray) -> tuple[float, np.ndarray]:
         s = p[0] * z + p[1]

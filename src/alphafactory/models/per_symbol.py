@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from alphafactory.io import atomic_dir
-from alphafactory.models.base import FORMAT_VERSION, MANIFEST, Model
+from alphafactory.models.base import FORMAT_VERSION, MANIFEST, Model, _version
 
 SCOPE = "per_symbol"
 
@@ -32,6 +32,7 @@ class PerSymbolModel:
         first = next(iter(members.values()))
         self.name, self.family, self.input_kind = first.name, first.family, first.input_kind
         self.horizons, self.task = first.horizons, first.task
+        self.lookback = getattr(first, "lookback", None)  # sequence models: bars per window
         self.members = dict(members)
         self.meta_: dict[str, Any] = {}
 
@@ -82,6 +83,7 @@ class PerSymbolModel:
                 "format_version": FORMAT_VERSION, "scope": SCOPE, "model": self.name, "family": self.family,
                 "input_kind": self.input_kind, "horizons": list(self.horizons), "task": self.task,
                 "init": first._init_kwargs(), "symbols": paths, "meta": meta or {},
+                "versions": {p: _version(p) for p in ("alphafactory", "numpy", *first.packages)},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         self.meta_ = meta or {}
