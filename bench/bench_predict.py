@@ -182,7 +182,7 @@ def main() -> int:
     print("| step | median s | min s | max s | target s | |")
     print("|---|---:|---:|---:|---:|---|")
     row("load_bundle, cold (fresh process, from the first import)", load_s, TARGET_LOAD_S, ok_load)
-    row("- importing alphafactory.inference (pandas, scipy.optimize, ...)",
+    row("- importing alphafactory.inference (pandas, numpy, ...)",
         stats([r["inference"] for r in splits]))
     row("- importing the bundle's model modules and libraries", stats([r["libraries"] for r in splits]))
     row("- verifying the hashes and reading the files", stats([r["files"] for r in splits]))
