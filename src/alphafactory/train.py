@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.config import ConfigError
 from alphafactory.dataset import Dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
@@ -108,7 +109,7 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
     if len(train.Y) == 0 or len(val.Y) == 0:
         where = f" of symbol {ds.keys['symbol'].iloc[0]!r}" if ds.keys["symbol"].nunique() == 1 else ""
-        raise ValueError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows{where}; need both "
+        raise ConfigError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows{where}; need both "
                          "(per_symbol needs every symbol to span the train and val periods)")
     model.fit(train, val)
     forecasts = {}
@@ -130,7 +131,10 @@ def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, see
     for code in np.unique(ds.sym_codes):
         rows = np.flatnonzero(ds.sym_codes == code)
         sym = str(symbols[rows[0]])
-        model, fc = fit_forecast(ds.subset(rows), name, block, seed=seed, extra=extra, task=task)
+        try:
+            model, fc = fit_forecast(ds.subset(rows), name, block, seed=seed, extra=extra, task=task)
+        except ConfigError as e:  # e.g. a class missing from this symbol's train rows
+            raise ConfigError(f"train.scope per_symbol, symbol {sym!r}: {e}") from e
         members[sym] = model
         for seg, (r, pred, proba) in fc.items():
             parts[seg].append((rows[r], pred, proba))

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alphafactory.config import from_dict, to_dict
+from alphafactory.config import ConfigError, from_dict, to_dict
 from alphafactory.io import atomic_dir
 from alphafactory.labels import CLASS_NAMES
 
@@ -55,7 +55,8 @@ class XY:
             raise ValueError(f"R has shape {np.shape(self.R)} but Y has {np.shape(self.Y)}")
 
 
-def check_classes(Y: np.ndarray, where: str, require_all: bool = True) -> None:
+def check_classes(Y: np.ndarray, where: str, require_all: bool = True,
+                  horizons: tuple[int, ...] | None = None) -> None:
     """Class-index targets: 0/1/2 or NaN; with ``require_all`` every horizon has all 3 classes."""
     Y = np.asarray(Y, np.float64)
     seen = Y[~np.isnan(Y)]
@@ -68,7 +69,8 @@ def check_classes(Y: np.ndarray, where: str, require_all: bool = True) -> None:
             counts = np.bincount(Y[:, j][~np.isnan(Y[:, j])].astype(np.int64), minlength=3)
             if (counts == 0).any():
                 missing = [CLASS_NAMES[k].upper() for k in np.flatnonzero(counts == 0)]
-                raise ValueError(f"{where}: horizon column {j} has no {missing} rows (class counts "
+                which = f"horizon {horizons[j]}" if horizons else f"horizon column {j}"
+                raise ConfigError(f"{where}: {which} has no {missing} rows (class counts "
                                  f"{counts.tolist()}); lower or raise label.class_threshold")
 
 
@@ -122,7 +124,7 @@ class Model(ABC):
         if self.classifier:
             if train.R is None:
                 raise ValueError(f"{self.name}: the classification task needs XY.R (targets in return units)")
-            check_classes(train.Y, f"{self.name}: train")
+            check_classes(train.Y, f"{self.name}: train", horizons=self.horizons)
             check_classes(val.Y, f"{self.name}: val", require_all=False)
             self.class_returns_ = class_returns(np.asarray(train.Y), np.asarray(train.R))
         self._fit(train, val)
