@@ -55,6 +55,7 @@ METRICS: dict[str, tuple[str, str, int]] = {
     "roc_auc": ("ROC AUC", "f3", 1),
     "n": ("rows", "int", 0),
 }
+CLASS_METRICS = ("accuracy", "macro_f1", "log_loss", "roc_auc")  # appended under classification
 # a baseline that never trades trivially has no drawdown: not worth flagging as "beats every model"
 NOT_A_SKILL = ("max_drawdown", "ls_max_drawdown", "turnover", "n")
 DEFAULT_METRICS = ("ic", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
@@ -238,6 +239,7 @@ h1{font-size:24px;margin:6px 0 4px}h2{font-size:19px;margin:28px 0 8px;border-bo
 .box{background:#f6f8fa;border:1px solid #d8dee4;border-radius:6px;padding:10px 14px}
 .note{background:#fff8e1;border-color:#f0d58c}
 table{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums}
+div.wide{overflow-x:auto;max-width:100%}div.wide th,div.wide td{padding:3px 6px}
 th,td{padding:3px 8px;border-bottom:1px solid #e3e6ea;text-align:right;white-space:nowrap}
 th{background:#f0f2f5;font-weight:600}
 td.name,th.name{text-align:left}td.fam{text-align:left;color:#57606a}
@@ -306,7 +308,7 @@ def comparison_table(metrics: dict[str, Any], horizon: str, columns: tuple[str, 
         if better and finite:
             best[key] = max(finite) if better > 0 else min(finite)
     head = "".join(f"<th>{html.escape(METRICS[c][0])}</th>" for c in columns)
-    out = [f'<table><thead><tr><th class="name">model</th><th class="name">family</th>{head}</tr></thead>']
+    out = [f'<div class="wide"><table><thead><tr><th class="name">model</th><th class="name">family</th>{head}</tr></thead>']
 
     def rows(names: list[str], is_model: bool) -> list[str]:
         lines = []
@@ -337,7 +339,7 @@ def comparison_table(metrics: dict[str, Any], horizon: str, columns: tuple[str, 
     if other:
         out.append(f'<tbody><tr class="sep"><td colspan="{span}">oracle (synthetic data: the true conditional '
                    "expectation)</td></tr>" + "".join(rows(other, False)) + "</tbody>")
-    out.append("</table>")
+    out.append("</table></div>")
     return "".join(out)
 
 
@@ -430,9 +432,12 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
 
     # -- comparison tables -----------------------------------------------------------------------
     parts.append(f"<h2>Model comparison on the test period ({test})</h2>")
+    columns = tuple(cfg.metrics)
+    if any("accuracy" in (m.get(name) or {}).get(h0, {}) for name in models):  # train.task: classification
+        columns += tuple(k for k in CLASS_METRICS if k not in columns)
     for h in horizons:
         parts.append(f"<h3>Horizon {h[1:]} bar{'s' if h != 'h1' else ''} ahead</h3>")
-        parts.append(comparison_table(m, h, cfg.metrics, families, sel.get("best_model") if h == h0 else None))
+        parts.append(comparison_table(m, h, columns, families, sel.get("best_model") if h == h0 else None))
     parts.append("<p class=\"sub\">Returns and drawdowns are net of trading costs; the h-bar strategies "
                  "hold non-overlapping h-bar periods. – means undefined (e.g. the IC of a constant "
                  "forecast).</p>")
