@@ -128,8 +128,32 @@ def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray,
     return beta[:-1], beta[-1]
 
 
+class LinearJSONModel(Model):
+    """A linear model on :class:`Scaler`-standardised features, saved as one plain-JSON file
+    (``FILE``): feature means and scales, ``coef_`` and ``intercept_`` of the ``_shapes`` the
+    subclass declares (float64 round-trips exactly through JSON)."""
+
+    FILE: str = ""
+
+    def _shapes(self, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        raise NotImplementedError
+
+    def _save_state(self, directory: Path) -> dict[str, Any]:
+        state = {"mean": self.scaler_.mean.tolist(), "scale": self.scaler_.scale.tolist(),
+                 "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
+        (directory / self.FILE).write_text(json.dumps(state) + "\n")
+        return {"file": self.FILE}
+
+    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
+        s = json.loads((directory / state["file"]).read_text())
+        self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
+        coef_shape, intercept_shape = self._shapes(len(self.scaler_.mean))
+        self.coef_ = np.asarray(s["coef"], np.float64).reshape(coef_shape)
+        self.intercept_ = np.asarray(s["intercept"], np.float64).reshape(intercept_shape)
+
+
 @register("ridge", family="classical", input_kind="tabular", tasks=("regression",))
-class RidgeModel(Model):
+class RidgeModel(LinearJSONModel):
     """Linear regression on standardised, clipped features with an L2 penalty, solved exactly.
 
     The scaler is fitted on train rows (NaN-aware; a missing feature becomes 0, the train mean).
@@ -153,17 +177,8 @@ class RidgeModel(Model):
     def _predict(self, X: Any) -> np.ndarray:
         return self.scaler_.transform(X) @ self.coef_ + self.intercept_
 
-    def _save_state(self, directory: Path) -> dict[str, Any]:
-        state = {"mean": self.scaler_.mean.tolist(), "scale": self.scaler_.scale.tolist(),
-                 "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
-        (directory / self.FILE).write_text(json.dumps(state) + "\n")
-        return {"file": self.FILE}
-
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        s = json.loads((directory / state["file"]).read_text())
-        self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
-        self.coef_ = np.asarray(s["coef"], np.float64).reshape(len(self.scaler_.mean), len(self.horizons))
-        self.intercept_ = np.asarray(s["intercept"], np.float64)
+    def _shapes(self, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (n_features, len(self.horizons)), (len(self.horizons),)
 
 
 # -- logistic --------------------------------------------------------------------------------------
@@ -219,7 +234,7 @@ def logistic_solve(Z: np.ndarray, k: np.ndarray, alpha: float, max_iter: int, to
 
 
 @register("logistic", family="classical", input_kind="tabular", tasks=("classification",))
-class LogisticModel(Model):
+class LogisticModel(LinearJSONModel):
     """Multinomial (SHORT/NEUTRAL/LONG) logistic regression per horizon, on the same train-only
     standardised, clipped features as ridge. Saved as ``logistic.json``: feature means and
     scales, coefficients (H, F, 3) and intercepts (H, 3) as plain numbers."""
@@ -252,14 +267,5 @@ class LogisticModel(Model):
         Z = self.scaler_.transform(X)
         return softmax(np.einsum("nf,hfk->nhk", Z, self.coef_) + self.intercept_)
 
-    def _save_state(self, directory: Path) -> dict[str, Any]:
-        state = {"mean": self.scaler_.mean.tolist(), "scale": self.scaler_.scale.tolist(),
-                 "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist()}
-        (directory / self.FILE).write_text(json.dumps(state) + "\n")
-        return {"file": self.FILE}
-
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        s = json.loads((directory / state["file"]).read_text())
-        self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
-        self.coef_ = np.asarray(s["coef"], np.float64).reshape(len(self.horizons), len(self.scaler_.mean), 3)
-        self.intercept_ = np.asarray(s["intercept"], np.float64).reshape(len(self.horizons), 3)
+    def _shapes(self, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (len(self.horizons), n_features, 3), (len(self.horizons), 3)
