@@ -26,6 +26,24 @@ class LightGBMParams:
     num_threads: int = 2
 
 
+def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
+                  callbacks: list | None = None) -> tuple[lgb.Booster, dict[str, list[float]]]:
+    """Train one deterministic LightGBM booster, regression (L2) or 3-class (multi log loss), on
+    (X, y), scoring train and val after every round. Returns (booster, {"train", "val"} curves).
+    Shared by ``lightgbm`` and ``random_forest`` (``boosting: rf`` in ``params``)."""
+    metric = "multi_logloss" if classifier else "l2"
+    objective = {"objective": "multiclass", "num_class": 3} if classifier else {"objective": "regression"}
+    curves: dict = {}
+    dtrain = lgb.Dataset(X, y, free_raw_data=False)
+    dval = lgb.Dataset(Xv, yv, reference=dtrain)
+    booster = lgb.train(
+        {**objective, **params, "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric},
+        dtrain, num_boost_round=rounds, valid_sets=[dtrain, dval], valid_names=["train", "val"],
+        callbacks=[*(callbacks or []), lgb.record_evaluation(curves)],
+    )
+    return booster, {"train": curves["train"][metric], "val": curves["val"][metric]}
+
+
 @register("lightgbm", family="boosting", input_kind="tabular", tasks=("regression", "classification"))
 class LightGBMModel(PerHorizonModel):
     Params = LightGBMParams
@@ -34,24 +52,14 @@ class LightGBMModel(PerHorizonModel):
 
     def _fit_one(self, X, y, Xv, yv, seed):
         p = self.params
-        metric = "multi_logloss" if self.classifier else "l2"
-        objective = {"objective": "multiclass", "num_class": 3} if self.classifier else {"objective": "regression"}
-        booster_params = {
-            **objective, "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
+        params = {
+            "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
             "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
             "bagging_fraction": p.bagging_fraction, "bagging_freq": p.bagging_freq,
             "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
-            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric,
         }
-        curves: dict = {}
-        dtrain = lgb.Dataset(X, y, free_raw_data=False)
-        dval = lgb.Dataset(Xv, yv, reference=dtrain)
-        booster = lgb.train(
-            booster_params, dtrain, num_boost_round=p.n_estimators, valid_sets=[dtrain, dval],
-            valid_names=["train", "val"],
-            callbacks=[lgb.early_stopping(p.early_stopping_rounds, verbose=False), lgb.record_evaluation(curves)],
-        )
-        return booster, {"train": curves["train"][metric], "val": curves["val"][metric]}
+        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier,
+                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)])
 
     def _predict_one(self, est, X):
         return est.predict(X, num_iteration=est.best_iteration or None)

@@ -21,6 +21,7 @@ import lightgbm as lgb
 
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.lightgbm_model import train_booster
 
 @dataclass(frozen=True)
 class RandomForestParams:
@@ -52,21 +53,13 @@ class RandomForestModel(PerHorizonModel):
 
     def _fit_one(self, X, y, Xv, yv, seed):
         p = self.params
-        metric = "multi_logloss" if self.classifier else "l2"
-        objective = {"objective": "multiclass", "num_class": 3} if self.classifier else {"objective": "regression"}
-        forest_params = {
-            "boosting": "rf", **objective, "num_leaves": p.num_leaves,
-            "max_depth": p.max_depth, "min_child_samples": p.min_child_samples,
-            "feature_fraction": p.feature_fraction, "bagging_fraction": p.bagging_fraction,
-            "bagging_freq": 1, "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
-            "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric,
+        params = {
+            "boosting": "rf", "num_leaves": p.num_leaves, "max_depth": p.max_depth,
+            "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+            "bagging_fraction": p.bagging_fraction, "bagging_freq": 1, "lambda_l2": p.lambda_l2,
+            "num_threads": p.num_threads, "seed": seed,
         }
-        curves: dict = {}
-        dtrain = lgb.Dataset(X, y, free_raw_data=False)
-        dval = lgb.Dataset(Xv, yv, reference=dtrain)
-        forest = lgb.train(forest_params, dtrain, num_boost_round=p.n_estimators, valid_sets=[dtrain, dval],
-                           valid_names=["train", "val"], callbacks=[lgb.record_evaluation(curves)])
-        return forest, {"train": curves["train"][metric], "val": curves["val"][metric]}
+        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier)
 
     def _predict_one(self, est, X):
         return est.predict(X)
