@@ -86,7 +86,8 @@ def test_code_change_marks_only_its_stages(project):
     repo, _ = project
     # explain loads saved models of any family, which imports the whole model package
     cases = {"src/alphafactory/models/tcn.py": {"train_neural", "explain"},
-             "src/alphafactory/models/lightgbm_model.py": {"train_boosting", "cv", "explain"},
+             # random_forest (train_classical) trains through lightgbm_model.train_booster
+             "src/alphafactory/models/lightgbm_model.py": {"train_boosting", "train_classical", "cv", "explain"},
              "src/alphafactory/cv.py": {"cv"},
              "src/alphafactory/evaluate.py": {"evaluate"},
              # train.py, blend.py and evaluate.py import the class columns from labels.py

@@ -108,9 +108,8 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
     _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
     if len(train.Y) == 0 or len(val.Y) == 0:
-        where = f" of symbol {ds.keys['symbol'].iloc[0]!r}" if ds.keys["symbol"].nunique() == 1 else ""
-        raise ConfigError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows{where}; need both "
-                         "(per_symbol needs every symbol to span the train and val periods)")
+        raise ConfigError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows; need both "
+                          "(per_symbol needs every symbol to span the train and val periods)")
     model.fit(train, val)
     forecasts = {}
     for seg in PRED_SEGMENTS:
