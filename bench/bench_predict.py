@@ -18,6 +18,7 @@ median misses its target (load <= 2 s, predict <= 1 s for 500 symbols).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -63,11 +64,16 @@ def cold_load(bundle: str, split: bool) -> dict[str, float]:
         config = json.loads((Path(bundle) / "bundle.json").read_text())
         inference._import_libraries(Path(bundle), config)  # as load_bundle does, before the models
         for m in config["models"]:
-            models.get(m["name"]).cls  # noqa: B018  (imports the model's module)
+            if m["family"] == "neural":  # a bundle runs them through their ONNX export
+                importlib.import_module("alphafactory.models.onnx_model")
+                importlib.import_module("onnxruntime")
+            else:
+                models.get(m["name"]).cls  # noqa: B018  (imports the model's module)
     t2 = time.perf_counter()
     inference.load_bundle(bundle)
     t3 = time.perf_counter()
-    return {"total": t3 - t0, "inference": t1 - t0, "libraries": t2 - t1, "files": t3 - t2}
+    return {"total": t3 - t0, "inference": t1 - t0, "libraries": t2 - t1, "files": t3 - t2,
+            "torch": "torch" in sys.modules}
 
 
 def stats(xs: list[float]) -> tuple[float, float, float]:
@@ -187,6 +193,9 @@ def main() -> int:
     row("- importing the bundle's model modules and libraries", stats([r["libraries"] for r in splits]))
     row("- verifying the hashes and reading the files", stats([r["files"] for r in splits]))
     row("(the process's wall time: + interpreter start and exit)", stats(walls))
+    torch = sum(r["torch"] for r in loads + splits)
+    print(f"| (PyTorch imported: {'in ' + str(torch) + ' runs' if torch else 'never'}; neural models run "
+          f"on ONNX Runtime) | | | | | |")
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # then no .pyc of this package is ever written
         print("| (PYTHONDONTWRITEBYTECODE is set: alphafactory's modules are compiled at every start) "
               "| | | | | |")

@@ -77,12 +77,21 @@ def segments(name: str, X, Y, codes, task: str = "regression"):
     return [XY(data(r), Y[r]) for r in rows[:2]], data(rows[2]), rows[2]
 
 
+_FITTED: dict[tuple[str, str], tuple] = {}
+
+
+def fit_case(name: str, task: str):
+    """(name, fitted model, test X) for one (model, task) pair; fitted once per test session."""
+    if (name, task) not in _FITTED:
+        X, Y, codes = panel()
+        (train, val), test_X, _ = segments(name, X, Y, codes, task)
+        _FITTED[name, task] = name, make(name, task=task).fit(train, val), test_X
+    return _FITTED[name, task]
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{t}" for n, t in CASES])
 def fitted(request):
-    name, task = request.param
-    X, Y, codes = panel()
-    (train, val), test_X, _ = segments(name, X, Y, codes, task)
-    return name, make(name, task=task).fit(train, val), test_X
+    return fit_case(*request.param)
 
 
 def test_registry_lists_every_family():
@@ -140,6 +149,49 @@ def test_save_load_identical(fitted, tmp_path):
     loaded = models.load(tmp_path / name)
     assert loaded.task == model.task == manifest["task"]
     np.testing.assert_allclose(loaded.predict(test_X), model.predict(test_X), rtol=0, atol=1e-6)
+
+
+# Every neural family's regression network, and one classifier: the class output transform
+# (softmax per horizon) is the same code for every family.
+EXPORT_CASES = [(n, "regression") for n in sorted(models.REGISTRY) if models.REGISTRY[n].family == "neural"]
+EXPORT_CASES.append(("lstm", "classification"))
+
+
+@pytest.mark.parametrize("name, task", EXPORT_CASES, ids=[f"{n}-{t}" for n, t in EXPORT_CASES])
+def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
+    """What a bundle forecasts with: the export (scaling + network + output transform) run by
+    ONNX Runtime equals the PyTorch model to float32 rounding, on lazy windows and on one row."""
+    from alphafactory.bundle import export_portable
+    from alphafactory.models.onnx_model import OnnxModel
+
+    name, model, test_X = fit_case(name, task)
+    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]})
+    export_portable(tmp_path / name)
+    info = json.loads((tmp_path / name / "onnx.json").read_text())
+    assert info["file"] == "net.onnx" and info["check"]["max_abs_diff"] <= 1e-4 * info["check"]["max_abs"]
+    portable = models.load(tmp_path / name, portable=True)
+    assert isinstance(portable, OnnxModel) and type(models.load(tmp_path / name)) is type(model)
+    assert (portable.name, portable.horizons, portable.task) == (name, HORIZONS, task)
+    ref, got = model.predict(test_X), portable.predict(test_X)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    np.testing.assert_allclose(portable.predict(test_X[:1] if isinstance(test_X, np.ndarray) else test_X.take([0])),
+                               ref[:1], rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    if task == "classification":
+        np.testing.assert_allclose(portable.predict_proba(test_X), model.predict_proba(test_X), atol=1e-6)
+    with pytest.raises(TypeError, match="only forecasts"):
+        portable.fit(None, None)
+
+
+def test_onnx_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatch):
+    from alphafactory.bundle import BundleError, export_portable
+    from alphafactory.models import trainer
+
+    _, model, _ = fit_case("mlp", "regression")
+    model.save(tmp_path / "mlp", meta={})
+    monkeypatch.setattr(trainer, "ONNX_RTOL", -1.0)  # no difference, not even 0, is small enough
+    with pytest.raises(BundleError, match=r"mlp: ONNX export failed its check \(mlp: ONNX Runtime and "
+                                          r"PyTorch forecasts differ by up to"):
+        export_portable(tmp_path / "mlp")
 
 
 def test_future_rows_do_not_change_earlier_predictions(fitted):

@@ -179,10 +179,12 @@ def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
     test = test[(test["model"] == "ensemble") & (test["timestamp"] == last)]
     merged = fc.merge(test, on=["symbol", "timestamp", "horizon"], suffixes=("", "_eval"))
     assert len(merged) == len(fc) > 0  # every forecast row was also forecast by the pipeline
-    assert (abs(merged["yhat"] - merged["yhat_eval"]) < 1e-9).all()
-    # float32 networks batched differently: probabilities agree to ~1e-8 (measured)
+    # the bundle runs each symbol's lstm through its ONNX export (float32, other kernels than
+    # PyTorch's): forecasts agree to ~1e-7 of their scale, probabilities to ~1e-7
+    assert (abs(merged["yhat"] - merged["yhat_eval"]) < 1e-6 * merged["yhat_eval"].abs().max()).all()
     for c in ("p_short", "p_neutral", "p_long"):
         assert (abs(merged[c] - merged[f"{c}_eval"]) < 1e-6).all(), c
+    assert (repo / "bundle/models/lstm/symbols/0000/net.onnx").is_file()
     other = bars[bars["symbol"] == bars["symbol"].iloc[0]].assign(symbol="NEW")
     with pytest.raises(ValueError, match="NEW"):
         predict(pd.concat([bars, other], ignore_index=True), bundle)

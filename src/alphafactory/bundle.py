@@ -6,19 +6,24 @@ Layout (every path relative to the bundle directory)::
     bundle.json            feature config, horizons, lookback, frequency, feature column order,
                            training symbols, base models (in blender order), library versions
     models/<name>/         a copy of each trained base model dir (its own manifest.json + native
-                           files: LightGBM text, XGBoost UBJ, CatBoost .cbm, torch tensors)
+                           files: LightGBM text, XGBoost UBJ, CatBoost .cbm, torch tensors); a
+                           PyTorch model's dir also holds its forward pass exported to ONNX
+                           (net.onnx) and onnx.json (shapes, opset, the export check)
     blend/                 the stacking meta-learner (manifest.json + .cbm or JSON coefficients)
 
 Nothing in a bundle is pickled: loading it (``alphafactory.inference.load_bundle``) reads JSON
-and native model files only, after checking every file against ``manifest.json``.
+and native model files only, after checking every file against ``manifest.json``. PyTorch models
+forecast through ONNX Runtime there, so loading a bundle never imports PyTorch.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import json
+import logging
 import platform
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +34,7 @@ from alphafactory.io import atomic_dir
 from alphafactory.labels import LabelConfig
 from alphafactory.stage import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: PyTorch models carry an ONNX export (net.onnx, onnx.json)
 MANIFEST = "manifest.json"
 CONFIG = "bundle.json"
 MODELS_DIR = "models"
@@ -37,7 +42,11 @@ BLEND_DIR = "blend"
 # Distributions whose versions the bundle records (absent ones are left out): the libraries that
 # read the native model files, plus the ones that shape the feature values.
 PACKAGES = ("alphafactory", "numpy", "pandas", "pyarrow", "scipy", "lightgbm", "xgboost",
-            "xgboost-cpu", "catboost", "torch")
+            "xgboost-cpu", "catboost", "onnxruntime", "torch", "onnx", "onnxscript")
+# Of those, the ones that only wrote the bundle (training, ONNX export): a different installed
+# version (or none) at load time does not change a forecast.
+BUILD_ONLY = ("torch", "onnx", "onnxscript")
+log = logging.getLogger(__name__)
 # Output columns of a forecast; a base model may not take one of these names.
 RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
 
@@ -192,11 +201,40 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
     with atomic_dir(out) as tmp:
         for name in order:
             shutil.copytree(found[name][0], tmp / MODELS_DIR / name)
+            export_portable(tmp / MODELS_DIR / name)
         shutil.copytree(blend_dir, tmp / BLEND_DIR)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         manifest = {"format_version": FORMAT_VERSION, "files": file_table(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return config
+
+
+def export_portable(model_dir: Path) -> None:
+    """Export the PyTorch model saved in ``model_dir`` (each symbol's, for a per-symbol model) to
+    ONNX next to it: ``net.onnx`` plus ``onnx.json``. Other families are left as they are."""
+    from alphafactory.models import load
+    from alphafactory.models.onnx_model import ONNX_INFO
+
+    man = _read_manifest(model_dir)
+    if man.get("scope") == "per_symbol":
+        for rel in man["symbols"].values():
+            export_portable(model_dir / rel)
+        return
+    if man.get("family") != "neural":
+        return
+    model = load(model_dir)
+    if not hasattr(model, "export_onnx"):
+        raise BundleError(f"{model_dir / MANIFEST}: model {man.get('model')!r} is in the neural family but "
+                          f"has no export_onnx(); expected a subclass of models.trainer.NeuralModel")
+    start = time.perf_counter()
+    try:
+        info = model.export_onnx(model_dir / "net.onnx")
+    except ValueError as e:
+        raise BundleError(f"{model_dir}: ONNX export failed its check ({e})") from e
+    symbol = man.get("meta", {}).get("symbol")
+    log.info("%s%s: exported to ONNX in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, largest forecast %.3g)",
+             man["model"], f" ({symbol})" if symbol is not None else "", time.perf_counter() - start, info["check"]["max_abs_diff"], info["check"]["max_abs"])
+    (model_dir / ONNX_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
 def verify(directory: str | Path) -> dict[str, Any]:

@@ -140,8 +140,10 @@ def load_bundle(path: str | Path) -> Bundle:
     _import_libraries(path, config)
     loaded: dict[str, Model] = {}
     for spec in config["models"]:
+        if spec["family"] == "neural":
+            _check_exported(path / spec["path"])
         try:
-            loaded[spec["name"]] = registry.load(path / spec["path"])
+            loaded[spec["name"]] = registry.load(path / spec["path"], portable=True)
         except ValueError as e:  # unknown model family or format version: name the directory
             raise BundleError(f"{path / spec['path']}: cannot load model ({e})") from e
     try:
@@ -157,6 +159,19 @@ def load_bundle(path: str | Path) -> Bundle:
         calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
         blender=blender, primary=config["blender"]["primary"], config=config,
     )
+
+
+def _check_exported(model_dir: Path) -> None:
+    """A PyTorch model in a bundle forecasts through its ONNX export: refuse one without it
+    (rather than importing PyTorch to run it)."""
+    from alphafactory.models.onnx_model import ONNX_INFO
+
+    man = json.loads((model_dir / "manifest.json").read_text())
+    dirs = [model_dir / rel for rel in man["symbols"].values()] if man.get("scope") == "per_symbol" else [model_dir]
+    for d in dirs:
+        if not (d / ONNX_INFO).is_file():
+            raise BundleError(f"{d / ONNX_INFO}: missing; a PyTorch model in a bundle needs the ONNX export "
+                              f"the bundle stage writes (rebuild the bundle: dvc repro bundle)")
 
 
 def _import_libraries(path: Path, config: dict[str, Any]) -> None:
@@ -187,7 +202,8 @@ def _import_libraries(path: Path, config: dict[str, Any]) -> None:
 
 def _warn_environment(config: dict[str, Any], path: Path) -> None:
     now = bundle_files.library_versions()
-    diff = {k: (v, now.get(k)) for k, v in config.get("versions", {}).items() if now.get(k) != v}
+    diff = {k: (v, now.get(k)) for k, v in config.get("versions", {}).items()
+            if now.get(k) != v and k not in bundle_files.BUILD_ONLY}
     if diff:
         log.warning("%s: built with other library versions than installed (bundle, installed): %s; "
                     "forecasts may differ slightly", path, diff)

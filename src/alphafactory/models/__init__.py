@@ -158,9 +158,10 @@ def create(name: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Mo
     return get(name).cls(params, **kwargs)
 
 
-def load(directory) -> Model:
-    """Load any saved model: the manifest names its family; the class rebuilds itself."""
-    return Model.load(directory)
+def load(directory, *, portable: bool = False) -> Model:
+    """Load any saved model: the manifest names its family; the class rebuilds itself. With
+    ``portable``, a PyTorch model exported to ONNX (in a bundle) loads as an ONNX Runtime model."""
+    return Model.load(directory, portable=portable)
 
 
 _discover()

@@ -204,7 +204,10 @@ class Model(ABC):
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     @staticmethod
-    def load(directory: str | Path) -> "Model":
+    def load(directory: str | Path, *, portable: bool = False) -> "Model":
+        """Rebuild the saved model in ``directory``. With ``portable``, a model that has an ONNX
+        export next to it (the bundle stage writes one for each PyTorch model) loads as an
+        :class:`~alphafactory.models.onnx_model.OnnxModel`, which forecasts without PyTorch."""
         from alphafactory.models import get  # registry import is lazy to avoid a cycle
 
         directory = Path(directory)
@@ -219,7 +222,12 @@ class Model(ABC):
         if manifest.get("scope") == "per_symbol":
             from alphafactory.models.per_symbol import PerSymbolModel
 
-            return PerSymbolModel.load(directory, manifest)  # type: ignore[return-value]
+            return PerSymbolModel.load(directory, manifest, portable=portable)  # type: ignore[return-value]
+        if portable:
+            from alphafactory.models.onnx_model import OnnxModel
+
+            if OnnxModel.available(directory):
+                return OnnxModel(directory, manifest)
         cls = get(manifest["model"]).cls
         model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
                     task=manifest.get("task", "regression"), **manifest.get("init", {}))

@@ -89,9 +89,9 @@ class PerSymbolModel:
         self.meta_ = meta or {}
 
     @classmethod
-    def load(cls, directory: str | Path, manifest: dict[str, Any]) -> "PerSymbolModel":
+    def load(cls, directory: str | Path, manifest: dict[str, Any], *, portable: bool = False) -> "PerSymbolModel":
         directory = Path(directory)
-        members = {s: Model.load(directory / rel) for s, rel in manifest["symbols"].items()}
+        members = {s: Model.load(directory / rel, portable=portable) for s, rel in manifest["symbols"].items()}
         obj = cls(manifest["model"], members)
         obj.meta_ = manifest.get("meta", {})
         return obj

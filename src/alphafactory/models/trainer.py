@@ -7,8 +7,12 @@ validation loss and restore of the best weights. A model file only defines its `
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import random
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +22,12 @@ import torch
 from torch import nn
 
 from alphafactory.config import from_dict, to_dict
-from alphafactory.models.base import XY, Model
+from alphafactory.models.base import XY, Model, _version
+
+ONNX_OPSET = 18
+# ONNX Runtime and PyTorch run the same float32 network with other kernels; measured differences
+# are ~1e-7 of the largest output.
+ONNX_RTOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,45 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
     return history
 
 
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter and its optimizer log every pass at INFO and warn about their own
+    internals (deprecations, torchvision ops): keep the stage log to errors."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+class PortableNet(nn.Module):
+    """What a bundle exports to ONNX: raw features in, forecasts out. The feature scaling, the
+    network and the output transform (target scale, or softmax over the 3 classes) of
+    :meth:`NeuralModel._predict`, as one graph."""
+
+    def __init__(self, net: nn.Module, mean: np.ndarray, std: np.ndarray, y_scale: np.ndarray,
+                 classifier: bool) -> None:
+        super().__init__()
+        self.net, self.classifier = net, classifier
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("y_scale", torch.as_tensor(y_scale, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) or (B, L, F) raw features
+        z = (x - self.mean) / self.std
+        z = torch.where(torch.isnan(z), torch.zeros_like(z), z).clamp(-5.0, 5.0)  # as _scale
+        y = self.net(z)
+        if self.classifier:
+            return torch.softmax(y.reshape(y.shape[0], -1, 3), dim=-1)  # (B, H, 3)
+        return y * self.y_scale  # (B, H)
+
+
 class NeuralModel(Model):
     """Base for PyTorch families: feature scaling fit on train rows only, per-horizon target
     scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``.
@@ -200,8 +248,8 @@ class NeuralModel(Model):
         )
         self.net_.to("cpu")
 
-    def _predict(self, X: Any) -> np.ndarray:
-        device = select_device(self.trainer.device)
+    def _predict(self, X: Any, device: torch.device | None = None) -> np.ndarray:
+        device = device or select_device(self.trainer.device)
         self.net_.to(device)
         out = predict_network(self.net_, self._scale(X), device)
         self.net_.to("cpu")
@@ -224,3 +272,39 @@ class NeuralModel(Model):
         self.n_features_ = int(state["n_features"])
         self.net_ = self.build(self.n_features_, self.n_outputs)
         self.net_.load_state_dict(tensors)
+
+    def export_onnx(self, path: Path, *, opset: int = ONNX_OPSET, check_rows: int = 257) -> dict[str, Any]:
+        """Write the forward pass (:class:`PortableNet`) to the ONNX file ``path``, batch size free,
+        then check ONNX Runtime against PyTorch on ``check_rows`` random rows (NaNs and values
+        beyond the ±5 clip included) and on one row. Returns what the bundle records in
+        ``onnx.json``; raises ValueError naming the model if the two disagree beyond float32
+        rounding (``ONNX_RTOL`` of the largest output)."""
+        import onnxruntime as ort
+
+        self._check_fitted()
+        net = PortableNet(self.net_, self.mean_, self.std_, self.y_scale_, self.classifier).eval()
+        shape = (self.lookback, self.n_features_) if self.input_kind == "sequence" else (self.n_features_,)
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                net, (torch.zeros((2, *shape)),), dynamo=True, opset_version=opset, verbose=False,
+                input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+            program.save(str(path))
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(self.seed)
+        x = (self.mean_ + 3.0 * self.std_ * rng.standard_normal((check_rows, *shape))).astype(np.float32)
+        x[rng.random(x.shape) < 0.05] = np.nan
+        worst, scale = 0.0, 0.0
+        for batch in (x, x[:1]):
+            ref = self._predict(batch, torch.device("cpu"))  # as ONNX Runtime here: no TF32 convs
+            got = session.run(None, {"x": batch})[0]
+            if got.shape != ref.shape:
+                raise ValueError(f"{self.name}: the ONNX export gives shape {got.shape}, PyTorch {ref.shape}")
+            worst = max(worst, float(np.abs(got - ref).max()))
+            scale = max(scale, float(np.abs(ref).max()))
+        if not worst <= ONNX_RTOL * scale:
+            raise ValueError(f"{self.name}: ONNX Runtime and PyTorch forecasts differ by up to {worst:.3g} "
+                             f"(largest forecast {scale:.3g}); expected at most {ONNX_RTOL:g} of it")
+        return {"file": path.name, "opset": opset, "input": ["batch", *shape],
+                "output": ["batch", len(self.horizons), *([3] if self.classifier else [])],
+                "check": {"rows": check_rows, "max_abs_diff": float(f"{worst:.1e}"), "max_abs": float(f"{scale:.3g}")},
+                "versions": {p: _version(p) for p in ("torch", "onnx", "onnxscript", "onnxruntime")}}
