@@ -166,18 +166,19 @@ def test_asof_uses_a_trimmed_history_and_never_later_bars(bundle, bars, every_ba
 
 
 def test_load_bundle_imports_only_what_its_models_need(project):
-    """In a fresh process: the modules of the bundle's models only, and no scikit-learn
-    (LightGBM and XGBoost would import it for their unused scikit-learn wrappers: ~1 s)."""
+    """In a fresh process: the modules of the bundle's tree and linear models, ONNX Runtime for
+    the neural ones, and neither PyTorch (~2 s) nor scikit-learn (LightGBM and XGBoost would
+    import it for their unused scikit-learn wrappers: ~1 s)."""
     from alphafactory import models
 
     repo, _ = project
     code = ("import json, sys; from alphafactory.inference import load_bundle; load_bundle(sys.argv[1]); "
-            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn' "
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'torch') "
             "or m.startswith('alphafactory.models.'))))")
     out = subprocess.run([sys.executable, "-c", code, str(repo / "bundle")], check=True,
                          capture_output=True, text=True).stdout
-    assert json.loads(out) == sorted({models.get(m).module for m in MODELS}
-                                     | {"alphafactory.models.base", "alphafactory.models.trainer"})
+    assert json.loads(out) == sorted({models.get(m).module for m in MODELS if models.get(m).family != "neural"}
+                                     | {"alphafactory.models.base", "alphafactory.models.onnx_model"})
 
 
 def test_history_bars_covers_the_longest_memory(bundle):
