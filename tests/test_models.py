@@ -182,6 +182,30 @@ def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
         portable.fit(None, None)
 
 
+def test_onnx_export_reuses_the_graph_of_the_same_architecture(tmp_path):
+    """Per-symbol models share an architecture: the second export puts its weights into the
+    first one's graph (no tracing), checked like a traced one; another architecture is traced."""
+    from alphafactory.models.onnx_model import OnnxModel
+
+    _, first, test_X = fit_case("lstm", "regression")
+    X, Y, codes = panel(seed=1)
+    (train, val), _, _ = segments("lstm", X, Y, codes)
+    second = make("lstm", seed=1).fit(train, val)
+    wider = models.create("lstm", {"hidden": 8}, horizons=HORIZONS, lookback=LOOKBACK, trainer=TRAINER).fit(train, val)
+    for name, m in (("a", first), ("b", second), ("c", wider)):
+        m.save(tmp_path / name, meta={})
+    info_a = first.export_onnx(tmp_path / "a/net.onnx")
+    info_b = second.export_onnx(tmp_path / "b/net.onnx", like=tmp_path / "a/net.onnx")
+    info_c = wider.export_onnx(tmp_path / "c/net.onnx", like=tmp_path / "a/net.onnx")
+    assert (info_a["graph"], info_b["graph"], info_c["graph"]) == ("traced", "reused from ../a/net.onnx", "traced")
+    for name, m in (("b", second), ("c", wider)):
+        (tmp_path / name / "onnx.json").write_text(json.dumps(info_b if name == "b" else info_c))
+        got = OnnxModel(tmp_path / name, json.loads((tmp_path / name / "manifest.json").read_text())).predict(test_X)
+        ref = m.predict(test_X)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+        assert np.abs(got - first.predict(test_X)).max() > 1e-3  # its own weights, not the template's
+
+
 def test_onnx_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatch):
     from alphafactory.bundle import BundleError, export_portable
     from alphafactory.models import trainer

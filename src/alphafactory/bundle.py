@@ -209,32 +209,35 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
     return config
 
 
-def export_portable(model_dir: Path) -> None:
+def export_portable(model_dir: Path, like: Path | None = None) -> Path | None:
     """Export the PyTorch model saved in ``model_dir`` (each symbol's, for a per-symbol model) to
-    ONNX next to it: ``net.onnx`` plus ``onnx.json``. Other families are left as they are."""
+    ONNX next to it: ``net.onnx`` plus ``onnx.json``; return the ONNX file. Other families are
+    left as they are. ``like``: an export of the same architecture whose graph can be reused."""
     from alphafactory.models import load
     from alphafactory.models.onnx_model import ONNX_INFO
 
     man = _read_manifest(model_dir)
     if man.get("scope") == "per_symbol":
-        for rel in man["symbols"].values():
-            export_portable(model_dir / rel)
-        return
+        for rel in man["symbols"].values():  # one trace; the other symbols reuse its graph
+            like = export_portable(model_dir / rel, like) or like
+        return like
     if man.get("family") != "neural":
-        return
+        return None
     model = load(model_dir)
     if not hasattr(model, "export_onnx"):
         raise BundleError(f"{model_dir / MANIFEST}: model {man.get('model')!r} is in the neural family but "
                           f"has no export_onnx(); expected a subclass of models.trainer.NeuralModel")
     start = time.perf_counter()
     try:
-        info = model.export_onnx(model_dir / "net.onnx")
+        info = model.export_onnx(model_dir / "net.onnx", like=like)
     except ValueError as e:
         raise BundleError(f"{model_dir}: ONNX export failed its check ({e})") from e
     symbol = man.get("meta", {}).get("symbol")
-    log.info("%s%s: exported to ONNX in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, largest forecast %.3g)",
-             man["model"], f" ({symbol})" if symbol is not None else "", time.perf_counter() - start, info["check"]["max_abs_diff"], info["check"]["max_abs"])
+    log.info("%s%s: exported to ONNX (graph %s) in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, "
+             "largest forecast %.3g)", man["model"], f" ({symbol})" if symbol is not None else "", info["graph"],
+             time.perf_counter() - start, info["check"]["max_abs_diff"], info["check"]["max_abs"])
     (model_dir / ONNX_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return model_dir / "net.onnx"
 
 
 def verify(directory: str | Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -273,22 +274,39 @@ class NeuralModel(Model):
         self.net_ = self.build(self.n_features_, self.n_outputs)
         self.net_.load_state_dict(tensors)
 
-    def export_onnx(self, path: Path, *, opset: int = ONNX_OPSET, check_rows: int = 257) -> dict[str, Any]:
+    def export_onnx(self, path: Path, *, like: Path | None = None, opset: int = ONNX_OPSET,
+                    check_rows: int = 257) -> dict[str, Any]:
         """Write the forward pass (:class:`PortableNet`) to the ONNX file ``path``, batch size free,
         then check ONNX Runtime against PyTorch on ``check_rows`` random rows (NaNs and values
         beyond the ±5 clip included) and on one row. Returns what the bundle records in
         ``onnx.json``; raises ValueError naming the model if the two disagree beyond float32
-        rounding (``ONNX_RTOL`` of the largest output)."""
-        import onnxruntime as ort
+        rounding (``ONNX_RTOL`` of the largest output).
 
+        ``like``: the export of a model with the same architecture (another symbol's, under
+        ``train.scope: per_symbol``). Its graph is reused with this model's weights put in (the
+        graph is written unoptimized, so its initializers keep the state-dict names; ONNX Runtime
+        optimizes it when it loads it): ~0.1 s instead of 3 to 10 s of tracing. The same check
+        runs, and a graph that fails it or does not fit is exported afresh."""
         self._check_fitted()
         net = PortableNet(self.net_, self.mean_, self.std_, self.y_scale_, self.classifier).eval()
         shape = (self.lookback, self.n_features_) if self.input_kind == "sequence" else (self.n_features_,)
+        if like is not None and _swap_weights(like, path, net):
+            try:
+                return self._check_export(path, shape, check_rows, opset, reused=like)
+            except ValueError:
+                pass  # a weight the graph folded into a constant: trace it
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
-                net, (torch.zeros((2, *shape)),), dynamo=True, opset_version=opset, verbose=False,
-                input_names=["x"], output_names=["y"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+                net, (torch.zeros((2, *shape)),), dynamo=True, opset_version=opset, optimize=False,
+                verbose=False, input_names=["x"], output_names=["y"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},))
             program.save(str(path))
+        return self._check_export(path, shape, check_rows, opset)
+
+    def _check_export(self, path: Path, shape: tuple[int, ...], check_rows: int, opset: int,
+                      reused: Path | None = None) -> dict[str, Any]:
+        import onnxruntime as ort
+
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(self.seed)
         x = (self.mean_ + 3.0 * self.std_ * rng.standard_normal((check_rows, *shape))).astype(np.float32)
@@ -306,5 +324,24 @@ class NeuralModel(Model):
                              f"(largest forecast {scale:.3g}); expected at most {ONNX_RTOL:g} of it")
         return {"file": path.name, "opset": opset, "input": ["batch", *shape],
                 "output": ["batch", len(self.horizons), *([3] if self.classifier else [])],
+                "graph": f"reused from {os.path.relpath(reused, path.parent)}" if reused else "traced",
                 "check": {"rows": check_rows, "max_abs_diff": float(f"{worst:.1e}"), "max_abs": float(f"{scale:.3g}")},
                 "versions": {p: _version(p) for p in ("torch", "onnx", "onnxscript", "onnxruntime")}}
+
+
+def _swap_weights(like: Path, path: Path, net: nn.Module) -> bool:
+    """Write ``like``'s ONNX graph to ``path`` with ``net``'s weights; False (nothing written) if
+    an initializer of ``like`` named as a weight of ``net`` has another shape or type."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(like))
+    state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+    for init in proto.graph.initializer:
+        if init.name in state:
+            new = numpy_helper.from_array(state[init.name], init.name)
+            if tuple(new.dims) != tuple(init.dims) or new.data_type != init.data_type:
+                return False
+            init.CopyFrom(new)
+    onnx.save(proto, str(path))
+    return True
