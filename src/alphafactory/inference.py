@@ -140,8 +140,6 @@ def load_bundle(path: str | Path) -> Bundle:
     _import_libraries(path, config)
     loaded: dict[str, Model] = {}
     for spec in config["models"]:
-        if spec["family"] == "neural":
-            _check_exported(path / spec["path"])
         try:
             loaded[spec["name"]] = registry.load(path / spec["path"], portable=True)
         except ValueError as e:  # unknown model family or format version: name the directory
@@ -159,19 +157,6 @@ def load_bundle(path: str | Path) -> Bundle:
         calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
         blender=blender, primary=config["blender"]["primary"], config=config,
     )
-
-
-def _check_exported(model_dir: Path) -> None:
-    """A PyTorch model in a bundle forecasts through its ONNX export: refuse one without it
-    (rather than importing PyTorch to run it)."""
-    from alphafactory.models.onnx_model import ONNX_INFO
-
-    man = json.loads((model_dir / "manifest.json").read_text())
-    dirs = [model_dir / rel for rel in man["symbols"].values()] if man.get("scope") == "per_symbol" else [model_dir]
-    for d in dirs:
-        if not (d / ONNX_INFO).is_file():
-            raise BundleError(f"{d / ONNX_INFO}: missing; a PyTorch model in a bundle needs the ONNX export "
-                              f"the bundle stage writes (rebuild the bundle: dvc repro bundle)")
 
 
 def _import_libraries(path: Path, config: dict[str, Any]) -> None:

@@ -205,9 +205,10 @@ class Model(ABC):
 
     @staticmethod
     def load(directory: str | Path, *, portable: bool = False) -> "Model":
-        """Rebuild the saved model in ``directory``. With ``portable``, a model that has an ONNX
-        export next to it (the bundle stage writes one for each PyTorch model) loads as an
-        :class:`~alphafactory.models.onnx_model.OnnxModel`, which forecasts without PyTorch."""
+        """Rebuild the saved model in ``directory``. With ``portable`` (as in a bundle), a PyTorch
+        model loads from the ONNX export the bundle stage writes next to it, as an
+        :class:`~alphafactory.models.onnx_model.OnnxModel` that forecasts without PyTorch; one
+        without that export is an error."""
         from alphafactory.models import get  # registry import is lazy to avoid a cycle
 
         directory = Path(directory)
@@ -223,11 +224,10 @@ class Model(ABC):
             from alphafactory.models.per_symbol import PerSymbolModel
 
             return PerSymbolModel.load(directory, manifest, portable=portable)  # type: ignore[return-value]
-        if portable:
+        if portable and manifest.get("family") == "neural":
             from alphafactory.models.onnx_model import OnnxModel
 
-            if OnnxModel.available(directory):
-                return OnnxModel(directory, manifest)
+            return OnnxModel(directory, manifest)
         cls = get(manifest["model"]).cls
         model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
                     task=manifest.get("task", "regression"), **manifest.get("init", {}))
