@@ -97,6 +97,12 @@ def test_build_bundle_is_deterministic_and_refuses_stale_models(project, tmp_pat
         build_bundle(families, repo / "models/blend", tmp_path / "b", **{**kwargs, "label": LabelConfig(horizons=(1, 5))})
     with pytest.raises(BundleError, match=r"blender members \['lstm', 'tcn'\] have no trained model dir"):
         build_bundle([f for f in families if not f.endswith("neural")], repo / "models/blend", tmp_path / "b", **kwargs)
+    shutil.copytree(repo / "models/neural", tmp_path / "neural")
+    (tmp_path / "neural/lstm/onnx.json").unlink()  # saved without portable=True
+    with pytest.raises(BundleError, match=r"neural/lstm/onnx.json: missing; a PyTorch model needs the ONNX "
+                                          r"export that the training stage writes"):
+        build_bundle([f if not f.endswith("neural") else str(tmp_path / "neural") for f in families],
+                     repo / "models/blend", tmp_path / "b", **kwargs)
     assert not (tmp_path / "b").exists()
 
 

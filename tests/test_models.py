@@ -161,12 +161,10 @@ EXPORT_CASES.append(("lstm", "classification"))
 def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
     """What a bundle forecasts with: the export (scaling + network + output transform) run by
     ONNX Runtime equals the PyTorch model to float32 rounding, on lazy windows and on one row."""
-    from alphafactory.bundle import export_portable
     from alphafactory.models.onnx_model import OnnxModel
 
     name, model, test_X = fit_case(name, task)
-    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]})
-    export_portable(tmp_path / name)
+    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]}, portable=True)
     info = json.loads((tmp_path / name / "onnx.json").read_text())
     assert info["file"] == "net.onnx" and info["check"]["max_abs_diff"] <= 1e-4 * info["check"]["max_abs"]
     portable = models.load(tmp_path / name, portable=True)
@@ -207,15 +205,14 @@ def test_onnx_export_reuses_the_graph_of_the_same_architecture(tmp_path):
 
 
 def test_onnx_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatch):
-    from alphafactory.bundle import BundleError, export_portable
     from alphafactory.models import trainer
 
     _, model, _ = fit_case("mlp", "regression")
-    model.save(tmp_path / "mlp", meta={})
     monkeypatch.setattr(trainer, "ONNX_RTOL", -1.0)  # no difference, not even 0, is small enough
-    with pytest.raises(BundleError, match=r"mlp: ONNX export failed its check \(mlp: ONNX Runtime and "
-                                          r"PyTorch forecasts differ by up to"):
-        export_portable(tmp_path / "mlp")
+    with pytest.raises(ValueError, match=r"mlp: the ONNX export failed its check: mlp: ONNX Runtime and "
+                                         r"PyTorch forecasts differ by up to"):
+        model.save(tmp_path / "mlp", meta={}, portable=True)
+    assert not (tmp_path / "mlp").exists()  # nothing half written
 
 
 def test_future_rows_do_not_change_earlier_predictions(fitted):

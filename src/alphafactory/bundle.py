@@ -6,9 +6,9 @@ Layout (every path relative to the bundle directory)::
     bundle.json            feature config, horizons, lookback, frequency, feature column order,
                            training symbols, base models (in blender order), library versions
     models/<name>/         a copy of each trained base model dir (its own manifest.json + native
-                           files: LightGBM text, XGBoost UBJ, CatBoost .cbm, torch tensors); a
-                           PyTorch model's dir also holds its forward pass exported to ONNX
-                           (net.onnx) and onnx.json (shapes, opset, the export check)
+                           files: LightGBM text, XGBoost UBJ, CatBoost .cbm, torch tensors; a
+                           PyTorch model's forward pass exported to ONNX by the training stage:
+                           net.onnx and onnx.json with shapes, opset and the export check)
     blend/                 the stacking meta-learner (manifest.json + .cbm or JSON coefficients)
 
 Nothing in a bundle is pickled: loading it (``alphafactory.inference.load_bundle``) reads JSON
@@ -20,10 +20,8 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import logging
 import platform
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -46,7 +44,6 @@ PACKAGES = ("alphafactory", "numpy", "pandas", "pyarrow", "scipy", "lightgbm", "
 # Of those, the ones that only wrote the bundle (training, ONNX export): a different installed
 # version (or none) at load time does not change a forecast.
 BUILD_ONLY = ("torch", "onnx", "onnxscript")
-log = logging.getLogger(__name__)
 # Output columns of a forecast; a base model may not take one of these names.
 RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
 
@@ -200,8 +197,8 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
     }
     with atomic_dir(out) as tmp:
         for name in order:
+            _check_exported(found[name][0])
             shutil.copytree(found[name][0], tmp / MODELS_DIR / name)
-            export_portable(tmp / MODELS_DIR / name)
         shutil.copytree(blend_dir, tmp / BLEND_DIR)
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         manifest = {"format_version": FORMAT_VERSION, "files": file_table(tmp)}
@@ -209,35 +206,18 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
     return config
 
 
-def export_portable(model_dir: Path, like: Path | None = None) -> Path | None:
-    """Export the PyTorch model saved in ``model_dir`` (each symbol's, for a per-symbol model) to
-    ONNX next to it: ``net.onnx`` plus ``onnx.json``; return the ONNX file. Other families are
-    left as they are. ``like``: an export of the same architecture whose graph can be reused."""
-    from alphafactory.models import load
+def _check_exported(model_dir: Path) -> None:
+    """A PyTorch model's dir (each symbol's, for a per-symbol model) must hold the ONNX export
+    the training stage writes next to it: the bundle forecasts with that."""
     from alphafactory.models.onnx_model import ONNX_INFO
 
     man = _read_manifest(model_dir)
     if man.get("scope") == "per_symbol":
-        for rel in man["symbols"].values():  # one trace; the other symbols reuse its graph
-            like = export_portable(model_dir / rel, like) or like
-        return like
-    if man.get("family") != "neural":
-        return None
-    model = load(model_dir)
-    if not hasattr(model, "export_onnx"):
-        raise BundleError(f"{model_dir / MANIFEST}: model {man.get('model')!r} is in the neural family but "
-                          f"has no export_onnx(); expected a subclass of models.trainer.NeuralModel")
-    start = time.perf_counter()
-    try:
-        info = model.export_onnx(model_dir / "net.onnx", like=like)
-    except ValueError as e:
-        raise BundleError(f"{model_dir}: ONNX export failed its check ({e})") from e
-    symbol = man.get("meta", {}).get("symbol")
-    log.info("%s%s: exported to ONNX (graph %s) in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, "
-             "largest forecast %.3g)", man["model"], f" ({symbol})" if symbol is not None else "", info["graph"],
-             time.perf_counter() - start, info["check"]["max_abs_diff"], info["check"]["max_abs"])
-    (model_dir / ONNX_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return model_dir / "net.onnx"
+        for rel in man["symbols"].values():
+            _check_exported(model_dir / rel)
+    elif man.get("family") == "neural" and not (model_dir / ONNX_INFO).is_file():
+        raise BundleError(f"{model_dir / ONNX_INFO}: missing; a PyTorch model needs the ONNX export that "
+                          f"the training stage writes next to it (retrain: dvc repro train_neural)")
 
 
 def verify(directory: str | Path) -> dict[str, Any]:

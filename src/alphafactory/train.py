@@ -175,7 +175,8 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         vrows, vpred, _ = forecasts["val"]
         cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
         model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
-                                               "lookback": lookback if spec.input_kind == "sequence" else None})
+                                               "lookback": lookback if spec.input_kind == "sequence" else None},
+                   portable=True)  # PyTorch models: plus their ONNX export, which bundles forecast with
         frames = []
         for seg, (rows, pred, proba) in forecasts.items():
             std, prob = apply_calibration(cal, pred, ds.vol[rows])

@@ -71,8 +71,9 @@ class PerSymbolModel:
         """Classification only: (n, H, 3) class probabilities."""
         return self._apply("predict_proba", X, symbols, (len(self.horizons), 3))
 
-    def save(self, directory: str | Path, meta: dict[str, Any] | None = None) -> None:
-        """Write every symbol's model and the top manifest atomically."""
+    def save(self, directory: str | Path, meta: dict[str, Any] | None = None, *, portable: bool = False) -> None:
+        """Write every symbol's model and the top manifest atomically (``portable``: as
+        :meth:`Model.save`, every symbol's PyTorch model exported to ONNX)."""
         first = next(iter(self.members.values()))
         with atomic_dir(directory) as tmp:
             paths = {}
@@ -86,6 +87,10 @@ class PerSymbolModel:
                 "versions": {p: _version(p) for p in ("alphafactory", "numpy", *first.packages)},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if portable:
+                from alphafactory.models.onnx_model import export_portable
+
+                export_portable(tmp, where=Path(directory))
         self.meta_ = meta or {}
 
     @classmethod
