@@ -2,9 +2,10 @@
 
 The training stage saves every PyTorch model with its export (``save(..., portable=True)`` →
 :func:`export_portable` → ``NeuralModel.export_onnx``): feature scaling, network and output
-transform as one graph, ``net.onnx``, described by ``onnx.json`` next to the model's manifest. :func:`alphafactory.models.load` with ``portable=True`` returns an
-:class:`OnnxModel` for a PyTorch model's directory, so loading a bundle and forecasting never imports
-PyTorch (about 2 s of a cold start on 2 cores; ONNX Runtime imports in 0.05 s).
+transform as one graph, ``net.onnx``, described by ``onnx.json`` next to the model's manifest.
+:func:`alphafactory.models.load` with ``portable=True`` returns an :class:`OnnxModel` for a
+PyTorch model's directory, so loading a bundle and forecasting never import PyTorch (about 2 s
+of a cold start on 2 cores; ONNX Runtime imports in 0.05 s).
 
 Forecasts equal the PyTorch model's to float32 rounding (checked at export, recorded in
 ``onnx.json``, and by the tests against the evaluate stage's forecasts). An ``OnnxModel`` only
