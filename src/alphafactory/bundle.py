@@ -41,7 +41,7 @@ BLEND_DIR = "blend"
 # read the native model files, plus the ones that shape the feature values.
 PACKAGES = ("alphafactory", "numpy", "pandas", "pyarrow", "scipy", "lightgbm", "xgboost",
             "xgboost-cpu", "catboost", "onnxruntime", "torch", "onnx", "onnxscript")
-# Of those, the ones that only wrote the bundle (training, ONNX export): a different installed
+# Of those, the ones that only built the models (training, ONNX export): a different installed
 # version (or none) at load time does not change a forecast.
 BUILD_ONLY = ("torch", "onnx", "onnxscript")
 # Output columns of a forecast; a base model may not take one of these names.

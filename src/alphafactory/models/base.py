@@ -184,7 +184,7 @@ class Model(ABC):
     def save(self, directory: str | Path, meta: dict[str, Any] | None = None, *, portable: bool = False) -> None:
         """Write the model atomically: the directory appears complete or not at all. With
         ``portable`` (the training stages), a PyTorch model is also exported to ONNX in it
-        (:func:`~alphafactory.models.onnx_model.export_portable`), for bundles."""
+        (:func:`~alphafactory.models.onnx_model.write_export`), for bundles."""
         self._check_fitted()
         with atomic_dir(directory) as tmp:
             state = self._save_state(tmp)
@@ -204,10 +204,10 @@ class Model(ABC):
                 "meta": meta or {},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if portable:
-                from alphafactory.models.onnx_model import export_portable
+            if portable and self.family == "neural":
+                from alphafactory.models.onnx_model import write_export
 
-                export_portable(tmp, where=Path(directory))
+                write_export(self, tmp, where=Path(directory))
 
     @staticmethod
     def load(directory: str | Path, *, portable: bool = False) -> "Model":

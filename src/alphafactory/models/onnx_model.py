@@ -1,7 +1,7 @@
 """A neural model's forward pass as ONNX, run by ONNX Runtime: what a bundle forecasts with.
 
 The training stage saves every PyTorch model with its export (``save(..., portable=True)`` →
-:func:`export_portable` → ``NeuralModel.export_onnx``): feature scaling, network and output
+:func:`write_export` → ``NeuralModel.export_onnx``): feature scaling, network and output
 transform as one graph, ``net.onnx``, described by ``onnx.json`` next to the model's manifest.
 :func:`alphafactory.models.load` with ``portable=True`` returns an :class:`OnnxModel` for a
 PyTorch model's directory, so loading a bundle and forecasting never import PyTorch (about 2 s
@@ -80,40 +80,30 @@ class OnnxModel(Model):
     _fit = fit  # type: ignore[assignment]
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
-        raise TypeError(f"{self.name}: an exported (ONNX) model is saved by the bundle stage, not by save()")
+        raise TypeError(f"{self.name}: an exported (ONNX) model is written by the PyTorch model's "
+                        f"save(..., portable=True), not by its own save()")
 
     def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
         raise TypeError("OnnxModel is built by alphafactory.models.load(directory, portable=True)")
 
 
-def export_portable(model_dir: Path, like: Path | None = None, where: Path | None = None) -> Path | None:
-    """Export the PyTorch model saved in ``model_dir`` (each symbol's, for a per-symbol model) to
-    ONNX next to it: ``net.onnx`` plus ``onnx.json``; return the ONNX file. Other families are
-    left as they are. ``like``: an export of the same architecture whose graph can be reused.
-    Raises ValueError naming the directory (``where``: its name in messages, for a model being
-    saved to a temporary directory) if the export fails its check."""
-    where = where or model_dir
-    from alphafactory.models import load
-
-    man = json.loads((model_dir / "manifest.json").read_text())
-    if man.get("scope") == "per_symbol":
-        for rel in man["symbols"].values():  # one trace; the other symbols reuse its graph
-            like = export_portable(model_dir / rel, like, where / rel) or like
-        return like
-    if man.get("family") != "neural":
-        return None
-    model = load(model_dir)
+def write_export(model: Model, directory: Path, *, like: Path | None = None,
+                 where: Path | None = None) -> Path:
+    """Export the fitted PyTorch ``model`` to ONNX into ``directory`` (``net.onnx`` plus
+    ``onnx.json``); return the ONNX file. ``like``: an export of the same architecture whose graph
+    can be reused (another symbol's). Raises ValueError naming ``where`` (the directory's final
+    name, when ``directory`` is a temporary one) if the export fails its check."""
+    where = where or directory
     if not hasattr(model, "export_onnx"):
-        raise ValueError(f"{where}: model {man.get('model')!r} is in the neural family but has no "
+        raise ValueError(f"{where}: model {model.name!r} is in the neural family but has no "
                          f"export_onnx(); expected a subclass of models.trainer.NeuralModel")
     start = time.perf_counter()
     try:
-        info = model.export_onnx(model_dir / ONNX_FILE, like=like)
+        info = model.export_onnx(directory / ONNX_FILE, like=like)
     except ValueError as e:
         raise ValueError(f"{where}: the ONNX export failed its check: {e}") from e
-    symbol = man.get("meta", {}).get("symbol")
-    log.info("%s%s: exported to ONNX (graph %s) in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, "
-             "largest forecast %.3g)", man["model"], f" ({symbol})" if symbol is not None else "", info["graph"],
-             time.perf_counter() - start, info["check"]["max_abs_diff"], info["check"]["max_abs"])
-    (model_dir / ONNX_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return model_dir / ONNX_FILE
+    log.info("%s: exported to ONNX (graph %s) in %.1f s (ONNX Runtime vs PyTorch: max |diff| %.1e, "
+             "largest forecast %.3g)", where, info["graph"], time.perf_counter() - start,
+             info["check"]["max_abs_diff"], info["check"]["max_abs"])
+    (directory / ONNX_INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return directory / ONNX_FILE

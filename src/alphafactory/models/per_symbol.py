@@ -19,6 +19,7 @@ import numpy as np
 
 from alphafactory.io import atomic_dir
 from alphafactory.models.base import FORMAT_VERSION, MANIFEST, Model, _version
+from alphafactory.models.onnx_model import write_export
 
 SCOPE = "per_symbol"
 
@@ -76,10 +77,13 @@ class PerSymbolModel:
         :meth:`Model.save`, every symbol's PyTorch model exported to ONNX)."""
         first = next(iter(self.members.values()))
         with atomic_dir(directory) as tmp:
-            paths = {}
+            paths, like = {}, None
             for k, s in enumerate(self.symbols):
                 paths[s] = f"symbols/{k:04d}"  # symbol names may hold any character: numbered dirs
                 self.members[s].save(tmp / paths[s], meta={"symbol": s})
+                if portable and self.family == "neural":  # one trace; the other symbols reuse its graph
+                    like = write_export(self.members[s], tmp / paths[s], like=like,
+                                        where=Path(directory) / paths[s])
             manifest = {
                 "format_version": FORMAT_VERSION, "scope": SCOPE, "model": self.name, "family": self.family,
                 "input_kind": self.input_kind, "horizons": list(self.horizons), "task": self.task,
@@ -87,10 +91,6 @@ class PerSymbolModel:
                 "versions": {p: _version(p) for p in ("alphafactory", "numpy", *first.packages)},
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if portable:
-                from alphafactory.models.onnx_model import export_portable
-
-                export_portable(tmp, where=Path(directory))
         self.meta_ = meta or {}
 
     @classmethod
