@@ -1,6 +1,6 @@
 """cv: walk-forward (or CPCV) cross-validation metrics inside train + val. The models of cv.models
 are refitted on every fold of the split stage with their training-stage hyperparameters and scored
-on the fold's test block; per-fold figures, mean and std go to one DVC metrics file."""
+on the fold's test block; per-fold figures, mean and std go to one metrics file, each fold's rows and dates to another."""
 import pandas as pd
 
 from alphafactory import dataset, stage
@@ -11,7 +11,7 @@ from alphafactory.train import TrainConfig
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics")
+    args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics", "fold-spans")
     cfg = section(params, "cv", CVConfig)
     train = section(params, "train", TrainConfig)
     blocks, shared = {}, {}
@@ -27,6 +27,7 @@ def main() -> None:
     ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
     result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
                             extra=extra, task=train.task, scope=train.scope)
+    write_json(result.pop("_folds"), args.fold_spans)  # bookkeeping (rows, dates), not metrics
     write_json(result, args.metrics)
 
 

@@ -1,16 +1,17 @@
-"""evaluate: test-period metrics of every model, the ensemble and naive baselines."""
+"""evaluate: test-period metrics of every model, the ensemble and naive baselines; prints the
+headline table."""
 import pandas as pd
 
 from alphafactory import stage
 from alphafactory.config import section
 from alphafactory.dataset import horizons_of
-from alphafactory.evaluate import EvaluateConfig, baseline_forecasts, evaluate
+from alphafactory.evaluate import EvaluateConfig, baseline_forecasts, evaluate, headline, summary_table
 from alphafactory.io import read_json, write_json, write_parquet
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "preds", "bars", "info", "labels", "segments", "oracle",
-                               "metrics", "oracle-metrics", "predictions", "plots")
+                               "metrics", "oracle-metrics", "headline", "predictions", "plots")
     cfg = section(params, "evaluate", EvaluateConfig)
     labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
     preds = pd.concat([pd.read_parquet(p) for p in args.preds.split(",")], ignore_index=True)
@@ -18,12 +19,15 @@ def main() -> None:
     base = baseline_forecasts(pd.read_parquet(args.bars), labels, segments, horizons_of(labels))
     ppy = read_json(args.info)["frequency"]["periods_per_year"]
     oracle = pd.read_parquet(args.oracle)
-    result, long, plots = evaluate(pd.concat([preds, base], ignore_index=True), labels, ppy, cfg, oracle)
+    ev = evaluate(pd.concat([preds, base], ignore_index=True), labels, ppy, cfg, oracle)
+    result = dict(ev.metrics)
     write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)
     write_json(result, args.metrics)
-    write_parquet(long, args.predictions)
-    for name, table in plots.items():
+    write_json(headline(ev), args.headline)
+    write_parquet(ev.predictions, args.predictions)
+    for name, table in ev.plots.items():
         stage.write_csv(table, f"{args.plots}/{name}")
+    print(summary_table(ev))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def test_ensembles_carry_mixed_class_probabilities_and_evaluate_scores_them():
     np.testing.assert_allclose(voting[:, 2], (member[("p_long", "good")] + member[("p_long", "flat")]).to_numpy() / 2)
 
     scored = pd.concat([preds[preds["segment"] == "test"], test], ignore_index=True).drop(columns="segment")
-    result, _, plots = evaluate(scored, labels, 252.0, EvaluateConfig())
+    ev = evaluate(scored, labels, 252.0, EvaluateConfig())
+    result, plots = ev.metrics, ev.plots
     good, flat = result["good"]["h1"], result["flat"]["h1"]
     assert good["accuracy"] == pytest.approx(1.0) and good["macro_f1"] == pytest.approx(1.0)
     assert good["log_loss"] == pytest.approx(-np.log(0.8))

@@ -51,12 +51,13 @@ def test_full_repro_trains_every_model_and_scores_the_test_period(project):
 def test_cv_metrics_per_fold_mean_and_std(project):
     repo, _ = project
     cv = json.loads((repo / "metrics/cv.json").read_text())
+    spans = json.loads((repo / "metrics/cv_folds.json").read_text())  # bookkeeping, not metrics
     folds = [f"fold{i}" for i in range(4)]  # split.cv_folds expanding folds
-    assert sorted(cv["_folds"]) == folds
+    assert sorted(spans) == folds and set(cv) == {"lightgbm", "ridge"}
     # every fold lies before the test segment
     seg = pd.read_parquet(repo / "data/split/segments.parquet")
     test_start = seg.loc[seg["segment"] == "test", "timestamp"].min()
-    for span in cv["_folds"].values():
+    for span in spans.values():
         assert span["train_end"] < span["val_start"] and pd.Timestamp(span["test_end"]) < test_start
     for model in ("lightgbm", "ridge"):  # cv.models
         for h in ("h1", "h5", "h20"):
@@ -64,12 +65,13 @@ def test_cv_metrics_per_fold_mean_and_std(project):
             assert set(entry) == {*folds, "mean", "std"}
             for part in entry.values():
                 assert all(math.isfinite(v) for v in part.values()), (model, h, part)
-    # declared as a metrics file; cv.val_frac reruns cv alone and `dvc metrics diff` shows it
+    # not a declared metrics file (only the headline is), yet `--targets` reads it: cv.val_frac
+    # reruns cv alone and `dvc metrics diff --targets` shows the change
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
-    assert "metrics/cv.json" in shown[""]["data"]
+    assert set(shown[""]["data"]) == {"metrics/headline.json"}
     out = sh(repo, "dvc", "exp", "run", "-n", "cvval", "-S", "cv.val_frac=0.3")
     assert ran_stages(out) == {"cv"}
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/cv.json"))
     assert "lightgbm.h1.mean.ic" in diff["metrics/cv.json"], sorted(diff["metrics/cv.json"])[:10]
     sh(repo, "git", "checkout", "--", ".")
     sh(repo, "dvc", "checkout", "-q")
@@ -121,10 +123,14 @@ def test_exp_run_lookback_reruns_only_neural_blend_evaluate(project):
     # nothing upstream of train_neural reruns; everything downstream of it does
     assert ran_stages(out) == {"train_neural", "blend", "evaluate", "bundle", "explain", "report"}
     assert "lookback6" in sh(repo, "dvc", "exp", "show", "--csv")
-    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))
+    diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/test.json"))
     changed = diff["metrics/test.json"]
     assert any(k.startswith("lstm.") for k in changed), sorted(changed)[:10]
     assert not any(k.startswith("lightgbm.h1.mae") for k in changed)  # boosting did not rerun
+    # the default diff is the headline: the ensemble's figures moved, a few dozen rows at most
+    headline = json.loads(sh(repo, "dvc", "metrics", "diff", "--json"))["metrics/headline.json"]
+    assert "h1.ic" in headline and len(headline) <= 40, sorted(headline)
+    assert not any(k.startswith("h1.baseline.") for k in headline)  # baselines did not move
     sh(repo, "git", "checkout", "--", ".")
     sh(repo, "dvc", "checkout", "-q")
 

@@ -13,11 +13,13 @@ shows the direction (sign) of the forecast against the direction of the realised
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import metrics
+from alphafactory.blend import METHODS as BLEND_METHODS
 from alphafactory.labels import PROBA_COLUMNS
 
 KEYS = ["symbol", "timestamp"]
@@ -86,6 +88,7 @@ def score(table: pd.DataFrame, model: str, horizon: int, periods_per_year: float
           cfg: EvaluateConfig) -> dict[str, float]:
     """All test figures of one model at one horizon."""
     out = metrics.regression_metrics(table["y"].to_numpy(), table[model].to_numpy())
+    out["ic_se"] = metrics.ic_standard_error(table[["timestamp", "y"]].assign(yhat=table[model]), horizon)
     trade = table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[model])
     out.update(metrics.trading_metrics(trade, horizon, periods_per_year, cfg.cost_bps,
                                        threshold=cfg.threshold, quantile=cfg.ls_quantile))
@@ -161,17 +164,27 @@ def confusion_table(preds: pd.DataFrame, labels: pd.DataFrame, table: pd.DataFra
                                            "model": focus})}
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What ``evaluate`` returns: ``metrics`` {model: {"h<k>": {metric: value}}} plus
+    ``_selection`` (shortest horizon), the long predictions with ``y``, the plot tables by file
+    name, and ``select_best``'s result at every horizon."""
+    metrics: dict
+    predictions: pd.DataFrame
+    plots: dict[str, pd.DataFrame]
+    selections: dict[int, dict]
+
+
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
-             oracle: pd.DataFrame | None = None) -> tuple[dict, pd.DataFrame, dict[str, pd.DataFrame]]:
+             oracle: pd.DataFrame | None = None) -> Evaluation:
     """Score every model of ``preds`` (test rows, long format, baselines included).
 
-    Returns (metrics {model: {"h<k>": {metric: value}}}, long predictions with y, plot tables).
-    With an oracle (synthetic data), also {"oracle": ...} figures on the same rows and each
-    model's ``oracle_share`` = its IC / the oracle's IC."""
+    With an oracle (synthetic data), the metrics also hold {"oracle": ...} figures on the same
+    rows and each model's ``oracle_share`` = its IC / the oracle's IC."""
     horizons = sorted(preds["horizon"].unique())
     models = list(dict.fromkeys(preds["model"]))
     result: dict = {m: {} for m in models}
-    long_frames, plots = [], {}
+    long_frames, plots, selections = [], {}, {}
     if oracle is not None and len(oracle):
         preds = pd.concat([preds, oracle.assign(model="oracle").reindex(columns=preds.columns)], ignore_index=True)
         result["oracle"] = {}
@@ -194,9 +207,9 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             plots.update(plot_tables(table, models, h, cfg))
             plots.update(calibration_table(preds, table, models, h))
             plots.update(confusion_table(preds, labels, table, models, h))
-            selection = select_best(table, result, models, h, periods_per_year, cfg)
-    result["_selection"] = selection  # not a model: see select_best
-    return result, pd.concat(long_frames, ignore_index=True), plots
+        selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg)
+    result["_selection"] = selections[int(horizons[0])]  # not a model: see select_best
+    return Evaluation(result, pd.concat(long_frames, ignore_index=True), plots, selections)
 
 
 def plot_tables(table: pd.DataFrame, models: list[str], horizon: int, cfg: EvaluateConfig) -> dict[str, pd.DataFrame]:
@@ -274,3 +287,98 @@ def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: i
                psr=metrics.probabilistic_sharpe_ratio(sr, len(r), sk, ku),
                dsr=metrics.deflated_sharpe_ratio(sr, len(candidates), len(r), sk, ku))
     return out
+
+
+# Figures of metrics/headline.json, under their short names there: what a reviewer decides on.
+HEADLINE = {"ic": "ic", "ic_se": "ic_se", "rank_ic": "rank_ic", "cs_ic": "cs_ic_mean", "sharpe": "sharpe",
+            "max_dd": "max_drawdown", "oracle_share": "oracle_share"}
+
+
+def _sig(value: Any, digits: int = 4) -> Any:
+    """``value`` rounded to ``digits`` significant digits (None when undefined); non-floats as is."""
+    if isinstance(value, bool) or not isinstance(value, float | int | np.floating):
+        return value
+    return float(f"{value:.{digits}g}") if np.isfinite(value) else None
+
+
+def _best(result: dict, names: list[str], key: str, metric: str) -> str | None:
+    """The model of ``names`` with the highest finite ``metric`` at horizon ``key`` (first of equals)."""
+    scored = {m: result[m][key].get(metric) for m in names}
+    scored = {m: v for m, v in scored.items() if v is not None and np.isfinite(v)}
+    return max(scored, key=scored.get) if scored else None
+
+
+def model_roles(models: list[str]) -> dict[str, list[str]]:
+    """Split scored model names into ``ensembles`` (blend methods), ``base`` models and ``baselines``."""
+    roles: dict[str, list[str]] = {"ensembles": [], "base": [], "baselines": []}
+    for m in models:
+        if m == "oracle" or m.startswith("_"):
+            continue
+        roles["baselines" if m in BASELINES else "ensembles" if m in BLEND_METHODS else "base"].append(m)
+    return roles
+
+
+def headline(ev: Evaluation) -> dict:
+    """``metrics/headline.json``: per horizon, a few figures for the review loop.
+
+    ``h<k>``: the ensemble's (the first blend method present, else the best base model) IC, its
+    block-bootstrap SE, rank IC, cross-sectional IC (3+ symbols), net Sharpe, max drawdown and,
+    on synthetic data, its share of the oracle's IC; ``selection``: the model with the best net
+    Sharpe among all candidates and its deflated Sharpe ratio; ``best``: the base model with the
+    highest test IC (a choice made on the test period: read it with the DSR); ``baseline``: the
+    best naive baseline's IC and Sharpe (each with its name). Figures are rounded to 4 significant
+    digits (``metrics/test.json`` has them in full); an undefined one is null."""
+    result = ev.metrics
+    roles = model_roles(list(result))
+    out: dict = {}
+    for h, sel in ev.selections.items():
+        key = f"h{h}"
+        focus = (roles["ensembles"] or [_best(result, roles["base"], key, "ic") or roles["base"][0]])[0]
+        row = result[focus][key]
+        entry: dict = {"model": focus}
+        entry.update({short: _sig(row[long]) for short, long in HEADLINE.items() if long in row})
+        entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "n_trials": sel["n_trials"]}
+        best = _best(result, roles["base"], key, "ic")
+        if best is not None:
+            b = result[best][key]
+            entry["best"] = {"model": best, "ic": _sig(b["ic"]), "ic_se": _sig(b["ic_se"]), "sharpe": _sig(b["sharpe"])}
+        base: dict = {}
+        for metric in ("ic", "sharpe"):
+            name = _best(result, roles["baselines"], key, metric)
+            if name is not None:
+                base.update({f"{metric}_model": name, metric: _sig(result[name][key][metric])})
+        if base:
+            entry["baseline"] = base
+        out[key] = entry
+    return out
+
+
+def summary_table(ev: Evaluation) -> str:
+    """The compact table the evaluate stage prints: model x horizon with IC ± SE and net Sharpe,
+    the baselines that are best at some horizon, and the deflated Sharpe of each selection."""
+    result = ev.metrics
+    roles = model_roles(list(result))
+    keys = [f"h{h}" for h in ev.selections]
+    shown_baselines = {_best(result, roles["baselines"], k, m) for k in keys for m in ("ic", "sharpe")}
+    rows = roles["ensembles"] + roles["base"] + [m for m in roles["baselines"] if m in shown_baselines]
+
+    def cell(m: str, k: str) -> str:
+        r = result[m][k]
+        ic = "—" if r["ic"] is None or not np.isfinite(r["ic"]) else (
+            f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" if np.isfinite(r.get("ic_se", np.nan)) else f"{r['ic']:+.4f}")
+        sharpe = "—" if r["sharpe"] is None or not np.isfinite(r["sharpe"]) else f"{r['sharpe']:+.2f}"
+        star = "*" if ev.selections[int(k[1:])]["best_model"] == m else " "
+        return f"{ic:>18} {sharpe:>7}{star}"
+
+    width = max(len(m) for m in rows) + 2
+    head = " " * width + "".join(f"{k + ': IC ± SE    Sharpe':>27}" for k in keys)
+    lines = ["Test period, net of costs (IC ± block-bootstrap SE; Sharpe annualised; * = selected)", head]
+    for i, m in enumerate(rows):
+        if i and (m in roles["base"]) != (rows[i - 1] in roles["base"]):
+            lines.append("")  # ensembles | base models | baselines
+        lines.append(f"{m:<{width}}" + "".join(f"{cell(m, k):>27}" for k in keys))
+    for k, sel in zip(keys, ev.selections.values(), strict=True):
+        if sel["best_model"] is not None:
+            lines.append(f"{k}: selected {sel['best_model']} (best net Sharpe of {sel['n_trials']} candidates), "
+                         f"deflated Sharpe {sel['dsr']:.2f}, P(Sharpe > 0) {sel['psr']:.2f}")
+    return "\n".join(lines)

@@ -251,6 +251,52 @@ def rolling_ic(df: pd.DataFrame, window: int) -> pd.Series:
     return r.where(~constant).rename("ic").rename_axis("timestamp")
 
 
+def ic_standard_error(df: pd.DataFrame, horizon: int, n_boot: int = 500, seed: int = 0) -> float:
+    """Standard error of the pooled IC (Pearson of ``y`` and ``yhat`` over all rows), by a
+    moving-block bootstrap over timestamps.
+
+    Rows are not independent: symbols move together at a timestamp, and h-bar labels of
+    neighbouring bars overlap by h - 1 bars. Resampling whole timestamps, in blocks of
+    ``L = max(horizon, ceil(T ** (1/3)))`` consecutive ones, keeps both dependencies inside a
+    block; the formula SE ``(1 - r^2) / sqrt(n - 3)`` would ignore them and come out too small.
+
+    Args:
+        df: long panel with ``timestamp``, ``y``, ``yhat`` (finite).
+        horizon: bars per label, >= 1.
+        n_boot: bootstrap replicates; ``seed`` fixes their draws (the same draws for every model
+            scored on the same rows, so the SEs of two models are comparable).
+
+    Returns:
+        The standard deviation (ddof 1) of the replicate ICs; NaN when the IC itself is
+        undefined (a constant side) or there are fewer than 2 blocks of timestamps.
+    """
+    _check_horizon(horizon)
+    _require_columns(df, ("timestamp", "y", "yhat"))
+    y, p = _as_1d(df["y"], "df['y']"), _as_1d(df["yhat"], "df['yhat']")
+    if y.size < 3 or _is_constant(y) or _is_constant(p):
+        return math.nan
+    t = pd.factorize(df["timestamp"].to_numpy(), sort=True)[0]
+    n_t = int(t.max()) + 1
+    block = max(int(horizon), math.ceil(n_t ** (1 / 3)))
+    if n_t < 2 * block:
+        return math.nan
+    yc, pc = y - y.mean(), p - p.mean()  # centred: the sums-of-products formula stays accurate
+    # (T, 6) sums per timestamp: a replicate is a weighted sum of these rows
+    sums = np.stack([np.bincount(t, weights=w, minlength=n_t)
+                     for w in (np.ones_like(yc), yc, pc, yc * yc, pc * pc, yc * pc)], axis=1)
+    rng = np.random.default_rng(seed)
+    n_blocks = math.ceil(n_t / block)
+    starts = rng.integers(0, n_t - block + 1, size=(n_boot, n_blocks))
+    drawn = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n_t]  # (B, T)
+    weights = np.stack([np.bincount(d, minlength=n_t) for d in drawn])             # (B, T)
+    n, sy, sp, syy, spp, syp = (weights @ sums).T
+    cov, var_y, var_p = syp - sy * sp / n, syy - sy * sy / n, spp - sp * sp / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = cov / np.sqrt(var_y * var_p)
+    r = r[np.isfinite(r)]
+    return float(np.std(r, ddof=1)) if r.size >= 2 else math.nan
+
+
 # ---------------------------------------------------------------------------------------------
 # return-series statistics
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The review loop's figures: the IC's standard error, metrics/headline.json and the table the
+evaluate stage prints."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alphafactory import metrics
+from alphafactory.evaluate import EvaluateConfig, evaluate, headline, summary_table
+
+
+def factor_panel(rng, n_t=250, n_sym=10, common=0.0, signal=0.1):
+    """y and yhat share a per-timestamp common factor of weight ``common`` (market moves) plus a
+    per-row signal: with common > 0, rows at a timestamp are dependent."""
+    f = np.repeat(rng.standard_normal(n_t), n_sym)
+    e = rng.standard_normal(n_t * n_sym)
+    y = common * f + e
+    yhat = common * f + signal * e + rng.standard_normal(n_t * n_sym)
+    return pd.DataFrame({"timestamp": np.repeat(pd.bdate_range("2020-01-01", periods=n_t), n_sym), "y": y, "yhat": yhat})
+
+
+@pytest.mark.parametrize("common", [0.0, 1.0])
+def test_ic_se_matches_the_spread_of_ic_across_panels(common):
+    rng = np.random.default_rng(0)
+    panels = [factor_panel(rng, common=common) for _ in range(200)]
+    true_se = np.std([np.corrcoef(p["y"], p["yhat"])[0, 1] for p in panels], ddof=1)
+    est = np.median([metrics.ic_standard_error(p, horizon=1) for p in panels[:20]])
+    assert est == pytest.approx(true_se, rel=0.25), (est, true_se)
+    naive = (1 - np.corrcoef(panels[0]["y"], panels[0]["yhat"])[0, 1] ** 2) / math.sqrt(len(panels[0]) - 3)
+    if common:  # dependent rows: the i.i.d. formula is far too small, the block bootstrap is not
+        assert naive < 0.6 * true_se
+
+
+def test_ic_se_is_deterministic_and_undefined_for_constant_forecasts():
+    p = factor_panel(np.random.default_rng(1))
+    assert metrics.ic_standard_error(p, 5) == metrics.ic_standard_error(p, 5)
+    assert math.isnan(metrics.ic_standard_error(p.assign(yhat=0.0), 1))
+    assert math.isnan(metrics.ic_standard_error(p.head(30), 20))  # fewer than 2 blocks of 20 bars
+
+
+def scored_panel():
+    """Test rows of 4 symbols with a good, a weak and a stacked model, plus baselines."""
+    rng = np.random.default_rng(3)
+    n_t, syms = 300, ["A", "B", "C", "D"]
+    ts = pd.bdate_range("2021-01-01", periods=n_t)
+    keys = pd.DataFrame({"symbol": np.repeat(syms, n_t), "timestamp": np.tile(ts, len(syms))})
+    y = rng.standard_normal(len(keys)) * 0.01
+    labels = keys.assign(y_h1=y, ret_h1=y)
+    fc = {"good": y + rng.standard_normal(len(y)) * 0.02, "weak": y + rng.standard_normal(len(y)) * 0.1}
+    fc["ensemble"] = 0.7 * fc["good"] + 0.3 * fc["weak"]
+    fc.update(zero=np.zeros(len(y)), momentum=np.sign(rng.standard_normal(len(y))) * 0.01,
+              buy_and_hold=np.full(len(y), 0.01))
+    preds = pd.concat([keys.assign(model=m, horizon=1, yhat=v) for m, v in fc.items()], ignore_index=True)
+    return preds, labels
+
+
+def test_headline_names_the_best_base_model_and_baseline():
+    preds, labels = scored_panel()
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig())
+    h = headline(ev)["h1"]
+    full = ev.metrics
+    assert h["model"] == "ensemble"
+    assert h["ic"] == pytest.approx(full["ensemble"]["h1"]["ic"], rel=1e-3)  # 4 significant digits
+    assert 0 < h["ic_se"] < 0.1 and h["cs_ic"] == pytest.approx(full["ensemble"]["h1"]["cs_ic_mean"], rel=1e-3)
+    assert h["best"]["model"] == "good" and h["best"]["ic"] > full["weak"]["h1"]["ic"]
+    assert h["baseline"]["ic_model"] == "momentum"          # the only baseline with an IC
+    assert h["baseline"]["sharpe_model"] in ("momentum", "buy_and_hold")
+    assert h["selection"]["n_trials"] == 3 and 0 <= h["selection"]["dsr"] <= 1
+    assert "oracle_share" not in h  # no oracle: real data
+    numbers = [v for k, v in pd.json_normalize(headline(ev)).iloc[0].items() if isinstance(v, float)]
+    assert len(numbers) <= 15
+
+
+def test_summary_table_lists_every_model_with_ic_and_se():
+    preds, labels = scored_panel()
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig())
+    text = summary_table(ev)
+    r = ev.metrics["good"]["h1"]
+    assert f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" in text
+    lines = {line.split()[0]: line for line in text.splitlines()[2:] if line.strip()}
+    assert {"ensemble", "good", "weak", "momentum"} <= set(lines)
+    assert "zero" not in lines  # a baseline that is best at nothing is left out
+    assert "deflated Sharpe" in text and max(len(line) for line in text.splitlines()) <= 120
+
+
+def test_exp_run_set_changes_one_line_of_params_yaml(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml through DVC's own YAML writer; the committed file is
+    in that style, so one changed key is a one-line diff in review."""
+    import difflib
+    from pathlib import Path
+
+    from dvc.utils.hydra import apply_overrides
+
+    original = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    for override, line in [("train.lookback=16", "+  lookback: 16"), ("neural.trainer.epochs=5", "+    epochs: 5"),
+                           ("features.windows=[5,10]", None)]:
+        path = tmp_path / "params.yaml"
+        path.write_text(original)
+        apply_overrides(str(path), [override])
+        diff = [d for d in difflib.unified_diff(original.splitlines(), path.read_text().splitlines(), n=0)
+                if d[:1] in "+-" and not d.startswith(("+++", "---"))]
+        if line is None:  # a shorter list: exactly the removed items
+            assert diff == ["-  - 20", "-  - 60"], diff
+        else:
+            assert len(diff) == 2 and diff[1].startswith(line), diff
