@@ -23,7 +23,7 @@ def main() -> None:
     result = dict(ev.metrics)
     write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)
     write_json(result, args.metrics)
-    write_json(headline(ev), args.headline)
+    write_json(headline(ev), args.headline, sort_keys=False)  # reading order
     write_parquet(ev.predictions, args.predictions)
     for name, table in ev.plots.items():
         stage.write_csv(table, f"{args.plots}/{name}")

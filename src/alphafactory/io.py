@@ -75,9 +75,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: str | Path) -> None:
+def write_json(obj: Any, path: str | Path, sort_keys: bool = True) -> None:
+    """Strict JSON, keys sorted unless ``sort_keys=False`` (then in ``obj``'s own order, which
+    `dvc exp show` and `dvc metrics diff` keep: e.g. horizons h1, h5, h20 rather than h1, h20, h5)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_finite(obj), indent=2, sort_keys=sort_keys, allow_nan=False) + "\n")
 
 
 def write_text(text: str, path: str | Path) -> None:
