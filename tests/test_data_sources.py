@@ -427,3 +427,47 @@ def test_load_bars_synthetic_aligns_oracle() -> None:
     _, full = make_synthetic(cfg.synthetic, (1, 5))
     merged = oracle.merge(full, on=["symbol", "timestamp", "horizon"], suffixes=("", "_full"))
     assert len(merged) == len(oracle) and (merged.yhat == merged.yhat_full).all()
+
+
+def test_symbol_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """'ABC\\n' passed a `^...$` check, because `$` also matches before a final newline."""
+    df = _expected()
+    df["symbol"] = df["symbol"].replace({"MSFT": "MSFT\n"})
+    p = tmp_path / "bars.parquet"
+    df.to_parquet(p, index=False)
+    with pytest.raises(DataValidationError, match=r"'MSFT\\n'"):
+        load_bars(_file_cfg(p))
+
+
+def test_mixed_naive_and_offset_timestamps_are_refused(tmp_path: Path) -> None:
+    df = _expected()
+    stamps = (df["timestamp"] + pd.Timedelta(hours=9, minutes=30)).dt.strftime("%Y-%m-%d %H:%M:%S")
+    df["timestamp"] = [s + ("-05:00" if i % 2 else "") for i, s in enumerate(stamps)]
+    p = tmp_path / "bars.csv"
+    df.to_csv(p, index=False)
+    with pytest.raises(DataValidationError, match=r"line 2 .*'2020-01-02 09:30:00' has no UTC offset while "
+                                                  r"row 1 \('2020-01-03 09:30:00-05:00'\) has one"):
+        load_bars(_file_cfg(p))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_daily_bars_with_an_offset_keep_their_local_date(tmp_path: Path, fmt: str) -> None:
+    """Tokyo daily bars at local midnight (+09:00) are 15:00 UTC of the day before: converting them
+    would turn every Monday into a Sunday. They keep their date; intraday bars are converted."""
+    df = _expected()
+    if fmt == "csv":
+        df["timestamp"] = df["timestamp"].dt.strftime("%Y-%m-%dT00:00:00+09:00")
+        p = tmp_path / "bars.csv"
+        df.to_csv(p, index=False)
+    else:
+        df["timestamp"] = df["timestamp"].dt.tz_localize("Asia/Tokyo")
+        p = tmp_path / "bars.parquet"
+        df.to_parquet(p, index=False)
+    _check(p)  # the same dates as the naive file
+    intraday = _expected()
+    intraday["timestamp"] = (intraday["timestamp"] + pd.Timedelta(hours=10)).dt.strftime("%Y-%m-%d %H:%M+09:00")
+    q = tmp_path / "intraday.csv"
+    intraday.to_csv(q, index=False)
+    exp = _expected()
+    exp["timestamp"] = exp["timestamp"] + pd.Timedelta(hours=1)  # 10:00 Tokyo = 01:00 UTC
+    _check(q, exp)

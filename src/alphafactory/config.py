@@ -92,7 +92,12 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
-        validate()
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as e:  # a plain ValueError from validate(): still a params error, one line
+            raise ConfigError(str(e)) from None
     return obj
 
 

@@ -108,6 +108,12 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
     _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
     if len(train.Y) == 0 or len(val.Y) == 0:
+        if spec.input_kind == "sequence" and len(ds.rows("train")) and len(ds.rows("val")):
+            # rows exist, but none has a full window of its own symbol's history
+            longest = int(ds.keys.groupby("symbol").size().max())
+            raise ConfigError(f"train.lookback: got {lookback}, but {name} then has {len(train.Y)} train and "
+                              f"{len(val.Y)} val windows (the longest symbol has {longest} rows); "
+                              f"expected a lookback shorter than that")
         raise ConfigError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows; need both "
                           "(per_symbol needs every symbol to span the train and val periods)")
     model.fit(train, val)

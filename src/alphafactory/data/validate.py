@@ -42,7 +42,7 @@ class DataValidationError(ValueError):
 
 def is_safe_symbol(name: str) -> bool:
     """True when ``name`` can be used as a symbol (and as a file name): ``SYMBOL_RE``."""
-    return bool(SYMBOL_RE.match(name))
+    return bool(SYMBOL_RE.fullmatch(name))  # not match: "$" also matches before a final "\n"
 
 
 def normalise_columns(df: pd.DataFrame, source_name: str) -> pd.DataFrame:
@@ -144,11 +144,18 @@ def _parse_timestamps(df: pd.DataFrame, source_name: str) -> np.ndarray:
     UTC offset). Only when no value at all parses as ISO-8601 is one format inferred from the
     first value and applied to every row (e.g. ``01/31/2020``; pandas reads an ambiguous
     ``01/02/2020`` month first). Naive values are taken as they are; values with an offset are
-    converted to UTC.
+    converted to UTC, except when every one of them is at local midnight: daily bars stamped
+    with their exchange's offset (``2020-01-31 00:00+09:00``) keep their local date, since
+    converting would make each of them the previous day. A file that mixes values with and
+    without an offset is an error: the naive ones have no stated time zone.
     """
     raw = df["timestamp"]
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
-        ts = raw if isinstance(raw.dtype, pd.DatetimeTZDtype) else raw.dt.tz_localize("UTC")
+        if isinstance(raw.dtype, pd.DatetimeTZDtype):
+            local = raw.dt.tz_localize(None)  # wall time in the values' own zone
+            ts = local.dt.tz_localize("UTC") if _all_midnight(local) else raw
+        else:
+            ts = raw.dt.tz_localize("UTC")
         blank = ts.isna().to_numpy()
         bad = np.zeros(len(df), bool)
     elif pd.api.types.is_numeric_dtype(raw.dtype) or pd.api.types.is_bool_dtype(raw.dtype):
@@ -158,6 +165,19 @@ def _parse_timestamps(df: pd.DataFrame, source_name: str) -> np.ndarray:
         raise AssertionError("unreachable")  # _fail raised
     else:
         blank = _is_blank(raw, _NA_STRINGS)
+        text = raw.astype(str).str.strip()
+        offset = text.str.contains(_OFFSET_RE).to_numpy() & ~blank
+        if offset.any() and not offset[~blank].all():
+            first = int(np.flatnonzero(offset)[0])
+            _fail(df, ~offset & ~blank, "timestamp",
+                  f"{{value!r}} has no UTC offset while "
+                  f"{_where('', int(df['_row'].iloc[first])).split(' (')[0].strip()} "
+                  f"({text.iloc[first]!r}) has one",
+                  "the same form in every row: all with an offset, or none", source_name)
+        if offset.any():
+            local = pd.to_datetime(text.str.replace(_OFFSET_RE, "", regex=True), format="ISO8601", errors="coerce")
+            if local.notna().all() and _all_midnight(local):  # daily bars: keep the local date
+                raw = local.dt.strftime("%Y-%m-%d")
         ts = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True)
         bad = ts.isna().to_numpy() & ~blank
         if bad.any() and bad.sum() == (~blank).sum():
@@ -172,6 +192,16 @@ def _parse_timestamps(df: pd.DataFrame, source_name: str) -> np.ndarray:
     _fail(df, ((naive < _TS_MIN) | (naive > _TS_MAX)).to_numpy(), "timestamp",
           "date {value!r} is out of range", "a date between 1678 and 2262", source_name)
     return naive.to_numpy(dtype="datetime64[ns]")
+
+
+# A UTC offset after a time of day: "...09:30Z", "...09:30:00+09:00", "...T00:00-0500".
+_OFFSET_RE = r"(?<=\d\d:\d\d)(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
+
+
+def _all_midnight(local: pd.Series) -> bool:
+    """True when every (non-missing) wall-clock time is 00:00:00: daily bars."""
+    valid = local.dropna()
+    return bool(len(valid)) and bool((valid == valid.dt.normalize()).all())
 
 
 def validate_bars(df: pd.DataFrame, source_name: str, *, min_bars: int = 1) -> pd.DataFrame:
