@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_full_repro_trains_every_model_and_scores_the_test_period(project):
     repo, out = project
-    assert ran_stages(out) == {"prepare", "featurize", "label", "split", "train_boosting",
+    assert ran_stages(out) == {"check_params", "prepare", "featurize", "label", "split", "train_boosting",
                                "train_neural", "train_classical", "blend", "bundle", "evaluate",
                                "cv", "explain", "report"}
     m = json.loads((repo / "metrics/test.json").read_text())
@@ -70,7 +70,7 @@ def test_cv_metrics_per_fold_mean_and_std(project):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
     assert set(shown[""]["data"]) == {"metrics/headline.json"}
     out = sh(repo, "dvc", "exp", "run", "-n", "cvval", "-S", "cv.val_frac=0.3")
-    assert ran_stages(out) == {"cv"}
+    assert ran_stages(out) == {"check_params", "cv"}
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/cv.json"))
     assert "lightgbm.h1.mean.ic" in diff["metrics/cv.json"], sorted(diff["metrics/cv.json"])[:10]
     sh(repo, "git", "checkout", "--", ".")
@@ -105,7 +105,7 @@ def test_code_change_marks_only_its_stages(project):
             f.write_text(original)
         changed = {stage for stage, items in status.items()
                    if any("changed deps" in i for i in items if isinstance(i, dict))}
-        assert changed == expected, (path, status)
+        assert changed == expected | {"check_params"}, (path, status)  # it imports the whole package
 
 
 def test_outputs_are_deterministic(project):
@@ -121,7 +121,7 @@ def test_exp_run_lookback_reruns_only_neural_blend_evaluate(project):
     repo, _ = project
     out = sh(repo, "dvc", "exp", "run", "-n", "lookback6", "-S", "train.lookback=6")
     # nothing upstream of train_neural reruns; everything downstream of it does
-    assert ran_stages(out) == {"train_neural", "blend", "evaluate", "bundle", "explain", "report"}
+    assert ran_stages(out) == {"check_params", "train_neural", "blend", "evaluate", "bundle", "explain", "report"}
     assert "lookback6" in sh(repo, "dvc", "exp", "show", "--csv")
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/test.json"))
     changed = diff["metrics/test.json"]
@@ -196,3 +196,21 @@ def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
         predict(pd.concat([bars, other], ignore_index=True), bundle)
     sh(repo, "git", "checkout", "--", ".")
     sh(repo, "dvc", "checkout", "-q")
+
+
+def test_unknown_key_or_bad_value_fails_the_run_before_any_output_is_deleted(project):
+    repo, _ = project
+    metrics = (repo / "metrics/test.json").read_text()
+    try:
+        # a key no stage reads used to be recorded as a valid experiment that reran nothing
+        out = sh(repo, "dvc", "exp", "run", "-S", "+data.nosuch=1", check=False)
+        assert "error: data: unknown key(s) ['nosuch']" in out and ran_stages(out) == {"check_params"}, out
+        sh(repo, "git", "checkout", "--", "params.yaml")
+        # a bad value for a late stage fails first, before DVC deletes that stage's outputs
+        out = sh(repo, "dvc", "exp", "run", "-S", "evaluate.cost_bps=-5", check=False)
+        assert "error: evaluate.cost_bps: got -5.0, expected >= 0" in out and "Traceback" not in out, out
+        assert ran_stages(out) == {"check_params"}
+        assert (repo / "metrics/test.json").read_text() == metrics
+    finally:
+        sh(repo, "git", "checkout", "--", ".")
+        sh(repo, "dvc", "checkout", "-q")

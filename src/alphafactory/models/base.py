@@ -102,7 +102,8 @@ class Model(ABC):
 
     def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
                  seed: int = 0, task: str = "regression") -> None:
-        self.params = from_dict(self.Params, params, f"models.{self.name}")
+        # the key path the user types in params.yaml: boosting.lightgbm, neural.lstm, classical.ridge
+        self.params = from_dict(self.Params, params, f"{self.family}.{self.name}")
         self.horizons = tuple(int(h) for h in horizons)
         self.seed = int(seed)
         if not self.horizons:

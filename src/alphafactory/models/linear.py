@@ -96,9 +96,9 @@ class RidgeParams:
 
     def validate(self) -> None:
         if not self.alpha >= 0:
-            raise ValueError(f"models.ridge.alpha: got {self.alpha}, expected >= 0")
+            raise ValueError(f"classical.ridge.alpha: got {self.alpha}, expected >= 0")
         if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"models.ridge.clip: got {self.clip}, expected > 0 or null")
+            raise ValueError(f"classical.ridge.clip: got {self.clip}, expected > 0 or null")
 
 
 def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -191,11 +191,11 @@ class LogisticParams:
 
     def validate(self) -> None:
         if not self.alpha > 0:
-            raise ValueError(f"models.logistic.alpha: got {self.alpha}, expected > 0")
+            raise ValueError(f"classical.logistic.alpha: got {self.alpha}, expected > 0")
         if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"models.logistic.clip: got {self.clip}, expected > 0 or null")
+            raise ValueError(f"classical.logistic.clip: got {self.clip}, expected > 0 or null")
         if self.max_iter < 1:
-            raise ValueError(f"models.logistic.max_iter: got {self.max_iter}, expected >= 1")
+            raise ValueError(f"classical.logistic.max_iter: got {self.max_iter}, expected >= 1")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -36,13 +36,13 @@ class RandomForestParams:
 
     def validate(self) -> None:
         if not 0 < self.bagging_fraction < 1:
-            raise ValueError(f"models.random_forest.bagging_fraction: got {self.bagging_fraction}, "
+            raise ValueError(f"classical.random_forest.bagging_fraction: got {self.bagging_fraction}, "
                              "expected 0 < value < 1 (a forest needs row subsampling)")
         if not 0 < self.feature_fraction <= 1:
-            raise ValueError(f"models.random_forest.feature_fraction: got {self.feature_fraction}, expected (0, 1]")
+            raise ValueError(f"classical.random_forest.feature_fraction: got {self.feature_fraction}, expected (0, 1]")
         for k in ("n_estimators", "num_leaves", "min_child_samples", "num_threads"):
             if getattr(self, k) < 1:
-                raise ValueError(f"models.random_forest.{k}: got {getattr(self, k)}, expected >= 1")
+                raise ValueError(f"classical.random_forest.{k}: got {getattr(self, k)}, expected >= 1")
 
 
 @register("random_forest", family="classical", input_kind="tabular", tasks=("regression", "classification"))

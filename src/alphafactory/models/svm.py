@@ -43,17 +43,17 @@ class SVMParams:
     def validate(self) -> None:
         for k in ("C", "tol"):
             if not getattr(self, k) > 0:
-                raise ValueError(f"models.svm.{k}: got {getattr(self, k)}, expected > 0")
+                raise ValueError(f"classical.svm.{k}: got {getattr(self, k)}, expected > 0")
         if not self.epsilon >= 0:
-            raise ValueError(f"models.svm.epsilon: got {self.epsilon}, expected >= 0")
+            raise ValueError(f"classical.svm.epsilon: got {self.epsilon}, expected >= 0")
         if self.gamma is not None and not self.gamma > 0:
-            raise ValueError(f"models.svm.gamma: got {self.gamma}, expected > 0 or null")
+            raise ValueError(f"classical.svm.gamma: got {self.gamma}, expected > 0 or null")
         if self.max_rows < 2:
-            raise ValueError(f"models.svm.max_rows: got {self.max_rows}, expected >= 2")
+            raise ValueError(f"classical.svm.max_rows: got {self.max_rows}, expected >= 2")
         if self.max_iter < 1 and not (self.kind == "rbf" and self.max_iter == -1):
-            raise ValueError(f"models.svm.max_iter: got {self.max_iter}, expected >= 1 (or -1 with kind rbf)")
+            raise ValueError(f"classical.svm.max_iter: got {self.max_iter}, expected >= 1 (or -1 with kind rbf)")
         if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"models.svm.clip: got {self.clip}, expected > 0 or null")
+            raise ValueError(f"classical.svm.clip: got {self.clip}, expected > 0 or null")
 
 
 def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:

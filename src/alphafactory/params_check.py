@@ -1,0 +1,53 @@
+"""The whole of ``params.yaml`` checked at once, before any stage runs.
+
+Each stage reads only its own keys (listed one by one in ``dvc.yaml``), so a key that no stage
+reads (``dvc exp run -S +data.nosuch=1``, a typo in a new section) would rerun nothing and be
+recorded as a valid experiment; and a bad value found by a late stage (``evaluate.cost_bps: -5``)
+fails only after DVC has deleted that stage's old outputs. The ``check_params`` stage depends on
+the whole file and runs first, so both fail in one line before anything else runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from alphafactory.blend import BlendConfig
+from alphafactory.config import ConfigError, section
+from alphafactory.cv import CVConfig
+from alphafactory.data.sources import DataConfig
+from alphafactory.evaluate import EvaluateConfig
+from alphafactory.explain import ExplainConfig
+from alphafactory.features import FeatureConfig
+from alphafactory.labels import LabelConfig
+from alphafactory.report import ReportConfig
+from alphafactory.split import SplitConfig
+from alphafactory.train import TrainConfig
+
+# Sections parsed by a dataclass; the model-family sections are checked against the registry.
+SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "label": LabelConfig,
+                             "split": SplitConfig, "train": TrainConfig, "blend": BlendConfig,
+                             "evaluate": EvaluateConfig, "cv": CVConfig, "explain": ExplainConfig,
+                             "report": ReportConfig}
+FAMILIES: dict[str, tuple[str, ...]] = {"boosting": (), "neural": ("trainer",), "classical": ()}
+
+
+def check_params(params: dict[str, Any]) -> list[str]:
+    """Raise ``ConfigError`` on the first unknown section or key, or bad value, anywhere in
+    ``params``; return the names of the enabled models, each built from its params block (which
+    checks its hyperparameters) without training."""
+    from alphafactory import models
+    from alphafactory.stage import family_section
+
+    unknown = sorted(set(params) - set(SECTIONS) - set(FAMILIES))
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown section(s) {unknown}; expected some of "
+                          f"{sorted([*SECTIONS, *FAMILIES])}")
+    configs = {name: section(params, name, cls) for name, cls in SECTIONS.items()}  # cv.models too
+    train, horizons = configs["train"], configs["label"].horizons
+    enabled = []
+    for family, reserved in FAMILIES.items():
+        names, blocks, shared = family_section(params, family, family, reserved=reserved, task=train.task)
+        extra = {"lookback": train.lookback, "trainer": shared["trainer"]} if family == "neural" else {}
+        for name in names:
+            models.create(name, blocks.get(name), horizons=horizons, seed=train.seed, task=train.task, **extra)
+            enabled.append(name)
+    return enabled
