@@ -1,0 +1,25 @@
+"""The documentation stays true to the code: the params reference is regenerated and compared,
+and every relative link in README.md and docs/ points at a file that exists."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_reference_is_generated_from_the_current_params_and_dvc_yaml():
+    p = subprocess.run([sys.executable, "scripts/gen_params_doc.py", "--check"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    text = (ROOT / "docs/params-reference.md").read_text()
+    assert "| `train.lookback` | `32` |" in text and "train_neural" in text.split("`train.lookback`")[1].split("\n")[0]
+
+
+def test_relative_links_resolve():
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not target.startswith(("http://", "https://", "mailto:")) and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
