@@ -88,3 +88,32 @@ def test_oof_blocks_purge_neighbours():
 def test_blend_config_rejects_unknown_method():
     with pytest.raises(ValueError, match="bagging"):
         from_dict(BlendConfig, {"methods": ["ensemble", "bagging"]}, "blend")
+
+
+def test_constant_members_get_no_weight_and_collinear_ones_do_not_break_the_fit(caplog):
+    """On a small panel, early-stopped boosters that keep one tree forecast a constant: the
+    stacking system used to be singular (LinAlgError). Every method leaves them out, with a log."""
+    preds, labels = _panel()
+    const = preds[preds["model"] == "good"].assign(model="const", yhat=0.0004)
+    twin = preds[preds["model"] == "good"].assign(model="twin")  # collinear with good
+    preds = pd.concat([preds, const, twin], ignore_index=True)
+    members = ["const", "good", "noise", "twin"]
+    with caplog.at_level("INFO", logger="alphafactory"):
+        st = Stacker(from_dict(BlendConfig, {}, "blend"), members, (1,), seed=0).fit(preds, labels)
+    assert "h1: const left out of every method: constant val forecasts" in caplog.text
+    for method in ("ensemble", "voting", "blending", "caruana"):
+        w = st.models_[method][1]["weights"]
+        assert w[0] == 0 and np.isfinite(w).all(), (method, w)
+    assert st.models_["voting"][1]["weights"] == [0.0, 1 / 3, 1 / 3, 1 / 3]
+    test = st.predict(preds, "test")
+    assert test["yhat"].notna().all() and test.groupby("model")["yhat"].std().gt(0).all()
+
+
+def test_every_member_constant_is_one_clear_error():
+    from alphafactory.config import ConfigError
+
+    preds, labels = _panel()
+    preds["yhat"] = 0.001
+    with pytest.raises(ConfigError, match=r"^blend: every base model forecasts a constant on the 1000 val rows at "
+                                          r"horizon 1; the panel is too small to train on"):
+        Stacker(from_dict(BlendConfig, {}, "blend"), ["good", "noise", "half"], (1,)).fit(preds, labels)

@@ -25,6 +25,7 @@ the ``max(h)`` bars next to it purged, so the calibration never sees in-sample f
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,13 +33,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from alphafactory.config import from_dict, to_dict
+from alphafactory.config import ConfigError, from_dict, to_dict
 from alphafactory.io import atomic_dir
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
 KEYS = ["symbol", "timestamp"]
 METHODS = ("ensemble", "voting", "blending", "caruana")
+MIN_VAL_ROWS = 50  # labelled val rows to fit a combiner on (and per out-of-fold block's training rows)
+log = logging.getLogger("alphafactory")
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,19 @@ class BlendConfig:
 
 # -- combiners: fit(X (n, M), y (n,)) → state; predict(state, X) → (n,) --------------------------
 
-def _fit(method: str, cfg: BlendConfig, X: np.ndarray, y: np.ndarray, seed: int) -> Any:
+def _fit(method: str, cfg: BlendConfig, X: np.ndarray, y: np.ndarray, seed: int,
+         active: np.ndarray | None = None) -> Any:
+    """Fit one combiner. ``active``: (M,) bool, the members it may use (the others, constant
+    forecasts, get weight 0); all by default. The CatBoost meta-learner gets every column (a
+    tree never splits on a constant one)."""
+    catboost_meta = method == "ensemble" and cfg.meta != "ridge"
+    if active is not None and not active.all() and not catboost_meta:
+        weights = np.zeros(X.shape[1])
+        if not active.any():  # nothing varies: forecast the mean
+            return {"weights": weights.tolist(), "intercept": float(y.mean())}
+        state = _fit(method, cfg, X[:, active], y, seed)
+        weights[active] = state["weights"]
+        return {"weights": weights.tolist(), "intercept": state["intercept"]}
     if method == "voting":
         return {"weights": [1.0 / X.shape[1]] * X.shape[1], "intercept": 0.0}
     if method == "blending":
@@ -158,15 +173,19 @@ class Stacker:
             s = wide(preds, "val", h, self.members, "yhat_std").reindex(w.index)
             y = lab[f"y_h{h}"].reindex(w.index).to_numpy()
             ok = ~np.isnan(y)
-            if ok.sum() < 50:
-                raise ValueError(f"blend: only {ok.sum()} labelled val rows for horizon {h}; need >= 50")
+            if ok.sum() < MIN_VAL_ROWS:
+                raise ConfigError(f"blend: only {ok.sum()} labelled val rows at horizon {h}; need >= "
+                                  f"{MIN_VAL_ROWS}: give the panel more bars or raise split.val_frac")
             X, y, base = w.to_numpy()[ok], y[ok], s.to_numpy()[ok].mean(1)
             ts = w.index.get_level_values("timestamp").to_numpy()[ok]
+            active = self._active_members(X, h)
             for method in self.cfg.methods:
-                self.models_[method][h] = _fit(method, self.cfg, X, y, self.seed + h)
+                self.models_[method][h] = _fit(method, self.cfg, X, y, self.seed + h, active)
                 pred = np.full(len(y), np.nan)
                 for tr, te in _oof_blocks(ts, self.cfg.oof_folds, max(self.horizons)):
-                    pred[te] = _predict(_fit(method, self.cfg, X[tr], y[tr], self.seed + h), X[te])
+                    if tr.sum() >= MIN_VAL_ROWS:  # else no out-of-fold forecast for this block
+                        pred[te] = _predict(_fit(method, self.cfg, X[tr], y[tr], self.seed + h,
+                                                 active & (np.ptp(X[tr], axis=0) > 0)), X[te])
                 oof[method].append((h, pred, y, base))
         for method, parts in oof.items():
             cals = [fit_calibration(p[:, None], yy[:, None], b / np.sqrt(h), (h,)) for h, p, yy, b in parts]
@@ -174,6 +193,20 @@ class Stacker:
                 self.horizons, *(tuple(getattr(c, f)[0] for c in cals) for f in ("scale", "alpha", "beta")))
         self.oof_ = oof
         return self
+
+    def _active_members(self, X: np.ndarray, h: int) -> np.ndarray:
+        """(M,) bool: the members whose val forecasts at horizon ``h`` vary. A constant forecast
+        (an early-stopped booster that kept one tree, on a small panel) carries no information
+        and makes the stacking system singular: it gets weight 0 in every method, with a log line."""
+        active = np.ptp(X, axis=0) > 0
+        dropped = [m for m, a in zip(self.members, active, strict=True) if not a]
+        if dropped:
+            log.info("blend: h%d: %s left out of every method: constant val forecasts", h, ", ".join(dropped))
+        if not active.any():
+            raise ConfigError(f"blend: every base model forecasts a constant on the {len(X)} val rows at "
+                              f"horizon {h}; the panel is too small to train on (more bars, or a larger "
+                              f"split.val_frac)")
+        return active
 
     def predict(self, preds: pd.DataFrame, segment: str) -> pd.DataFrame:
         """Long forecasts of every method for one segment of ``preds`` (same columns as the
