@@ -183,12 +183,18 @@ class Stacker:
                 self.models_[method][h] = _fit(method, self.cfg, X, y, self.seed + h, active)
                 pred = np.full(len(y), np.nan)
                 for tr, te in _oof_blocks(ts, self.cfg.oof_folds, max(self.horizons)):
-                    if tr.sum() >= MIN_VAL_ROWS:  # else no out-of-fold forecast for this block
+                    if tr.sum() >= max(10, 3 * active.sum()):  # else no out-of-fold forecast here
                         pred[te] = _predict(_fit(method, self.cfg, X[tr], y[tr], self.seed + h,
                                                  active & (np.ptp(X[tr], axis=0) > 0)), X[te])
                 oof[method].append((h, pred, y, base))
         for method, parts in oof.items():
-            cals = [fit_calibration(p[:, None], yy[:, None], b / np.sqrt(h), (h,)) for h, p, yy, b in parts]
+            try:
+                cals = [fit_calibration(p[:, None], yy[:, None], b / np.sqrt(h), (h,)) for h, p, yy, b in parts]
+            except ValueError as e:  # too few out-of-fold forecasts: val is too short for its purge
+                raise ConfigError(f"blend: {method}: {e} out of fold ({len(np.unique(ts))} val timestamps in "
+                                  f"blend.oof_folds={self.cfg.oof_folds} blocks, each purged by "
+                                  f"{max(self.horizons)} bars): give the panel more bars, raise split.val_frac "
+                                  f"or lower blend.oof_folds") from None
             self.calibration_[method] = Calibration(
                 self.horizons, *(tuple(getattr(c, f)[0] for c in cals) for f in ("scale", "alpha", "beta")))
         self.oof_ = oof

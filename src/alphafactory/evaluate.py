@@ -365,7 +365,7 @@ def summary_table(ev: Evaluation) -> str:
     def cell(m: str, k: str) -> str:
         r = result[m][k]
         ic = "—" if r["ic"] is None or not np.isfinite(r["ic"]) else (
-            f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" if np.isfinite(r.get("ic_se", np.nan)) else f"{r['ic']:+.4f}")
+            f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" if np.isfinite(r.get("ic_se", np.nan)) else f"{r['ic']:+.4f} ±    n/a")
         sharpe = "—" if r["sharpe"] is None or not np.isfinite(r["sharpe"]) else f"{r['sharpe']:+.2f}"
         star = "*" if ev.selections[int(k[1:])]["best_model"] == m else " "
         return f"{ic:>18} {sharpe:>7}{star}"
