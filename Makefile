@@ -2,6 +2,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BROWSER := tests/browser/node_modules/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # OpenMP threads (LightGBM, XGBoost) spin while waiting by default; on a busy 2-core machine
 # that made LightGBM ~25x slower. Passive waiting costs little when the machine is idle.
@@ -12,10 +13,16 @@ export OMP_WAIT_POLICY ?= passive
 run: install  ## create .venv, install pinned dependencies, run the whole pipeline
 	dvc repro
 
-test: install  ## run the whole test suite (unit tests and real `dvc repro` runs)
+test: install $(BROWSER)  ## run the whole test suite (unit tests and real `dvc repro` runs)
 	$(PY) -m pytest -q
 
 install: $(STAMP)
+
+# Vega, Vega-Lite and Vega-Embed for the browser tests (tests/test_plots_render.py), at the pinned
+# versions of tests/browser/package-lock.json; Chromium itself comes from apt (.ci/run).
+$(BROWSER): tests/browser/package.json tests/browser/package-lock.json tests/browser/.npmrc
+	cd tests/browser && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

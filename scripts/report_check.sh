@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Render the HTML report in headless Chromium and save a screenshot to look at.
+# Render the HTML report in headless Chromium, check that it rendered, and save a screenshot to
+# look at.
 #   scripts/report_check.sh [reports/index.html] [reports/screenshot.png]
+# Fails unless every inline SVG figure of the page drew data marks (lines, bars, points, images)
+# and the page raised no error (scripts/render_check.py report).
 # Installs Debian's chromium with apt-get when no chromium is on PATH (needs root, once).
 # Every network feature is off: the page must render from the file alone.
 set -euo pipefail
@@ -13,22 +16,10 @@ if [[ ! -f "$html" ]]; then
   echo "error: $html not found; run the pipeline first (dvc repro report)" >&2
   exit 2
 fi
-browser="$(command -v chromium || command -v chromium-browser || true)"
-if [[ -z "$browser" ]]; then
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
   echo "installing chromium (apt-get)..." >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
-  browser="$(command -v chromium)"
 fi
-profile="$(mktemp -d)"
-trap 'rm -rf "$profile"' EXIT
-rm -f "$png"
-"$browser" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
-  --disable-background-networking --disable-component-update --disable-sync \
-  --hide-scrollbars --user-data-dir="$profile" --window-size="$size" \
-  --screenshot="$png" "file://$(realpath "$html")" >/dev/null 2>&1
-if [[ ! -s "$png" ]]; then
-  echo "error: chromium wrote no screenshot to $png" >&2
-  exit 1
-fi
+python3 scripts/render_check.py report "$html" --png "$png" --window "$size"
 echo "screenshot: $png ($(du -k "$png" | cut -f1) kB) of $html"

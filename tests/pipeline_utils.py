@@ -59,6 +59,7 @@ def make_project(dest: Path, overrides: dict) -> Path:
     sh(dest, "git", "init", "-q", "-b", "main")
     sh(dest, "dvc", "init", "-q")
     sh(dest, "dvc", "config", "core.analytics", "false")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # the custom plot templates
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "project")
     return dest

@@ -143,7 +143,7 @@ def test_top_features_and_prefix_groups():
 
 
 def tiny_inputs() -> ReportInputs:
-    days = pd.bdate_range("2021-03-01", periods=30).strftime("%Y-%m-%d %H:%M")
+    days = pd.bdate_range("2021-03-01", periods=30).strftime("%Y-%m-%dT%H:%M:%S")
     fig = {"ic": 0.03, "sharpe": 0.5, "max_drawdown": 0.1, "r2": -0.01}
     return ReportInputs(
         metrics={"lightgbm": {"h1": fig}, "ensemble": {"h1": {**fig, "ic": 0.04}},
@@ -153,8 +153,10 @@ def tiny_inputs() -> ReportInputs:
         split={"train": {"start": "2020-01-01 00:00:00", "end": "2020-12-31 00:00:00", "rows": 500},
                "test": {"start": "2021-03-01 00:00:00", "end": "2021-04-09 00:00:00", "rows": 60}},
         info={"source": "synthetic", "frequency": {"label": "1D"}, "symbols": {"A": 300, "B": 300}},
-        plots={"cumulative_return.csv": pd.DataFrame({"timestamp": days, "lightgbm": np.linspace(0, 0.1, 30),
-                                                      "ensemble": np.linspace(0, -0.1, 30), "zero": 0.0})},
+        plots={"cumulative_return.csv": pd.DataFrame({  # long, as evaluate.plot_tables writes it
+            "timestamp": np.tile(days, 3), "model": np.repeat(["lightgbm", "ensemble", "zero"], 30),
+            "kind": np.repeat(["model", "model", "baseline"], 30),
+            "cumulative_return": np.r_[np.linspace(0, 0.1, 30), np.linspace(0, -0.1, 30), np.zeros(30)]})},
         explain={"top_features.csv": pd.DataFrame({"rank": [1, 2], "feature": ["vol_cc_5", "rsi_14"],
                                                    "importance": [0.3, 0.2]})},
         ic_window=63)

@@ -213,22 +213,25 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
 
 
 def plot_tables(table: pd.DataFrame, models: list[str], horizon: int, cfg: EvaluateConfig) -> dict[str, pd.DataFrame]:
-    """Data behind the DVC plots for the shortest horizon."""
-    curves = {}
+    """Data behind the DVC plots for the shortest horizon. The two time series are long tables,
+    ``timestamp, model, kind, <value>`` (kind: ``baseline`` or ``model``), so a plot colours
+    whatever models were configured without naming them; timestamps are ISO 8601 strings, which
+    Vega-Lite parses on a temporal axis."""
+    cum, roll = [], []
     for m in models:
+        kind = "baseline" if m in BASELINES else "model"
         book = metrics.strategy_returns(table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[m]),
                                         horizon, cfg.cost_bps, cfg.threshold)
-        curves[m] = np.cumprod(1.0 + book["net"].to_numpy()) - 1.0
-        index = book.index
-    cum = pd.DataFrame(curves, index=index).rename_axis("timestamp").reset_index()
-    cum["timestamp"] = cum["timestamp"].dt.strftime("%Y-%m-%d %H:%M")
+        cum.append(pd.DataFrame({"timestamp": book.index, "model": m, "kind": kind,
+                                 "cumulative_return": np.cumprod(1.0 + book["net"].to_numpy()) - 1.0}))
+        # constant forecasts (zero, train_mean, buy_and_hold) have no IC; rows before the first full window neither
+        ic = metrics.rolling_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[m]), cfg.ic_window).dropna()
+        roll.append(pd.DataFrame({"timestamp": ic.index, "model": m, "kind": kind, "rolling_ic": ic.to_numpy()}))
+    cum, roll = (pd.concat(frames, ignore_index=True) for frames in (cum, roll))
+    for frame in (cum, roll):
+        frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S")
     focus = "ensemble" if "ensemble" in models else models[0]
     scatter = pd.DataFrame({"predicted": table[focus], "realised": table["y"]})
-    roll = pd.DataFrame({m: metrics.rolling_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[m]),
-                                               cfg.ic_window) for m in models})
-    # constant forecasts (zero, train_mean, buy_and_hold) have no IC; rows before the first full window neither
-    roll = roll.dropna(axis=1, how="all").dropna(axis=0, how="all").reset_index()
-    roll["timestamp"] = roll["timestamp"].dt.strftime("%Y-%m-%d %H:%M")
     return {"cumulative_return.csv": cum, "predicted_vs_realised.csv": scatter, "rolling_ic.csv": roll}
 
 

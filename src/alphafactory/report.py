@@ -125,6 +125,14 @@ def _dates(ts: pd.Series) -> pd.Series:
     return pd.to_datetime(ts)
 
 
+def _wide(long: pd.DataFrame | None, value: str) -> pd.DataFrame | None:
+    """A long plot table of metrics/plots (``timestamp, model, ..., value``) as one column per
+    model, sorted by timestamp."""
+    if long is None:
+        return None
+    return long.pivot(index="timestamp", columns="model", values=value).sort_index().reset_index()
+
+
 def fig_cumulative(cum: pd.DataFrame, models: list[str], baselines: list[str], best: str | None) -> str:
     """Cumulative net return of the sign strategy: one line per model, baselines dashed."""
     with plt.rc_context(_STYLE):
@@ -444,13 +452,13 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
 
     # -- figures -------------------------------------------------------------------------------
     parts.append(f"<h2>Performance over the test period (horizon {h0[1:]})</h2>")
-    cum = inputs.plots.get("cumulative_return.csv")
+    cum = _wide(inputs.plots.get("cumulative_return.csv"), "cumulative_return")
     if cum is not None and len(cum):
         log.info("report: cumulative return figure")
         parts.append(_figure(fig_cumulative(cum, models, baselines, sel.get("best_model")),
                              f"Cumulative net return of the sign strategy, {_span(cum)} (test period, "
                              f"{h0[1:]}-bar horizon, compounded). Thick line: the best model by net Sharpe."))
-    roll = inputs.plots.get("rolling_ic.csv")
+    roll = _wide(inputs.plots.get("rolling_ic.csv"), "rolling_ic")
     if roll is not None and len(roll):
         log.info("report: rolling IC figure")
         window = str(inputs.ic_window or "?")

@@ -194,23 +194,32 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
 
 
 def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
-    """Per-iteration (boosting) or per-epoch (neural) curves of every model, in one dvclive run:
-    ``<live_dir>/plots/metrics/<model>/<curve>.tsv`` (curves of different lengths share steps)."""
+    """Per-iteration (boosting), per-tree (random forest) or per-epoch (neural) training curves,
+    one dvclive custom plot per model with train and val together, the data of one DVC plot
+    each: ``<live_dir>/plots/custom/<model>.json``, records ``{model, horizon, split, step (from 1),
+    <loss>}``. ``horizon`` is ``h<k>``, or ``all`` for a network trained on every horizon at once;
+    ``split`` is ``train`` or ``val``; the loss column is named after the loss and comes last,
+    where DVC takes a plot's y (and its axis title) from. A curve of one point (ridge, SVR,
+    logistic: one exact fit scored once) is left out, and a model without any curve writes no
+    file; per-symbol models write none either (one curve per symbol would swamp the plot)."""
     from dvclive import Live
 
-    curves: dict[str, list[float]] = {}
-    for r in results:
-        if isinstance(r.model, PerSymbolModel):  # one curve per symbol would swamp the plots
-            log.info("%s: per-symbol models: training curves not logged", r.name)
-            continue
-        for key, val in r.model.history_.items():
-            if isinstance(val, dict):  # per horizon: {"h1": {"train": [...], "val": [...]}}
-                curves.update({f"{r.name}/{key}/{k}": v for k, v in val.items()})
-            elif key != "best_epoch":
-                curves[f"{r.name}/{key}"] = val
     with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        for step in range(max((len(v) for v in curves.values()), default=0)):
-            for k, v in curves.items():
-                if step < len(v):
-                    live.log_metric(k, float(v[step]))
-            live.next_step()
+        for r in results:
+            if isinstance(r.model, PerSymbolModel):
+                log.info("%s: per-symbol models: training curves not logged", r.name)
+                continue
+            hist = r.model.history_
+            if all(isinstance(v, dict) for v in hist.values()):  # per horizon: {"h1": {"train": [...], "val": [...]}}
+                curves = {(h, split): v for h, per in hist.items() for split, v in per.items()}
+                loss = "log loss" if r.model.classifier else "MSE"
+            else:  # one network for all horizons: {"train_loss": [...], "val_loss": [...], "best_epoch": [k]}
+                curves = {("all", k.removesuffix("_loss")): v for k, v in hist.items() if k != "best_epoch"}
+                # the trainer's loss: cross-entropy, or the MSE of targets scaled by their train std
+                loss = "log loss" if r.model.classifier else "MSE (target / train std)"
+            records = [{"model": r.name, "horizon": h, "split": split, "step": i + 1, loss: float(x)}
+                       for (h, split), v in curves.items() if len(v) > 1 for i, x in enumerate(v)]
+            if records:
+                live.log_plot(r.name, records, x="step", y=loss, template=None)
+            else:
+                log.info("%s: no training curve (a single fit), no plot", r.name)
