@@ -23,11 +23,12 @@ def main() -> None:
     result = dict(ev.metrics)
     write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)
     write_json(result, args.metrics)
-    write_json(headline(ev), args.headline, sort_keys=False)  # reading order
+    head = headline(ev)
+    write_json(head, args.headline, sort_keys=False)  # reading order
     write_parquet(ev.predictions, args.predictions)
     for name, table in ev.plots.items():
         stage.write_csv(table, f"{args.plots}/{name}")
-    print(summary_table(ev))
+    print(summary_table(ev.metrics, head))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""report: one self-contained HTML page comparing every model on the test period."""
+"""report: one self-contained HTML page comparing every model on the test period; prints the
+headline table, so that a full run ends with it."""
 from pathlib import Path
 
 import pandas as pd
 
 from alphafactory import stage
 from alphafactory.config import section
+from alphafactory.evaluate import summary_table
 from alphafactory.io import read_json, write_text
 from alphafactory.report import ReportConfig, ReportInputs, render
 
@@ -14,7 +16,7 @@ def _tables(directory: str) -> dict[str, pd.DataFrame]:
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "metrics", "plots", "explain", "split", "info", "out")
+    args, params = stage.parse(__doc__, "metrics", "headline", "plots", "explain", "split", "info", "out")
     cfg = section(params, "report", ReportConfig)
     inputs = ReportInputs(metrics=read_json(args.metrics), split=read_json(args.split), info=read_json(args.info),
                           plots=_tables(args.plots), explain=_tables(args.explain),
@@ -22,6 +24,7 @@ def main() -> None:
     text = render(inputs, cfg)
     write_text(text, args.out)
     stage.log.info("report: wrote %s (%.0f kB)", args.out, len(text.encode()) / 1024)
+    print(summary_table(inputs.metrics, read_json(args.headline)))  # a full run ends with it
 
 
 if __name__ == "__main__":

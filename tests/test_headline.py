@@ -75,7 +75,7 @@ def test_headline_names_the_best_base_model_and_baseline():
 def test_summary_table_lists_every_model_with_ic_and_se():
     preds, labels = scored_panel()
     ev = evaluate(preds, labels, 252.0, EvaluateConfig())
-    text = summary_table(ev)
+    text = summary_table(ev.metrics, headline(ev))
     r = ev.metrics["good"]["h1"]
     assert f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" in text
     lines = {line.split()[0]: line for line in text.splitlines()[2:] if line.strip()}

@@ -327,7 +327,8 @@ def headline(ev: Evaluation) -> dict:
     ``h<k>``: the ensemble's (the first blend method present, else the best base model) IC, its
     block-bootstrap SE, rank IC, cross-sectional IC (3+ symbols), net Sharpe, max drawdown and,
     on synthetic data, its share of the oracle's IC; ``selection``: the model with the best net
-    Sharpe among all candidates and its deflated Sharpe ratio; ``best``: the base model with the
+    Sharpe among all candidates, its deflated Sharpe ratio and its probabilistic Sharpe ratio
+    (P(true Sharpe > 0)); ``best``: the base model with the
     highest test IC (a choice made on the test period: read it with the DSR); ``baseline``: the
     best naive baseline's IC and Sharpe (each with its name). Figures are rounded to 4 significant
     digits (``metrics/test.json`` has them in full); an undefined one is null."""
@@ -340,7 +341,8 @@ def headline(ev: Evaluation) -> dict:
         row = result[focus][key]
         entry: dict = {"model": focus}
         entry.update({short: _sig(row[long]) for short, long in HEADLINE.items() if long in row})
-        entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "n_trials": sel["n_trials"]}
+        entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "psr": _sig(sel["psr"]),
+                              "n_trials": sel["n_trials"]}
         best = _best(result, roles["base"], key, "ic")
         if best is not None:
             b = result[best][key]
@@ -356,22 +358,30 @@ def headline(ev: Evaluation) -> dict:
     return out
 
 
-def summary_table(ev: Evaluation) -> str:
-    """The compact table the evaluate stage prints: model x horizon with IC ± SE and net Sharpe,
-    the baselines that are best at some horizon, and the deflated Sharpe of each selection."""
-    result = ev.metrics
-    roles = model_roles(list(result))
-    keys = [f"h{h}" for h in ev.selections]
-    shown_baselines = {_best(result, roles["baselines"], k, m) for k in keys for m in ("ic", "sharpe")}
-    rows = roles["ensembles"] + roles["base"] + [m for m in roles["baselines"] if m in shown_baselines]
+def _num(value: Any) -> float:
+    """A figure from metrics (a float, or None/NaN when undefined) as a float (NaN if undefined)."""
+    return float("nan") if value is None else float(value)
+
+
+def summary_table(metrics_: dict, headline_: dict) -> str:
+    """The compact table the evaluate and report stages print, from ``metrics/test.json`` and
+    ``metrics/headline.json`` (or ``evaluate``'s in-memory ``metrics`` and ``headline(...)``):
+    model x horizon with IC ± SE and net Sharpe, the baselines that are best at some horizon, and
+    the deflated Sharpe of each horizon's selection (marked *)."""
+    roles = model_roles(list(metrics_))
+    keys = list(headline_)
+    shown_baselines = {headline_[k].get("baseline", {}).get(f"{m}_model") for k in keys for m in ("ic", "sharpe")}
+    # the same order from test.json (sorted keys) as in memory: blend methods, base models A-Z, baselines
+    rows = (sorted(roles["ensembles"], key=BLEND_METHODS.index) + sorted(roles["base"])
+            + [m for m in BASELINES if m in roles["baselines"] and m in shown_baselines])
 
     def cell(m: str, k: str) -> str:
-        r = result[m][k]
-        ic = "—" if r["ic"] is None or not np.isfinite(r["ic"]) else (
-            f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" if np.isfinite(r.get("ic_se", np.nan)) else f"{r['ic']:+.4f} ±    n/a")
-        sharpe = "—" if r["sharpe"] is None or not np.isfinite(r["sharpe"]) else f"{r['sharpe']:+.2f}"
-        star = "*" if ev.selections[int(k[1:])]["best_model"] == m else " "
-        return f"{ic:>18} {sharpe:>7}{star}"
+        r = metrics_[m][k]
+        ic, se, sharpe = _num(r.get("ic")), _num(r.get("ic_se")), _num(r.get("sharpe"))
+        ic_txt = "—" if not np.isfinite(ic) else f"{ic:+.4f} ± " + (f"{se:.4f}" if np.isfinite(se) else "   n/a")
+        sharpe_txt = f"{sharpe:+.2f}" if np.isfinite(sharpe) else "—"
+        star = "*" if headline_[k]["selection"]["model"] == m else " "
+        return f"{ic_txt:>18} {sharpe_txt:>7}{star}"
 
     width = max(len(m) for m in rows) + 2
     head = " " * width + "".join(f"{k + ': IC ± SE    Sharpe':>27}" for k in keys)
@@ -380,8 +390,9 @@ def summary_table(ev: Evaluation) -> str:
         if i and (m in roles["base"]) != (rows[i - 1] in roles["base"]):
             lines.append("")  # ensembles | base models | baselines
         lines.append(f"{m:<{width}}" + "".join(f"{cell(m, k):>27}" for k in keys))
-    for k, sel in zip(keys, ev.selections.values(), strict=True):
-        if sel["best_model"] is not None:
-            lines.append(f"{k}: selected {sel['best_model']} (best net Sharpe of {sel['n_trials']} candidates), "
-                         f"deflated Sharpe {sel['dsr']:.2f}, P(Sharpe > 0) {sel['psr']:.2f}")
+    for k in keys:
+        sel = headline_[k]["selection"]
+        if sel["model"] is not None:
+            lines.append(f"{k}: selected {sel['model']} (best net Sharpe of {sel['n_trials']} candidates), "
+                         f"deflated Sharpe {_num(sel['dsr']):.2f}, P(Sharpe > 0) {_num(sel['psr']):.2f}")
     return "\n".join(lines)
