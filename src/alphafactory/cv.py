@@ -41,6 +41,7 @@ from alphafactory import metrics, models
 from alphafactory.config import ConfigError
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.labels import PROBA_COLUMNS
+from alphafactory.progress import progress
 from alphafactory.split import ROLES
 from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
@@ -201,7 +202,7 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     per_fold: dict[int, dict] = {}
     spans: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="alphafactory-cv-") as tmp:
-        for i, fid in enumerate(fold_ids):
+        for i, fid in enumerate(progress(fold_ids, desc="cv folds", unit="fold")):
             t0 = time.perf_counter()
             seg = fold_segments(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac)
             fold_ds = dataclasses.replace(ds, segment=seg)

@@ -31,6 +31,7 @@ import pandas as pd
 from alphafactory import models
 from alphafactory.dataset import Dataset
 from alphafactory.models.base import Model
+from alphafactory.progress import progress
 
 log = logging.getLogger(__name__)
 PERMUTE_MODES = ("top_shap", "prefix")
@@ -133,7 +134,8 @@ def shap_values(model: Model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not supports_shap(model):
         raise ValueError(f"model {model.name!r} has no native tree SHAP; use permutation_importance")
     X = np.asarray(X, np.float32)
-    parts = [_contributions(e, X) for e in model.estimators_]  # H x (n, F + 1)
+    parts = [_contributions(e, X) for e in progress(model.estimators_, desc=f"{model.name} SHAP",
+                                                     unit="horizon")]  # H x (n, F + 1)
     stacked = np.stack(parts, axis=1)  # (n, H, F + 1)
     return stacked[..., :-1], stacked[..., -1]
 
@@ -232,15 +234,18 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
     base_ic, base_mse = score(model.predict(X))
     rng = np.random.default_rng(seed)
     rows = []
+    bar = progress(desc=f"{model.name} permutation", total=len(groups) * n_seeds, unit="shuffle")
     for label, cols in groups.items():
         cols = np.asarray(cols, dtype=np.int64)
         original = X[..., cols].copy()  # (n, k) or (n, L, k)
         ics, mses = [], []
+        bar.set_postfix_str(label, refresh=False)
         for _ in range(n_seeds):
             X[..., cols] = original[rng.permutation(len(X))]
             ic, mse = score(model.predict(X))
             ics.append(ic)
             mses.append(mse)
+            bar.update(1)
         X[..., cols] = original
         drops = base_ic[None, :] - np.asarray(ics)  # (seeds, H)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -250,6 +255,7 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
             "ic_drop": drops.mean(0), "ic_drop_std": drops.std(0, ddof=1) if n_seeds > 1 else np.nan,
             "mse_rise": rise,
         }))
+    bar.close()
     return pd.concat(rows, ignore_index=True)
 
 
@@ -324,7 +330,7 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> Explain
         loaded.append(model)
     shap_frames, info = [], []
     shap_rows = evenly_spaced(test, cfg.shap_rows)
-    for model in (m for m in loaded if supports_shap(m)):
+    for model in progress([m for m in loaded if supports_shap(m)], desc="explain: tree SHAP", unit="model"):
         t0 = time.perf_counter()
         shap_frames.append(shap_summary(model, ds.X[shap_rows], ds.feature_names))
         info.append((model, "shap", len(shap_rows)))
@@ -344,7 +350,8 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> Explain
         kind = "group"
     perm_rows = evenly_spaced(test, cfg.perm_rows)
     perm_frames = []
-    for model in (m for m in loaded if not supports_shap(m)):
+    for model in progress([m for m in loaded if not supports_shap(m)], desc="explain: permutation",
+                          unit="model"):
         t0 = time.perf_counter()
         X, rows = _inputs(model, ds, perm_rows)
         table = permutation_importance(model, X, ds.Y[rows], groups, cfg.perm_seeds, cfg.seed)

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from alphafactory.config import ConfigError, load_params
+from alphafactory.progress import LogHandler
 
 log = logging.getLogger("alphafactory")
 
@@ -32,7 +33,9 @@ def parse(description: str, *paths: str) -> tuple[argparse.Namespace, dict[str, 
     for p in paths:
         ap.add_argument(f"--{p}", required=True)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # LogHandler: log lines go above any open progress bar, not into it
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        handlers=[LogHandler()])
     return args, load_params(args.params)
 
 

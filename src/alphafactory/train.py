@@ -24,6 +24,7 @@ from alphafactory.dataset import Dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
+from alphafactory.progress import progress
 from alphafactory.uncertainty import apply_calibration, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,11 @@ def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, see
     """One model per symbol, each on that symbol's rows; forecasts gathered back into ``ds`` rows."""
     members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
     symbols = ds.keys["symbol"].to_numpy()
-    for code in np.unique(ds.sym_codes):
+    bar = progress(np.unique(ds.sym_codes), desc=f"{name} per symbol", unit="symbol")
+    for code in bar:
         rows = np.flatnonzero(ds.sym_codes == code)
         sym = str(symbols[rows[0]])
+        bar.set_postfix_str(sym)
         try:
             model, fc = fit_forecast(ds.subset(rows), name, block, seed=seed, extra=extra, task=task)
         except ConfigError as e:  # e.g. a class missing from this symbol's train rows

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from abc import ABC, abstractmethod
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +29,7 @@ import numpy as np
 from alphafactory.config import ConfigError, from_dict, to_dict
 from alphafactory.io import atomic_dir
 from alphafactory.labels import CLASS_NAMES
+from alphafactory.progress import progress
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -255,8 +257,14 @@ class PerHorizonModel(Model):
 
     @abstractmethod
     def _fit_one(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray,
-                 seed: int) -> tuple[Any, dict[str, list[float]]]:
-        """Return (estimator, {"train": curve, "val": curve})."""
+                 seed: int, bar: Any = None) -> tuple[Any, dict[str, list[float]]]:
+        """Return (estimator, {"train": curve, "val": curve}). ``bar``: this horizon's progress
+        bar (total ``_rounds()``) when the family has rounds, for the library's callback to
+        advance once a round unless ``bar.disable``; None otherwise."""
+
+    def _rounds(self) -> int | None:
+        """Rounds (trees) per horizon, the total of each horizon's progress bar; None: no bar."""
+        return None
 
     @abstractmethod
     def _predict_one(self, est: Any, X: np.ndarray) -> np.ndarray: ...
@@ -277,7 +285,11 @@ class PerHorizonModel(Model):
             m, mv = ~np.isnan(train.Y[:, j]), ~np.isnan(val.Y[:, j])
             if m.sum() == 0 or mv.sum() == 0:
                 raise ValueError(f"{self.name}: horizon {h} has no labelled rows in train or val")
-            est, hist = self._fit_one(X[m], train.Y[m, j], Xv[mv], val.Y[mv, j], self.seed + j)
+            rounds = self._rounds()
+            with progress(desc=f"{self.name} h{h}", total=rounds, unit="round") if rounds else nullcontext() as bar:
+                est, hist = self._fit_one(X[m], train.Y[m, j], Xv[mv], val.Y[mv, j], self.seed + j, bar)
+                if bar is not None and not bar.disable and bar.n < rounds:
+                    bar.set_postfix_str(f"{bar.postfix}, early stop", refresh=False)
             self.estimators_.append(est)
             self.history_[f"h{h}"] = hist
 

@@ -2,6 +2,7 @@
 saved as CatBoost .cbm."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from alphafactory.models.base import PerHorizonModel
 
 def save_cbm(model: cb.CatBoost, path: Path | str) -> None:
     """Save as .cbm without the wall-clock training time and random GUID CatBoost stamps into
-    the metadata, so the same fit gives the same bytes (DVC then skips downstream stages)."""
+    the metadata, so the same fit gives the same bytes (DVC then skips downstream stages), and
+    without the ``"callbacks"`` entry a fit with the progress-bar callback adds to the params
+    JSON, so the bytes are those of a fit without it."""
     meta = model.get_metadata()
     for key in ("train_finish_time", "model_guid"):
         if key in meta:
             del meta[key]
+    if '"callbacks":' in meta.get("params", ""):
+        meta["params"] = re.sub(r',"callbacks":"[^"]*"|"callbacks":"[^"]*",?', "", meta["params"], count=1)
     model.save_model(str(path), format="cbm")
 
 
@@ -33,13 +38,30 @@ class CatBoostParams:
     task_type: str = "CPU"  # "GPU" on a GPU machine
 
 
+class _Advance:
+    """CatBoost callback: one step of a progress bar per round, the latest val score in its
+    postfix. CPU only: CatBoost refuses user callbacks on GPU."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+
+    def after_iteration(self, info) -> bool:
+        metric, curve = next(iter(info.metrics["validation"].items()))
+        self.bar.set_postfix_str(f"val_{metric}={curve[-1]:.4g}", refresh=False)
+        self.bar.update(1)
+        return True  # go on training
+
+
 @register("catboost", family="boosting", input_kind="tabular", tasks=("regression", "classification"))
 class CatBoostModel(PerHorizonModel):
     Params = CatBoostParams
     packages = ("catboost",)
     suffix = ".cbm"
 
-    def _fit_one(self, X, y, Xv, yv, seed):
+    def _rounds(self):
+        return self.params.iterations
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
         kind, loss = (cb.CatBoostClassifier, "MultiClass") if self.classifier else (cb.CatBoostRegressor, "RMSE")
         model = kind(
@@ -49,12 +71,17 @@ class CatBoostModel(PerHorizonModel):
             od_type="Iter", od_wait=p.early_stopping_rounds, verbose=False,
             allow_writing_files=False,
         )
+        live = bar is not None and not bar.disable
+        callbacks = [_Advance(bar)] if live and p.task_type.upper() == "CPU" else None
         if self.classifier:  # integer classes 0/1/2: probability columns in that order
-            model.fit(X, y.astype(np.int64), eval_set=(Xv, yv.astype(np.int64)))
-            ev = model.get_evals_result()
-            return model, {"train": ev["learn"][loss], "val": ev["validation"][loss]}
-        model.fit(X, y, eval_set=(Xv, yv))
+            model.fit(X, y.astype(np.int64), eval_set=(Xv, yv.astype(np.int64)), callbacks=callbacks)
+        else:
+            model.fit(X, y, eval_set=(Xv, yv), callbacks=callbacks)
         ev = model.get_evals_result()
+        if live and callbacks is None:  # GPU: the rounds trained, at the end
+            bar.update(len(ev["validation"][loss]))
+        if self.classifier:
+            return model, {"train": ev["learn"][loss], "val": ev["validation"][loss]}
         sq = lambda c: [v * v for v in c]
         return model, {"train": sq(ev["learn"]["RMSE"]), "val": sq(ev["validation"]["RMSE"])}
 

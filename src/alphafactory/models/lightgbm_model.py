@@ -26,12 +26,24 @@ class LightGBMParams:
     num_threads: int = 2
 
 
+def _advance(bar):
+    """LightGBM callback: one step of ``bar`` per round, the latest val score in its postfix."""
+    def callback(env: lgb.callback.CallbackEnv) -> None:
+        _, metric, value, _ = next(r for r in env.evaluation_result_list if r[0] == "val")
+        bar.set_postfix_str(f"val_{metric}={value:.4g}", refresh=False)
+        bar.update(1)
+    return callback
+
+
 def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
-                  callbacks: list | None = None) -> tuple[lgb.Booster, dict[str, list[float]]]:
+                  callbacks: list | None = None, bar=None) -> tuple[lgb.Booster, dict[str, list[float]]]:
     """Train one deterministic LightGBM booster, regression (L2) or 3-class (multi log loss), on
     (X, y), scoring train and val after every round. Returns (booster, {"train", "val"} curves).
-    Shared by ``lightgbm`` and ``random_forest`` (``boosting: rf`` in ``params``)."""
+    Shared by ``lightgbm`` and ``random_forest`` (``boosting: rf`` in ``params``). ``bar``: a
+    progress bar advanced once a round (see :class:`~alphafactory.models.base.PerHorizonModel`)."""
     metric = "multi_logloss" if classifier else "l2"
+    if bar is not None and not bar.disable:
+        callbacks = [*(callbacks or []), _advance(bar)]
     objective = {"objective": "multiclass", "num_class": 3} if classifier else {"objective": "regression"}
     curves: dict = {}
     dtrain = lgb.Dataset(X, y, free_raw_data=False)
@@ -50,7 +62,10 @@ class LightGBMModel(PerHorizonModel):
     packages = ("lightgbm",)
     suffix = ".txt"
 
-    def _fit_one(self, X, y, Xv, yv, seed):
+    def _rounds(self):
+        return self.params.n_estimators
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
         params = {
             "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
@@ -59,7 +74,7 @@ class LightGBMModel(PerHorizonModel):
             "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
         }
         return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier,
-                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)])
+                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)], bar)
 
     def _predict_one(self, est, X):
         return est.predict(X, num_iteration=est.best_iteration or None)

@@ -51,7 +51,10 @@ class RandomForestModel(PerHorizonModel):
     packages = ("lightgbm",)
     suffix = ".txt"
 
-    def _fit_one(self, X, y, Xv, yv, seed):
+    def _rounds(self):
+        return self.params.n_estimators
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
         params = {
             "boosting": "rf", "num_leaves": p.num_leaves, "max_depth": p.max_depth,
@@ -59,7 +62,7 @@ class RandomForestModel(PerHorizonModel):
             "bagging_fraction": p.bagging_fraction, "bagging_freq": 1, "lambda_l2": p.lambda_l2,
             "num_threads": p.num_threads, "seed": seed,
         }
-        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier)
+        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier, bar=bar)
 
     def _predict_one(self, est, X):
         return est.predict(X)

@@ -24,6 +24,7 @@ from torch import nn
 
 from alphafactory.config import from_dict, to_dict
 from alphafactory.models.base import XY, Model, _version
+from alphafactory.progress import progress
 
 ONNX_OPSET = 18
 # ONNX Runtime and PyTorch run the same float32 network with other kernels; measured differences
@@ -97,9 +98,11 @@ def predict_network(net: nn.Module, X: Any, device: torch.device, batch_size: in
 
 
 def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: int,
-                loss_fn: Any = masked_mse) -> dict[str, list[float]]:
+                loss_fn: Any = masked_mse, desc: str = "train") -> dict[str, list[float]]:
     """Train ``net`` in place; returns the per-epoch history. Y arrays are (n, H), already scaled
-    (regression, ``masked_mse``) or class indices (``masked_cross_entropy``)."""
+    (regression, ``masked_mse``) or class indices (``masked_cross_entropy``). ``desc`` names the
+    progress bar: one step per epoch, train and val loss in its postfix, and a bar over the
+    batches of an epoch that lasts more than a few seconds."""
     torch.set_num_threads(cfg.threads)
     seed_everything(seed)
     device = select_device(cfg.device)
@@ -110,32 +113,38 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
     yv = torch.as_tensor(val.Y, device=device)
     best, best_state, bad = float("inf"), copy.deepcopy(net.state_dict()), 0
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
-    for _epoch in range(cfg.epochs):
-        net.train()
-        order = gen.permutation(len(train.Y))
-        total, count = 0.0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            xb = torch.as_tensor(_batch(train.X, idx), device=device)
-            yb = torch.as_tensor(train.Y[idx], device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                pred = net(xb)
-            loss = loss_fn(pred.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            total, count = total + loss.item() * len(idx), count + len(idx)
-        pv = torch.as_tensor(predict_network(net, val.X, device), device=device)
-        val_loss = loss_fn(pv, yv).item()
-        history["train_loss"].append(total / max(count, 1))
-        history["val_loss"].append(val_loss)
-        if val_loss < best - 1e-9:
-            best, best_state, bad = val_loss, copy.deepcopy(net.state_dict()), 0
-        else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
+    with progress(desc=desc, total=cfg.epochs, unit="epoch") as epochs:
+        for epoch in range(cfg.epochs):
+            net.train()
+            order = gen.permutation(len(train.Y))
+            total, count = 0.0, 0
+            for s in progress(range(0, len(order), cfg.batch_size), desc=f"{desc} epoch {epoch + 1}",
+                              unit="batch", leave=False, delay=3.0):
+                idx = order[s:s + cfg.batch_size]
+                xb = torch.as_tensor(_batch(train.X, idx), device=device)
+                yb = torch.as_tensor(train.Y[idx], device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    pred = net(xb)
+                loss = loss_fn(pred.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+                opt.step()
+                total, count = total + loss.item() * len(idx), count + len(idx)
+            pv = torch.as_tensor(predict_network(net, val.X, device), device=device)
+            val_loss = loss_fn(pv, yv).item()
+            history["train_loss"].append(total / max(count, 1))
+            history["val_loss"].append(val_loss)
+            epochs.set_postfix({"train_loss": history["train_loss"][-1], "val_loss": val_loss,
+                                "best": int(np.argmin(history["val_loss"])) + 1}, refresh=False)
+            epochs.update(1)
+            if val_loss < best - 1e-9:
+                best, best_state, bad = val_loss, copy.deepcopy(net.state_dict()), 0
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    epochs.set_postfix_str(f"{epochs.postfix}, early stop", refresh=False)
+                    break
     net.load_state_dict(best_state)
     history["best_epoch"] = [int(np.argmin(history["val_loss"]))]
     return history
@@ -245,7 +254,7 @@ class NeuralModel(Model):
         self.history_ = fit_network(
             self.net_, XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32)),
             XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32)), self.trainer, self.seed,
-            loss_fn=masked_cross_entropy if self.classifier else masked_mse,
+            loss_fn=masked_cross_entropy if self.classifier else masked_mse, desc=self.name,
         )
         self.net_.to("cpu")
 

@@ -25,13 +25,30 @@ class XGBoostParams:
     device: str = "cpu"  # "cuda" on a GPU machine
 
 
+class _Advance(xgb.callback.TrainingCallback):
+    """One step of a progress bar per round, the latest val score in its postfix."""
+
+    def __init__(self, bar) -> None:
+        super().__init__()
+        self.bar = bar
+
+    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
+        metric, curve = next(iter(evals_log["val"].items()))
+        self.bar.set_postfix_str(f"val_{metric}={curve[-1]:.4g}", refresh=False)
+        self.bar.update(1)
+        return False  # go on training
+
+
 @register("xgboost", family="boosting", input_kind="tabular", tasks=("regression", "classification"))
 class XGBoostModel(PerHorizonModel):
     Params = XGBoostParams
     packages = ("xgboost",)
     suffix = ".ubj"
 
-    def _fit_one(self, X, y, Xv, yv, seed):
+    def _rounds(self):
+        return self.params.n_estimators
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
         dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
         curves: dict = {}
@@ -44,6 +61,7 @@ class XGBoostModel(PerHorizonModel):
              "seed": seed, "tree_method": "hist", "device": p.device},
             dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
             early_stopping_rounds=p.early_stopping_rounds, evals_result=curves, verbose_eval=False,
+            callbacks=[_Advance(bar)] if bar is not None and not bar.disable else None,
         )
         # Keep only the trees up to the best iteration, so saved and in-memory models agree.
         booster = booster[: booster.best_iteration + 1]
