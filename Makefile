@@ -5,7 +5,9 @@ STAMP  := $(VENV)/.installed
 BROWSER := tests/browser/node_modules/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # OpenMP threads (LightGBM, XGBoost) spin while waiting by default; on a busy 2-core machine
-# that made LightGBM ~25x slower. Passive waiting costs little when the machine is idle.
+# that made LightGBM ~25x slower. Passive waiting costs little when the machine is idle. The
+# package sets the same default itself when imported (src/alphafactory/__init__.py), so plain
+# `dvc repro` gets it too; this line also covers tools run here that do not import it.
 export OMP_WAIT_POLICY ?= passive
 
 .PHONY: run test install repro lock bench clean report-check

@@ -24,7 +24,8 @@ ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.envi
 
 def timed(cmd: list[str], cwd: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    # the stages import the clone's own src/ (the code its dvc.lock hashes), not the editable install
+    p = subprocess.run(cmd, cwd=cwd, env={**ENV, "PYTHONPATH": str(cwd / "src")}, capture_output=True, text=True)
     secs = time.perf_counter() - t0
     if p.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
@@ -45,7 +46,7 @@ def main() -> None:
             ran = re.findall(r"Running stage '([^']+)'", out)
             print(f"full run {i + 1}: {secs:.1f} s ({len(ran)} stages)", file=sys.stderr)
             full.append(secs)
-        for name in ("train_boosting", "train_neural"):
+        for name in ("train@boosting", "train@neural"):
             per_stage[name], _ = timed(["dvc", "repro", "-f", "-s", name], repo)
         noop = []
         for _ in range(args.noop):

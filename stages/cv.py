@@ -7,20 +7,17 @@ from alphafactory import dataset, stage
 from alphafactory.config import section
 from alphafactory.cv import FAMILIES, CVConfig, cross_validate
 from alphafactory.io import write_json
-from alphafactory.train import TrainConfig
+from alphafactory.train import TrainConfig, family_inputs
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics", "fold-spans")
     cfg = section(params, "cv", CVConfig)
     train = section(params, "train", TrainConfig)
-    blocks, shared = {}, {}
+    blocks, extra = {}, {}
     for family in FAMILIES:
-        reserved = ("trainer",) if family == "neural" else ()
-        _, b, s = stage.family_section(params, family, family, reserved=reserved)
+        _, b, extra[family] = family_inputs(params, family, train)
         blocks.update(b)
-        shared.update(s)
-    extra = {"neural": {"lookback": train.lookback, "trainer": shared["trainer"]}}
     labels = pd.read_parquet(args.labels)
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")

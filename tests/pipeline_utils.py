@@ -34,9 +34,17 @@ def merge(base: dict, over: dict) -> dict:
 
 
 def sh(cwd: Path, *args: str, check: bool = True) -> str:
+    """Run a command in ``cwd``. Python (the stage commands DVC runs included) imports the
+    package from ``cwd/src`` when there is one: the copy whose files ``dvc.lock`` hashes, not
+    the editable install's. The OpenMP wait policy is left to the package (no OMP_WAIT_POLICY)."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("OMP_WAIT_POLICY", None)
+    if (Path(cwd) / "src").is_dir():
+        env["PYTHONPATH"] = str(Path(cwd) / "src")
+    else:
+        env.pop("PYTHONPATH", None)
     p = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and p.returncode:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
@@ -48,7 +56,7 @@ def ran_stages(output: str) -> set[str]:
 
 
 def make_project(dest: Path, overrides: dict) -> Path:
-    for item in ("dvc.yaml", "stages", "src", ".gitignore", ".dvcignore"):
+    for item in ("dvc.yaml", "stages", "src", "data/raw", ".gitignore", ".dvcignore"):
         src = ROOT / item
         if src.is_dir():
             shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

@@ -10,6 +10,7 @@ import pytest
 from alphafactory.config import ConfigError, from_dict
 from alphafactory.data.frequency import infer_frequency
 from alphafactory.data.sources import (
+    DEFAULT_PATH,
     DataConfig,
     DataValidationError,
     SyntheticConfig,
@@ -307,9 +308,13 @@ def test_config_validation() -> None:
     cfg = from_dict(DataConfig, {"source": "synthetic", "symbols": ["SYN001"],
                                  "synthetic": {"symbols": 3, "freq": "1h"}}, "data")
     assert cfg.symbols == ("SYN001",) and cfg.synthetic.freq == "1h" and cfg.synthetic.bars == 2000
+    # data.path is a dep of prepare: it must name something, data/raw unless the source is a file
+    assert from_dict(DataConfig, {}, "data").path == DEFAULT_PATH == "data/raw"
     with pytest.raises(ConfigError, match="data.path"):
-        from_dict(DataConfig, {"source": "file"}, "data")
+        from_dict(DataConfig, {"source": "file", "path": None}, "data")
     with pytest.raises(ConfigError, match="data.path"):
+        from_dict(DataConfig, {"source": "file", "path": " "}, "data")
+    with pytest.raises(ConfigError, match="data.path: got 'x.csv' with source 'bundled'"):
         from_dict(DataConfig, {"path": "x.csv"}, "data")
     with pytest.raises(ConfigError, match="'yahoo'"):
         from_dict(DataConfig, {"source": "yahoo"}, "data")

@@ -13,7 +13,7 @@ def test_params_reference_is_generated_from_the_current_params_and_dvc_yaml():
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     text = (ROOT / "docs/params-reference.md").read_text()
-    assert "| `train.lookback` | `32` |" in text and "train_neural" in text.split("`train.lookback`")[1].split("\n")[0]
+    assert "| `train.lookback` | `32` |" in text and "train@neural" in text.split("`train.lookback`")[1].split("\n")[0]
 
 
 def test_relative_links_resolve():

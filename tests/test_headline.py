@@ -57,7 +57,7 @@ def scored_panel():
 
 def test_headline_names_the_best_base_model_and_baseline():
     preds, labels = scored_panel()
-    ev = evaluate(preds, labels, 252.0, EvaluateConfig())
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",))
     h = headline(ev)["h1"]
     full = ev.metrics
     assert h["model"] == "ensemble"
@@ -74,7 +74,7 @@ def test_headline_names_the_best_base_model_and_baseline():
 
 def test_summary_table_lists_every_model_with_ic_and_se():
     preds, labels = scored_panel()
-    ev = evaluate(preds, labels, 252.0, EvaluateConfig())
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",))
     text = summary_table(ev.metrics, headline(ev))
     r = ev.metrics["good"]["h1"]
     assert f"{r['ic']:+.4f} ± {r['ic_se']:.4f}" in text

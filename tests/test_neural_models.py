@@ -107,3 +107,24 @@ def test_bad_params_are_errors_naming_the_value(name, params, match):
     with pytest.raises(ConfigError, match=match):
         models.create(name, params, horizons=(1, 5))
 
+
+
+def test_onnx_export_bytes_depend_on_the_model_only(tmp_path):
+    """The export carries no stack traces (this checkout's paths and line numbers) or other
+    exporter metadata, so the same fitted model exports to the same bytes from any checkout."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from alphafactory.models.base import XY
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((200, 8, 4)).astype(np.float32), rng.standard_normal((200, 2)).astype(np.float32)
+    m = models.create("lstm", {"hidden": 8}, horizons=(1, 5), seed=0, lookback=8,
+                      trainer={"epochs": 1, "device": "cpu"}).fit(XY(X[:150], Y[:150]), XY(X[150:], Y[150:]))
+    m.export_onnx(tmp_path / "a.onnx")
+    m.export_onnx(tmp_path / "b.onnx")
+    raw = (tmp_path / "a.onnx").read_bytes()
+    assert raw == (tmp_path / "b.onnx").read_bytes()
+    root = str(Path(__file__).resolve().parents[1]).encode()
+    assert root not in raw and b"stack_trace" not in raw and b"pkg.torch" not in raw

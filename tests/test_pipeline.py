@@ -5,6 +5,7 @@ The `project` fixture (conftest.py) runs the pipeline once per session; tests th
 repo put it back as they found it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -14,13 +15,23 @@ import pytest
 from pipeline_utils import MODELS, ran_stages, sh
 
 pytestmark = pytest.mark.slow
+TRAIN = {"train@boosting", "train@neural", "train@classical"}
+STAGES = {"check_params", "prepare", "featurize", "label", "split", *TRAIN, "blend", "bundle", "evaluate", "cv", "explain",
+          "report"}
+
+
+def test_stage_commands_run_the_code_dvc_hashes(project):
+    """The stages import the package from the project's own src/ (whose files dvc.lock hashes),
+    not from wherever the package is installed."""
+    repo, _ = project
+    out = sh(repo, "python", "-c", "import alphafactory, os; print(alphafactory.__file__, os.environ['OMP_WAIT_POLICY'])")
+    path, policy = out.split()
+    assert path == str(repo / "src/alphafactory/__init__.py") and policy == "passive"
 
 
 def test_full_repro_trains_every_model_and_scores_the_test_period(project):
     repo, out = project
-    assert ran_stages(out) == {"check_params", "prepare", "featurize", "label", "split", "train_boosting",
-                               "train_neural", "train_classical", "blend", "bundle", "evaluate",
-                               "cv", "explain", "report"}
+    assert ran_stages(out) == STAGES
     m = json.loads((repo / "metrics/test.json").read_text())
     for model in [*MODELS, "ensemble", "zero", "train_mean", "momentum", "buy_and_hold"]:
         for h in ("h1", "h5", "h20"):
@@ -86,15 +97,20 @@ def test_second_repro_is_a_noop(project):
 
 def test_code_change_marks_only_its_stages(project):
     repo, _ = project
-    # explain loads saved models of any family, which imports the whole model package
-    cases = {"src/alphafactory/models/tcn.py": {"train_neural", "explain"},
-             # random_forest (train_classical) trains through lightgbm_model.train_booster
-             "src/alphafactory/models/lightgbm_model.py": {"train_boosting", "train_classical", "cv", "explain"},
+    # The stages that pick models at run time (train@<family> by its params, cv by cv.models,
+    # explain by the saved manifests) depend on the whole model directory; blend and bundle
+    # import a few model modules by name (tests/test_dvc_deps.py derives all of them).
+    picks_models = {*TRAIN, "cv", "explain"}
+    cases = {"src/alphafactory/models/tcn.py": picks_models,
+             "src/alphafactory/models/catboost_model.py": picks_models | {"blend"},
+             "src/alphafactory/models/onnx_model.py": picks_models | {"blend", "bundle"},
              "src/alphafactory/cv.py": {"cv"},
              "src/alphafactory/evaluate.py": {"evaluate", "report"},  # report prints its table
-             # train.py, blend.py and evaluate.py import the class columns from labels.py
-             "src/alphafactory/labels.py": {"label", "train_boosting", "train_neural", "train_classical",
-                                            "blend", "evaluate", "cv", "report"}}
+             "src/alphafactory/data/validate.py": {"prepare"},
+             # every stage writes through io.py
+             "src/alphafactory/io.py": STAGES,
+             # labels.py: imported by dataset.py and models/base.py, hence by every stage
+             "src/alphafactory/labels.py": STAGES}
     for path, expected in cases.items():
         f = repo / path
         original = f.read_text()
@@ -108,20 +124,44 @@ def test_code_change_marks_only_its_stages(project):
         assert changed == expected | {"check_params"}, (path, status)  # it imports the whole package
 
 
+def _file_hashes(root) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_outputs_are_deterministic(project):
+    """`dvc repro -f` reruns every stage with nothing changed: every output comes out byte for
+    byte the same (dvc.lock records the hash of each; the ONNX exports and the bundle, which the
+    forecaster artifact is, also compared file by file), so a rerun never makes anything
+    downstream stale."""
     repo, _ = project
     before = (repo / "dvc.lock").read_text()
-    sh(repo, "dvc", "repro", "-f", "-s", "featurize", "label", "split", "train_boosting", "train_neural",
-       "train_classical", "blend")
+    onnx = {p: p.read_bytes() for p in sorted((repo / "models/neural").rglob("net.onnx"))}
+    assert onnx, "no ONNX export under models/neural"
+    bundle = _file_hashes(repo / "bundle")
+    out = sh(repo, "dvc", "repro", "-f")
+    assert ran_stages(out) == STAGES
+    after = {p: p.read_bytes() for p in sorted((repo / "models/neural").rglob("net.onnx"))}
+    assert list(after) == list(onnx) and all(after[p] == onnx[p] for p in onnx), "net.onnx bytes changed"
+    assert _file_hashes(repo / "bundle") == bundle
     assert (repo / "dvc.lock").read_text() == before
     assert "up to date" in sh(repo, "dvc", "status")
+
+
+def test_onnx_exports_carry_no_provenance(project):
+    """The exporter's stack traces name this checkout's absolute paths and line numbers: a
+    clone elsewhere, or an edit anywhere in trainer.py, would change the file's bytes."""
+    repo, _ = project
+    for p in (repo / "models/neural").rglob("net.onnx"):
+        raw = p.read_bytes()
+        assert str(repo).encode() not in raw and b"stack_trace" not in raw and b"pkg.torch" not in raw, p
 
 
 def test_exp_run_lookback_reruns_only_neural_blend_evaluate(project):
     repo, _ = project
     out = sh(repo, "dvc", "exp", "run", "-n", "lookback6", "-S", "train.lookback=6")
-    # nothing upstream of train_neural reruns; everything downstream of it does
-    assert ran_stages(out) == {"check_params", "train_neural", "blend", "evaluate", "bundle", "explain", "report"}
+    # nothing upstream of train@neural reruns; everything downstream of it does
+    assert ran_stages(out) == {"check_params", "train@neural", "blend", "evaluate", "bundle", "explain", "report"}
     assert "lookback6" in sh(repo, "dvc", "exp", "show", "--csv")
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/test.json"))
     changed = diff["metrics/test.json"]
@@ -160,7 +200,7 @@ def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
     out = sh(repo, "dvc", "exp", "run", "-n", "cls", "-S", "train.task=classification",
              "-S", "train.scope=per_symbol", "-S", "boosting.models=[lightgbm]", "-S", "neural.models=[lstm]",
              "-S", "classical.models=[logistic]", "-S", "cv.models=[lightgbm]")
-    assert {"train_boosting", "train_neural", "train_classical", "blend", "evaluate", "cv"} <= ran_stages(out)
+    assert TRAIN | {"blend", "evaluate", "cv"} <= ran_stages(out)
     m = json.loads((repo / "metrics/test.json").read_text())
     for model in ("lightgbm", "lstm", "logistic", "ensemble"):
         fig = m[model]["h1"]

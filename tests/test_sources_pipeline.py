@@ -63,3 +63,43 @@ def test_bad_user_file_fails_with_one_clear_line(project, tmp_path):
         assert not list((repo / "data/prepared").glob(".*.tmp"))  # no half-written temp file
     finally:
         _restore(repo)
+
+
+def test_new_contents_of_the_data_file_rerun_prepare(project, tmp_path):
+    """The user's file is a dependency of prepare (dvc.yaml ``${data.path}``), not only its path:
+    the same path with new contents of the same size reruns prepare and everything after it, and
+    the run-cache serves a result only for the bytes it was made from."""
+    repo, _ = project
+    bars = pd.read_parquet(repo / "data/prepared/bars.parquet")
+    path = tmp_path / "bars.csv"
+    first = bars.to_csv(index=False)
+    # the same rows, with one symbol's OHLC bars in reverse time order: every bar stays valid,
+    # every value is still there (so the file keeps its size), the returns are new
+    changed = bars.copy()
+    one = (changed["symbol"] == changed["symbol"].iloc[0]).to_numpy()
+    prices = ["open", "high", "low", "close"]
+    changed.loc[one, prices] = changed.loc[one, prices].to_numpy()[::-1]
+    second = changed.to_csv(index=False)
+    assert len(second) == len(first) and second != first
+
+    def run() -> tuple[set[str], str, pd.DataFrame, dict]:
+        out = sh(repo, "dvc", "exp", "run", "-S", "data.source=file", "-S", f"data.path={path}")
+        return (ran_stages(out), out, pd.read_parquet(repo / "data/prepared/bars.parquet"),
+                json.loads((repo / "metrics/test.json").read_text()))
+
+    try:
+        path.write_text(first)
+        ran, _, bars1, m1 = run()
+        assert "prepare" in ran
+        path.write_text(second)  # in place: same path, same size, new bytes
+        ran, out, bars2, m2 = run()
+        assert {"prepare", "featurize", "label", "train@boosting", "evaluate"} <= ran, out[-2000:]
+        assert "'prepare' is cached" not in out
+        assert not bars2.equals(bars1)
+        assert m2["lightgbm"]["h1"]["ic"] != m1["lightgbm"]["h1"]["ic"]
+        path.write_text(first)  # back to the first bytes: the run-cache may serve the first results
+        _, _, bars3, m3 = run()
+        pd.testing.assert_frame_equal(bars3, bars1)
+        assert m3 == m1
+    finally:
+        _restore(repo)

@@ -56,5 +56,5 @@ def test_push_to_s3_then_a_clone_pulls_is_up_to_date_and_reruns_only_what_change
 
     out = sh(b, "dvc", "exp", "run", "-n", "lb16", "-S", "train.lookback=16")
     # only the neural branch and what is downstream of it; nothing upstream was retrained
-    assert ran_stages(out) == {"check_params", "train_neural", "blend", "bundle", "evaluate", "explain", "report"}
+    assert ran_stages(out) == {"check_params", "train@neural", "blend", "bundle", "evaluate", "explain", "report"}
     assert "lb16" in sh(b, "dvc", "exp", "show", "--csv")

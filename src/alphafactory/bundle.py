@@ -217,7 +217,7 @@ def _check_exported(model_dir: Path) -> None:
             _check_exported(model_dir / rel)
     elif man.get("family") == "neural" and not (model_dir / ONNX_INFO).is_file():
         raise BundleError(f"{model_dir / ONNX_INFO}: missing; a PyTorch model needs the ONNX export that "
-                          f"the training stage writes next to it (retrain: dvc repro train_neural)")
+                          f"the training stage writes next to it (retrain: dvc repro train@neural)")
 
 
 def verify(directory: str | Path) -> dict[str, Any]:

@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """Invalid params: names the key, the bad value and what was expected."""
 
 
+class InputError(ValueError):
+    """Bad user input (data or arguments): names the input, the bad value and what was expected.
+    Stages end on it, as on :class:`ConfigError`, with one line instead of a traceback."""
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import metrics
-from alphafactory.blend import METHODS as BLEND_METHODS
 from alphafactory.labels import PROBA_COLUMNS
 
 KEYS = ["symbol", "timestamp"]
@@ -176,11 +175,13 @@ class Evaluation:
 
 
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
-             oracle: pd.DataFrame | None = None) -> Evaluation:
-    """Score every model of ``preds`` (test rows, long format, baselines included).
+             oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = ()) -> Evaluation:
+    """Score every model of ``preds`` (test rows, long format, baselines included); ``ensembles``
+    names the models of ``preds`` that are blends of the others (the blend stage's).
 
     With an oracle (synthetic data), the metrics also hold {"oracle": ...} figures on the same
-    rows and each model's ``oracle_share`` = its IC / the oracle's IC."""
+    rows and each model's ``oracle_share`` = its IC / the oracle's IC. ``_models`` (not a model)
+    lists the ``ensembles``, ``base`` models and ``baselines`` scored."""
     horizons = sorted(preds["horizon"].unique())
     models = list(dict.fromkeys(preds["model"]))
     result: dict = {m: {} for m in models}
@@ -209,6 +210,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             plots.update(confusion_table(preds, labels, table, models, h))
         selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg)
     result["_selection"] = selections[int(horizons[0])]  # not a model: see select_best
+    result["_models"] = model_roles(models, ensembles)
     return Evaluation(result, pd.concat(long_frames, ignore_index=True), plots, selections)
 
 
@@ -311,20 +313,20 @@ def _best(result: dict, names: list[str], key: str, metric: str) -> str | None:
     return max(scored, key=scored.get) if scored else None
 
 
-def model_roles(models: list[str]) -> dict[str, list[str]]:
-    """Split scored model names into ``ensembles`` (blend methods), ``base`` models and ``baselines``."""
+def model_roles(models: list[str], ensembles: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
+    """Split scored model names, in their order, into ``ensembles``, ``base`` models and ``baselines``."""
     roles: dict[str, list[str]] = {"ensembles": [], "base": [], "baselines": []}
     for m in models:
         if m == "oracle" or m.startswith("_"):
             continue
-        roles["baselines" if m in BASELINES else "ensembles" if m in BLEND_METHODS else "base"].append(m)
+        roles["baselines" if m in BASELINES else "ensembles" if m in ensembles else "base"].append(m)
     return roles
 
 
 def headline(ev: Evaluation) -> dict:
     """``metrics/headline.json``: per horizon, a few figures for the review loop.
 
-    ``h<k>``: the ensemble's (the first blend method present, else the best base model) IC, its
+    ``h<k>``: the ensemble's (the first ensemble, else the best base model) IC, its
     block-bootstrap SE, rank IC, cross-sectional IC (3+ symbols), net Sharpe, max drawdown and,
     on synthetic data, its share of the oracle's IC; ``selection``: the model with the best net
     Sharpe among all candidates, its deflated Sharpe ratio and its probabilistic Sharpe ratio
@@ -333,7 +335,7 @@ def headline(ev: Evaluation) -> dict:
     best naive baseline's IC and Sharpe (each with its name). Figures are rounded to 4 significant
     digits (``metrics/test.json`` has them in full); an undefined one is null."""
     result = ev.metrics
-    roles = model_roles(list(result))
+    roles = result["_models"]
     out: dict = {}
     for h, sel in ev.selections.items():
         key = f"h{h}"
@@ -368,12 +370,10 @@ def summary_table(metrics_: dict, headline_: dict) -> str:
     ``metrics/headline.json`` (or ``evaluate``'s in-memory ``metrics`` and ``headline(...)``):
     model x horizon with IC ± SE and net Sharpe, the baselines that are best at some horizon, and
     the deflated Sharpe of each horizon's selection (marked *)."""
-    roles = model_roles(list(metrics_))
+    roles = metrics_["_models"]
     keys = list(headline_)
     shown_baselines = {headline_[k].get("baseline", {}).get(f"{m}_model") for k in keys for m in ("ic", "sharpe")}
-    # the same order from test.json (sorted keys) as in memory: blend methods, base models A-Z, baselines
-    rows = (sorted(roles["ensembles"], key=BLEND_METHODS.index) + sorted(roles["base"])
-            + [m for m in BASELINES if m in roles["baselines"] and m in shown_baselines])
+    rows = roles["ensembles"] + roles["base"] + [m for m in roles["baselines"] if m in shown_baselines]
 
     def cell(m: str, k: str) -> str:
         r = metrics_[m][k]

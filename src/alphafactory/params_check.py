@@ -27,7 +27,7 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "lab
                              "split": SplitConfig, "train": TrainConfig, "blend": BlendConfig,
                              "evaluate": EvaluateConfig, "cv": CVConfig, "explain": ExplainConfig,
                              "report": ReportConfig}
-FAMILIES: dict[str, tuple[str, ...]] = {"boosting": (), "neural": ("trainer",), "classical": ()}
+FAMILIES = ("boosting", "neural", "classical")
 
 
 def check_params(params: dict[str, Any]) -> list[str]:
@@ -35,7 +35,7 @@ def check_params(params: dict[str, Any]) -> list[str]:
     ``params``; return the names of the enabled models, each built from its params block (which
     checks its hyperparameters) without training."""
     from alphafactory import models
-    from alphafactory.stage import family_section
+    from alphafactory.train import family_inputs
 
     unknown = sorted(set(params) - set(SECTIONS) - set(FAMILIES))
     if unknown:
@@ -44,10 +44,10 @@ def check_params(params: dict[str, Any]) -> list[str]:
     configs = {name: section(params, name, cls) for name, cls in SECTIONS.items()}  # cv.models too
     train, horizons = configs["train"], configs["label"].horizons
     enabled = []
-    for family, reserved in FAMILIES.items():
-        names, blocks, shared = family_section(params, family, family, reserved=reserved, task=train.task)
-        extra = {"lookback": train.lookback, "trainer": shared["trainer"]} if family == "neural" else {}
+    for family in FAMILIES:
+        names, blocks, extra = family_inputs(params, family, train, task=train.task)
         for name in names:
-            models.create(name, blocks.get(name), horizons=horizons, seed=train.seed, task=train.task, **extra)
+            models.create(name, blocks.get(name), horizons=horizons, seed=train.seed, task=train.task,
+                          **(extra or {}))
             enabled.append(name)
     return enabled

@@ -1,6 +1,6 @@
 """Fit a list of registered models on one dataset and collect their out-of-sample forecasts.
 
-Shared by the ``train_*`` stages: each model is fitted on the train segment, early-stopped on val,
+Shared by the ``train@<family>`` stages (and ``cv``): each model is fitted on the train segment, early-stopped on val,
 saved in native formats, and asked for val and test forecasts (val forecasts feed the stacking
 meta-learner; test forecasts are evaluated). ``task="classification"`` fits the models on the
 SHORT/NEUTRAL/LONG labels; their forecasts are then expected returns under the predicted class
@@ -44,6 +44,46 @@ class TrainConfig:
     def validate(self) -> None:
         if self.lookback < 1:
             raise ValueError(f"train.lookback: got {self.lookback}, expected >= 1")
+
+
+# Keys of a family's params section shared by all its models (not a model's block).
+FAMILY_SHARED: dict[str, tuple[str, ...]] = {"neural": ("trainer",)}
+
+
+def family_section(params: dict[str, Any], family: str, task: str | None = None
+                   ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+    """Read a model family's params section (named after the family): ``models`` (the enabled
+    names, in order), one params block per model of that family, and the keys the family's
+    models share (``FAMILY_SHARED``, e.g. ``neural.trainer``).
+    Returns (names, blocks by model name, shared values). Unknown keys and names are errors, and
+    so is an enabled model that does not support ``task`` (when given)."""
+    reserved = FAMILY_SHARED.get(family, ())
+    sec = params.get(family) or {}
+    names = sec.get("models", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{family}.models: got {names!r}, expected a list of model names")
+    of_family = sorted(n for n, s in models.REGISTRY.items() if s.family == family)
+    for key in [*names, *(k for k in sec if k not in ("models", *reserved))]:
+        if key not in of_family:
+            raise ConfigError(f"{family}: {key!r} is not a registered {family} model; expected one of {of_family}")
+    if task is not None:
+        unsupported = [n for n in names if task not in models.REGISTRY[n].tasks]
+        if unsupported:
+            able = [n for n in of_family if task in models.REGISTRY[n].tasks]
+            raise ConfigError(f"{family}.models: {unsupported} do not support train.task {task!r}; "
+                              f"{family} models that do: {able}")
+    blocks = {k: v for k, v in sec.items() if k in of_family}
+    return tuple(names), blocks, {k: sec.get(k) for k in reserved}
+
+
+def family_inputs(params: dict[str, Any], family: str, train: TrainConfig, task: str | None = None
+                  ) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any] | None]:
+    """What :func:`fit_models` needs for one family: (enabled names, params blocks, constructor
+    arguments every model of the family takes: ``train.lookback`` and ``neural.trainer`` for the
+    neural family, None for the others)."""
+    names, blocks, shared = family_section(params, family, task=task)
+    extra = {"lookback": train.lookback, **shared} if family == "neural" else None
+    return names, blocks, extra
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,12 @@ Sources
 ``file``
     ``path`` is one long CSV/parquet file with a ``symbol`` column, or a directory with one
     file per symbol (``AAPL.csv``, ``AAPL.parquet``; the symbol is the file name without its
-    suffix). See :func:`read_table` for the accepted layout.
+    suffix). See :func:`read_table` for the accepted layout. ``path`` is a dependency of the
+    prepare stage in ``dvc.yaml`` (``${data.path}``), whatever the source: DVC hashes the file
+    or directory, so new contents at the same path rerun prepare and everything after it, and
+    the run-cache can only restore results made from the same bytes. It must therefore always
+    name something that exists: ``DEFAULT_PATH`` (``data/raw``, an empty drop folder kept in
+    git) unless the source is ``file``.
 ``synthetic``
     :func:`alphafactory.data.synthetic.make_synthetic`; the only source with an oracle.
 
@@ -51,6 +56,7 @@ from alphafactory.data.validate import (
 
 __all__ = [
     "BUNDLED_SYMBOLS",
+    "DEFAULT_PATH",
     "DataConfig",
     "DataValidationError",
     "SyntheticConfig",
@@ -64,6 +70,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCES: tuple[str, ...] = ("bundled", "file", "synthetic")
+# data.path when the source is not a file: an existing (empty) directory, because prepare depends
+# on data.path and DVC needs a dependency that exists. Also a place for the user's files.
+DEFAULT_PATH = "data/raw"
 BUNDLED_SYMBOLS: tuple[str, ...] = ("AAPL", "GOOG", "IBM", "MSFT")
 # Suffixes read as tables (matched case-insensitively), longest first so "x.csv.gz" is a CSV.
 TABLE_SUFFIXES: tuple[str, ...] = (".csv.gz", ".csv", ".parquet", ".pq")
@@ -73,15 +82,16 @@ TABLE_SUFFIXES: tuple[str, ...] = (".csv.gz", ".csv", ".parquet", ".pq")
 class DataConfig:
     """``params.yaml`` section ``data``.
 
-    source: "bundled", "file" or "synthetic". path: file or directory, required iff
-    source == "file". symbols: keep only these (empty = all); each must exist. start, end:
+    source: "bundled", "file" or "synthetic". path: file or directory read when source ==
+    "file"; otherwise it must stay ``DEFAULT_PATH`` (prepare depends on it in any case).
+    symbols: keep only these (empty = all); each must exist. start, end:
     inclusive date filter (an ``end`` without a time of day keeps that whole day). min_bars:
     every kept symbol needs at least this many bars after filtering (callers may pass a computed
     minimum, e.g. lookback + horizons + folds). synthetic: settings of the synthetic source.
     """
 
     source: str = "bundled"
-    path: str | None = None
+    path: str = DEFAULT_PATH
     symbols: tuple[str, ...] = ()
     start: str | None = None
     end: str | None = None
@@ -91,13 +101,14 @@ class DataConfig:
     def validate(self) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"data.source: got {self.source!r}, expected one of {list(SOURCES)}")
-        if (self.source == "file") != (self.path is not None):
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise ConfigError(f"data.path: got {self.path!r}, expected a file or directory (the data "
+                              f"source: file reads; {DEFAULT_PATH!r} for the other sources)")
+        if self.source != "file" and self.path != DEFAULT_PATH:
             raise ConfigError(
-                f"data.path: got {self.path!r} with source {self.source!r}; expected a path "
-                f"exactly when source is 'file'"
+                f"data.path: got {self.path!r} with source {self.source!r}; a path is read only when "
+                f"source is 'file' (set data.source: file, or leave data.path at {DEFAULT_PATH!r})"
             )
-        if self.path is not None and not self.path.strip():
-            raise ConfigError("data.path: got an empty string, expected a file or directory")
         if isinstance(self.min_bars, bool) or not isinstance(self.min_bars, int) or self.min_bars < 1:
             raise ConfigError(f"data.min_bars: got {self.min_bars!r}, expected an integer >= 1")
         bad = [s for s in self.symbols if not is_safe_symbol(s)]
@@ -138,7 +149,6 @@ def load_bars(cfg: DataConfig, *,
     if cfg.source == "bundled":
         bars, name = load_bundled(), "bundled (bokeh_sampledata.stocks)"
     elif cfg.source == "file":
-        assert cfg.path is not None  # DataConfig.validate
         bars, name = load_file(cfg.path), f"data.path={cfg.path}"
     else:
         name = "synthetic"

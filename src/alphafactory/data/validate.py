@@ -23,6 +23,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from alphafactory.config import InputError
+
 BAR_COLUMNS: tuple[str, ...] = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 TIMESTAMP_ALIASES: tuple[str, ...] = ("timestamp", "date", "datetime")
@@ -36,7 +38,7 @@ _TS_MIN = pd.Timestamp("1678-01-01")
 _TS_MAX = pd.Timestamp("2262-01-01")
 
 
-class DataValidationError(ValueError):
+class DataValidationError(InputError):
     """Invalid input data: names the file, column, symbol and first offending row."""
 
 

@@ -39,7 +39,7 @@ class OnnxModel(Model):
         info_path = directory / ONNX_INFO
         if not info_path.is_file():
             raise ValueError(f"{info_path}: missing; a PyTorch model in a bundle needs the ONNX export the "
-                             f"training stage writes (retrain: dvc repro train_neural, then bundle)")
+                             f"training stage writes (retrain: dvc repro train@neural, then bundle)")
         info = json.loads(info_path.read_text())
         self.name, self.family = manifest["model"], manifest["family"]
         self.input_kind = manifest["input_kind"]

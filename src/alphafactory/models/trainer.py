@@ -310,6 +310,7 @@ class NeuralModel(Model):
                 verbose=False, input_names=["x"], output_names=["y"],
                 dynamic_shapes=({0: torch.export.Dim("batch")},))
             program.save(str(path))
+        _strip_provenance(path)
         return self._check_export(path, shape, check_rows, opset)
 
     def _check_export(self, path: Path, shape: tuple[int, ...], check_rows: int, opset: int,
@@ -336,6 +337,46 @@ class NeuralModel(Model):
                 "graph": f"reused from {os.path.relpath(reused, path.parent)}" if reused else "traced",
                 "check": {"rows": check_rows, "max_abs_diff": float(f"{worst:.1e}"), "max_abs": float(f"{scale:.3g}")},
                 "versions": {p: _version(p) for p in ("torch", "onnx", "onnxscript", "onnxruntime")}}
+
+
+def _strip_provenance(path: Path) -> None:
+    """Rewrite the ONNX file ``path`` without what the exporter records about how it was made:
+    per node, the Python stack trace (absolute file paths and line numbers of this package), the
+    FX node and module scope; for the graph, the ExportedProgram signature and range constraints
+    (symbol names from the tracer's counter), and per value its FX name and input spec; doc
+    strings; the local build tag of the producer
+    version (``2.13.0+cpu``). None of it changes what the graph computes, but all of it changed
+    the file's bytes (and so its DVC hash, and the bundle's) with the checkout's location or an
+    edit elsewhere in the file. Names of nodes, values and initializers are kept: they come from
+    the module's attribute names and the graph's structure."""
+    import onnx
+
+    proto = onnx.load(str(path))
+
+    def clean(graph: onnx.GraphProto) -> None:
+        del graph.metadata_props[:]
+        graph.doc_string = ""
+        for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+            del value.metadata_props[:]  # the ExportedProgram's input/output specs, FX names
+            value.doc_string = ""
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    clean(sub)
+
+    clean(proto.graph)
+    for fn in proto.functions:
+        del fn.metadata_props[:]
+        fn.doc_string = ""
+        for node in fn.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    del proto.metadata_props[:]
+    proto.doc_string = ""
+    proto.producer_version = proto.producer_version.split("+")[0]
+    onnx.save(proto, str(path))
 
 
 def _swap_weights(like: Path, path: Path, net: nn.Module) -> bool:

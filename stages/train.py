@@ -1,0 +1,30 @@
+"""train: fit the enabled models of one family (--family, a params section of the same name) on
+train, early-stopped on (or, for the classical fits, only scored on) val; save each model and its
+val and test forecasts.
+
+  boosting   gradient-boosted trees, one booster per horizon
+  neural     PyTorch sequence models over windows of train.lookback bars, one network for all
+             horizons, on CUDA when available, else CPU; each saved with its ONNX export
+  classical  ridge or logistic regression, random forest and SVR on the tabular features
+"""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.config import section
+from alphafactory.io import write_parquet
+from alphafactory.train import TrainConfig, family_inputs, fit_models, log_curves
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "family", "features", "labels", "segments", "models", "preds", "live")
+    train = section(params, "train", TrainConfig)
+    names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
+    ds = dataset.load(args.features, args.labels, args.segments)
+    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
+                         extra=extra)
+    log_curves(results, args.live)
+    write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
+
+
+if __name__ == "__main__":
+    stage.run(main)
