@@ -19,7 +19,8 @@ def test_mixture_weights_are_non_negative_and_sum_to_one():
 
 
 def _panel(n_ts=300, n_sym=4, seed=0):
-    """Two classifier members: 'good' puts probability on the true class, 'flat' is uniform."""
+    """Three classifier members: 'good' puts 0.8 on the true class, 'half' 0.5, 'flat' is uniform
+    (a constant forecast, which every blend method leaves out)."""
     rng = np.random.default_rng(seed)
     ts = pd.bdate_range("2020-01-01", periods=n_ts)
     rows = pd.MultiIndex.from_product([[f"S{i}" for i in range(n_sym)], ts], names=["symbol", "timestamp"])
@@ -28,8 +29,10 @@ def _panel(n_ts=300, n_sym=4, seed=0):
     seg = np.where(rows.get_level_values("timestamp") < ts[n_ts // 2], "val", "test")
     good = np.full((len(rows), 3), 0.1)
     good[np.arange(len(rows)), cls.astype(int) + 1] = 0.8
+    half = np.full((len(rows), 3), 0.25)
+    half[np.arange(len(rows)), cls.astype(int) + 1] = 0.5
     frames = []
-    for name, P in {"good": good, "flat": np.full((len(rows), 3), 1 / 3)}.items():
+    for name, P in {"good": good, "half": half, "flat": np.full((len(rows), 3), 1 / 3)}.items():
         yhat = P @ np.array([-0.01, 0.0, 0.01])
         frames.append(pd.DataFrame({"symbol": rows.get_level_values(0), "timestamp": rows.get_level_values(1),
                                     "segment": seg, "model": name, "horizon": 1, "yhat": yhat,
@@ -43,14 +46,15 @@ def _panel(n_ts=300, n_sym=4, seed=0):
 def test_ensembles_carry_mixed_class_probabilities_and_evaluate_scores_them():
     preds, labels = _panel()
     cfg = from_dict(BlendConfig, {"methods": ["ensemble", "voting", "blending"]}, "blend")
-    st = Stacker(cfg, ["good", "flat"], (1,), seed=0).fit(preds, labels)
+    st = Stacker(cfg, ["good", "half", "flat"], (1,), seed=0).fit(preds, labels)
     test = st.predict(preds, "test")
     P = test[list(PROBA_COLUMNS)].to_numpy()
     assert np.allclose(P.sum(1), 1.0) and (P >= 0).all()
     voting = test[test["model"] == "voting"][list(PROBA_COLUMNS)].to_numpy()
     member = preds[(preds["segment"] == "test")].pivot(index=["symbol", "timestamp"], columns="model",
                                                        values=list(PROBA_COLUMNS))
-    np.testing.assert_allclose(voting[:, 2], (member[("p_long", "good")] + member[("p_long", "flat")]).to_numpy() / 2)
+    # the mean of the members that vary; the constant 'flat' gets no weight
+    np.testing.assert_allclose(voting[:, 2], (member[("p_long", "good")] + member[("p_long", "half")]).to_numpy() / 2)
 
     scored = pd.concat([preds[preds["segment"] == "test"], test], ignore_index=True).drop(columns="segment")
     ev = evaluate(scored, labels, 252.0, EvaluateConfig())
@@ -59,7 +63,7 @@ def test_ensembles_carry_mixed_class_probabilities_and_evaluate_scores_them():
     assert good["accuracy"] == pytest.approx(1.0) and good["macro_f1"] == pytest.approx(1.0)
     assert good["log_loss"] == pytest.approx(-np.log(0.8))
     assert flat["log_loss"] == pytest.approx(np.log(3)) and flat["roc_auc"] == pytest.approx(0.5)
-    assert result["voting"]["h1"]["accuracy"] == pytest.approx(1.0)  # mean of 0.8 and 1/3 still wins
+    assert result["voting"]["h1"]["accuracy"] == pytest.approx(1.0)  # mean of 0.8 and 0.5 still wins
     conf = plots["confusion.csv"]
     assert conf["model"].iloc[0] == "ensemble" and set(conf["actual"]) == {"SHORT", "NEUTRAL", "LONG"}
     assert len(conf) == result["ensemble"]["h1"]["n"]

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # metric key -> (column label, format, better): better 1 = higher is better, -1 = lower, 0 = neither
 METRICS: dict[str, tuple[str, str, int]] = {
     "ic": ("IC", "f4", 1),
+    "ic_se": ("IC SE", "f4", 0),  # block-bootstrap standard error of the IC: not a score to rank
     "rank_ic": ("rank IC", "f4", 1),
     "cs_ic_mean": ("CS IC", "f4", 1),
     "cs_icir": ("CS ICIR", "f3", 1),
@@ -58,7 +59,7 @@ METRICS: dict[str, tuple[str, str, int]] = {
 CLASS_METRICS = ("accuracy", "macro_f1", "log_loss", "roc_auc")  # appended under classification
 # a baseline that never trades trivially has no drawdown: not worth flagging as "beats every model"
 NOT_A_SKILL = ("max_drawdown", "ls_max_drawdown", "turnover", "n")
-DEFAULT_METRICS = ("ic", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
+DEFAULT_METRICS = ("ic", "ic_se", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
                    "turnover", "ls_sharpe", "ls_max_drawdown")
 
 
