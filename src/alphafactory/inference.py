@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import math
 import sys
@@ -122,55 +121,142 @@ def load_bundle(path: str | Path) -> Bundle:
     """Verify every file of the bundle at ``path`` against its manifest, then load it.
 
     Reads JSON and native model files only (``alphafactory.models.load``,
-    ``alphafactory.blend.Stacker.load``): nothing is unpickled. Raises :class:`BundleError`
-    naming the file for a missing, truncated or modified file, an unlisted file, or an
-    unsupported format version. Library versions and feature code that differ from the ones the
-    bundle was built with are logged as warnings."""
+    ``alphafactory.blend.Stacker.load``), and only the files it verified: every path a manifest
+    names goes through the :class:`~alphafactory.bundle.VerifiedBundle`. Nothing is unpickled.
+    Raises :class:`BundleError` naming the file for a missing, truncated, modified or unlisted
+    file, a symbolic link, a path outside the bundle, an unsupported format version, a file its
+    library cannot read, and models that disagree with each other or with the blender. Library
+    versions and feature code that differ from the ones the bundle was built with are logged as
+    warnings."""
     from alphafactory import models as registry
 
     path = Path(path)
-    config = bundle_files.verify(path)
+    files = bundle_files.verify(path)
+    config = files.config
     where = path / bundle_files.CONFIG
     try:
         features = from_dict(FeatureConfig, config["features"], "features")
         label = from_dict(LabelConfig, config["label"], "label")
         frequency = FrequencyInfo.from_dict(config["frequency"])
-    except (ConfigError, KeyError, TypeError) as e:
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: bad features, label or frequency section ({e})") from e
-    _import_libraries(path, config)
+    specs = _model_specs(config, where)
+    _import_libraries(files, specs)
     loaded: dict[str, Model] = {}
-    for spec in config["models"]:
+    for name, rel in specs:
+        model_dir = files.sub(rel)
         try:
-            loaded[spec["name"]] = registry.load(path / spec["path"], portable=True)
-        except ValueError as e:  # unknown model family or format version: name the directory
-            raise BundleError(f"{path / spec['path']}: cannot load model ({e})") from e
+            loaded[name] = registry.load(model_dir, portable=True)
+        except BundleError:
+            raise
+        # A manifest of the wrong shape (missing keys, wrong types) or an unknown model family:
+        # name the manifest.
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise BundleError(f"{model_dir}/manifest.json: cannot load model {name!r} "
+                              f"({type(e).__name__}: {e})") from e
+    blender_dir = files.sub(_get(config, "blender", dict, where).get("path"))
     try:
-        blender = Stacker.load(path / config["blender"]["path"])
-    except ValueError as e:
-        raise BundleError(f"{path / config['blender']['path']}: cannot load the blender ({e})") from e
+        blender = Stacker.load(blender_dir)
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise BundleError(f"{blender_dir}/manifest.json: cannot load the blender ({type(e).__name__}: {e})") from e
+    bundle = _assemble_bundle(path, files, config, dict(specs), features, label, frequency, loaded, blender)
     _warn_environment(config, path)
+    return bundle
+
+
+def _get(config: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    value = config.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BundleError(f"{where}: {key!r} is {str(value)[:80]!r}; expected a JSON "
+                          f"{getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _model_specs(config: dict[str, Any], where: Path) -> list[tuple[str, str]]:
+    """(name, path) of every base model in ``bundle.json``, checked for shape."""
+    specs = _get(config, "models", list, where)
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        rel = spec.get("path") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not isinstance(rel, str):
+            raise BundleError(f"{where}: models entry {str(spec)[:80]!r}; expected {{\"name\": ..., \"path\": ...}}")
+        if name in bundle_files.RESERVED or name in dict(out):
+            raise BundleError(f"{where}: model name {name!r} is {'reserved' if name in bundle_files.RESERVED else 'repeated'}")
+        out.append((name, rel))
+    if not out:
+        raise BundleError(f"{where}: no base models; expected at least one")
+    return out
+
+
+def _assemble_bundle(path: Path, files: bundle_files.VerifiedBundle, config: dict[str, Any],
+                     dirs: dict[str, str], features: FeatureConfig, label: LabelConfig,
+                     frequency: FrequencyInfo, loaded: dict[str, Model], blender: Stacker) -> Bundle:
+    """The :class:`Bundle`, once its models agree with ``bundle.json``, each other and the
+    blender (what the bundle stage checked when it built it)."""
+    where = path / bundle_files.CONFIG
+    horizons = tuple(_get(config, "horizons", list, where))
+    lookback = _get(config, "lookback", int, where)
+    columns = tuple(_get(config, "feature_columns", list, where))
+    spec = _get(config, "blender", dict, where)
+    blend_at = f"{files.sub(spec['path'])}/manifest.json"
+    for name, model in loaded.items():
+        at = f"{files.sub(dirs[name])}/manifest.json"
+        if model.name != name:
+            raise BundleError(f"{at}: model {model.name!r}, but {where} names it {name!r}")
+        if tuple(model.horizons) != horizons:
+            raise BundleError(f"{at}: horizons {list(model.horizons)}, expected {list(horizons)} ({where})")
+        meta = getattr(model, "meta_", None) or {}
+        if list(meta.get("features") or ()) != list(columns):
+            raise BundleError(f"{at}: meta.features differ from feature_columns in {where}; expected "
+                              f"the {len(columns)} columns the bundle lists, in order")
+        if model.input_kind == "sequence" and getattr(model, "lookback", None) != lookback:
+            raise BundleError(f"{at}: lookback {getattr(model, 'lookback', None)}, expected {lookback} ({where})")
+    members = list(blender.members)
+    if spec.get("members") != members:
+        raise BundleError(f"{blend_at}: blender members {members}, but "
+                          f"{where} lists {spec.get('members')}")
+    missing = [m for m in members if m not in loaded]
+    if missing:
+        raise BundleError(f"{blend_at}: blender members {missing} are not "
+                          f"base models of the bundle ({list(loaded)} in {where})")
+    if tuple(blender.horizons) != horizons:
+        raise BundleError(f"{blend_at}: horizons {list(blender.horizons)}, "
+                          f"expected {list(horizons)} ({where})")
+    methods = list(blender.cfg.methods)
+    primary = spec.get("primary")
+    if primary not in methods or set(methods) & set(loaded):
+        raise BundleError(f"{where}: blender primary {primary!r} must be one of the blend methods {methods}, "
+                          f"none of which may be a base model's name")
+    try:
+        calibration = {n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: a base model's meta.calibration is malformed ({type(e).__name__}: {e})") from e
     return Bundle(
-        path=path, digest=bundle_files.sha256_file(path / bundle_files.MANIFEST), features=features,
-        label=label, frequency=frequency, horizons=tuple(config["horizons"]),
-        lookback=int(config["lookback"]), feature_columns=tuple(config["feature_columns"]),
-        symbols=tuple(config["symbols"]), models=loaded,
-        calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
-        blender=blender, primary=config["blender"]["primary"], config=config,
+        path=path, digest=files.digest, features=features, label=label, frequency=frequency,
+        horizons=horizons, lookback=lookback, feature_columns=columns,
+        symbols=tuple(_get(config, "symbols", list, where)), models=loaded, calibration=calibration,
+        blender=blender, primary=primary, config=config,
     )
 
 
-def _import_libraries(path: Path, config: dict[str, Any]) -> None:
-    """Import LightGBM and XGBoost, if the models of the bundle at ``path`` use them (the
-    distributions their manifests record; a per-symbol model's top manifest records none), hiding
-    scikit-learn from them when no model records it and it is not imported yet.
+def _import_libraries(files: bundle_files.VerifiedBundle, specs: list[tuple[str, str]]) -> None:
+    """Import LightGBM and XGBoost, if the models of the bundle use them (the distributions their
+    manifests record; a per-symbol model's top manifest records none), hiding scikit-learn from
+    them when no model records it and it is not imported yet.
 
     Both libraries import scikit-learn, when it is installed, only for their optional
     scikit-learn wrappers (``LGBMRegressor``, ``XGBRegressor``): about 1 s of the 2 s load
     budget, as it imports scipy.stats. A bundle loads native Boosters, which never use it, and
     the same native code computes the forecasts either way. The price: in this process those
     wrappers raise an ImportError when used; nothing in alphafactory uses them."""
-    packages = {p for spec in config["models"]
-                for p in json.loads((path / spec["path"] / "manifest.json").read_text()).get("versions", {})}
+    packages: set[str] = set()
+    for _, rel in specs:
+        man = files.sub(rel).read_json("manifest.json")
+        versions = man.get("versions") if isinstance(man, dict) else None
+        packages |= {p for p in versions if isinstance(p, str)} if isinstance(versions, dict) else set()
     libs = [m for m in ("lightgbm", "xgboost") if m in packages and m not in sys.modules]
     if not libs:
         return

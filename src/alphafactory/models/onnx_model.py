@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from alphafactory.io import Directory
 from alphafactory.models.base import Model
 
 ONNX_INFO = "onnx.json"
@@ -33,14 +34,15 @@ class OnnxModel(Model):
     """Stands in for the registered model named in ``manifest`` (same name, family, input kind,
     horizons, task and lookback); ``predict``/``predict_proba`` as for the PyTorch model."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:  # noqa: D107 (no super: no params to check)
+    def __init__(self, directory: Path | Directory, manifest: dict[str, Any]) -> None:  # noqa: D107 (no super: no params to check)
         import onnxruntime as ort
 
-        info_path = directory / ONNX_INFO
-        if not info_path.is_file():
-            raise ValueError(f"{info_path}: missing; a PyTorch model in a bundle needs the ONNX export the "
-                             f"training stage writes (retrain: dvc repro train_neural, then bundle)")
-        info = json.loads(info_path.read_text())
+        directory = directory if isinstance(directory, Directory) else Directory(directory)
+        info_path = f"{directory}/{ONNX_INFO}"
+        if not directory.exists(ONNX_INFO):
+            raise directory.error(f"{info_path}: missing; a PyTorch model in a bundle needs the ONNX export the "
+                                  f"training stage writes (retrain: dvc repro train_neural, then bundle)")
+        info = directory.read_json(ONNX_INFO)
         self.name, self.family = manifest["model"], manifest["family"]
         self.input_kind = manifest["input_kind"]
         self.horizons = tuple(int(h) for h in manifest["horizons"])
@@ -58,8 +60,8 @@ class OnnxModel(Model):
         # Idle ONNX Runtime threads sleep rather than spin: the tree libraries' OpenMP threads
         # run next to them (the same reason as OMP_WAIT_POLICY=passive).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session_ = ort.InferenceSession(str(directory / info["file"]), options,
-                                             providers=["CPUExecutionProvider"])
+        self.session_ = directory.load(info["file"], lambda p: ort.InferenceSession(
+            str(p), options, providers=["CPUExecutionProvider"]), "ONNX graph")
         self.meta_ = manifest.get("meta", {})
         self.fitted_ = True
 

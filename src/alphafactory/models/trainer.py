@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from alphafactory.config import from_dict, to_dict
+from alphafactory.io import Directory
 from alphafactory.models.base import XY, Model, _version
 
 ONNX_OPSET = 18
@@ -265,8 +266,9 @@ class NeuralModel(Model):
         torch.save(tensors, directory / "weights.pt")
         return {"weights": "weights.pt", "n_features": self.n_features_}
 
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        tensors = torch.load(directory / state["weights"], map_location="cpu", weights_only=True)
+    def _load_state(self, directory: Directory, state: dict[str, Any]) -> None:
+        tensors = directory.load(state["weights"], lambda p: torch.load(p, map_location="cpu", weights_only=True),
+                                 "weights file")
         self.mean_ = tensors.pop("_scaler_mean").numpy()
         self.std_ = tensors.pop("_scaler_std").numpy()
         self.y_scale_ = tensors.pop("_y_scale").numpy()
