@@ -30,13 +30,22 @@ log = logging.getLogger(__name__)
 BATCH = 4096  # rows per ONNX Runtime call: bounds the memory of materialised windows
 
 
+def import_onnxruntime() -> Any:
+    """``onnxruntime``, its telemetry events off. Importing it is what writes its device id and
+    event store under ``~/.cache/Microsoft/DeveloperTools``; ``alphafactory/__init__.py`` sets
+    ``ORT_DISABLE_TELEMETRY=1`` (unless set) before any import of it, which stops that."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
+
+
 class OnnxModel(Model):
     """Stands in for the registered model named in ``manifest`` (same name, family, input kind,
     horizons, task and lookback); ``predict``/``predict_proba`` as for the PyTorch model."""
 
     def __init__(self, directory: Path | Directory, manifest: dict[str, Any]) -> None:  # noqa: D107 (no super: no params to check)
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         directory = directory if isinstance(directory, Directory) else Directory(directory)
         info_path = f"{directory}/{ONNX_INFO}"
         if not directory.exists(ONNX_INFO):

@@ -307,8 +307,9 @@ class NeuralModel(Model):
 
     def _check_export(self, path: Path, shape: tuple[int, ...], check_rows: int, opset: int,
                       reused: Path | None = None) -> dict[str, Any]:
-        import onnxruntime as ort
+        from alphafactory.models.onnx_model import import_onnxruntime
 
+        ort = import_onnxruntime()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(self.seed)
         x = (self.mean_ + 3.0 * self.std_ * rng.standard_normal((check_rows, *shape))).astype(np.float32)
