@@ -131,6 +131,24 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     assert (every_bar["yhat_std"] > 0).all()
 
 
+def test_predict_in_symbol_batches_equals_one_batch(bundle, bars, every_bar, monkeypatch):
+    """predict runs the models and the blender on batches of whole symbols (memory bound): one
+    batch per symbol gives the same forecasts as all four symbols in one batch."""
+    from alphafactory import inference
+
+    n = every_bar.groupby("symbol").size() // len(bundle.horizons)
+    assert n.sum() < inference.CHUNK_ROWS  # every_bar: one batch
+    monkeypatch.setattr(inference, "CHUNK_ROWS", int(n.min()) // 2)
+    got = predict(bars, bundle, asof="all")
+    assert list(got.columns) == list(every_bar.columns)
+    pd.testing.assert_frame_equal(got[KEYS], every_bar[KEYS])
+    cols = [c for c in got.columns if c not in KEYS]
+    np.testing.assert_allclose(got[cols].to_numpy(), every_bar[cols].to_numpy(), rtol=1e-6, atol=1e-9)
+    batches = inference._symbol_batches(pd.Series(list("aaabbbbcddddde")), max_rows=4)
+    assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 7), (7, 8), (8, 13), (13, 14)]
+    assert [(b.start, b.stop) for b in inference._symbol_batches(pd.Series(list("aaabbbbc")), 7)] == [(0, 7), (7, 8)]
+
+
 def test_load_and_predict_never_import_torch(project, every_bar, tmp_path):
     """A forecasting machine needs no PyTorch: in a process where ``import torch`` fails, the
     bundle loads and forecasts every bar exactly as here."""

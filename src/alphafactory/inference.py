@@ -36,7 +36,7 @@ from alphafactory.bundle import BundleError
 from alphafactory.config import ConfigError, from_dict
 from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import DataValidationError, validate_bars
-from alphafactory.dataset import Windows, drop_warmup
+from alphafactory.dataset import Windows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # history trim (see ``history_bars``); measured effect on forecasts in the README.
 HISTORY_TOL = 1e-6
 KEYS = ["symbol", "timestamp", "horizon"]
+# Forecast bars per pass of the models and the blender (predict's memory bound past the
+# features; measured in the README). Larger is no faster: every step is vectorised per batch.
+CHUNK_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -417,26 +420,69 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
                                   f"were trained on, e.g. {missing[:5]}{why}")
     cols = list(bundle.feature_columns)
     if all_rows:
-        # Exactly the featurize stage's cut, then every row with a full window of its own symbol.
-        feats = drop_warmup(feats, bundle.warmup)
-        # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
-        vol = drop_warmup(make_labels(bars, bundle.label)[["symbol", "vol"]], bundle.warmup)["vol"].to_numpy()
+        # Exactly the featurize stage's cut (drop_warmup), then every row with a full window of
+        # its own symbol; X holds the rows past the cut (feature rows the windows read).
         pos = feats.groupby("symbol", sort=False).cumcount().to_numpy()
-        rows = np.flatnonzero(pos >= bundle.window - 1)
+        kept = np.flatnonzero(pos >= bundle.warmup)
+        rows = np.flatnonzero(pos[kept] >= bundle.warmup + bundle.window - 1)  # into X
         if len(rows) == 0:
             raise DataValidationError(f"{source_name}: no bar has {bundle.min_bars} bars of history "
                                       f"(warm-up {bundle.warmup} + lookback {bundle.window})")
-        vol = vol[rows]
-        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (N, F)
+        X = _feature_matrix(feats, cols, kept)  # (N, F)
+        # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
+        vol = make_labels(bars, bundle.label)["vol"].to_numpy()[kept[rows]]
+        keys = feats[["symbol", "timestamp"]].iloc[kept[rows]].reset_index(drop=True)  # (n,) forecast bars
     else:
         # Each symbol's last `window` rows (all past the warm-up: _check_history).
-        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (n_symbols * window, F)
+        X = _feature_matrix(feats, cols)  # (n_symbols * window, F)
         rows = np.arange(bundle.window - 1, len(feats), bundle.window)  # each symbol's last bar
         # The label stage's volatility at the last bars, from their last vol_window returns.
         k = bundle.label.vol_window + 1
         vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
+        keys = feats[["symbol", "timestamp"]].iloc[rows].reset_index(drop=True)
+    del feats  # the float64 feature table (N x F): only X, its float32 copy, is read from here on
+    # The models and the blender run on a batch of whole symbols at a time (the features needed
+    # the whole panel: cross-sectional ranks): their working memory (each model's copies of its
+    # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
+    # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
+    out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
+    return out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
+
+
+def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:
+    """(n, F) C-contiguous float32 matrix of ``feats[cols]`` (rows ``take``, default all), filled
+    column by column: ``feats[cols].to_numpy()`` would first copy the whole table."""
+    n = len(feats) if take is None else len(take)
+    X = np.empty((n, len(cols)), np.float32)
+    for j, c in enumerate(cols):
+        col = feats[c].to_numpy()
+        X[:, j] = col if take is None else col[take]
+    return X
+
+
+def _symbol_batches(symbols: pd.Series, max_rows: int | None = None) -> list[slice]:
+    """Consecutive slices of ``symbols`` (sorted, so each symbol's rows are contiguous), each of
+    whole symbols and at most ``max_rows`` rows (default ``CHUNK_ROWS``; one symbol with more is
+    a batch of its own)."""
+    max_rows = CHUNK_ROWS if max_rows is None else max_rows
+    codes = pd.factorize(symbols, sort=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    bounds = np.r_[starts, len(codes)]
+    batches, first = [], 0
+    for k in range(1, len(bounds)):
+        if bounds[k] - bounds[first] > max_rows and k - 1 > first:
+            batches.append(slice(int(bounds[first]), int(bounds[k - 1])))
+            first = k - 1
+    batches.append(slice(int(bounds[first]), int(bounds[-1])))
+    return batches
+
+
+def _forecast(X: np.ndarray, rows: np.ndarray, keys: pd.DataFrame, vol: np.ndarray,
+              bundle: Bundle) -> pd.DataFrame:
+    """Every model's and the blender's forecasts from the feature rows ``X[rows]`` (n,), whose
+    symbol and timestamp are ``keys`` and trailing volatility ``vol``."""
     components, probas = {}, {}
-    symbols = feats["symbol"].to_numpy()[rows]
+    symbols = keys["symbol"].to_numpy()
     for name, model in bundle.models.items():
         data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
         args = (data, symbols) if getattr(model, "scope", "pooled") == "per_symbol" else (data,)
@@ -445,7 +491,7 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
             components[name] = np.einsum("nhk,nhk->nh", probas[name], _class_returns(model, symbols))
         else:
             components[name] = model.predict(*args)  # (n, H)
-    return _assemble(feats.iloc[rows], vol, components, bundle, probas)
+    return _assemble(keys, vol, components, bundle, probas)
 
 
 def _class_returns(model: Any, symbols: np.ndarray) -> np.ndarray:
