@@ -319,3 +319,16 @@ def test_the_bundle_stage_output_still_loads_and_lists_every_file(project):
     assert files.files == on_disk - {"manifest.json"}
     b = load_bundle(repo / "bundle")
     assert b.digest == files.digest and len(b.digest) == 64
+
+
+def test_a_per_symbol_model_dir_cannot_point_outside(tmp_path):
+    """The symbol -> subdirectory map of a per-symbol model goes through the same checks, in a
+    bundle or not (the explain stage loads model dirs too)."""
+    d = tmp_path / "lightgbm"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({
+        "format_version": 1, "scope": "per_symbol", "model": "lightgbm", "family": "boosting",
+        "input_kind": "tabular", "horizons": [1], "task": "regression", "init": {}, "meta": {},
+        "symbols": {"AAPL": "../../elsewhere/0000"}}))
+    with pytest.raises(ArtifactError, match=r"lightgbm: file path '../../elsewhere/0000' points outside the directory"):
+        models.load(d)
