@@ -61,8 +61,11 @@ def cold_load(bundle: str, split: bool) -> dict[str, float]:
     if split:
         from alphafactory import models
 
+        from alphafactory.io import Directory
+
         config = json.loads((Path(bundle) / "bundle.json").read_text())
-        inference._import_libraries(Path(bundle), config)  # as load_bundle does, before the models
+        specs = [(m["name"], m["path"]) for m in config["models"]]
+        inference._import_libraries(Directory(bundle), specs)  # as load_bundle does, before the models
         for m in config["models"]:
             if m["family"] == "neural":  # a bundle runs them through their ONNX export
                 importlib.import_module("alphafactory.models.onnx_model")

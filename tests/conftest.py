@@ -1,5 +1,14 @@
-"""Shared fixtures: tiny synthetic panels built in-process (no network, no files)."""
+"""Shared fixtures: tiny synthetic panels built in-process (no network, no files), the session's
+small pipeline run, and a throwaway PostgreSQL server."""
 from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,3 +49,34 @@ def project(tmp_path_factory):
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "first run")
     return repo, out
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    path = found[-1] if found else shutil.which(name)
+    assert path, f"{name} not found: install the Debian 'postgresql' package (.ci/run does)"
+    return path
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a free loopback port (initdb + pg_ctl), stopped after."""
+    base = Path(tempfile.mkdtemp(prefix="af-pg-"))  # under /tmp: reachable by the postgres user
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(base, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = base / "data"
+    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, text=True)  # noqa: E731
+    run(_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
+    run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)

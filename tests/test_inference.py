@@ -2,17 +2,14 @@
 against the pipeline's own test forecasts, `alphafactory predict` into parquet, SQLite and a real
 PostgreSQL server, and a bundle pulled from a DVC remote into a fresh clone.
 
-Uses the session `project` fixture (one small `dvc repro`, conftest.py) and leaves it as found."""
+Uses the session `project` fixture (one small `dvc repro`, conftest.py) and leaves it as found,
+and conftest.py's `postgres_url` server."""
 from __future__ import annotations
 
-import glob
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +129,24 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     assert list(every_bar.columns[:6]) == KEYS + HEAD
     assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
     assert (every_bar["yhat_std"] > 0).all()
+
+
+def test_predict_in_symbol_batches_equals_one_batch(bundle, bars, every_bar, monkeypatch):
+    """predict runs the models and the blender on batches of whole symbols (memory bound): one
+    batch per symbol gives the same forecasts as all four symbols in one batch."""
+    from alphafactory import inference
+
+    n = every_bar.groupby("symbol").size() // len(bundle.horizons)
+    assert n.sum() < inference.CHUNK_ROWS  # every_bar: one batch
+    monkeypatch.setattr(inference, "CHUNK_ROWS", int(n.min()) // 2)
+    got = predict(bars, bundle, asof="all")
+    assert list(got.columns) == list(every_bar.columns)
+    pd.testing.assert_frame_equal(got[KEYS], every_bar[KEYS])
+    cols = [c for c in got.columns if c not in KEYS]
+    np.testing.assert_allclose(got[cols].to_numpy(), every_bar[cols].to_numpy(), rtol=1e-6, atol=1e-9)
+    batches = inference._symbol_batches(pd.Series(list("aaabbbbcddddde")), max_rows=4)
+    assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 7), (7, 8), (8, 13), (13, 14)]
+    assert [(b.start, b.stop) for b in inference._symbol_batches(pd.Series(list("aaabbbbc")), 7)] == [(0, 7), (7, 8)]
 
 
 def test_load_and_predict_never_import_torch(project, every_bar, tmp_path):
@@ -325,37 +340,6 @@ def test_cli_predict_to_parquet_and_sqlite_is_idempotent(project, bundle, bars, 
                                          r"expected \['symbol', 'timestamp', 'horizon'\]"):
         write_predictions(table, url, table="seed")
     assert cli.main(["predict", "--bars", str(src), "--models", str(tmp_path), "--out", str(out)]) == 2
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                   key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
-    path = found[-1] if found else shutil.which(name)
-    assert path, f"{name} not found: install the Debian 'postgresql' package (.ci/run does)"
-    return path
-
-
-@pytest.fixture
-def postgres_url():
-    """A throwaway PostgreSQL server on a free loopback port (initdb + pg_ctl), stopped after."""
-    base = Path(tempfile.mkdtemp(prefix="af-pg-"))  # under /tmp: reachable by the postgres user
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(base, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = base / "data"
-    run = lambda *a: subprocess.run([*as_user, *a], check=True, capture_output=True, text=True)  # noqa: E731
-    run(_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8")
-    run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        run(_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_postgres_upsert_is_idempotent_and_adds_new_model_columns(bundle, bars, postgres_url):

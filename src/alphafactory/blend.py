@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory.config import ConfigError, from_dict, to_dict
-from alphafactory.io import atomic_dir
+from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
@@ -260,23 +260,30 @@ class Stacker:
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Stacker":
-        directory = Path(directory)
-        man = json.loads((directory / "manifest.json").read_text())
-        if man.get("format_version") != 2:
-            raise ValueError(f"{directory / 'manifest.json'}: format_version {man.get('format_version')!r}, expected 2")
+    def load(cls, directory: str | Path | Directory) -> "Stacker":
+        """Rebuild a saved blender; ``directory``: a path or a :class:`~alphafactory.io.Directory`
+        (a bundle's verified files) through which every file is read."""
+        files = directory if isinstance(directory, Directory) else Directory(directory)
+        man = files.read_json("manifest.json")
+        if not isinstance(man, dict) or man.get("format_version") != 2:
+            found = man.get("format_version") if isinstance(man, dict) else man
+            raise files.error(f"{files}/manifest.json: format_version {found!r}, expected 2")
         obj = cls(from_dict(BlendConfig, man["config"], "blend"), man["members"], tuple(man["horizons"]), man["seed"])
         obj.models_ = {}
         for method, per_h in man["state"].items():
             obj.models_[method] = {}
             for h, s in per_h.items():
                 if "cbm" in s:
-                    import catboost as cb
-
-                    m = cb.CatBoostRegressor()
-                    m.load_model(str(directory / s["cbm"]), format="cbm")
-                    obj.models_[method][int(h)] = m
+                    obj.models_[method][int(h)] = files.load(s["cbm"], _load_cbm, "CatBoost model")
                 else:
                     obj.models_[method][int(h)] = s
         obj.calibration_ = {m: Calibration.from_dict(c) for m, c in man["calibration"].items()}
         return obj
+
+
+def _load_cbm(path: Path) -> Any:
+    import catboost as cb
+
+    m = cb.CatBoostRegressor()
+    m.load_model(str(path), format="cbm")
+    return m

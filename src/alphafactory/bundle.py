@@ -14,23 +14,28 @@ Layout (every path relative to the bundle directory)::
 Nothing in a bundle is pickled: loading it (``alphafactory.inference.load_bundle``) reads JSON
 and native model files only, after checking every file against ``manifest.json``. PyTorch models
 forecast through ONNX Runtime there, so loading a bundle never imports PyTorch.
+
+:func:`verify` returns a :class:`VerifiedBundle`, the only way the loaders reach a file: a path
+read from any manifest must name one of the files it verified (no absolute path, no ``..``; a
+bundle holds no symbolic links at all), so a crafted bundle cannot make them read anything else.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
+import stat
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from alphafactory.config import to_dict
 from alphafactory.features import FeatureConfig
-from alphafactory.io import atomic_dir
+from alphafactory.io import ArtifactError, Directory, atomic_dir, safe_relpath
 from alphafactory.labels import LabelConfig
-from alphafactory.stage import InputError
 
 FORMAT_VERSION = 2  # 2: PyTorch models carry an ONNX export (net.onnx, onnx.json)
 MANIFEST = "manifest.json"
@@ -48,8 +53,8 @@ BUILD_ONLY = ("torch", "onnx", "onnxscript")
 RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
 
 
-class BundleError(InputError):
-    """A bundle that cannot be built or trusted: names the file and what was expected."""
+class BundleError(ArtifactError):
+    """A bundle that cannot be built, trusted or read: names the file and what was expected."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -220,24 +225,90 @@ def _check_exported(model_dir: Path) -> None:
                           f"the training stage writes next to it (retrain: dvc repro train@neural)")
 
 
-def verify(directory: str | Path) -> dict[str, Any]:
-    """Check ``directory`` against its manifest; return the parsed ``bundle.json``.
+class VerifiedBundle(Directory):
+    """The files of a bundle that :func:`verify` checked, and nothing else: :meth:`path`,
+    :meth:`load` and :meth:`read_json` refuse any other path (:class:`BundleError` naming it).
+    ``config``: the parsed ``bundle.json``; ``digest``: the sha256 of ``manifest.json``."""
+
+    error = BundleError
+
+    def __init__(self, root: Path, files: frozenset[str], prefix: str = "", *,
+                 config: dict[str, Any] | None = None, digest: str = "") -> None:
+        super().__init__(root, prefix)
+        self.files = files
+        self.config = config if config is not None else {}
+        self.digest = digest
+
+    def _check(self, full: str) -> Path:
+        path = self.root / full
+        if full not in self.files:
+            raise BundleError(f"{path}: not a file of the bundle (not listed in {MANIFEST}, so never "
+                              f"verified); a model's manifest may name only files of its own directory")
+        if path.resolve() != path:  # verify() refused every link; this holds unless it changed since
+            raise BundleError(f"{path}: resolves to {path.resolve()}, outside the verified files")
+        return path
+
+    def exists(self, rel: str) -> bool:
+        return self._rel(rel) in self.files
+
+    def _sub(self, prefix: str) -> VerifiedBundle:
+        return VerifiedBundle(self.root, self.files, prefix, config=self.config, digest=self.digest)
+
+
+def _walk(root: Path) -> set[str]:
+    """Posix paths, relative to ``root``, of every regular file under it; a symbolic link or a
+    special file (FIFO, device, socket) anywhere below it is a :class:`BundleError`."""
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):  # never follows links
+        for name in (*dirnames, *filenames):
+            p = Path(dirpath) / name
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"{p}: a symbolic link (to {os.readlink(p)!r}); a bundle holds regular "
+                                  f"files only (a DVC cache.type of symlink? use copy, reflink or hardlink)")
+            if stat.S_ISREG(mode):
+                found.add(p.relative_to(root).as_posix())
+            elif not stat.S_ISDIR(mode):
+                raise BundleError(f"{p}: not a regular file or directory; a bundle holds regular files only")
+    return found
+
+
+def _raise(e: OSError) -> None:
+    raise BundleError(f"{e.filename}: cannot be listed ({e.strerror})") from e
+
+
+def _file_entry(path: Path, rel: Any, want: Any) -> tuple[str, int, str]:
+    """A manifest ``files`` entry checked for shape: (relative path, size, sha256)."""
+    safe = safe_relpath(rel)
+    if safe is None:
+        raise BundleError(f"{path}: file path {rel!r} points outside the bundle; expected a relative "
+                          f"path without '..'")
+    if not (isinstance(want, dict) and isinstance(want.get("size"), int) and isinstance(want.get("sha256"), str)):
+        raise BundleError(f"{path}: entry {rel!r} is {want!r}; expected {{\"sha256\": hex, \"size\": bytes}}")
+    return safe, want["size"], want["sha256"]
+
+
+def verify(directory: str | Path) -> VerifiedBundle:
+    """Check ``directory`` against its manifest; return its verified files (and ``bundle.json``).
 
     Raises :class:`BundleError` naming the file for: no manifest, an unknown format_version, a
-    path outside the bundle, a missing, truncated or modified file, and a file the manifest does
-    not list (so nothing unchecked is ever read)."""
+    path outside the bundle, a symbolic link or special file anywhere in it, a missing, truncated
+    or modified file, and a file the manifest does not list. The loaders then read files through
+    the returned :class:`VerifiedBundle` only, so nothing unchecked is ever read."""
     directory = Path(directory)
-    path = directory / MANIFEST
     if not directory.is_dir():
         raise BundleError(f"{directory}: no such directory; expected a bundle (dvc pull bundle, or "
                           f"run the bundle stage)")
-    if not path.is_file():
+    root = directory.resolve()  # the bundle directory itself may be reached through a link
+    path = directory / MANIFEST
+    if not os.path.lexists(path):
         raise BundleError(f"{path}: missing; {directory} is not a bundle (expected {MANIFEST})")
+    on_disk = _walk(root)  # refuses links first: the manifest itself is read only if it is a file
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
-    version = manifest.get("format_version")
+        manifest = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
+        raise BundleError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]})") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format_version {version!r} is not supported; this "
                           f"alphafactory reads format_version {FORMAT_VERSION} (rebuild the bundle "
@@ -245,23 +316,28 @@ def verify(directory: str | Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or CONFIG not in files:
         raise BundleError(f"{path}: expected 'files' listing {CONFIG} and the model files")
+    checked = []
     for rel, want in files.items():
-        parts = PurePosixPath(rel).parts
-        if PurePosixPath(rel).is_absolute() or ".." in parts or not parts:
-            raise BundleError(f"{path}: file path {rel!r} points outside the bundle")
+        rel, size, sha = _file_entry(path, rel, want)
         f = directory / rel
-        if not f.is_file():
-            raise BundleError(f"{f}: missing; the manifest lists it ({want['size']} bytes)")
-        size = f.stat().st_size
-        if size != want["size"]:
-            raise BundleError(f"{f}: {size} bytes, manifest says {want['size']}; the file is "
+        if rel not in on_disk:
+            raise BundleError(f"{f}: missing; the manifest lists it ({size} bytes)")
+        have = f.stat().st_size
+        if have != size:
+            raise BundleError(f"{f}: {have} bytes, manifest says {size}; the file is "
                               f"truncated or modified")
         digest = sha256_file(f)
-        if digest != want["sha256"]:
-            raise BundleError(f"{f}: sha256 {digest[:16]}..., manifest says {want['sha256'][:16]}...; "
+        if digest != sha:
+            raise BundleError(f"{f}: sha256 {digest[:16]}..., manifest says {sha[:16]}...; "
                               f"the file was modified")
-    extra = sorted(set(_files(directory)) - set(files))
+        checked.append(rel)
+    extra = sorted(on_disk - set(checked) - {MANIFEST})
     if extra:
         raise BundleError(f"{directory / extra[0]}: not listed in {MANIFEST} ({len(extra)} unlisted "
                           f"file(s)); expected only the files the bundle stage wrote")
-    return json.loads((directory / CONFIG).read_text())
+    verified = VerifiedBundle(root, frozenset(checked), digest=sha256_file(path))
+    config = verified.read_json(CONFIG)
+    if not isinstance(config, dict):
+        raise BundleError(f"{directory / CONFIG}: a JSON {type(config).__name__}; expected an object")
+    verified.config = config
+    return verified

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import math
 import sys
@@ -37,7 +36,7 @@ from alphafactory.bundle import BundleError
 from alphafactory.config import ConfigError, from_dict
 from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import DataValidationError, validate_bars
-from alphafactory.dataset import Windows, drop_warmup
+from alphafactory.dataset import Windows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
@@ -50,6 +49,9 @@ log = logging.getLogger(__name__)
 # history trim (see ``history_bars``); measured effect on forecasts in the README.
 HISTORY_TOL = 1e-6
 KEYS = ["symbol", "timestamp", "horizon"]
+# Forecast bars per pass of the models and the blender (predict's memory bound past the
+# features; measured in the README). Larger is no faster: every step is vectorised per batch.
+CHUNK_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -122,55 +124,142 @@ def load_bundle(path: str | Path) -> Bundle:
     """Verify every file of the bundle at ``path`` against its manifest, then load it.
 
     Reads JSON and native model files only (``alphafactory.models.load``,
-    ``alphafactory.blend.Stacker.load``): nothing is unpickled. Raises :class:`BundleError`
-    naming the file for a missing, truncated or modified file, an unlisted file, or an
-    unsupported format version. Library versions and feature code that differ from the ones the
-    bundle was built with are logged as warnings."""
+    ``alphafactory.blend.Stacker.load``), and only the files it verified: every path a manifest
+    names goes through the :class:`~alphafactory.bundle.VerifiedBundle`. Nothing is unpickled.
+    Raises :class:`BundleError` naming the file for a missing, truncated, modified or unlisted
+    file, a symbolic link, a path outside the bundle, an unsupported format version, a file its
+    library cannot read, and models that disagree with each other or with the blender. Library
+    versions and feature code that differ from the ones the bundle was built with are logged as
+    warnings."""
     from alphafactory import models as registry
 
     path = Path(path)
-    config = bundle_files.verify(path)
+    files = bundle_files.verify(path)
+    config = files.config
     where = path / bundle_files.CONFIG
     try:
         features = from_dict(FeatureConfig, config["features"], "features")
         label = from_dict(LabelConfig, config["label"], "label")
         frequency = FrequencyInfo.from_dict(config["frequency"])
-    except (ConfigError, KeyError, TypeError) as e:
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
         raise BundleError(f"{where}: bad features, label or frequency section ({e})") from e
-    _import_libraries(path, config)
+    specs = _model_specs(config, where)
+    _import_libraries(files, specs)
     loaded: dict[str, Model] = {}
-    for spec in config["models"]:
+    for name, rel in specs:
+        model_dir = files.sub(rel)
         try:
-            loaded[spec["name"]] = registry.load(path / spec["path"], portable=True)
-        except ValueError as e:  # unknown model family or format version: name the directory
-            raise BundleError(f"{path / spec['path']}: cannot load model ({e})") from e
+            loaded[name] = registry.load(model_dir, portable=True)
+        except BundleError:
+            raise
+        # A manifest of the wrong shape (missing keys, wrong types) or an unknown model family:
+        # name the manifest.
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise BundleError(f"{model_dir}/manifest.json: cannot load model {name!r} "
+                              f"({type(e).__name__}: {e})") from e
+    blender_dir = files.sub(_get(config, "blender", dict, where).get("path"))
     try:
-        blender = Stacker.load(path / config["blender"]["path"])
-    except ValueError as e:
-        raise BundleError(f"{path / config['blender']['path']}: cannot load the blender ({e})") from e
+        blender = Stacker.load(blender_dir)
+    except BundleError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise BundleError(f"{blender_dir}/manifest.json: cannot load the blender ({type(e).__name__}: {e})") from e
+    bundle = _assemble_bundle(path, files, config, dict(specs), features, label, frequency, loaded, blender)
     _warn_environment(config, path)
+    return bundle
+
+
+def _get(config: dict[str, Any], key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    value = config.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BundleError(f"{where}: {key!r} is {str(value)[:80]!r}; expected a JSON "
+                          f"{getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _model_specs(config: dict[str, Any], where: Path) -> list[tuple[str, str]]:
+    """(name, path) of every base model in ``bundle.json``, checked for shape."""
+    specs = _get(config, "models", list, where)
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name = spec.get("name") if isinstance(spec, dict) else None
+        rel = spec.get("path") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not isinstance(rel, str):
+            raise BundleError(f"{where}: models entry {str(spec)[:80]!r}; expected {{\"name\": ..., \"path\": ...}}")
+        if name in bundle_files.RESERVED or name in dict(out):
+            raise BundleError(f"{where}: model name {name!r} is {'reserved' if name in bundle_files.RESERVED else 'repeated'}")
+        out.append((name, rel))
+    if not out:
+        raise BundleError(f"{where}: no base models; expected at least one")
+    return out
+
+
+def _assemble_bundle(path: Path, files: bundle_files.VerifiedBundle, config: dict[str, Any],
+                     dirs: dict[str, str], features: FeatureConfig, label: LabelConfig,
+                     frequency: FrequencyInfo, loaded: dict[str, Model], blender: Stacker) -> Bundle:
+    """The :class:`Bundle`, once its models agree with ``bundle.json``, each other and the
+    blender (what the bundle stage checked when it built it)."""
+    where = path / bundle_files.CONFIG
+    horizons = tuple(_get(config, "horizons", list, where))
+    lookback = _get(config, "lookback", int, where)
+    columns = tuple(_get(config, "feature_columns", list, where))
+    spec = _get(config, "blender", dict, where)
+    blend_at = f"{files.sub(spec['path'])}/manifest.json"
+    for name, model in loaded.items():
+        at = f"{files.sub(dirs[name])}/manifest.json"
+        if model.name != name:
+            raise BundleError(f"{at}: model {model.name!r}, but {where} names it {name!r}")
+        if tuple(model.horizons) != horizons:
+            raise BundleError(f"{at}: horizons {list(model.horizons)}, expected {list(horizons)} ({where})")
+        meta = getattr(model, "meta_", None) or {}
+        if list(meta.get("features") or ()) != list(columns):
+            raise BundleError(f"{at}: meta.features differ from feature_columns in {where}; expected "
+                              f"the {len(columns)} columns the bundle lists, in order")
+        if model.input_kind == "sequence" and getattr(model, "lookback", None) != lookback:
+            raise BundleError(f"{at}: lookback {getattr(model, 'lookback', None)}, expected {lookback} ({where})")
+    members = list(blender.members)
+    if spec.get("members") != members:
+        raise BundleError(f"{blend_at}: blender members {members}, but "
+                          f"{where} lists {spec.get('members')}")
+    missing = [m for m in members if m not in loaded]
+    if missing:
+        raise BundleError(f"{blend_at}: blender members {missing} are not "
+                          f"base models of the bundle ({list(loaded)} in {where})")
+    if tuple(blender.horizons) != horizons:
+        raise BundleError(f"{blend_at}: horizons {list(blender.horizons)}, "
+                          f"expected {list(horizons)} ({where})")
+    methods = list(blender.cfg.methods)
+    primary = spec.get("primary")
+    if primary not in methods or set(methods) & set(loaded):
+        raise BundleError(f"{where}: blender primary {primary!r} must be one of the blend methods {methods}, "
+                          f"none of which may be a base model's name")
+    try:
+        calibration = {n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"{where}: a base model's meta.calibration is malformed ({type(e).__name__}: {e})") from e
     return Bundle(
-        path=path, digest=bundle_files.sha256_file(path / bundle_files.MANIFEST), features=features,
-        label=label, frequency=frequency, horizons=tuple(config["horizons"]),
-        lookback=int(config["lookback"]), feature_columns=tuple(config["feature_columns"]),
-        symbols=tuple(config["symbols"]), models=loaded,
-        calibration={n: Calibration.from_dict(m.meta_["calibration"]) for n, m in loaded.items()},
-        blender=blender, primary=config["blender"]["primary"], config=config,
+        path=path, digest=files.digest, features=features, label=label, frequency=frequency,
+        horizons=horizons, lookback=lookback, feature_columns=columns,
+        symbols=tuple(_get(config, "symbols", list, where)), models=loaded, calibration=calibration,
+        blender=blender, primary=primary, config=config,
     )
 
 
-def _import_libraries(path: Path, config: dict[str, Any]) -> None:
-    """Import LightGBM and XGBoost, if the models of the bundle at ``path`` use them (the
-    distributions their manifests record; a per-symbol model's top manifest records none), hiding
-    scikit-learn from them when no model records it and it is not imported yet.
+def _import_libraries(files: bundle_files.VerifiedBundle, specs: list[tuple[str, str]]) -> None:
+    """Import LightGBM and XGBoost, if the models of the bundle use them (the distributions their
+    manifests record; a per-symbol model's top manifest records none), hiding scikit-learn from
+    them when no model records it and it is not imported yet.
 
     Both libraries import scikit-learn, when it is installed, only for their optional
     scikit-learn wrappers (``LGBMRegressor``, ``XGBRegressor``): about 1 s of the 2 s load
     budget, as it imports scipy.stats. A bundle loads native Boosters, which never use it, and
     the same native code computes the forecasts either way. The price: in this process those
     wrappers raise an ImportError when used; nothing in alphafactory uses them."""
-    packages = {p for spec in config["models"]
-                for p in json.loads((path / spec["path"] / "manifest.json").read_text()).get("versions", {})}
+    packages: set[str] = set()
+    for _, rel in specs:
+        man = files.sub(rel).read_json("manifest.json")
+        versions = man.get("versions") if isinstance(man, dict) else None
+        packages |= {p for p in versions if isinstance(p, str)} if isinstance(versions, dict) else set()
     libs = [m for m in ("lightgbm", "xgboost") if m in packages and m not in sys.modules]
     if not libs:
         return
@@ -331,26 +420,69 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
                                   f"were trained on, e.g. {missing[:5]}{why}")
     cols = list(bundle.feature_columns)
     if all_rows:
-        # Exactly the featurize stage's cut, then every row with a full window of its own symbol.
-        feats = drop_warmup(feats, bundle.warmup)
-        # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
-        vol = drop_warmup(make_labels(bars, bundle.label)[["symbol", "vol"]], bundle.warmup)["vol"].to_numpy()
+        # Exactly the featurize stage's cut (drop_warmup), then every row with a full window of
+        # its own symbol; X holds the rows past the cut (feature rows the windows read).
         pos = feats.groupby("symbol", sort=False).cumcount().to_numpy()
-        rows = np.flatnonzero(pos >= bundle.window - 1)
+        kept = np.flatnonzero(pos >= bundle.warmup)
+        rows = np.flatnonzero(pos[kept] >= bundle.warmup + bundle.window - 1)  # into X
         if len(rows) == 0:
             raise DataValidationError(f"{source_name}: no bar has {bundle.min_bars} bars of history "
                                       f"(warm-up {bundle.warmup} + lookback {bundle.window})")
-        vol = vol[rows]
-        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (N, F)
+        X = _feature_matrix(feats, cols, kept)  # (N, F)
+        # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
+        vol = make_labels(bars, bundle.label)["vol"].to_numpy()[kept[rows]]
+        keys = feats[["symbol", "timestamp"]].iloc[kept[rows]].reset_index(drop=True)  # (n,) forecast bars
     else:
         # Each symbol's last `window` rows (all past the warm-up: _check_history).
-        X = np.ascontiguousarray(feats[cols].to_numpy(np.float32))  # (n_symbols * window, F)
+        X = _feature_matrix(feats, cols)  # (n_symbols * window, F)
         rows = np.arange(bundle.window - 1, len(feats), bundle.window)  # each symbol's last bar
         # The label stage's volatility at the last bars, from their last vol_window returns.
         k = bundle.label.vol_window + 1
         vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
+        keys = feats[["symbol", "timestamp"]].iloc[rows].reset_index(drop=True)
+    del feats  # the float64 feature table (N x F): only X, its float32 copy, is read from here on
+    # The models and the blender run on a batch of whole symbols at a time (the features needed
+    # the whole panel: cross-sectional ranks): their working memory (each model's copies of its
+    # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
+    # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
+    out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
+    return out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
+
+
+def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:
+    """(n, F) C-contiguous float32 matrix of ``feats[cols]`` (rows ``take``, default all), filled
+    column by column: ``feats[cols].to_numpy()`` would first copy the whole table."""
+    n = len(feats) if take is None else len(take)
+    X = np.empty((n, len(cols)), np.float32)
+    for j, c in enumerate(cols):
+        col = feats[c].to_numpy()
+        X[:, j] = col if take is None else col[take]
+    return X
+
+
+def _symbol_batches(symbols: pd.Series, max_rows: int | None = None) -> list[slice]:
+    """Consecutive slices of ``symbols`` (sorted, so each symbol's rows are contiguous), each of
+    whole symbols and at most ``max_rows`` rows (default ``CHUNK_ROWS``; one symbol with more is
+    a batch of its own)."""
+    max_rows = CHUNK_ROWS if max_rows is None else max_rows
+    codes = pd.factorize(symbols, sort=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    bounds = np.r_[starts, len(codes)]
+    batches, first = [], 0
+    for k in range(1, len(bounds)):
+        if bounds[k] - bounds[first] > max_rows and k - 1 > first:
+            batches.append(slice(int(bounds[first]), int(bounds[k - 1])))
+            first = k - 1
+    batches.append(slice(int(bounds[first]), int(bounds[-1])))
+    return batches
+
+
+def _forecast(X: np.ndarray, rows: np.ndarray, keys: pd.DataFrame, vol: np.ndarray,
+              bundle: Bundle) -> pd.DataFrame:
+    """Every model's and the blender's forecasts from the feature rows ``X[rows]`` (n,), whose
+    symbol and timestamp are ``keys`` and trailing volatility ``vol``."""
     components, probas = {}, {}
-    symbols = feats["symbol"].to_numpy()[rows]
+    symbols = keys["symbol"].to_numpy()
     for name, model in bundle.models.items():
         data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
         args = (data, symbols) if getattr(model, "scope", "pooled") == "per_symbol" else (data,)
@@ -359,7 +491,7 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
             components[name] = np.einsum("nhk,nhk->nh", probas[name], _class_returns(model, symbols))
         else:
             components[name] = model.predict(*args)  # (n, H)
-    return _assemble(feats.iloc[rows], vol, components, bundle, probas)
+    return _assemble(keys, vol, components, bundle, probas)
 
 
 def _class_returns(model: Any, symbols: np.ndarray) -> np.ndarray:

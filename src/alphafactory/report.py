@@ -14,9 +14,14 @@ import logging
 import math
 import re
 from dataclasses import dataclass
+import os
+import tempfile
 from typing import Any
 
-import matplotlib
+# matplotlib keeps its font cache and config under ~/.cache and ~/.config unless told otherwise:
+# a pipeline run writes nothing outside the repository, the DVC cache and the temp directory.
+os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "alphafactory-matplotlib"))
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # before pyplot: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402

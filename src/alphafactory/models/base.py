@@ -3,7 +3,8 @@
 ``__init__`` only stores and validates hyperparameters; ``fit(train, val)`` returns ``self``;
 fitted state ends in ``_``; ``predict(X)`` returns ``(n, H)``, one column per horizon, and raises
 :class:`NotFittedError` before ``fit``. ``save(dir)`` writes native artifacts plus ``manifest.json``;
-``Model.load(dir)`` rebuilds any registered model from them (no pickle: loading runs no code).
+``Model.load(dir)`` rebuilds any registered model from them (no pickle: loading runs no code),
+reading every file through an :class:`alphafactory.io.Directory` (a bundle's verified files).
 
 Tasks (``task=`` at construction, one of the family's registered ``tasks``):
 
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from alphafactory.config import ConfigError, from_dict, to_dict
-from alphafactory.io import atomic_dir
+from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import CLASS_NAMES
 from alphafactory.progress import progress
 
@@ -147,7 +148,9 @@ class Model(ABC):
         """Write native artifacts into ``directory``; return JSON state for the manifest."""
 
     @abstractmethod
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None: ...
+    def _load_state(self, directory: Directory, state: dict[str, Any]) -> None:
+        """Rebuild the fitted state from ``state`` (what ``_save_state`` returned), reading every
+        file through ``directory.path(name)`` / ``directory.load(name, reader)``."""
 
     def _init_kwargs(self) -> dict[str, Any]:
         """Extra constructor arguments to record in the manifest (JSON-able)."""
@@ -213,36 +216,33 @@ class Model(ABC):
                 write_export(self, tmp, where=Path(directory))
 
     @staticmethod
-    def load(directory: str | Path, *, portable: bool = False) -> "Model":
-        """Rebuild the saved model in ``directory``. With ``portable`` (as in a bundle), a PyTorch
-        model loads from the ONNX export the bundle stage writes next to it, as an
-        :class:`~alphafactory.models.onnx_model.OnnxModel` that forecasts without PyTorch; one
-        without that export is an error."""
+    def load(directory: str | Path | Directory, *, portable: bool = False) -> "Model":
+        """Rebuild the saved model in ``directory`` (a path, or a :class:`~alphafactory.io.Directory`
+        such as a bundle's verified files, through which every file is then read). With
+        ``portable`` (as in a bundle), a PyTorch model loads from the ONNX export the training
+        stage writes next to it, as an :class:`~alphafactory.models.onnx_model.OnnxModel` that
+        forecasts without PyTorch; one without that export is an error."""
         from alphafactory.models import get  # registry import is lazy to avoid a cycle
 
-        directory = Path(directory)
-        path = directory / MANIFEST
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no model manifest (is {directory} a saved model?)")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
-            )
+        files = directory if isinstance(directory, Directory) else Directory(directory)
+        manifest = files.read_json(MANIFEST)
+        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+            found = manifest.get("format_version") if isinstance(manifest, dict) else manifest
+            raise files.error(f"{files}/{MANIFEST}: format_version {found!r}, expected {FORMAT_VERSION}")
         if manifest.get("scope") == "per_symbol":
             from alphafactory.models.per_symbol import PerSymbolModel
 
-            return PerSymbolModel.load(directory, manifest, portable=portable)  # type: ignore[return-value]
+            return PerSymbolModel.load(files, manifest, portable=portable)  # type: ignore[return-value]
         if portable and manifest.get("family") == "neural":
             from alphafactory.models.onnx_model import OnnxModel
 
-            return OnnxModel(directory, manifest)
+            return OnnxModel(files, manifest)
         cls = get(manifest["model"]).cls
         model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
                     task=manifest.get("task", "regression"), **manifest.get("init", {}))
         if model.classifier:
             model.class_returns_ = np.asarray(manifest["class_returns"], np.float64)
-        model._load_state(directory, manifest["state"])
+        model._load_state(files, manifest["state"])
         model.meta_ = manifest.get("meta", {})
         model.fitted_ = True
         return model
@@ -305,5 +305,8 @@ class PerHorizonModel(Model):
             files.append(name)
         return {"files": files, "best_iteration": [self._best_iteration(e) for e in self.estimators_]}
 
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        self.estimators_ = [self._load_one(directory / f) for f in state["files"]]
+    def _load_state(self, directory: Directory, state: dict[str, Any]) -> None:
+        if len(state["files"]) != len(self.horizons):
+            raise directory.error(f"{directory}/{MANIFEST}: {len(state['files'])} state files for "
+                                  f"{len(self.horizons)} horizons; expected one per horizon")
+        self.estimators_ = [directory.load(f, self._load_one, f"{self.name} model file") for f in state["files"]]

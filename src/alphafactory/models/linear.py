@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from alphafactory.io import atomic_path
+from alphafactory.io import Directory, atomic_path
 from alphafactory.models import register
 from alphafactory.models.base import XY, Model
 
@@ -144,8 +144,8 @@ class LinearJSONModel(Model):
         (directory / self.FILE).write_text(json.dumps(state) + "\n")
         return {"file": self.FILE}
 
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        s = json.loads((directory / state["file"]).read_text())
+    def _load_state(self, directory: Directory, state: dict[str, Any]) -> None:
+        s = directory.read_json(state["file"])
         self.scaler_ = Scaler(np.asarray(s["mean"]), np.asarray(s["scale"]), self.params.clip)
         coef_shape, intercept_shape = self._shapes(len(self.scaler_.mean))
         self.coef_ = np.asarray(s["coef"], np.float64).reshape(coef_shape)

@@ -21,26 +21,40 @@ from typing import Any
 
 import numpy as np
 
+from alphafactory.io import Directory
 from alphafactory.models.base import Model
 
 ONNX_INFO = "onnx.json"
 ONNX_FILE = "net.onnx"
 log = logging.getLogger(__name__)
-BATCH = 4096  # rows per ONNX Runtime call: bounds the memory of materialised windows
+# Rows per ONNX Runtime call: bounds the materialised windows and the memory ONNX Runtime keeps in
+# its arena after the largest call (lookback 32 x 237 features: ~200 MB per model at 1024, 800 MB
+# at 4096; the same speed per row).
+BATCH = 1024
+
+
+def import_onnxruntime() -> Any:
+    """``onnxruntime``, its telemetry events off. Importing it is what writes its device id and
+    event store under ``~/.cache/Microsoft/DeveloperTools``; ``alphafactory/__init__.py`` sets
+    ``ORT_DISABLE_TELEMETRY=1`` (unless set) before any import of it, which stops that."""
+    import onnxruntime as ort
+
+    ort.disable_telemetry_events()
+    return ort
 
 
 class OnnxModel(Model):
     """Stands in for the registered model named in ``manifest`` (same name, family, input kind,
     horizons, task and lookback); ``predict``/``predict_proba`` as for the PyTorch model."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:  # noqa: D107 (no super: no params to check)
-        import onnxruntime as ort
-
-        info_path = directory / ONNX_INFO
-        if not info_path.is_file():
-            raise ValueError(f"{info_path}: missing; a PyTorch model in a bundle needs the ONNX export the "
-                             f"training stage writes (retrain: dvc repro train@neural, then bundle)")
-        info = json.loads(info_path.read_text())
+    def __init__(self, directory: Path | Directory, manifest: dict[str, Any]) -> None:  # noqa: D107 (no super: no params to check)
+        ort = import_onnxruntime()
+        directory = directory if isinstance(directory, Directory) else Directory(directory)
+        info_path = f"{directory}/{ONNX_INFO}"
+        if not directory.exists(ONNX_INFO):
+            raise directory.error(f"{info_path}: missing; a PyTorch model in a bundle needs the ONNX export the "
+                                  f"training stage writes (retrain: dvc repro train@neural, then bundle)")
+        info = directory.read_json(ONNX_INFO)
         self.name, self.family = manifest["model"], manifest["family"]
         self.input_kind = manifest["input_kind"]
         self.horizons = tuple(int(h) for h in manifest["horizons"])
@@ -58,8 +72,8 @@ class OnnxModel(Model):
         # Idle ONNX Runtime threads sleep rather than spin: the tree libraries' OpenMP threads
         # run next to them (the same reason as OMP_WAIT_POLICY=passive).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session_ = ort.InferenceSession(str(directory / info["file"]), options,
-                                             providers=["CPUExecutionProvider"])
+        self.session_ = directory.load(info["file"], lambda p: ort.InferenceSession(
+            str(p), options, providers=["CPUExecutionProvider"]), "ONNX graph")
         self.meta_ = manifest.get("meta", {})
         self.fitted_ = True
 

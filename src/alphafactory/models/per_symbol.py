@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from alphafactory.io import atomic_dir
+from alphafactory.io import Directory, atomic_dir
 from alphafactory.models.base import FORMAT_VERSION, MANIFEST, Model, _version
 from alphafactory.models.onnx_model import write_export
 
@@ -94,9 +94,8 @@ class PerSymbolModel:
         self.meta_ = meta or {}
 
     @classmethod
-    def load(cls, directory: str | Path, manifest: dict[str, Any], *, portable: bool = False) -> "PerSymbolModel":
-        directory = Path(directory)
-        members = {s: Model.load(directory / rel, portable=portable) for s, rel in manifest["symbols"].items()}
+    def load(cls, directory: Directory, manifest: dict[str, Any], *, portable: bool = False) -> "PerSymbolModel":
+        members = {s: Model.load(directory.sub(rel), portable=portable) for s, rel in manifest["symbols"].items()}
         obj = cls(manifest["model"], members)
         obj.meta_ = manifest.get("meta", {})
         return obj

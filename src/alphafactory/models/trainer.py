@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from alphafactory.config import from_dict, to_dict
+from alphafactory.io import Directory
 from alphafactory.models.base import XY, Model, _version
 from alphafactory.progress import progress
 
@@ -274,8 +275,9 @@ class NeuralModel(Model):
         torch.save(tensors, directory / "weights.pt")
         return {"weights": "weights.pt", "n_features": self.n_features_}
 
-    def _load_state(self, directory: Path, state: dict[str, Any]) -> None:
-        tensors = torch.load(directory / state["weights"], map_location="cpu", weights_only=True)
+    def _load_state(self, directory: Directory, state: dict[str, Any]) -> None:
+        tensors = directory.load(state["weights"], lambda p: torch.load(p, map_location="cpu", weights_only=True),
+                                 "weights file")
         self.mean_ = tensors.pop("_scaler_mean").numpy()
         self.std_ = tensors.pop("_scaler_std").numpy()
         self.y_scale_ = tensors.pop("_y_scale").numpy()
@@ -315,8 +317,9 @@ class NeuralModel(Model):
 
     def _check_export(self, path: Path, shape: tuple[int, ...], check_rows: int, opset: int,
                       reused: Path | None = None) -> dict[str, Any]:
-        import onnxruntime as ort
+        from alphafactory.models.onnx_model import import_onnxruntime
 
+        ort = import_onnxruntime()
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(self.seed)
         x = (self.mean_ + 3.0 * self.std_ * rng.standard_normal((check_rows, *shape))).astype(np.float32)
