@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import sqlalchemy as sa
 
-from alphafactory.stage import InputError
+from alphafactory.config import InputError
 
 KEY = ("symbol", "timestamp", "horizon")
 VALUES = ("yhat", "yhat_std", "prob_up")

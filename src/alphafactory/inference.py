@@ -40,7 +40,7 @@ from alphafactory.dataset import Windows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
-from alphafactory.stage import InputError
+from alphafactory.config import InputError
 from alphafactory.uncertainty import Calibration, apply_calibration
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from alphafactory.stage import InputError
+from alphafactory.config import InputError
 
 T = TypeVar("T")
 
