@@ -80,3 +80,14 @@ def postgres_url():
     finally:
         run(_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+PIPELINE_FIXTURES = {"project"}  # fixtures that run the real `dvc repro`
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses a pipeline fixture is `slow`, marked or not, so that
+    `make test-fast` (`-m "not slow"`) never starts a `dvc repro`."""
+    for item in items:
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
