@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # `dvc repro` gets it too; this line also covers tools run here that do not import it.
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: run test test-fast install repro lock bench clean report-check
+.PHONY: run test test-fast lint install repro lock bench clean report-check
 
 run: install  ## create .venv, install pinned dependencies, run the whole pipeline
 	dvc repro
@@ -20,6 +20,9 @@ test: install $(BROWSER)  ## run the whole test suite (unit tests and real `dvc 
 
 test-fast: install  ## the unit tests only: no `dvc repro`, no browser (under 3 minutes on 2 cores)
 	$(PY) -m pytest -q -m "not slow"
+
+lint: install  ## ruff check (rules in pyproject.toml [tool.ruff]); a few seconds
+	$(PY) -m ruff check .
 
 install: $(STAMP)
 
