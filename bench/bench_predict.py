@@ -60,7 +60,6 @@ def cold_load(bundle: str, split: bool) -> dict[str, float]:
     t1 = time.perf_counter()
     if split:
         from alphafactory import models
-
         from alphafactory.io import Directory
 
         config = json.loads((Path(bundle) / "bundle.json").read_text())
@@ -122,7 +121,7 @@ def warm_predict(bundle_path: str, n_symbols: int, n_bars: int, repeats: int) ->
         for m in bundle.models.values():
             m.predict(Windows(X, rows, m.lookback) if m.input_kind == "sequence" else X[rows])
         t3 = time.perf_counter()
-        for k, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2)):
+        for k, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2), strict=True):
             steps[k].append(dt)
     runs = {keep: timed(keep)}
     full_t, full = timed(n_bars)

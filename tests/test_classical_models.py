@@ -113,9 +113,11 @@ def test_val_is_never_used_for_fitting(name, task):
     X, Y = panel()
     if task == "classification":
         C = np.where(Y > 0.5, 2.0, np.where(Y < -0.5, 0.0, 1.0)).astype(np.float32)
-        xy = lambda rows, sign=1: XY(sign * X[rows], C[rows] if sign > 0 else 2 - C[rows], R=Y[rows])
+        def xy(rows, sign=1):
+            return XY(sign * X[rows], C[rows] if sign > 0 else 2 - C[rows], R=Y[rows])
     else:
-        xy = lambda rows, sign=1: XY(sign * X[rows], Y[rows] if sign > 0 else Y[rows] * 7 + 1)
+        def xy(rows, sign=1):
+            return XY(sign * X[rows], Y[rows] if sign > 0 else Y[rows] * 7 + 1)
     train, test, val = xy(slice(0, 200)), X[250:], slice(200, 250)
     params = SMALL_RF if name == "random_forest" else {}
     a = models.create(name, params, horizons=(1, 2), seed=3, task=task).fit(train, xy(val))

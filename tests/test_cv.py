@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -48,7 +47,7 @@ def test_fold_test_rows_are_never_train_or_val(panel):
     real_test_keys = labels.loc[real_test, KEYS]
     ts = ds.keys["timestamp"].to_numpy("datetime64[ns]")
     assert folds["fold"].nunique() == 3
-    for fid, fold in folds.groupby("fold"):
+    for _, fold in folds.groupby("fold"):
         seg = fold_segments(ds, fold, label_end, val_frac=0.2)
         assert set(seg) <= {"train", "val", "test", "purged"}
         rows = {role: keys.merge(fold.loc[fold["role"] == role, KEYS], on=KEYS)["row"].to_numpy()

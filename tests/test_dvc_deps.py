@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import shlex
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -220,7 +221,7 @@ def test_command_paths_are_deps_or_outs(stages):
     for s in stages.values():
         argv = s.argv
         declared = {p.rstrip("/") for p in (*s.deps, *s.outs)}
-        for flag, value in zip(argv, argv[1:]):
+        for flag, value in pairwise(argv):
             if flag.startswith("--") and flag != "--family":
                 for path in value.split(","):
                     assert path.rstrip("/") in declared, (s.name, flag, path)

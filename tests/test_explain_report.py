@@ -12,8 +12,14 @@ import pytest
 
 from alphafactory import models
 from alphafactory.config import ConfigError, from_dict
-from alphafactory.explain import (ExplainConfig, permutation_importance, prefix_groups, shap_values,
-                                  supports_shap, top_features)
+from alphafactory.explain import (
+    ExplainConfig,
+    permutation_importance,
+    prefix_groups,
+    shap_values,
+    supports_shap,
+    top_features,
+)
 from alphafactory.metrics import rolling_ic
 from alphafactory.models.base import XY
 from alphafactory.report import ReportConfig, ReportInputs, render

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from alphafactory import features
+from alphafactory.audit import perturb_after
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import infer_frequency
 from alphafactory.features import FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
-from alphafactory.audit import perturb_after
 
 KEYS = ["symbol", "timestamp"]
 
@@ -67,11 +67,11 @@ def check_contract(bars: pd.DataFrame, feats: pd.DataFrame, cfg: FeatureConfig,
     not_f32 = [c for c in cols if feats[c].dtype != np.float32]
     assert not not_f32, f"not float32: {not_f32}"
     X = feats[cols].to_numpy()
-    has_inf = [c for c, bad in zip(cols, np.isinf(X).any(axis=0)) if bad]
+    has_inf = [c for c, bad in zip(cols, np.isinf(X).any(axis=0), strict=True) if bad]
     assert not has_inf, f"inf in {has_inf}"
     warm = warmup_bars(cfg, infer_frequency(bars))
     pos = bars.groupby("symbol", sort=False).cumcount().to_numpy()
-    nan_after = [c for c, bad in zip(cols, np.isnan(X[pos >= warm]).any(axis=0)) if bad]
+    nan_after = [c for c, bad in zip(cols, np.isnan(X[pos >= warm]).any(axis=0), strict=True) if bad]
     assert not nan_after, f"NaN after warm-up ({warm} bars) in {nan_after}"
     # The warm-up is tight: some feature is still undefined on the bar just before it.
     assert np.isnan(X[pos == warm - 1]).any()
@@ -84,7 +84,7 @@ def changed_features(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     assert cols == feature_cols(b)
     same = np.isclose(a[cols].to_numpy(np.float64), b[cols].to_numpy(np.float64),
                       rtol=1e-5, atol=1e-6, equal_nan=True)
-    return [c for c, ok in zip(cols, same.all(axis=0)) if not ok]
+    return [c for c, ok in zip(cols, same.all(axis=0), strict=True) if not ok]
 
 
 def check_causal(bars: pd.DataFrame, cfg: FeatureConfig, cut_fracs: tuple[float, ...]) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -9,8 +10,15 @@ import pytest
 
 from alphafactory.config import ConfigError, from_dict
 from alphafactory.labels import LabelConfig, make_labels
-from alphafactory.split import (SplitConfig, boundaries, cpcv_folds, cpcv_paths, cpcv_splits, make_folds,
-                                walk_forward_folds)
+from alphafactory.split import (
+    SplitConfig,
+    boundaries,
+    cpcv_folds,
+    cpcv_paths,
+    cpcv_splits,
+    make_folds,
+    walk_forward_folds,
+)
 from conftest import random_bars
 
 HORIZONS = (1, 5, 20)
@@ -91,13 +99,13 @@ def test_expanding_walk_forward(labels: pd.DataFrame) -> None:
     for i in range(4):
         assert trains[i]["timestamp"].max() < tests[i]["timestamp"].min()  # only the past trains
         assert set(tests[i]["group"]) == {i + 1}
-    for a, b in zip(tests, tests[1:]):  # test blocks disjoint and in time order
+    for a, b in pairwise(tests):  # test blocks disjoint and in time order
         assert a["timestamp"].max() < b["timestamp"].min()
     # expanding: each fold trains on everything the previous one did, and more
     sizes = [len(t) for t in trains]
     assert sizes == sorted(sizes) and len(set(sizes)) == 4
-    for a, b in zip(trains, trains[1:]):
-        assert set(zip(a["symbol"], a["timestamp"])) < set(zip(b["symbol"], b["timestamp"]))
+    for a, b in pairwise(trains):
+        assert set(zip(a["symbol"], a["timestamp"], strict=True)) < set(zip(b["symbol"], b["timestamp"], strict=True))
     # the gap is tight: the last training bar of a full-history symbol sits right before the
     # embargo, so the purge removes exactly the crossing labels and no more
     s0 = df[(df["symbol"] == "S00") & (df["fold"] == 2)]
@@ -120,7 +128,7 @@ def test_rolling_walk_forward(labels: pd.DataFrame) -> None:
         e_tr, r_tr = e[e["role"] == "train"], r[r["role"] == "train"]
         assert r_tr["timestamp"].nunique() == 60
         assert r_tr["timestamp"].max() == e_tr["timestamp"].max()
-        assert set(zip(r_tr["symbol"], r_tr["timestamp"])) <= set(zip(e_tr["symbol"], e_tr["timestamp"]))
+        assert set(zip(r_tr["symbol"], r_tr["timestamp"], strict=True)) <= set(zip(e_tr["symbol"], e_tr["timestamp"], strict=True))
     starts = rolling[rolling["role"] == "train"].groupby("fold")["timestamp"].min()
     assert starts.is_monotonic_increasing and starts.nunique() == 3
     with pytest.raises(ValueError, match="cv_train_bars: got 100000"):

@@ -23,8 +23,16 @@ from alphafactory.config import load_params, section
 from alphafactory.data.validate import DataValidationError
 from alphafactory.db import read_predictions, write_predictions
 from alphafactory.features import FeatureConfig, compute_features
-from alphafactory.inference import (KEYS, ewm_memory_bars, history_bars, list_models, load_bundle,
-                                    model_info, predict, trim_history)
+from alphafactory.inference import (
+    KEYS,
+    ewm_memory_bars,
+    history_bars,
+    list_models,
+    load_bundle,
+    model_info,
+    predict,
+    trim_history,
+)
 from alphafactory.labels import LabelConfig
 from alphafactory.stage import InputError
 from conftest import random_bars

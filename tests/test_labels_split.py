@@ -63,7 +63,7 @@ def test_purge_and_embargo(embargo):
     assert df.loc[df["segment"] == "train", "timestamp"].max() < val_start
     assert df.loc[df["segment"] == "test", "timestamp"].min() >= test_start
     # the last 20 bars of each symbol before a boundary are purged (longest label crosses it)
-    for sym, g in df.groupby("symbol"):
+    for _, g in df.groupby("symbol"):
         before_val = g[g["timestamp"] < val_start]
         assert (before_val["segment"].iloc[-20:] == "purged").all()
         assert before_val["segment"].iloc[-21] == "train"

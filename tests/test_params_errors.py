@@ -55,10 +55,9 @@ def test_a_stage_script_prints_one_line_for_a_bad_value(tmp_path):
 
 def test_a_lookback_longer_than_the_data_names_the_key_and_value():
     """On a pooled run, a lookback longer than any symbol's history used to blame per_symbol."""
-    from test_per_symbol import dataset
-
     from alphafactory.config import ConfigError
     from alphafactory.train import fit_forecast
+    from test_per_symbol import dataset
 
     with pytest.raises(ConfigError, match=r"^train.lookback: got 100000, but lstm then has 0 train and 0 val "
                                           r"windows \(the longest symbol has 200 rows\)"):

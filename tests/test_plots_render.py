@@ -89,7 +89,7 @@ def test_plot_tables_are_long_with_iso_dates_and_byte_stable(tmp_path):
     assert list(cum.columns) == ["timestamp", "model", "kind", "cumulative_return"]
     assert list(roll.columns) == ["timestamp", "model", "kind", "rolling_ic"]
     assert set(cum["model"]) == {"lightgbm", "zero"} and set(roll["model"]) == {"lightgbm"}  # zero has no IC
-    assert dict(zip(cum["model"], cum["kind"])) == {"lightgbm": "model", "zero": "baseline"}
+    assert dict(zip(cum["model"], cum["kind"], strict=True)) == {"lightgbm": "model", "zero": "baseline"}
     assert cum["timestamp"].iloc[0] == "2021-01-04T00:00:00" and roll["rolling_ic"].notna().all()
     blobs = []
     for run in range(2):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+
 from pipeline_utils import ran_stages, sh
 
 pytestmark = pytest.mark.slow

@@ -50,14 +50,14 @@ correlation. ``n_eff = 1 / SE^2`` is reported.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -158,7 +158,7 @@ class Settings:
     blocks: dict[str, dict[str, Any]] = field(default_factory=dict)  # params block per model
     trainer: dict[str, Any] = field(default_factory=dict)
 
-    def with_threads(self, n: int) -> "Settings":
+    def with_threads(self, n: int) -> Settings:
         """Every model block, the neural trainer and the blend's CatBoost on ``n`` CPU threads."""
         blocks = dict(self.blocks)
         for spec in models.REGISTRY.values():
@@ -169,7 +169,7 @@ class Settings:
         return replace(self, blocks=blocks, trainer={**self.trainer, "threads": n}, blend=blend)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any], horizons: tuple[int, ...] | None) -> "Settings":
+    def from_params(cls, params: dict[str, Any], horizons: tuple[int, ...] | None) -> Settings:
         label = section(params, "label", LabelConfig)
         if horizons is not None:
             label = from_dict(LabelConfig, {**to_dict(label), "horizons": list(horizons)}, "label")
@@ -364,7 +364,7 @@ def changed_features(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
         raise AssertionError("feature frames of different rows or columns")  # internal invariant
     same = np.isclose(a[cols].to_numpy(np.float64), b[cols].to_numpy(np.float64),
                       rtol=RTOL, atol=ATOL, equal_nan=True)
-    return [c for c, ok in zip(cols, same.all(axis=0)) if not ok]
+    return [c for c, ok in zip(cols, same.all(axis=0), strict=True) if not ok]
 
 
 def check_causality(bars: pd.DataFrame, featurize: Featurizer,

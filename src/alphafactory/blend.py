@@ -149,7 +149,7 @@ def _oof_blocks(ts: np.ndarray, k: int, purge: int) -> list[tuple[np.ndarray, np
     pos = np.searchsorted(uniq, ts)
     edges = np.linspace(0, len(uniq), k + 1).astype(int)
     out = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
         test = (pos >= a) & (pos < b)
         train = (pos < a - purge) | (pos >= b + purge)
         out.append((train, test))
@@ -162,7 +162,7 @@ class Stacker:
     def __init__(self, cfg: BlendConfig, members: list[str], horizons: tuple[int, ...], seed: int = 0):
         self.cfg, self.members, self.horizons, self.seed = cfg, list(members), tuple(horizons), seed
 
-    def fit(self, preds: pd.DataFrame, labels: pd.DataFrame) -> "Stacker":
+    def fit(self, preds: pd.DataFrame, labels: pd.DataFrame) -> Stacker:
         """preds: long member forecasts with ``yhat_std``; labels: symbol, timestamp, y_h{h}."""
         self.models_: dict[str, dict[int, Any]] = {m: {} for m in self.cfg.methods}
         self.calibration_: dict[str, Calibration] = {}
@@ -260,7 +260,7 @@ class Stacker:
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, directory: str | Path | Directory) -> "Stacker":
+    def load(cls, directory: str | Path | Directory) -> Stacker:
         """Rebuild a saved blender; ``directory``: a path or a :class:`~alphafactory.io.Directory`
         (a bundle's verified files) through which every file is read."""
         files = directory if isinstance(directory, Directory) else Directory(directory)

@@ -117,7 +117,7 @@ def _check_models(found: dict[str, tuple[Path, dict[str, Any]]], blend: dict[str
     """Check the models agree with each other, the params and the blender; return their feature
     column order."""
     features = None
-    for name, (d, man) in found.items():
+    for d, man in found.values():
         where = d / MANIFEST
         if tuple(man["horizons"]) != tuple(horizons):
             raise BundleError(f"{where}: horizons {man['horizons']}, expected label.horizons "

@@ -40,7 +40,7 @@ class Windows:
         out = self[np.arange(len(self))]
         return out if dtype is None else out.astype(dtype)
 
-    def take(self, idx: np.ndarray) -> "Windows":
+    def take(self, idx: np.ndarray) -> Windows:
         return Windows(self.base, self.ends[idx], self.lookback)
 
 
@@ -78,7 +78,7 @@ class Dataset:
     def windows(self, rows: np.ndarray, lookback: int) -> Windows:
         return Windows(self.X, rows, lookback)
 
-    def subset(self, rows: np.ndarray) -> "Dataset":
+    def subset(self, rows: np.ndarray) -> Dataset:
         """The dataset restricted to ``rows`` (sorted indices), e.g. one symbol's rows."""
         return Dataset(keys=self.keys.iloc[rows].reset_index(drop=True), X=self.X[rows], Y=self.Y[rows],
                        feature_names=self.feature_names, horizons=self.horizons, segment=self.segment[rows],

@@ -164,7 +164,7 @@ def _records(preds: pd.DataFrame, columns: list[str]) -> list[dict]:
             for c in columns if c not in ("timestamp", "horizon")}
     cols["timestamp"] = list(preds["timestamp"].dt.to_pydatetime())
     cols["horizon"] = [int(h) for h in preds["horizon"].to_numpy()]
-    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+    return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
 def write_predictions(preds: pd.DataFrame, url: str = "sqlite:///preds.db", table: str = "preds",

@@ -21,10 +21,11 @@ symbols. Volatilities are per bar, not annualised.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -226,7 +227,7 @@ class _Panel:
         self._setup(codes, *cols, bars["timestamp"].to_numpy("datetime64[ns]"), freq)
         self.full, self.at = None, None
 
-    def suffix(self, at: np.ndarray) -> "_Panel":
+    def suffix(self, at: np.ndarray) -> _Panel:
         """The panel of rows ``at`` (sorted; per symbol, a run of its last bars) of this one."""
         out = object.__new__(_Panel)
         out._setup(self.codes[at], self.o[at], self.h[at], self.l[at], self.c[at], self.v[at],
@@ -306,7 +307,7 @@ class _Panel:
             self._windows[w] = _FixedBounds(start=start, end=end)
         return self._windows[w]
 
-    def ewm(self, of: Callable[["_Panel"], np.ndarray], alpha: float, min_obs: int,
+    def ewm(self, of: Callable[[_Panel], np.ndarray], alpha: float, min_obs: int,
             key: str | None = None) -> np.ndarray:
         """Exponentially weighted mean (pandas ``adjust=True`` weights (1-alpha)^i) per symbol of
         the series ``of(panel)``. ``of`` is a function of the panel, not an array: an EWM
@@ -351,7 +352,7 @@ class _Panel:
                 self._decay[alpha] = np.exp((self.pos + 1.0) * log_beta)
         return s - self._decay[alpha] * carry[self.seg]
 
-    def _history(self, of: Callable[["_Panel"], np.ndarray]
+    def _history(self, of: Callable[[_Panel], np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Suffix panel: the series ``of`` on the whole history, split for :meth:`ewm`: at this
         panel's rows, its values with NaN as 0 and its validity as 0/1, (n,) each; the same two
@@ -565,7 +566,7 @@ def _moving_average(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add(f"sma_slope_{w}", np.log(sma[w] / p.lag(sma[w], lag)), w - 1 + lag)
         out.add(f"ema_slope_{w}", np.log(ema[w] / p.lag(ema[w], lag)), w - 1 + lag)
     ws = sorted(cfg.windows)
-    for a, b in zip(ws[:-1], ws[1:]):
+    for a, b in zip(ws[:-1], ws[1:], strict=True):
         out.add(f"sma_cross_{a}_{b}", sma[a] / sma[b] - 1.0, b - 1)
         out.add(f"ema_cross_{a}_{b}", ema[a] / ema[b] - 1.0, b - 1)
 
@@ -604,7 +605,7 @@ def _volume(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add(f"volume_ratio_{w}", _div(p.v, p.roll(p.v, w, "mean", "v"), 1.0), w - 1)
         out.add(f"volume_ret_corr_{w}", p.corr(absr, lv, w), w)
     ws = sorted(cfg.windows)
-    for a, b in zip(ws[:-1], ws[1:]):
+    for a, b in zip(ws[:-1], ws[1:], strict=True):
         trend = p.roll(lv, a, "mean", "lv") - p.roll(lv, b, "mean", "lv")
         out.add(f"volume_trend_{a}_{b}", trend, b - 1)
 

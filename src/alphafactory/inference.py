@@ -33,14 +33,13 @@ import pandas as pd
 from alphafactory import bundle as bundle_files
 from alphafactory.blend import Stacker
 from alphafactory.bundle import BundleError
-from alphafactory.config import ConfigError, from_dict
+from alphafactory.config import ConfigError, InputError, from_dict
 from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import DataValidationError, validate_bars
 from alphafactory.dataset import Windows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
-from alphafactory.config import InputError
 from alphafactory.uncertainty import Calibration, apply_calibration
 
 log = logging.getLogger(__name__)

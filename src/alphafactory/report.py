@@ -12,10 +12,10 @@ import html
 import io
 import logging
 import math
-import re
-from dataclasses import dataclass
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 # matplotlib keeps its font cache and config under ~/.cache and ~/.config unless told otherwise:
@@ -388,7 +388,7 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
     m, split, info = inputs.metrics, inputs.split, inputs.info
     e = html.escape
     models_csv = inputs.explain.get("models.csv", pd.DataFrame(columns=["model", "family", "method"]))
-    families = dict(zip(models_csv["model"], models_csv["family"]))
+    families = dict(zip(models_csv["model"], models_csv["family"], strict=True))
     models, baselines, other = _groups(m, families)
     sel = m.get("_selection") or {}
     horizons = sorted({h for k in models + baselines for h in (m[k] or {})}, key=lambda h: int(h[1:]))

@@ -31,7 +31,7 @@ class Calibration:
         return {k: list(v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Calibration":
+    def from_dict(cls, d: dict) -> Calibration:
         return cls(**{k: tuple(d[k]) for k in ("horizons", "scale", "alpha", "beta")})
 
 

@@ -25,7 +25,7 @@ class FrequencyInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FrequencyInfo":
+    def from_dict(cls, d: dict) -> FrequencyInfo:
         return cls(**{k: d[k] for k in ("label", "bar_seconds", "intraday", "bars_per_day", "periods_per_year")})
 
 

@@ -57,7 +57,7 @@ def normalise_columns(df: pd.DataFrame, source_name: str) -> pd.DataFrame:
     names = [c if c.startswith("_") else c.strip().lower().replace(" ", "_")
              for c in map(str, df.columns)]
     seen: dict[str, str] = {}
-    for orig, new in zip(map(str, df.columns), names):
+    for orig, new in zip(map(str, df.columns), names, strict=True):
         if new in seen:
             raise DataValidationError(
                 f"{source_name}: columns {seen[new]!r} and {orig!r} both mean {new!r} "
@@ -80,7 +80,7 @@ def normalise_columns(df: pd.DataFrame, source_name: str) -> pd.DataFrame:
 def _where(file: str, row: int) -> str:
     """'AAPL.csv line 5 (data row 3)' for CSV files, 'x.parquet row 3 (0-based)' otherwise."""
     lower = file.lower()
-    if lower.endswith(".csv") or lower.endswith(".csv.gz"):
+    if lower.endswith((".csv", ".csv.gz")):
         return f"{file} line {row + 2} (data row {row}, 0-based; header is line 1)"
     return f"{file} row {row} (0-based)"
 

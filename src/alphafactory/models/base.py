@@ -123,7 +123,7 @@ class Model(ABC):
         return self.task == "classification"
 
     # -- contract -------------------------------------------------------------------------
-    def fit(self, train: XY, val: XY) -> "Model":
+    def fit(self, train: XY, val: XY) -> Model:
         """Fit on ``train``; ``val`` is only for early stopping (or scoring). Returns self."""
         if self.classifier:
             if train.R is None:
@@ -216,7 +216,7 @@ class Model(ABC):
                 write_export(self, tmp, where=Path(directory))
 
     @staticmethod
-    def load(directory: str | Path | Directory, *, portable: bool = False) -> "Model":
+    def load(directory: str | Path | Directory, *, portable: bool = False) -> Model:
         """Rebuild the saved model in ``directory`` (a path, or a :class:`~alphafactory.io.Directory`
         such as a bundle's verified files, through which every file is then read). With
         ``portable`` (as in a bundle), a PyTorch model loads from the ONNX export the training
@@ -299,7 +299,7 @@ class PerHorizonModel(Model):
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
         files = []
-        for h, est in zip(self.horizons, self.estimators_):
+        for h, est in zip(self.horizons, self.estimators_, strict=True):
             name = f"h{h}{self.suffix}"
             self._save_one(est, directory / name)
             files.append(name)

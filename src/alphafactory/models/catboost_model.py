@@ -82,7 +82,9 @@ class CatBoostModel(PerHorizonModel):
             bar.update(len(ev["validation"][loss]))
         if self.classifier:
             return model, {"train": ev["learn"][loss], "val": ev["validation"][loss]}
-        sq = lambda c: [v * v for v in c]
+        def sq(c):
+            return [v * v for v in c]
+
         return model, {"train": sq(ev["learn"]["RMSE"]), "val": sq(ev["validation"]["RMSE"])}
 
     def _predict_one(self, est, X):

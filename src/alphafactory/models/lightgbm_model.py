@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightgbm as lgb
-import numpy as np
 
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel

@@ -24,7 +24,6 @@ from alphafactory.models import register
 from alphafactory.models.base import XY, Model
 
 
-
 # -- shared by the classical families --------------------------------------------------------------
 @dataclass(frozen=True)
 class Scaler:
@@ -38,7 +37,7 @@ class Scaler:
     clip: float | None = None
 
     @classmethod
-    def fit(cls, X: np.ndarray, clip: float | None = None) -> "Scaler":
+    def fit(cls, X: np.ndarray, clip: float | None = None) -> Scaler:
         """X: (n, F) train rows, NaN allowed."""
         X = np.asarray(X, np.float64)
         if X.ndim != 2 or len(X) == 0:
@@ -249,7 +248,7 @@ class LogisticModel(LinearJSONModel):
         self.scaler_ = Scaler.fit(train.X, p.clip)
         Z = self.scaler_.transform(train.X)
         coef, intercept, self.history_ = [], [], {}
-        for j, h in enumerate(self.horizons):
+        for j in range(len(self.horizons)):
             ok = ~np.isnan(train.Y[:, j])
             W, b = logistic_solve(Z[ok], train.Y[ok, j].astype(np.int64), p.alpha, p.max_iter, p.tol)
             coef.append(W)

@@ -93,7 +93,7 @@ class NHITSNet(nn.Module):
         super().__init__()
         self.proj = nn.Linear(n_features, p.channels)
         blocks = []
-        for pool, down in zip(p.pool_sizes, p.downsample):
+        for pool, down in zip(p.pool_sizes, p.downsample, strict=True):
             basis = interpolation_basis(horizons, max(1, math.ceil(max(horizons) / down)))
             blocks += [Block(p.channels, lookback, pool, basis, p) for _ in range(p.blocks)]
         self.blocks = nn.ModuleList(blocks)

@@ -88,7 +88,7 @@ class OnnxModel(Model):
         tail = (len(self.horizons), 3) if self.classifier else (len(self.horizons),)
         return np.concatenate(out) if out else np.zeros((0, *tail), np.float32)
 
-    def fit(self, train: Any, val: Any) -> "OnnxModel":
+    def fit(self, train: Any, val: Any) -> OnnxModel:
         raise TypeError(f"{self.name}: an exported (ONNX) model only forecasts; fit the registered model")
 
     _fit = fit  # type: ignore[assignment]

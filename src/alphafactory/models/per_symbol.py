@@ -94,7 +94,7 @@ class PerSymbolModel:
         self.meta_ = meta or {}
 
     @classmethod
-    def load(cls, directory: Directory, manifest: dict[str, Any], *, portable: bool = False) -> "PerSymbolModel":
+    def load(cls, directory: Directory, manifest: dict[str, Any], *, portable: bool = False) -> PerSymbolModel:
         members = {s: Model.load(directory.sub(rel), portable=portable) for s, rel in manifest["symbols"].items()}
         obj = cls(manifest["model"], members)
         obj.meta_ = manifest.get("meta", {})

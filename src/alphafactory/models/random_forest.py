@@ -23,6 +23,7 @@ from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 from alphafactory.models.lightgbm_model import train_booster
 
+
 @dataclass(frozen=True)
 class RandomForestParams:
     n_estimators: int = 300

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import xgboost as xgb
 
 from alphafactory.models import register
@@ -67,7 +66,9 @@ class XGBoostModel(PerHorizonModel):
         booster = booster[: booster.best_iteration + 1]
         if self.classifier:
             return booster, {"train": curves["train"]["mlogloss"], "val": curves["val"]["mlogloss"]}
-        sq = lambda c: [v * v for v in c]  # rmse → mse, the same scale as the other families
+        def sq(c):  # rmse → mse, the same scale as the other families
+            return [v * v for v in c]
+
         return booster, {"train": sq(curves["train"]["rmse"]), "val": sq(curves["val"]["rmse"])}
 
     def _predict_one(self, est, X):
