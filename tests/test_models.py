@@ -3,13 +3,14 @@ for every task each model registers (regression and/or SHORT/NEUTRAL/LONG classi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
 from alphafactory import models
 from alphafactory.dataset import Windows
-from alphafactory.models.base import XY
+from alphafactory.models.base import XY, Model
 
 HORIZONS = (1, 3)
 LOOKBACK = 8
@@ -217,17 +218,160 @@ def test_onnx_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatc
     assert not (tmp_path / "mlp").exists()  # nothing half written
 
 
+# -- future rows never change earlier forecasts (scikit-learn's check_methods_subset_invariance) --
+
+# How far the forecasts of one row may move between calls, as a fraction of the largest forecast.
+# Trees compute each row on its own: exactly equal. Linear models, SVMs and CatBoost's softmax
+# are float64 matrix products whose summation order differs between a batch and one row (BLAS
+# gemm vs gemv): measured up to 2e-16, so 1e-12. Neural forecasts are float32: a batch of one and
+# a batch of 96 run other oneDNN GEMM kernels, which moves a forecast by a few float32 ulps
+# (measured up to 2.6e-7 on CPU, the suite's torch build), so 1e-6. A leak moves forecasts far
+# more: the leaky models below move by 2% of the largest forecast and more.
+def invariance_atol(family: str) -> float:
+    return 1e-6 if family == "neural" else 1e-12
+
+
+def inputs(sequence: bool, base: np.ndarray, rows: np.ndarray):
+    """What a model is given for ``rows`` of the feature matrix ``base``: (n, F) rows, or the
+    windows ending at those rows (which read ``base`` up to each row, never past it)."""
+    return Windows(base, rows, LOOKBACK) if sequence else base[rows]
+
+
+def assert_future_blind(predict, X: np.ndarray, rows: np.ndarray, cut: int, sequence: bool,
+                        atol: float = 0.0, seed: int = 9) -> None:
+    """Assert that forecasts for ``rows`` of the panel ``X`` (N, F) use no input after their row.
+
+    ``predict(data, rows)`` returns the (n, H) forecasts of the model for ``data``, the
+    inputs of ``rows`` (``rows`` lets a per-symbol model look up each row's symbol). The
+    forecasts of all ``rows`` in one call are compared, to ``atol`` times their largest
+    magnitude, with
+    - a prefix: the rows up to ``cut``, from a copy of ``X`` truncated after row ``cut`` (the
+      data as it stood at ``cut``);
+    - row by row: one call per row, each on a fresh one-row array (or one window);
+    - a scrambled future: every feature value after row ``cut`` replaced with noise, all
+      ``rows`` predicted again; the forecasts of rows up to ``cut`` must not move.
+    Each call gets another input array than the first, so a forecast that depends on the rest
+    of its batch, or on bars after its own row, fails. Raises one AssertionError naming every
+    comparison that failed.
+    """
+    ref = predict(inputs(sequence, X, rows), rows)
+    early = rows <= cut
+    assert early.any() and not early.all(), "the cut must split the rows"
+    tol = atol * np.abs(ref).max()
+    got = {}
+    # (a model that indexes past the truncated data raises IndexError here: a failure too)
+    got["prefix (rows up to the cut, data truncated after it)"] = (
+        early, predict(inputs(sequence, X[:cut + 1].copy(), rows[early]), rows[early]))
+    got["row by row"] = (slice(None), np.concatenate(
+        [predict(inputs(sequence, X.copy() if sequence else X, rows[i:i + 1]), rows[i:i + 1])
+         for i in range(len(rows))]))
+    scrambled = X.copy()
+    scrambled[cut + 1:] = np.random.default_rng(seed).normal(0, 3, scrambled[cut + 1:].shape)
+    got["scrambled future (rows up to the cut)"] = (early, predict(inputs(sequence, scrambled, rows), rows)[early])
+    failed = []
+    for what, (sel, pred) in got.items():
+        diff = np.abs(pred - ref[sel]).max()
+        if not diff <= tol:  # NaN fails too
+            failed.append(f"{what}: forecasts differ from the all-rows call by up to {diff:.3g} "
+                          f"(tolerance {tol:.3g})")
+    assert not failed, "; ".join(failed)
+
+
+def future_cut(rows: np.ndarray) -> int:
+    return int(rows[len(rows) // 2])  # mid-panel: the rows of a symbol on either side of it
+
+
 def test_future_rows_do_not_change_earlier_predictions(fitted):
-    """Scrambling features after row r leaves predictions for rows up to r untouched."""
-    name, model, test_X = fitted
+    """Forecasts of every model are the same on all rows, on a prefix, row by row and with the
+    future scrambled (see :func:`assert_future_blind`)."""
+    name, model, _ = fitted
     X, Y, codes = panel()
     _, _, rows = segments(name, X, Y, codes)
-    cut = rows[len(rows) // 2]
-    X2 = X.copy()
-    X2[cut + 1:] = np.random.default_rng(9).normal(size=X2[cut + 1:].shape)
-    early = rows[rows <= cut]
-    data = (lambda r, A: Windows(A, r, LOOKBACK)) if models.get(name).input_kind == "sequence" else (lambda r, A: A[r])
-    np.testing.assert_array_equal(model.predict(data(early, X)), model.predict(data(early, X2)))
+    spec = models.get(name)
+    assert_future_blind(lambda data, r: model.predict(data), X, rows, future_cut(rows),
+                        spec.input_kind == "sequence", atol=invariance_atol(spec.family))
+
+
+@pytest.mark.parametrize("name", ["ridge", "lstm"])
+def test_per_symbol_models_do_not_see_future_rows(name):
+    """The per-symbol wrapper (one model per symbol, each row sent to its symbol's model) passes
+    the same check: its batches split by symbol, and no symbol's forecast depends on another's."""
+    from alphafactory.models.per_symbol import PerSymbolModel
+
+    X, Y, codes = panel()
+    _, _, rows = segments(name, X, Y, codes)
+    sequence = models.get(name).input_kind == "sequence"
+    pos = np.tile(np.arange(N_BARS), N_SYM)
+    full = pos >= (LOOKBACK - 1 if sequence else 0)  # rows with a whole window
+    members = {}
+    for s in range(N_SYM):  # each fitted on its own symbol's train rows, early-stopped on its val rows
+        own = full & (codes == s)
+        train = np.flatnonzero(own & (pos < 0.6 * N_BARS))
+        val = np.flatnonzero(own & (pos >= 0.6 * N_BARS) & (pos < 0.8 * N_BARS))
+        members[f"S{s}"] = make(name, seed=s).fit(XY(inputs(sequence, X, train), Y[train]),
+                                                  XY(inputs(sequence, X, val), Y[val]))
+    wrapper = PerSymbolModel(name, members)
+    symbols = np.array([f"S{c}" for c in codes])
+    assert_future_blind(lambda data, r: wrapper.predict(data, symbols[r]), X, rows, future_cut(rows), sequence,
+                        atol=invariance_atol(wrapper.family))
+
+
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+class _Leaky(Model):
+    """A test-only model that is never registered: it forecasts feature 0 of its row plus a leak."""
+
+    family, Params = "test", _NoParams
+
+    def _fit(self, train, val):
+        self.history_ = {}
+
+    def _save_state(self, directory):
+        raise NotImplementedError
+
+    def _load_state(self, directory, state):
+        raise NotImplementedError
+
+
+class BatchMeanModel(_Leaky):
+    """Tabular, demeans feature 0 by the mean of the batch it is given: its forecast of a row
+    depends on the other rows of the call, later ones included."""
+
+    name, input_kind = "batch_mean", "tabular"
+
+    def _predict(self, X):
+        x = np.asarray(X)[:, :1]
+        return np.repeat(x - x.mean(), len(self.horizons), 1)
+
+
+class PeekModel(_Leaky):
+    """Sequence, adds feature 0 of the bar after its window's end (an off-by-one shift), read
+    from the base matrix the windows index (clipped at its end, so it never raises)."""
+
+    name, input_kind = "peek", "sequence"
+
+    def _predict(self, X):
+        nxt = X.base[np.minimum(X.ends + 1, len(X.base) - 1), :1]
+        return np.repeat(X[np.arange(len(X))][:, -1, :1] + 0.1 * nxt, len(self.horizons), 1)
+
+
+@pytest.mark.parametrize("cls, failing", [
+    (BatchMeanModel, ["prefix", "row by row", "scrambled future"]),
+    (PeekModel, ["prefix", "scrambled future"]),  # one window per call still sees the next bar
+])
+def test_future_blind_check_fails_on_a_model_that_peeks(cls, failing):
+    """The check above can fail: each leaky model fails it, on the comparisons its leak breaks."""
+    name = "lstm" if cls.input_kind == "sequence" else "ridge"  # a registered model of the same input kind
+    X, Y, codes = panel()
+    (train, val), _, rows = segments(name, X, Y, codes)
+    model = cls(horizons=HORIZONS).fit(train, val)
+    with pytest.raises(AssertionError) as err:  # even at the loosest tolerance
+        assert_future_blind(lambda data, r: model.predict(data), X, rows, future_cut(rows),
+                            cls.input_kind == "sequence", atol=invariance_atol("neural"))
+    assert [what for what in ("prefix", "row by row", "scrambled future") if what in str(err.value)] == failing
 
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
