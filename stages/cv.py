@@ -6,7 +6,7 @@ import pandas as pd
 from alphafactory import dataset, stage
 from alphafactory.config import section
 from alphafactory.cv import FAMILIES, CVConfig, cross_validate
-from alphafactory.io import write_json
+from alphafactory.io import scratch_dir, write_json
 from alphafactory.train import TrainConfig, family_inputs
 
 
@@ -22,8 +22,9 @@ def main() -> None:
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")
     ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
-    result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
-                            extra=extra, task=train.task, scope=train.scope)
+    with scratch_dir(args.metrics) as work:  # fold models: next to the output, not in the system temp dir
+        result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
+                                extra=extra, task=train.task, scope=train.scope, workdir=work)
     write_json(result.pop("_folds"), args.fold_spans)  # bookkeeping (rows, dates), not metrics
     write_json(result, args.metrics)
 

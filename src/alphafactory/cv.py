@@ -21,10 +21,13 @@ scored forecast is ``yhat``, the expected return under the class probabilities, 
 evaluation. Under ``per_symbol`` a fold only forecasts the symbols that have train and val rows
 in it (one model per symbol needs both).
 
-The fold models are fitted into a temporary directory and deleted: they are not outputs.
+The fold models are fitted into a working directory and deleted: they are not outputs. The
+stage passes one next to its metrics file (:func:`alphafactory.io.scratch_dir`), so a killed run
+leaves nothing in the system temp directory and the next run removes what it left.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -171,14 +174,16 @@ def summarise(per_fold: dict[int, dict]) -> dict:
 
 def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: CVConfig, *,
                    blocks: dict[str, Any], seed: int, extra: dict[str, dict[str, Any]] | None = None,
-                   task: str = "regression", scope: str = "pooled") -> dict:
+                   task: str = "regression", scope: str = "pooled", workdir: str | Path | None = None) -> dict:
     """Refit ``cfg.models`` on every fold and score their fold-test forecasts.
 
     ds: the whole panel (its ``segment`` is ignored and replaced per fold); labels: the label
     stage's table (for ``end_h{max horizon}``); folds: ``symbol, timestamp, fold, role`` from
     :func:`alphafactory.split.make_folds`; blocks: params block per model name (as the training
     stages read them); extra: constructor arguments per family (``{"neural": {"lookback": ...,
-    "trainer": ...}}``); task, scope: ``train.task`` and ``train.scope``.
+    "trainer": ...}}``); task, scope: ``train.task`` and ``train.scope``; workdir: an existing
+    directory the fold models are fitted in (the caller deletes it), else a temporary one in
+    the system temp directory.
 
     Returns ``{"_folds": {"fold<i>": rows, spans and ``scored``}, model: {"h<k>": {"fold<i>":
     figures, "mean": figures, "std": figures}}}``; figures are ``ic, rank_ic, r2, dir_acc, mae,
@@ -201,7 +206,9 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
         raise ValueError("cv: the folds table has no rows")
     per_fold: dict[int, dict] = {}
     spans: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="alphafactory-cv-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(workdir) if workdir is not None else Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-cv-")))
         for i, fid in enumerate(progress(fold_ids, desc="cv folds", unit="fold")):
             t0 = time.perf_counter()
             seg = fold_segments(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac)
@@ -223,7 +230,7 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
                      span["val_rows"], span["test_rows"], span["test_start"][:10], span["test_end"][:10])
             preds = []
             for family, names in by_family.items():
-                results = fit_models(fold_ds, tuple(names), blocks, Path(tmp) / f"fold{fid}", seed=seed,
+                results = fit_models(fold_ds, tuple(names), blocks, tmp / f"fold{fid}", seed=seed,
                                      extra=(extra or {}).get(family), task=task, scope=scope)
                 preds += [r.predictions for r in results]
             p = pd.concat(preds, ignore_index=True)

@@ -1,7 +1,8 @@
 """Atomic writers, and read access to saved artifact directories.
 
 Writers write to a temporary name in the same directory, then rename: a crash (or bad input
-detected late) never leaves a half-written artifact behind. Readers get every file of a saved
+detected late) never leaves a half-written artifact behind, and a later writer of the same target
+removes the temporaries a killed one left (see :func:`clean_stale`). Readers get every file of a saved
 model or blender through a :class:`Directory`, which keeps the paths a manifest names inside the
 directory (a bundle's :class:`alphafactory.bundle.VerifiedBundle` also keeps them to the files it
 verified).
@@ -9,11 +10,15 @@ verified).
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -25,15 +30,105 @@ from alphafactory.config import InputError
 T = TypeVar("T")
 
 
+# Every temporary of a target ``DIR/NAME`` is ``DIR/.NAME.<pid>.<8 hex>.tmp`` (a file, or a
+# directory for atomic_dir and scratch_dir): next to its target, so it lives and dies with the
+# stage's own output area, and it names the process writing it, so a later writer can tell a
+# killed run's leftovers (dead pid) from a concurrent writer's work (live pid).
+_TMP_ID = re.compile(r"(\d+)\.[0-9a-f]{8}")
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, a link or a directory tree; a path already gone is no error (another
+    cleaner got there first)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def clean_stale(path: str | Path) -> list[Path]:
+    """Remove the temporaries of target ``path`` left by killed writers: ``.NAME.<pid>.<hex>.tmp``
+    next to it whose pid is no running process. Those of a live process (a concurrent writer of
+    the same target, this process included) and any other name are left alone. Returns the paths
+    removed. (A reused pid only makes a leftover wait for a later run, never deletes live work.)"""
+    path = Path(path)
+    head, removed = f".{path.name}.", []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        m = _TMP_ID.fullmatch(name[len(head):-len(".tmp")])
+        if m and not _pid_alive(int(m.group(1))):
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _exchange_fn() -> Callable[[bytes, bytes], int] | None:
+    """glibc's ``renameat2`` (2.28+, Linux 3.15+) as ``f(old, new) -> 0 or -1`` with
+    ``RENAME_EXCHANGE``, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    return lambda a, b: fn(at_fdcwd, a, at_fdcwd, b, rename_exchange)
+
+
+_RENAMEAT2 = _exchange_fn()
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one atomic step (both must exist); False where the platform or
+    the filesystem cannot (the caller then falls back to two renames)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(os.fsencode(a), os.fsencode(b)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # e.g. a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it over ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it over ``path`` on success.
+
+    The temporary is ``.NAME.<pid>.<hex>.tmp``; leftovers of killed earlier writers of the same
+    target are removed first (:func:`clean_stale`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    tmp_path.chmod(0o644)  # mkstemp makes it owner-only; outputs are ordinary shared files
+    clean_stale(path)
+    tmp_path = _tmp_name(path)
+    os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    tmp_path.chmod(0o644)  # outputs are ordinary shared files, whatever the umask
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -44,25 +139,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory; it replaces ``path`` as a whole on success."""
+    """Yield a fresh temporary directory; it replaces ``path`` as a whole on success.
+
+    ``path`` always names a complete version, old or new, even if the process is killed at any
+    point: the new tree is built in ``.NAME.<pid>.<hex>.tmp`` next to it, then swapped with the
+    old one by ``renameat2(RENAME_EXCHANGE)`` (one atomic step; a plain rename cannot replace a
+    non-empty directory), and the old tree, now under the temporary name, is deleted. Where the
+    exchange is unavailable (not Linux, glibc < 2.28, a filesystem without it) the old tree is
+    first renamed aside, to a second temporary, then the new one into place: there, a kill
+    between the two renames leaves ``path`` absent. Leftovers of killed earlier writers of the
+    same target are removed first (:func:`clean_stale`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a model dir is ordinary shared output
+    clean_stale(path)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    tmp.chmod(0o755)  # a model dir is ordinary shared output, whatever the umask
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+        if not os.path.lexists(path):
+            os.replace(tmp, path)
+        elif not _rename_exchange(tmp, path):
+            old = _tmp_name(path)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            _remove(old)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _remove(tmp)  # the new tree after a failure, or the old one after the exchange
+
+
+@contextlib.contextmanager
+def scratch_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty working directory next to target ``path`` (``.NAME.<pid>.<hex>.tmp``),
+    deleted on exit: scratch space inside the stage's own output area rather than the system
+    temp directory, which nothing cleans after a kill. Leftovers of killed earlier runs for the
+    same target are removed first (:func:`clean_stale`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(path)
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
