@@ -6,6 +6,7 @@ from alphafactory.blend import BlendConfig, Stacker
 from alphafactory.config import section
 from alphafactory.dataset import horizons_of
 from alphafactory.io import write_parquet
+from alphafactory.train import TrainConfig
 
 
 def main() -> None:
@@ -14,7 +15,7 @@ def main() -> None:
     preds = pd.concat([pd.read_parquet(p) for p in args.preds.split(",")], ignore_index=True)
     labels = pd.read_parquet(args.labels)
     members = list(dict.fromkeys(preds["model"]))
-    stacker = Stacker(cfg, members, horizons_of(labels), seed=params["train"]["seed"]).fit(preds, labels)
+    stacker = Stacker(cfg, members, horizons_of(labels), seed=section(params, "train", TrainConfig).seed).fit(preds, labels)
     stacker.save(args.models)
     write_parquet(pd.concat([stacker.predict(preds, s) for s in ("val", "test")], ignore_index=True), args.out)
 

@@ -7,6 +7,7 @@ from alphafactory.config import section
 from alphafactory.features import FeatureConfig
 from alphafactory.io import read_json
 from alphafactory.labels import LabelConfig
+from alphafactory.train import TrainConfig
 
 
 def main() -> None:
@@ -15,7 +16,7 @@ def main() -> None:
         args.models.split(","), args.blend, args.out,
         features=section(params, "features", FeatureConfig),
         label=section(params, "label", LabelConfig),
-        lookback=params["train"]["lookback"],
+        lookback=section(params, "train", TrainConfig).lookback,
         info=read_json(args.info),
     )
     stage.log.info("bundle: %s + blend %s, %d features, horizons %s -> %s",

@@ -6,7 +6,7 @@ import pandas as pd
 
 from alphafactory import stage
 from alphafactory.config import section
-from alphafactory.evaluate import summary_table
+from alphafactory.evaluate import EvaluateConfig, summary_table
 from alphafactory.io import read_json, write_text
 from alphafactory.report import ReportConfig, ReportInputs, render
 
@@ -20,7 +20,7 @@ def main() -> None:
     cfg = section(params, "report", ReportConfig)
     inputs = ReportInputs(metrics=read_json(args.metrics), split=read_json(args.split), info=read_json(args.info),
                           plots=_tables(args.plots), explain=_tables(args.explain),
-                          ic_window=(params.get("evaluate") or {}).get("ic_window"))
+                          ic_window=section(params, "evaluate", EvaluateConfig).ic_window)
     text = render(inputs, cfg)
     write_text(text, args.out)
     stage.log.info("report: wrote %s (%.0f kB)", args.out, len(text.encode()) / 1024)

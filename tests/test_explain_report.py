@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from alphafactory import models
-from alphafactory.config import ConfigError, from_dict
+from alphafactory.config import ConfigError, check, from_dict
 from alphafactory.explain import (
     ExplainConfig,
     permutation_importance,
@@ -135,9 +135,9 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="perm_sedes"):
         from_dict(ExplainConfig, {"perm_sedes": 3}, "explain")
     with pytest.raises(ValueError, match="explain.permute"):
-        ExplainConfig(permute="random").validate()
+        check(ExplainConfig(permute="random"), "explain")
     with pytest.raises(ValueError, match="report.metrics"):
-        ReportConfig(metrics=("ic", "sharpe_ratio")).validate()
+        check(ReportConfig(metrics=("ic", "sharpe_ratio")), "report")
 
 
 def test_top_features_and_prefix_groups():

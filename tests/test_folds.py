@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphafactory.config import ConfigError, from_dict
+from alphafactory.config import ConfigError, check, from_dict
 from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.split import (
     SplitConfig,
@@ -178,7 +178,7 @@ def test_config_errors(params: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         from_dict(SplitConfig, params, "split")
     with pytest.raises(ValueError, match=match):
-        SplitConfig(**params).validate()
+        check(SplitConfig(**params), "split")
 
 
 def test_config_types_and_misuse(labels: pd.DataFrame) -> None:

@@ -28,12 +28,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from alphafactory.config import ConfigError, from_dict, to_dict
+from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, from_dict, to_dict
 from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
@@ -46,28 +46,21 @@ log = logging.getLogger("alphafactory")
 
 @dataclass(frozen=True)
 class MetaCatBoost:
-    iterations: int = 300
-    learning_rate: float = 0.03
-    depth: int = 2
-    l2_leaf_reg: float = 20.0
-    thread_count: int = 2
+    iterations: Annotated[int, Interval(ge=1)] = 300
+    learning_rate: Annotated[float, Interval(gt=0)] = 0.03
+    depth: Annotated[int, Interval(ge=1, le=16)] = 2
+    l2_leaf_reg: Annotated[float, Interval(ge=0)] = 20.0
+    thread_count: Annotated[int, Interval(ge=1)] = 2
 
 
 @dataclass(frozen=True)
 class BlendConfig:
     meta: Literal["catboost", "ridge"] = "ridge"  # the stacking meta-learner ("ensemble")
-    methods: tuple[str, ...] = METHODS
-    ridge_alpha: float = 1.0  # in units of the forecasts' variance
-    caruana_rounds: int = 25
-    oof_folds: int = 5
+    methods: Annotated[tuple[Literal[METHODS], ...], NonEmpty(), Unique()] = METHODS
+    ridge_alpha: Annotated[float, Interval(ge=0)] = 1.0  # in units of the forecasts' variance
+    caruana_rounds: Annotated[int, Interval(ge=1)] = 25
+    oof_folds: Annotated[int, Interval(ge=2)] = 5
     catboost: MetaCatBoost = field(default_factory=MetaCatBoost)
-
-    def validate(self) -> None:
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"blend.methods: got {list(self.methods)}, expected a non-empty subset of {list(METHODS)}")
-        if self.oof_folds < 2:
-            raise ValueError(f"blend.oof_folds: got {self.oof_folds}, expected >= 2")
 
 
 # -- combiners: fit(X (n, M), y (n,)) → state; predict(state, X) → (n,) --------------------------

@@ -3,14 +3,29 @@
 Every stage reads exactly one section (plus a few shared keys) and turns it into a frozen
 dataclass at once, so a mistyped key fails with a message that names it instead of being
 silently ignored.
+
+Constraints are declared on the field, in its type (scikit-learn's ``_parameter_constraints``,
+written where the field is)::
+
+    @dataclass(frozen=True)
+    class LSTMParams:
+        hidden: Annotated[int, Interval(ge=1)] = 32
+        dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
+        horizons: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], NonEmpty(), Unique()] = (1,)
+
+and checked in one place, :func:`check` (which :func:`from_dict` calls once per dataclass it
+builds). Rules between fields that a per-field constraint cannot say stay in a small
+``validate()`` method, which :func:`check` calls last. Every error is one ``ConfigError`` line
+with the key path the user types: ``neural.lstm.hidden: got 0, expected >= 1``.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 
@@ -26,9 +41,114 @@ class InputError(ValueError):
     Stages end on it, as on :class:`ConfigError`, with one line instead of a traceback."""
 
 
+# -- constraints: declared with Annotated[type, constraint, ...] on a field ---------------------
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number within bounds: ``Interval(gt=0)`` is ``> 0``, ``Interval(ge=0, lt=1)`` is
+    ``in [0, 1)``. NaN is outside every interval; None (an optional field left empty) passes."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def __post_init__(self) -> None:
+        assert not (self.gt is not None and self.ge is not None), "gt or ge, not both"
+        assert not (self.lt is not None and self.le is not None), "lt or le, not both"
+
+    def expected(self) -> str:
+        lo, lo_open = (self.gt, True) if self.gt is not None else (self.ge, False)
+        hi, hi_open = (self.lt, True) if self.lt is not None else (self.le, False)
+        if hi is None:
+            return f"expected {'>' if lo_open else '>='} {_num(lo)}"
+        if lo is None:
+            return f"expected {'<' if hi_open else '<='} {_num(hi)}"
+        return f"expected in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+
+    def ok(self, v: Any) -> bool:
+        return ((self.gt is None or v > self.gt) and (self.ge is None or v >= self.ge)
+                and (self.lt is None or v < self.lt) and (self.le is None or v <= self.le))
+
+
+@dataclass(frozen=True)
+class NonEmpty:
+    """A list with at least one item."""
+
+    def expected(self) -> str:
+        return "expected at least one item"
+
+    def ok(self, v: Any) -> bool:
+        return len(v) > 0
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A list whose items are all different."""
+
+    def expected(self) -> str:
+        return "expected each item once"
+
+    def ok(self, v: Any) -> bool:
+        return len(set(v)) == len(v)
+
+
+def _show(value: Any) -> str:
+    return repr(to_dict(value))  # tuples as the lists the user typed
+
+
+def _check_value(value: Any, tp: Any, where: str) -> None:
+    """Raise ``ConfigError`` if ``value`` (already of type ``tp``) breaks a constraint declared
+    in ``tp``: its own ``Annotated`` metadata, then those of its items or optional member."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        _check_value(value, args[0], where)
+        for c in tp.__metadata__:
+            if value is not None and not c.ok(value):
+                raise ConfigError(f"{where}: got {_show(value)}, {c.expected()}")
+    elif origin is typing.Literal:  # a choice (from_dict has checked it; a direct constructor call has not)
+        if value not in args:
+            raise ConfigError(f"{where}: got {value!r}, expected one of {list(args)}")
+    elif origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if value is not None and len(members) == 1:
+            _check_value(value, members[0], where)
+    elif origin in (tuple, list) and isinstance(value, (tuple, list)) and args:
+        for i, v in enumerate(value):
+            _check_value(v, args[0], f"{where}[{i}]")
+
+
+def check(obj: Any, where: str, nested: bool = True) -> None:
+    """Check the config dataclass ``obj`` (key path ``where``): every field's declared
+    constraints, then its ``validate()`` (rules between fields), if it has one. ``nested``: also
+    check fields that are config dataclasses themselves (:func:`from_dict` has built, and so
+    checked, those already)."""
+    hints = typing.get_type_hints(type(obj), include_extras=True)
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        _check_value(value, hints[f.name], path)
+        if nested and dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check(value, path)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError:
+            raise
+        except ValueError as e:  # a plain ValueError from validate(): still a params error, one line
+            raise ConfigError(str(e)) from None
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:  # constraints are checked by check(), once the dataclass is built
+        return _coerce(value, args[0], where)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -84,7 +204,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: got {data!r}, expected a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -95,14 +215,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
     obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError:
-            raise
-        except ValueError as e:  # a plain ValueError from validate(): still a params error, one line
-            raise ConfigError(str(e)) from None
+    check(obj, where, nested=False)
     return obj
 
 

@@ -35,13 +35,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import metrics, models
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.progress import progress
@@ -57,21 +57,16 @@ CLASS_FIGURES = ("accuracy", "macro_f1", "log_loss")  # also, under train.task: 
 
 @dataclass(frozen=True)
 class CVConfig:
-    models: tuple[str, ...] = ("lightgbm", "ridge")
-    val_frac: float = 0.2  # share of each fold's training timestamps (the latest) used as val
+    models: Annotated[tuple[str, ...], NonEmpty(), Unique()] = ("lightgbm", "ridge")
+    # share of each fold's training timestamps (the latest) used as val
+    val_frac: Annotated[float, Interval(gt=0, le=0.5)] = 0.2
 
     def validate(self) -> None:
-        if not self.models:
-            raise ConfigError("cv.models: got an empty list, expected at least one model name")
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"cv.models: got {list(self.models)}, expected each name once")
         for name in self.models:
             spec = models.REGISTRY.get(name)
             if spec is None or spec.family not in FAMILIES:
                 ok = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
                 raise ConfigError(f"cv.models: {name!r} is not a registered base model; expected some of {ok}")
-        if not 0.0 < self.val_frac <= 0.5:
-            raise ConfigError(f"cv.val_frac: got {self.val_frac}, expected a fraction in (0, 0.5]")
 
 
 def fold_segments(ds: Dataset, fold: pd.DataFrame, label_end: np.ndarray, val_frac: float) -> np.ndarray:
@@ -190,7 +185,7 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     rmse`` (per fold also ``n``). A fold with fewer than ``MIN_ROWS`` train, val or test rows
     with features (the first expanding fold on short data, mostly feature warm-up) is skipped:
     ``scored`` false and no figures."""
-    cfg.validate()
+    check(cfg, "cv")
     end_col = f"end_h{max(ds.horizons)}"
     ends = ds.keys.merge(labels[KEYS + [end_col]], on=KEYS, how="left", validate="1:1")
     label_end = ends[end_col].to_numpy("datetime64[ns]")

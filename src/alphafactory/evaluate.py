@@ -13,12 +13,13 @@ shows the direction (sign) of the forecast against the direction of the realised
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import metrics
+from alphafactory.config import Interval
 from alphafactory.labels import PROBA_COLUMNS
 
 KEYS = ["symbol", "timestamp"]
@@ -27,19 +28,12 @@ BASELINES = ("zero", "train_mean", "momentum", "buy_and_hold")
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    cost_bps: float = 5.0  # one-way trading cost, basis points
-    threshold: float = 0.0  # |yhat| needed before the sign strategy trades
-    ls_quantile: float = 0.25  # share of names per side of the cross-sectional long/short book
-    min_symbols_cs: int = 3  # symbols needed at a timestamp for per-timestamp IC
-    ic_window: int = 63  # bars (timestamps) per window of the rolling-IC plot
-
-    def validate(self) -> None:
-        if self.cost_bps < 0:
-            raise ValueError(f"evaluate.cost_bps: got {self.cost_bps}, expected >= 0")
-        if not 0 < self.ls_quantile <= 0.5:
-            raise ValueError(f"evaluate.ls_quantile: got {self.ls_quantile}, expected in (0, 0.5]")
-        if self.ic_window < 2:
-            raise ValueError(f"evaluate.ic_window: got {self.ic_window}, expected >= 2 bars")
+    cost_bps: Annotated[float, Interval(ge=0)] = 5.0  # one-way trading cost, basis points
+    threshold: Annotated[float, Interval(ge=0)] = 0.0  # |yhat| needed before the sign strategy trades
+    # share of names per side of the cross-sectional long/short book
+    ls_quantile: Annotated[float, Interval(gt=0, le=0.5)] = 0.25
+    min_symbols_cs: Annotated[int, Interval(ge=2)] = 3  # symbols needed at a timestamp for per-timestamp IC
+    ic_window: Annotated[int, Interval(ge=2)] = 63  # bars (timestamps) per window of the rolling-IC plot
 
 
 def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,

@@ -23,12 +23,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
 from alphafactory.models.base import Model
 from alphafactory.progress import progress
@@ -39,23 +40,14 @@ PERMUTE_MODES = ("top_shap", "prefix")
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    shap_rows: int = 2000  # test rows for SHAP, evenly spaced over the test period (0: all)
-    top_k: int = 20  # features in the top-features table
-    permute: str = "top_shap"  # top_shap: the perm_features top features by SHAP | prefix: name groups
-    perm_features: int = 10  # top_shap mode: how many features are shuffled one at a time
-    perm_rows: int = 1000  # test rows scored per shuffle, evenly spaced (0: all)
-    perm_seeds: int = 3  # shuffles averaged per feature
+    shap_rows: Annotated[int, Interval(ge=0)] = 2000  # test rows for SHAP, evenly spaced over the test period (0: all)
+    top_k: Annotated[int, Interval(ge=1)] = 20  # features in the top-features table
+    # top_shap: the perm_features top features by SHAP | prefix: name groups
+    permute: Literal["top_shap", "prefix"] = "top_shap"
+    perm_features: Annotated[int, Interval(ge=1)] = 10  # top_shap mode: how many features are shuffled one at a time
+    perm_rows: Annotated[int, Interval(ge=0)] = 1000  # test rows scored per shuffle, evenly spaced (0: all)
+    perm_seeds: Annotated[int, Interval(ge=1)] = 3  # shuffles averaged per feature
     seed: int = 0
-
-    def validate(self) -> None:
-        if self.permute not in PERMUTE_MODES:
-            raise ValueError(f"explain.permute: got {self.permute!r}, expected one of {list(PERMUTE_MODES)}")
-        for key in ("top_k", "perm_features", "perm_seeds"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"explain.{key}: got {getattr(self, key)}, expected >= 1")
-        for key in ("shap_rows", "perm_rows"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"explain.{key}: got {getattr(self, key)}, expected >= 0 (0: all rows)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,12 +25,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
+from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, check
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
 
 FEATURE_GROUPS: tuple[str, ...] = (
@@ -82,65 +83,28 @@ class FeatureConfig:
     cs_features: feature names to rank / demean across symbols; empty = a default key set.
     """
 
-    groups: tuple[str, ...] = FEATURE_GROUPS
-    windows: tuple[int, ...] = (5, 10, 20, 60)
-    return_lags: tuple[int, ...] = (1, 2, 3, 5, 10)
-    atr_periods: tuple[int, ...] = (7, 14, 28)
-    rsi_periods: tuple[int, ...] = (6, 14, 28)
-    macd: tuple[tuple[int, int, int], ...] = ((12, 26, 9), (5, 35, 5))
-    stoch_smooth: int = 3
-    bollinger_k: float = 2.0
-    slope_lag: int = 5
-    mtf_scales: tuple[int, ...] = (5, 21)
-    mtf_days: tuple[int, ...] = (1, 5)
-    cs_features: tuple[str, ...] = ()
+    groups: Annotated[tuple[Literal[FEATURE_GROUPS], ...], Unique()] = FEATURE_GROUPS
+    # A window of 1 bar has no dispersion (std, skew, Bollinger width are undefined).
+    windows: Annotated[tuple[Annotated[int, Interval(ge=2)], ...], NonEmpty(), Unique()] = (5, 10, 20, 60)
+    return_lags: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 2, 3, 5, 10)
+    atr_periods: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (7, 14, 28)
+    rsi_periods: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (6, 14, 28)
+    macd: Annotated[tuple[tuple[Annotated[int, Interval(ge=1)], ...], ...], Unique()] = ((12, 26, 9), (5, 35, 5))
+    stoch_smooth: Annotated[int, Interval(ge=1)] = 3
+    bollinger_k: Annotated[float, Interval(gt=0)] = 2.0
+    slope_lag: Annotated[int, Interval(ge=1)] = 5
+    mtf_scales: Annotated[tuple[Annotated[int, Interval(ge=2)], ...], Unique()] = (5, 21)
+    mtf_days: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 5)
+    cs_features: Annotated[tuple[str, ...], Unique()] = ()
 
     def __post_init__(self) -> None:
-        self.validate()
+        check(self, "features")  # also when built directly (the audit, tests), not only from params
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field value."""
-        unknown = [g for g in self.groups if g not in FEATURE_GROUPS]
-        if unknown:
-            raise ValueError(
-                f"features.groups: unknown group(s) {unknown}; "
-                f"expected some of {list(FEATURE_GROUPS)}"
-            )
-        if len(set(self.groups)) != len(self.groups):
-            raise ValueError(f"features.groups: duplicate names in {list(self.groups)}")
-        if not self.windows:
-            raise ValueError("features.windows: got an empty list, expected at least one window")
-        # A window of 1 bar has no dispersion (std, skew, Bollinger width are undefined).
-        _check_ints("windows", self.windows, 2)
-        _check_ints("return_lags", self.return_lags, 1)
-        _check_ints("atr_periods", self.atr_periods, 1)
-        _check_ints("rsi_periods", self.rsi_periods, 1)
-        _check_ints("mtf_scales", self.mtf_scales, 2)
-        _check_ints("mtf_days", self.mtf_days, 1)
-        _check_ints("stoch_smooth", [self.stoch_smooth], 1)
-        _check_ints("slope_lag", [self.slope_lag], 1)
+        """The MACD triples (the per-field constraints are checked by :func:`check`)."""
         for triple in self.macd:
-            if not isinstance(triple, (tuple, list)) or len(triple) != 3:
-                raise ValueError(f"features.macd: got {triple!r}, expected (fast, slow, signal)")
-            _check_ints("macd", triple, 1, unique=False)
-            if triple[0] >= triple[1]:
-                raise ValueError(f"features.macd: got {tuple(triple)}, expected fast < slow")
-        if len(set(map(tuple, self.macd))) != len(self.macd):
-            raise ValueError(f"features.macd: duplicate triples in {list(self.macd)}")
-        if not (isinstance(self.bollinger_k, (int, float)) and self.bollinger_k > 0):
-            raise ValueError(
-                f"features.bollinger_k: got {self.bollinger_k!r}, expected a number > 0"
-            )
-        if len(set(self.cs_features)) != len(self.cs_features):
-            raise ValueError(f"features.cs_features: duplicate names in {list(self.cs_features)}")
-
-
-def _check_ints(name: str, values: tuple | list, minimum: int, unique: bool = True) -> None:
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-            raise ValueError(f"features.{name}: got {v!r}, expected integers >= {minimum}")
-    if unique and len(set(values)) != len(values):
-        raise ValueError(f"features.{name}: duplicate values in {list(values)}")
+            if len(triple) != 3 or triple[0] >= triple[1]:
+                raise ConfigError(f"features.macd: got {list(triple)}, expected [fast, slow, signal] with fast < slow")
 
 
 def _bars_per_day(freq: FrequencyInfo | None) -> int | None:
@@ -192,7 +156,7 @@ def warmup_bars(cfg: FeatureConfig, freq: FrequencyInfo | None = None) -> int:
     Rows with bar index (0-based, within the symbol) >= the result have every feature defined.
     ``freq`` matters only for intraday bars (session-scale features); None means daily bars.
     """
-    cfg.validate()
+    check(cfg, "features")
     warm = _group_warmups(cfg, _bars_per_day(freq))
     return max((warm[g] for g in cfg.groups), default=0)
 
@@ -931,7 +895,7 @@ def compute_features(
         totals, whose memory is longer, on all of ``bars``. The values are the full
         computation's up to float rounding (rolling sums that start at another bar).
     """
-    cfg.validate()
+    check(cfg, "features")
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs: got {n_jobs!r}, expected an integer >= 1")
     if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):

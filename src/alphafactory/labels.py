@@ -7,30 +7,21 @@ keep NaN: they are dropped for that horizon downstream, never filled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
+from alphafactory.config import Interval, NonEmpty, Unique
+
 
 @dataclass(frozen=True)
 class LabelConfig:
-    horizons: tuple[int, ...] = (1, 5, 20)
+    horizons: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], NonEmpty(), Unique()] = (1, 5, 20)  # bars ahead
     normalize: bool = False  # divide the target by trailing volatility * sqrt(h)
-    class_threshold: float = 0.5  # dead zone of the 3-class label, in units of vol * sqrt(h)
-    vol_window: int = 20  # bars of trailing 1-bar log returns used for the volatility
-
-    def validate(self) -> None:
-        if not self.horizons:
-            raise ValueError("label.horizons: got an empty list, expected at least one horizon")
-        bad = [h for h in self.horizons if h < 1]
-        if bad:
-            raise ValueError(f"label.horizons: got {bad}, expected positive integers (bars)")
-        if len(set(self.horizons)) != len(self.horizons):
-            raise ValueError(f"label.horizons: got duplicates in {list(self.horizons)}")
-        if self.vol_window < 2:
-            raise ValueError(f"label.vol_window: got {self.vol_window}, expected >= 2")
-        if self.class_threshold < 0:
-            raise ValueError(f"label.class_threshold: got {self.class_threshold}, expected >= 0")
+    # dead zone of the 3-class label, in units of vol * sqrt(h)
+    class_threshold: Annotated[float, Interval(ge=0)] = 0.5
+    vol_window: Annotated[int, Interval(ge=2)] = 20  # bars of trailing 1-bar log returns used for the volatility
 
 
 CLASS_NAMES = ("short", "neutral", "long")  # labels -1, 0, 1; class index = label + 1

@@ -16,7 +16,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 # matplotlib keeps its font cache and config under ~/.cache and ~/.config unless told otherwise:
 # a pipeline run writes nothing outside the repository, the DVC cache and the temp directory.
@@ -27,6 +27,8 @@ matplotlib.use("Agg")  # before pyplot: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from alphafactory.config import Interval, NonEmpty
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +73,9 @@ DEFAULT_METRICS = ("ic", "ic_se", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sha
 @dataclass(frozen=True)
 class ReportConfig:
     title: str = "alphafactory: test-period model comparison"
-    metrics: tuple[str, ...] = DEFAULT_METRICS  # columns of the comparison tables, in order
-    top_features: int = 20  # bars in the feature-importance figure
-
-    def validate(self) -> None:
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown or not self.metrics:
-            raise ValueError(f"report.metrics: unknown or empty {unknown or list(self.metrics)}; "
-                             f"expected some of {list(METRICS)}")
-        if self.top_features < 1:
-            raise ValueError(f"report.top_features: got {self.top_features}, expected >= 1")
+    # columns of the comparison tables, in order
+    metrics: Annotated[tuple[Literal[tuple(METRICS)], ...], NonEmpty()] = DEFAULT_METRICS
+    top_features: Annotated[int, Interval(ge=1)] = 20  # bars in the feature-importance figure
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+
+from alphafactory.config import ConfigError, Interval, check
 
 SEGMENTS = ("train", "val", "test")
 CV_MODES = ("expanding", "rolling", "cpcv")
@@ -41,47 +43,29 @@ ROLES = ("train", "test")  # values of the folds' ``role`` column
 
 @dataclass(frozen=True)
 class SplitConfig:
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    embargo: int = 5  # bars dropped after each boundary, on top of the purge
-    cv_folds: int = 4  # walk-forward: test blocks; cpcv: time groups N
+    val_frac: Annotated[float, Interval(gt=0, lt=0.5)] = 0.15
+    test_frac: Annotated[float, Interval(gt=0, lt=0.5)] = 0.15
+    embargo: Annotated[int, Interval(ge=0)] = 5  # bars dropped after each boundary, on top of the purge
+    cv_folds: Annotated[int, Interval(ge=2)] = 4  # walk-forward: test blocks; cpcv: time groups N
     cv_mode: Literal["expanding", "rolling", "cpcv"] = "expanding"
-    cv_train_bars: int | None = None  # rolling: training window in distinct timestamps
-    cv_test_groups: int = 2  # cpcv: groups k held out per split
+    # rolling: training window in distinct timestamps
+    cv_train_bars: Annotated[int | None, Interval(ge=1)] = None
+    cv_test_groups: Annotated[int, Interval(ge=1)] = 2  # cpcv: groups k held out per split
 
     def validate(self) -> None:
-        for key in ("val_frac", "test_frac"):
-            v = getattr(self, key)
-            if not 0.0 < v < 0.5:
-                raise ValueError(f"split.{key}: got {v}, expected a fraction in (0, 0.5)")
         if self.val_frac + self.test_frac >= 0.8:
-            raise ValueError(
-                f"split: val_frac + test_frac = {self.val_frac + self.test_frac}, expected < 0.8"
-            )
-        if self.embargo < 0:
-            raise ValueError(f"split.embargo: got {self.embargo}, expected >= 0")
-        if self.cv_mode not in CV_MODES:
-            raise ValueError(f"split.cv_mode: got {self.cv_mode!r}, expected one of {list(CV_MODES)}")
-        if isinstance(self.cv_folds, bool) or not isinstance(self.cv_folds, int) or self.cv_folds < 2:
-            raise ValueError(f"split.cv_folds: got {self.cv_folds!r}, expected an integer >= 2")
-        if self.cv_mode == "rolling":
-            bars = self.cv_train_bars
-            if isinstance(bars, bool) or not isinstance(bars, int) or bars < 1:
-                raise ValueError(
-                    f"split.cv_train_bars: got {bars!r} with cv_mode 'rolling', expected the "
-                    f"training window length in timestamps (an integer >= 1)"
-                )
-        elif self.cv_train_bars is not None:
-            raise ValueError(
+            raise ConfigError(f"split: val_frac + test_frac = {self.val_frac + self.test_frac}, expected < 0.8")
+        if self.cv_mode == "rolling" and self.cv_train_bars is None:
+            raise ConfigError("split.cv_train_bars: got None with cv_mode 'rolling', expected the "
+                              "training window length in timestamps (an integer >= 1)")
+        if self.cv_mode != "rolling" and self.cv_train_bars is not None:
+            raise ConfigError(
                 f"split.cv_train_bars: got {self.cv_train_bars!r} with cv_mode {self.cv_mode!r}, "
                 f"expected null (a training window applies to cv_mode 'rolling' only)"
             )
-        k = self.cv_test_groups
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"split.cv_test_groups: got {k!r}, expected an integer >= 1")
-        if self.cv_mode == "cpcv" and k >= self.cv_folds:
-            raise ValueError(
-                f"split.cv_test_groups: got {k} with cv_folds {self.cv_folds}, expected "
+        if self.cv_mode == "cpcv" and self.cv_test_groups >= self.cv_folds:
+            raise ConfigError(
+                f"split.cv_test_groups: got {self.cv_test_groups} with cv_folds {self.cv_folds}, expected "
                 f"1 <= cv_test_groups < cv_folds (some groups must be left to train on)"
             )
 
@@ -232,7 +216,7 @@ def walk_forward_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: Spl
     Returns the long table ``symbol, timestamp, fold, group, role`` (role train | test); rows a
     fold does not list are unused by it (purged, embargoed, later, or outside the window).
     """
-    cfg.validate()
+    check(cfg, "split")
     if cfg.cv_mode == "cpcv":
         raise ValueError("walk_forward_folds: split.cv_mode is 'cpcv'; call cpcv_folds (or make_folds)")
     fb = _FoldBuilder(labels, horizons, cfg, cfg.cv_folds + 1)
@@ -278,7 +262,7 @@ def cpcv_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig
     and trains on all the others, purged and embargoed on both sides of every test block.
     Same long format as :func:`walk_forward_folds`; fold i holds out ``cpcv_splits(N, k)[i]``.
     """
-    cfg.validate()
+    check(cfg, "split")
     splits = cpcv_splits(cfg.cv_folds, cfg.cv_test_groups)
     fb = _FoldBuilder(labels, horizons, cfg, cfg.cv_folds)
     return fb.frame([fb.fold(s, walk_forward=False) for s in splits])
@@ -286,7 +270,7 @@ def cpcv_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig
 
 def make_folds(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig) -> pd.DataFrame:
     """The folds of ``cfg.cv_mode``: :func:`cpcv_folds` for cpcv, else :func:`walk_forward_folds`."""
-    cfg.validate()
+    check(cfg, "split")
     if cfg.cv_mode == "cpcv":
         return cpcv_folds(labels, horizons, cfg)
     return walk_forward_folds(labels, horizons, cfg)

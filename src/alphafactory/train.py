@@ -13,13 +13,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from alphafactory import models
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval
 from alphafactory.dataset import Dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
@@ -37,13 +37,9 @@ class TrainConfig:
     """The ``train`` section of params.yaml, shared by the training stages."""
 
     seed: int = 42
-    lookback: int = 32  # bars per window of the sequence models
+    lookback: Annotated[int, Interval(ge=1)] = 32  # bars per window of the sequence models
     task: Literal["regression", "classification"] = "regression"
     scope: Literal["pooled", "per_symbol"] = "pooled"  # one model across symbols, or one per symbol
-
-    def validate(self) -> None:
-        if self.lookback < 1:
-            raise ValueError(f"train.lookback: got {self.lookback}, expected >= 1")
 
 
 # Keys of a family's params section shared by all its models (not a model's block).

@@ -37,12 +37,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow
 
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval, Unique, check
 from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
 from alphafactory.data.validate import (
     PRICE_COLUMNS,
@@ -90,17 +91,15 @@ class DataConfig:
     minimum, e.g. lookback + horizons + folds). synthetic: settings of the synthetic source.
     """
 
-    source: str = "bundled"
+    source: Literal[SOURCES] = "bundled"
     path: str = DEFAULT_PATH
-    symbols: tuple[str, ...] = ()
+    symbols: Annotated[tuple[str, ...], Unique()] = ()
     start: str | None = None
     end: str | None = None
-    min_bars: int = 300
+    min_bars: Annotated[int, Interval(ge=1)] = 300
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self) -> None:
-        if self.source not in SOURCES:
-            raise ConfigError(f"data.source: got {self.source!r}, expected one of {list(SOURCES)}")
         if not isinstance(self.path, str) or not self.path.strip():
             raise ConfigError(f"data.path: got {self.path!r}, expected a file or directory (the data "
                               f"source: file reads; {DEFAULT_PATH!r} for the other sources)")
@@ -109,13 +108,9 @@ class DataConfig:
                 f"data.path: got {self.path!r} with source {self.source!r}; a path is read only when "
                 f"source is 'file' (set data.source: file, or leave data.path at {DEFAULT_PATH!r})"
             )
-        if isinstance(self.min_bars, bool) or not isinstance(self.min_bars, int) or self.min_bars < 1:
-            raise ConfigError(f"data.min_bars: got {self.min_bars!r}, expected an integer >= 1")
         bad = [s for s in self.symbols if not is_safe_symbol(s)]
         if bad:
             raise ConfigError(f"data.symbols: unsafe symbol name(s) {bad}; expected names like 'AAPL'")
-        if len(set(self.symbols)) != len(self.symbols):
-            raise ConfigError(f"data.symbols: duplicates in {list(self.symbols)}")
         start, end = _parse_bound(self.start, "start"), _parse_bound(self.end, "end")
         if start is not None and end is not None and start > end:
             raise ConfigError(f"data.start {self.start!r} is after data.end {self.end!r}")
@@ -144,7 +139,7 @@ def load_bars(cfg: DataConfig, *,
     to the kept bars (computed on the full simulated history, so its values at the first kept
     bars still use the earlier history).
     """
-    cfg.validate()
+    check(cfg, "data")
     oracle = None
     if cfg.source == "bundled":
         bars, name = load_bundled(), "bundled (bokeh_sampledata.stocks)"

@@ -53,12 +53,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval, check
 
 FREQ_BARS_PER_SESSION: dict[str, int] = {"1D": 1, "1h": 7}
 # Hourly bars are labelled by their close time (the moment the bar is known): the first bar
@@ -91,27 +92,14 @@ class SyntheticConfig:
     ("1D": business days; "1h": 7 hourly bars per weekday session), planted signal with
     population 1-bar IC ``signal_strength`` (0 = pure noise), first session ``start``."""
 
-    symbols: int = 20
-    bars: int = 2000
-    freq: str = "1D"
+    symbols: Annotated[int, Interval(ge=1, le=100_000)] = 20
+    bars: Annotated[int, Interval(ge=2)] = 2000
+    freq: Literal[tuple(FREQ_BARS_PER_SESSION)] = "1D"
     seed: int = 7
-    signal_strength: float = 0.05
+    signal_strength: Annotated[float, Interval(ge=0, lt=1)] = 0.05  # a correlation
     start: str = "2015-01-02"
 
     def validate(self) -> None:
-        if not 1 <= self.symbols <= 100_000:
-            raise ConfigError(f"data.synthetic.symbols: got {self.symbols}, expected 1..100000")
-        if self.bars < 2:
-            raise ConfigError(f"data.synthetic.bars: got {self.bars}, expected >= 2")
-        if self.freq not in FREQ_BARS_PER_SESSION:
-            raise ConfigError(
-                f"data.synthetic.freq: got {self.freq!r}, expected one of {list(FREQ_BARS_PER_SESSION)}"
-            )
-        if not 0.0 <= self.signal_strength < 1.0:
-            raise ConfigError(
-                f"data.synthetic.signal_strength: got {self.signal_strength}, expected 0 <= x < 1 "
-                f"(it is a correlation)"
-            )
         try:
             pd.Timestamp(self.start)
         except ValueError as e:
@@ -241,7 +229,7 @@ def make_synthetic(cfg: SyntheticConfig,
         forward log return ``log(close_{t+h} / close_t)`` given bars up to t.
     Bitwise deterministic for a given config; a shorter ``bars`` gives a prefix of a longer run.
     """
-    cfg.validate()
+    check(cfg, "data.synthetic")
     horizons = _check_horizons(horizons)
     n_t, n = cfg.bars, cfg.symbols
     rng_p, rng_m, rng_u, rng_v, rng_g, rng_hi, rng_lo = _rngs(cfg.seed)
@@ -312,7 +300,7 @@ def oracle_from_bars(bars: pd.DataFrame, cfg: SyntheticConfig,
     Returns the oracle frame in the format of ``make_synthetic`` (equal to it up to float
     rounding, ~1e-12 relative).
     """
-    cfg.validate()
+    check(cfg, "data.synthetic")
     horizons = _check_horizons(horizons)
     n_t, n = cfg.bars, cfg.symbols
     names = symbol_names(n)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import catboost as cb
 import numpy as np
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 
@@ -29,13 +31,13 @@ def save_cbm(model: cb.CatBoost, path: Path | str) -> None:
 
 @dataclass(frozen=True)
 class CatBoostParams:
-    iterations: int = 1000
-    learning_rate: float = 0.03
-    depth: int = 4
-    l2_leaf_reg: float = 10.0
-    early_stopping_rounds: int = 50
-    thread_count: int = 2
-    task_type: str = "CPU"  # "GPU" on a GPU machine
+    iterations: Annotated[int, Interval(ge=1)] = 1000
+    learning_rate: Annotated[float, Interval(gt=0)] = 0.03
+    depth: Annotated[int, Interval(ge=1, le=16)] = 4  # CatBoost's own limit is 16
+    l2_leaf_reg: Annotated[float, Interval(ge=0)] = 10.0
+    early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    thread_count: Annotated[int, Interval(ge=1)] = 2
+    task_type: Literal["CPU", "GPU"] = "CPU"  # "GPU" on a GPU machine
 
 
 class _Advance:

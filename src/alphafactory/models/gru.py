@@ -2,27 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from alphafactory.config import ConfigError
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class GRUParams:
-    hidden: int = 32
-    layers: int = 1
-    dropout: float = 0.1  # between stacked layers and before the head
-
-    def validate(self) -> None:
-        for k in ("hidden", "layers"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"neural.gru.{k}: got {getattr(self, k)}, expected >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"neural.gru.dropout: got {self.dropout}, expected 0 <= dropout < 1")
+    hidden: Annotated[int, Interval(ge=1)] = 32
+    layers: Annotated[int, Interval(ge=1)] = 1
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1  # between stacked layers and before the head
 
 
 class GRUNet(nn.Module):

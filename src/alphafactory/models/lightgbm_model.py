@@ -4,25 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import lightgbm as lgb
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 
 
 @dataclass(frozen=True)
 class LightGBMParams:
-    n_estimators: int = 1000
-    learning_rate: float = 0.03
-    num_leaves: int = 15
-    min_child_samples: int = 100
-    feature_fraction: float = 0.7
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 10.0
-    early_stopping_rounds: int = 50
-    num_threads: int = 2
+    n_estimators: Annotated[int, Interval(ge=1)] = 1000
+    learning_rate: Annotated[float, Interval(gt=0)] = 0.03
+    num_leaves: Annotated[int, Interval(ge=2)] = 15
+    min_child_samples: Annotated[int, Interval(ge=0)] = 100
+    feature_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.7
+    bagging_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    bagging_freq: Annotated[int, Interval(ge=0)] = 1  # 0: no bagging
+    lambda_l2: Annotated[float, Interval(ge=0)] = 10.0
+    early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    num_threads: Annotated[int, Interval(ge=1)] = 2
 
 
 def _advance(bar):

@@ -15,10 +15,11 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from alphafactory.config import Interval
 from alphafactory.io import Directory, atomic_path
 from alphafactory.models import register
 from alphafactory.models.base import XY, Model
@@ -90,14 +91,9 @@ def mse(pred: np.ndarray, y: np.ndarray) -> float:
 # -- ridge -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RidgeParams:
-    alpha: float = 1.0  # penalty per labelled row, on standardised features (see RidgeModel)
-    clip: float | None = 5.0  # standardised features are clipped to ±clip; null: no clipping
-
-    def validate(self) -> None:
-        if not self.alpha >= 0:
-            raise ValueError(f"classical.ridge.alpha: got {self.alpha}, expected >= 0")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"classical.ridge.clip: got {self.clip}, expected > 0 or null")
+    alpha: Annotated[float, Interval(ge=0)] = 1.0  # penalty per labelled row, on standardised features (see RidgeModel)
+    # standardised features are clipped to ±clip; null: no clipping
+    clip: Annotated[float | None, Interval(gt=0)] = 5.0
 
 
 def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -183,18 +179,11 @@ class RidgeModel(LinearJSONModel):
 # -- logistic --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LogisticParams:
-    alpha: float = 0.1  # L2 penalty on the coefficients, added to the mean log loss per row
-    clip: float | None = 5.0  # standardised features are clipped to ±clip; null: no clipping
-    max_iter: int = 500  # L-BFGS iterations per horizon
-    tol: float = 1e-7  # L-BFGS gradient tolerance
-
-    def validate(self) -> None:
-        if not self.alpha > 0:
-            raise ValueError(f"classical.logistic.alpha: got {self.alpha}, expected > 0")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"classical.logistic.clip: got {self.clip}, expected > 0 or null")
-        if self.max_iter < 1:
-            raise ValueError(f"classical.logistic.max_iter: got {self.max_iter}, expected >= 1")
+    alpha: Annotated[float, Interval(gt=0)] = 0.1  # L2 penalty on the coefficients, added to the mean log loss per row
+    # standardised features are clipped to ±clip; null: no clipping
+    clip: Annotated[float | None, Interval(gt=0)] = 5.0
+    max_iter: Annotated[int, Interval(ge=1)] = 500  # L-BFGS iterations per horizon
+    tol: Annotated[float, Interval(gt=0)] = 1e-7  # L-BFGS gradient tolerance
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class LSTMParams:
-    hidden: int = 32
-    layers: int = 1
-    dropout: float = 0.1
+    hidden: Annotated[int, Interval(ge=1)] = 32
+    layers: Annotated[int, Interval(ge=1)] = 1
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
 
 class LSTMNet(nn.Module):

@@ -3,27 +3,21 @@ Linear + GELU + Dropout layers and one linear head for all horizons."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from alphafactory.config import ConfigError
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class MLPParams:
-    hidden: int = 64  # width of every hidden layer
-    layers: int = 2  # number of hidden layers
-    dropout: float = 0.1
-
-    def validate(self) -> None:
-        for k in ("hidden", "layers"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"neural.mlp.{k}: got {getattr(self, k)}, expected >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"neural.mlp.dropout: got {self.dropout}, expected 0 <= dropout < 1")
+    hidden: Annotated[int, Interval(ge=1)] = 64  # width of every hidden layer
+    layers: Annotated[int, Interval(ge=1)] = 2  # number of hidden layers
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
 
 class MLPNet(nn.Module):

@@ -20,39 +20,33 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval, NonEmpty
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class NHITSParams:
-    channels: int = 16  # features projected to this many channels per bar
-    pool_sizes: tuple[int, ...] = (8, 4, 1)  # max-pool kernel (bars) per stack, coarse to fine
-    downsample: tuple[int, ...] = (16, 4, 1)  # forecast knots every this many bars, per stack
-    blocks: int = 1  # blocks per stack
-    hidden: int = 64  # width of each block's MLP
-    layers: int = 2  # hidden layers of each block's MLP
-    dropout: float = 0.1
+    channels: Annotated[int, Interval(ge=1)] = 16  # features projected to this many channels per bar
+    # max-pool kernel (bars) per stack, coarse to fine
+    pool_sizes: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], NonEmpty()] = (8, 4, 1)
+    # forecast knots every this many bars, per stack
+    downsample: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], NonEmpty()] = (16, 4, 1)
+    blocks: Annotated[int, Interval(ge=1)] = 1  # blocks per stack
+    hidden: Annotated[int, Interval(ge=1)] = 64  # width of each block's MLP
+    layers: Annotated[int, Interval(ge=1)] = 2  # hidden layers of each block's MLP
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
     def validate(self) -> None:
-        for k in ("channels", "blocks", "hidden", "layers"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"neural.nhits.{k}: got {getattr(self, k)}, expected >= 1")
-        for k in ("pool_sizes", "downsample"):
-            v = getattr(self, k)
-            if not v or min(v) < 1:
-                raise ConfigError(f"neural.nhits.{k}: got {list(v)}, expected a non-empty list of integers >= 1")
         if len(self.pool_sizes) != len(self.downsample):
             raise ConfigError(f"neural.nhits: pool_sizes {list(self.pool_sizes)} and downsample "
                               f"{list(self.downsample)} have different lengths; expected one of each per stack")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"neural.nhits.dropout: got {self.dropout}, expected 0 <= dropout < 1")
 
 
 def interpolation_basis(horizons: tuple[int, ...], n_knots: int) -> torch.Tensor:

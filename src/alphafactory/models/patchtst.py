@@ -25,40 +25,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class PatchTSTParams:
-    patch_len: int = 16  # bars per patch
-    stride: int = 8  # bars between patch starts (stride < patch_len: overlapping patches)
-    d_model: int = 16
-    heads: int = 2
-    layers: int = 1
-    ff: int = 32  # width of each layer's feed-forward block
-    head_dim: int = 1  # values per channel that the head mixes across channels
-    dropout: float = 0.1
+    patch_len: Annotated[int, Interval(ge=1)] = 16  # bars per patch
+    stride: Annotated[int, Interval(ge=1)] = 8  # bars between patch starts (stride < patch_len: overlapping patches)
+    d_model: Annotated[int, Interval(ge=1)] = 16
+    heads: Annotated[int, Interval(ge=1)] = 2
+    layers: Annotated[int, Interval(ge=1)] = 1
+    ff: Annotated[int, Interval(ge=1)] = 32  # width of each layer's feed-forward block
+    head_dim: Annotated[int, Interval(ge=1)] = 1  # values per channel that the head mixes across channels
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
     def validate(self) -> None:
-        for k in ("patch_len", "stride", "d_model", "heads", "layers", "ff", "head_dim"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"neural.patchtst.{k}: got {getattr(self, k)}, expected >= 1")
         if self.stride > self.patch_len:
             raise ConfigError(f"neural.patchtst.stride: got {self.stride} with patch_len {self.patch_len}; "
                               "expected stride <= patch_len so that every bar falls in a patch")
         if self.d_model % self.heads:
             raise ConfigError(f"neural.patchtst.d_model: got {self.d_model} with heads {self.heads}; "
                               "expected d_model divisible by heads")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"neural.patchtst.dropout: got {self.dropout}, expected 0 <= dropout < 1")
 
 
 def patch_layout(lookback: int, patch_len: int, stride: int) -> tuple[int, int]:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import lightgbm as lgb
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 from alphafactory.models.lightgbm_model import train_booster
@@ -26,24 +28,15 @@ from alphafactory.models.lightgbm_model import train_booster
 
 @dataclass(frozen=True)
 class RandomForestParams:
-    n_estimators: int = 300
-    num_leaves: int = 31
-    max_depth: int = -1  # -1: no limit beyond num_leaves
-    min_child_samples: int = 200  # rows per leaf: the main guard against fitting noise
-    feature_fraction: float = 0.5  # share of features each tree sees
-    bagging_fraction: float = 0.5  # share of rows each tree sees (redrawn per tree)
-    lambda_l2: float = 0.0
-    num_threads: int = 2
-
-    def validate(self) -> None:
-        if not 0 < self.bagging_fraction < 1:
-            raise ValueError(f"classical.random_forest.bagging_fraction: got {self.bagging_fraction}, "
-                             "expected 0 < value < 1 (a forest needs row subsampling)")
-        if not 0 < self.feature_fraction <= 1:
-            raise ValueError(f"classical.random_forest.feature_fraction: got {self.feature_fraction}, expected (0, 1]")
-        for k in ("n_estimators", "num_leaves", "min_child_samples", "num_threads"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"classical.random_forest.{k}: got {getattr(self, k)}, expected >= 1")
+    n_estimators: Annotated[int, Interval(ge=1)] = 300
+    num_leaves: Annotated[int, Interval(ge=2)] = 31
+    max_depth: int = -1  # <= 0: no limit beyond num_leaves
+    min_child_samples: Annotated[int, Interval(ge=1)] = 200  # rows per leaf: the main guard against fitting noise
+    feature_fraction: Annotated[float, Interval(gt=0, le=1)] = 0.5  # share of features each tree sees
+    # share of rows each tree sees (redrawn per tree); < 1: a forest needs row subsampling
+    bagging_fraction: Annotated[float, Interval(gt=0, lt=1)] = 0.5
+    lambda_l2: Annotated[float, Interval(ge=0)] = 0.0
+    num_threads: Annotated[int, Interval(ge=1)] = 2
 
 
 @register("random_forest", family="classical", input_kind="tabular", tasks=("regression", "classification"))

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
+from alphafactory.config import ConfigError, Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 from alphafactory.models.linear import Scaler, load_arrays, mse, save_arrays
@@ -32,28 +33,20 @@ _CHUNK = 2048  # rows per block of the RBF kernel: (2048, n_sv) float64 at a tim
 @dataclass(frozen=True)
 class SVMParams:
     kind: Literal["linear", "rbf"] = "linear"
-    C: float = 0.01  # inverse regularisation, as in scikit-learn (a sum over rows, not a mean)
-    epsilon: float = 0.1  # half-width of the loss-free tube, in target standard deviations
-    gamma: float | None = None  # rbf: kernel width on standardised features; null: 1 / (F · var(Z))
-    max_rows: int = 3000  # rbf: train rows used at most
+    # inverse regularisation, as in scikit-learn (a sum over rows, not a mean)
+    C: Annotated[float, Interval(gt=0)] = 0.01
+    epsilon: Annotated[float, Interval(ge=0)] = 0.1  # half-width of the loss-free tube, in target standard deviations
+    # rbf: kernel width on standardised features; null: 1 / (F · var(Z))
+    gamma: Annotated[float | None, Interval(gt=0)] = None
+    max_rows: Annotated[int, Interval(ge=2)] = 3000  # rbf: train rows used at most
     max_iter: int = 5000  # linear: liblinear iterations; rbf: -1 = until tol
-    tol: float = 1e-4
-    clip: float | None = 5.0  # standardised features are clipped to ±clip; null: no clipping
+    tol: Annotated[float, Interval(gt=0)] = 1e-4
+    # standardised features are clipped to ±clip; null: no clipping
+    clip: Annotated[float | None, Interval(gt=0)] = 5.0
 
     def validate(self) -> None:
-        for k in ("C", "tol"):
-            if not getattr(self, k) > 0:
-                raise ValueError(f"classical.svm.{k}: got {getattr(self, k)}, expected > 0")
-        if not self.epsilon >= 0:
-            raise ValueError(f"classical.svm.epsilon: got {self.epsilon}, expected >= 0")
-        if self.gamma is not None and not self.gamma > 0:
-            raise ValueError(f"classical.svm.gamma: got {self.gamma}, expected > 0 or null")
-        if self.max_rows < 2:
-            raise ValueError(f"classical.svm.max_rows: got {self.max_rows}, expected >= 2")
         if self.max_iter < 1 and not (self.kind == "rbf" and self.max_iter == -1):
-            raise ValueError(f"classical.svm.max_iter: got {self.max_iter}, expected >= 1 (or -1 with kind rbf)")
-        if self.clip is not None and not self.clip > 0:
-            raise ValueError(f"classical.svm.clip: got {self.clip}, expected > 0 or null")
+            raise ConfigError(f"classical.svm.max_iter: got {self.max_iter}, expected >= 1 (or -1 with kind rbf)")
 
 
 def rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:

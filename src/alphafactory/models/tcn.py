@@ -3,21 +3,23 @@ blocks; the output at the last time step feeds one linear head for all horizons.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 
 
 @dataclass(frozen=True)
 class TCNParams:
-    channels: int = 32
-    levels: int = 3  # dilations 1, 2, 4, ...
-    kernel_size: int = 3
-    dropout: float = 0.1
+    channels: Annotated[int, Interval(ge=1)] = 32
+    levels: Annotated[int, Interval(ge=1)] = 3  # dilations 1, 2, 4, ...
+    kernel_size: Annotated[int, Interval(ge=1)] = 3
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
 
 class CausalBlock(nn.Module):

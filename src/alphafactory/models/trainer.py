@@ -16,13 +16,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from alphafactory.config import from_dict, to_dict
+from alphafactory.config import ConfigError, Interval, from_dict, to_dict
 from alphafactory.io import Directory
 from alphafactory.models.base import XY, Model, _version
 from alphafactory.progress import progress
@@ -35,22 +35,19 @@ ONNX_RTOL = 1e-4
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    patience: int = 5  # epochs without val improvement before stopping
-    grad_clip: float = 1.0
+    epochs: Annotated[int, Interval(ge=1)] = 30
+    batch_size: Annotated[int, Interval(ge=1)] = 256
+    lr: Annotated[float, Interval(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Interval(ge=0)] = 1e-4
+    patience: Annotated[int, Interval(ge=1)] = 5  # epochs without val improvement before stopping
+    grad_clip: Annotated[float, Interval(gt=0)] = 1.0  # max gradient norm
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
-    threads: int = 2  # CPU threads for torch
+    threads: Annotated[int, Interval(ge=1)] = 2  # CPU threads for torch
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"neural.trainer.device: got {self.device!r}, expected auto, cpu or cuda")
-        for k in ("epochs", "batch_size", "patience", "threads"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"neural.trainer.{k}: got {getattr(self, k)}, expected >= 1")
+            raise ConfigError(f"neural.trainer.device: got {self.device!r}, expected auto, cpu, cuda or cuda:<n>")
 
 
 def select_device(name: str) -> torch.device:

@@ -9,38 +9,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from alphafactory.config import ConfigError
+from alphafactory.config import ConfigError, Interval
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
-
-POS_ENCODINGS = ("sinusoidal", "learned")
 
 
 @dataclass(frozen=True)
 class TransformerParams:
-    d_model: int = 32
-    heads: int = 2
-    layers: int = 2
-    ff: int = 64  # width of each layer's feed-forward block
-    dropout: float = 0.1
-    pos_encoding: str = "sinusoidal"  # sinusoidal | learned
+    d_model: Annotated[int, Interval(ge=1)] = 32
+    heads: Annotated[int, Interval(ge=1)] = 2
+    layers: Annotated[int, Interval(ge=1)] = 2
+    ff: Annotated[int, Interval(ge=1)] = 64  # width of each layer's feed-forward block
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
+    pos_encoding: Literal["sinusoidal", "learned"] = "sinusoidal"
 
     def validate(self) -> None:
-        for k in ("d_model", "heads", "layers", "ff"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"neural.transformer.{k}: got {getattr(self, k)}, expected >= 1")
         if self.d_model % self.heads:
             raise ConfigError(f"neural.transformer.d_model: got {self.d_model} with heads {self.heads}; "
                               "expected d_model divisible by heads")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"neural.transformer.dropout: got {self.dropout}, expected 0 <= dropout < 1")
-        if self.pos_encoding not in POS_ENCODINGS:
-            raise ConfigError(f"neural.transformer.pos_encoding: got {self.pos_encoding!r}, "
-                              f"expected one of {list(POS_ENCODINGS)}")
 
 
 def sinusoidal_encoding(length: int, d_model: int) -> torch.Tensor:

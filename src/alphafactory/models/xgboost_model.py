@@ -3,24 +3,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import xgboost as xgb
 
+from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 
 
 @dataclass(frozen=True)
 class XGBoostParams:
-    n_estimators: int = 1000
-    learning_rate: float = 0.03
-    max_depth: int = 4
-    min_child_weight: float = 50.0
-    subsample: float = 0.8
-    colsample_bytree: float = 0.7
-    reg_lambda: float = 10.0
-    early_stopping_rounds: int = 50
-    nthread: int = 2
+    n_estimators: Annotated[int, Interval(ge=1)] = 1000
+    learning_rate: Annotated[float, Interval(gt=0)] = 0.03
+    max_depth: Annotated[int, Interval(ge=0)] = 4  # 0: no limit
+    min_child_weight: Annotated[float, Interval(ge=0)] = 50.0
+    subsample: Annotated[float, Interval(gt=0, le=1)] = 0.8
+    colsample_bytree: Annotated[float, Interval(gt=0, le=1)] = 0.7
+    reg_lambda: Annotated[float, Interval(ge=0)] = 10.0
+    early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    nthread: Annotated[int, Interval(ge=1)] = 2
     device: str = "cpu"  # "cuda" on a GPU machine
 
 
