@@ -12,7 +12,7 @@ import pandas as pd
 from alphafactory import dataset, stage
 from alphafactory.config import section
 from alphafactory.io import write_parquet
-from alphafactory.train import TrainConfig, family_inputs, fit_models, log_curves
+from alphafactory.train import TrainConfig, family_inputs, fit_models, log_curves, write_seed_spread
 
 
 def main() -> None:
@@ -23,6 +23,7 @@ def main() -> None:
     results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
                          extra=extra)
     log_curves(results, args.live)
+    write_seed_spread(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
 
 

@@ -21,7 +21,9 @@ import pandas as pd
 from alphafactory import models
 from alphafactory.config import ConfigError, Interval
 from alphafactory.dataset import Dataset
+from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
+from alphafactory.metrics import regression_metrics
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
 from alphafactory.progress import progress
@@ -30,6 +32,7 @@ from alphafactory.uncertainty import apply_calibration, fit_calibration
 log = logging.getLogger(__name__)
 PRED_SEGMENTS = ("val", "test")
 SCOPES = ("pooled", "per_symbol")
+SEED_IC_FILE = "seed_ic.json"  # in the stage's dvclive dir, for seed-averaged networks
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class TrainResult:
     predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up
     #                            (+ p_short, p_neutral, p_long for the classification task)
     seconds: float
+    # neural.trainer.seeds > 1 (pooled scope): the val IC of each seed member, see seed_spread
+    seed_ic: dict[str, dict[str, Any]] | None = None
 
 
 def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int,
@@ -133,6 +138,42 @@ def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.nda
         "prob_up": prob.reshape(-1).astype(np.float64),
         **classes,
     })
+
+
+def _seeds(model: Model) -> int:
+    """Networks a model averages over (``neural.trainer.seeds``); 1 for the other families."""
+    return getattr(getattr(model, "trainer", None), "seeds", 1)
+
+
+def seed_spread(model: Model, X: Any, Y: np.ndarray, avg: np.ndarray) -> dict[str, dict[str, Any]] | None:
+    """How far the IC of a seed-averaged network (``neural.trainer.seeds`` = k > 1) moves with
+    the seed: per horizon ``h<k>``, the pooled Pearson IC (``metrics.regression_metrics``' ``ic``,
+    the figure ``metrics/test.json`` reports) of each member's forecasts of ``X`` against ``Y``
+    (n, H) (labelled rows only) as ``ic`` (in seed order, from ``seeds``), their ``ic_mean``,
+    ``ic_std`` (ddof=1), ``ic_min``, ``ic_max``, ``k``, and ``ic_averaged``: the IC of ``avg``,
+    the model's own (averaged) forecasts. None for a model that is not seed-averaged. Called on
+    val rows only: the test period stays for evaluation, which sees only the averaged forecasts."""
+    k = _seeds(model)
+    if k < 2:
+        return None
+    members = model.predict_members(X)  # (k, n, H)
+    out = {}
+    for j, h in enumerate(model.horizons):
+        ok = np.isfinite(Y[:, j])
+        ics = np.array([regression_metrics(Y[ok, j], m[ok, j])["ic"] for m in members])
+        out[f"h{h}"] = {"k": k, "seeds": [model.seed + i for i in range(k)], "ic": ics.tolist(),
+                        "ic_mean": float(ics.mean()), "ic_std": float(ics.std(ddof=1)),
+                        "ic_min": float(ics.min()), "ic_max": float(ics.max()),
+                        "ic_averaged": regression_metrics(Y[ok, j], avg[ok, j])["ic"]}
+    return out
+
+
+def write_seed_spread(results: list[TrainResult], live_dir: str | Path) -> None:
+    """``<live_dir>/seed_ic.json``: ``{model: seed_spread(...)}`` of the seed-averaged models
+    among ``results``; nothing is written when there are none (``neural.trainer.seeds: 1``)."""
+    spread = {r.name: r.seed_ic for r in results if r.seed_ic}
+    if spread:
+        write_json(spread, Path(live_dir) / SEED_IC_FILE)
 
 
 def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
@@ -218,6 +259,16 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         fit = _fit_per_symbol if scope == "per_symbol" else fit_forecast
         model, forecasts = fit(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
         vrows, vpred, _ = forecasts["val"]
+        seed_ic = None
+        if isinstance(model, PerSymbolModel):
+            if _seeds(next(iter(model.members.values()))) > 1:
+                log.info("%s: per-symbol models: the seed spread of the val IC is not computed", name)
+        elif _seeds(model) > 1:
+            _, val = segment_data(ds, "val", spec.input_kind, lookback)
+            seed_ic = seed_spread(model, val.X, val.Y, vpred)
+            log.info("%s: val IC over %d seeds: %s", name, model.trainer.seeds, "; ".join(
+                f"{h} {s['ic_mean']:.4f} ± {s['ic_std']:.4f} (min {s['ic_min']:.4f}, max {s['ic_max']:.4f}, "
+                f"averaged {s['ic_averaged']:.4f})" for h, s in seed_ic.items()))
         cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
         model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
                                                "lookback": lookback if spec.input_kind == "sequence" else None},
@@ -228,7 +279,7 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
             frames.append(long_predictions(ds.keys.iloc[rows], ds.horizons, pred, std, prob, seg, name, proba))
         secs = time.perf_counter() - t0
         log.info("%s: done in %.1f s", name, secs)
-        results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs))
+        results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs, seed_ic))
     return results
 
 
@@ -249,7 +300,11 @@ def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
                 log.info("%s: per-symbol models: training curves not logged", r.name)
                 continue
             hist = r.model.history_
-            if all(isinstance(v, dict) for v in hist.values()):  # per horizon: {"h1": {"train": [...], "val": [...]}}
+            if "members" in hist:  # seed-averaged network: each member's curves, split "<split> seed <s>"
+                curves = {("all", f"{k.removesuffix('_loss')} seed {m['seed']}"): v
+                          for m in hist["members"] for k, v in m.items() if k.endswith("_loss")}
+                loss = "log loss" if r.model.classifier else "MSE (target / train std)"
+            elif all(isinstance(v, dict) for v in hist.values()):  # per horizon: {"h1": {"train": [...], "val": [...]}}
                 curves = {(h, split): v for h, per in hist.items() for split, v in per.items()}
                 loss = "log loss" if r.model.classifier else "MSE"
             else:  # one network for all horizons: {"train_loss": [...], "val_loss": [...], "best_epoch": [k]}

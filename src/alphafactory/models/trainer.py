@@ -44,6 +44,7 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     threads: Annotated[int, Interval(ge=1)] = 2  # CPU threads for torch
+    seeds: Annotated[int, Interval(ge=1)] = 1  # networks per model, seeds seed .. seed+seeds-1; forecasts their mean
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -167,13 +168,21 @@ def _quiet_exporter() -> Iterator[None]:
 
 class PortableNet(nn.Module):
     """What a bundle exports to ONNX: raw features in, forecasts out. The feature scaling, the
-    network and the output transform (target scale, or softmax over the 3 classes) of
-    :meth:`NeuralModel._predict`, as one graph."""
+    network(s) and the output transform (target scale, or softmax over the 3 classes) of
+    :meth:`NeuralModel._predict`, as one graph. Several networks (``neural.trainer.seeds`` > 1):
+    their mean forecast, the mean of their class probabilities for a classifier. One network is
+    held as ``net`` (initializer names ``net.*``, the graph of a single-seed model unchanged),
+    several as the ``ModuleList`` ``nets`` (``nets.0.*``, ``nets.1.*``, ...)."""
 
-    def __init__(self, net: nn.Module, mean: np.ndarray, std: np.ndarray, y_scale: np.ndarray,
-                 classifier: bool) -> None:
+    def __init__(self, net: nn.Module | list[nn.Module], mean: np.ndarray, std: np.ndarray,
+                 y_scale: np.ndarray, classifier: bool) -> None:
         super().__init__()
-        self.net, self.classifier = net, classifier
+        nets = list(net) if isinstance(net, (list, tuple, nn.ModuleList)) else [net]
+        if len(nets) == 1:
+            self.net = nets[0]
+        else:
+            self.nets = nn.ModuleList(nets)
+        self.classifier = classifier
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.register_buffer("y_scale", torch.as_tensor(y_scale, dtype=torch.float32))
@@ -181,16 +190,36 @@ class PortableNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) or (B, L, F) raw features
         z = (x - self.mean) / self.std
         z = torch.where(torch.isnan(z), torch.zeros_like(z), z).clamp(-5.0, 5.0)  # as _scale
-        y = self.net(z)
-        if self.classifier:
-            return torch.softmax(y.reshape(y.shape[0], -1, 3), dim=-1)  # (B, H, 3)
-        return y * self.y_scale  # (B, H)
+        nets = [self.net] if hasattr(self, "net") else list(self.nets)
+        ys = [net(z) for net in nets]  # k × (B, H) forecasts, or (B, H * 3) logits
+        if self.classifier:  # average probabilities, not logits
+            return _average([torch.softmax(y.reshape(y.shape[0], -1, 3), dim=-1) for y in ys])  # (B, H, 3)
+        return _average(ys) * self.y_scale  # (B, H)
+
+
+def _average(ys: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of the members' outputs; one output as is (the single-seed graph unchanged). A sum
+    and a division, not ``torch.mean``: the exporter would name that node's output ``mean``,
+    the name of PortableNet's feature-mean initializer, and ONNX Runtime refuses the duplicate."""
+    if len(ys) == 1:
+        return ys[0]
+    total = ys[0]
+    for y in ys[1:]:
+        total = total + y
+    return total / len(ys)
 
 
 class NeuralModel(Model):
     """Base for PyTorch families: feature scaling fit on train rows only, per-horizon target
     scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``.
-    Classification: the network has 3 logits per horizon, trained with cross-entropy."""
+    Classification: the network has 3 logits per horizon, trained with cross-entropy.
+
+    Seed averaging (``neural.trainer.seeds`` = k > 1): k networks, seeds ``seed .. seed+k-1``,
+    each built, trained and early-stopped by the same rule on the same data (``nets_``); the
+    model forecasts their mean (a classifier: the mean of their class probabilities, which stays
+    a distribution, not the softmax of mean logits). ``history_`` then holds each member's curves
+    under ``members``; :meth:`predict_members` gives each member's forecasts. k = 1 is one network,
+    trained, saved and exported exactly as without the option."""
 
     packages = ("torch",)
 
@@ -246,27 +275,63 @@ class NeuralModel(Model):
             self.y_scale_ = np.nanstd(train.Y, axis=0).astype(np.float32)
             self.y_scale_ = np.where(self.y_scale_ > 0, self.y_scale_, 1.0).astype(np.float32)
         n_features = rows.shape[-1]
-        seed_everything(self.seed)
-        self.net_ = self.build(n_features, self.n_outputs)
         self.n_features_ = n_features
-        self.history_ = fit_network(
-            self.net_, XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32)),
-            XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32)), self.trainer, self.seed,
-            loss_fn=masked_cross_entropy if self.classifier else masked_mse, desc=self.name,
-        )
-        self.net_.to("cpu")
+        train_s = XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32))
+        val_s = XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32))
+        k = self.trainer.seeds
+        self.nets_, members = [], []
+        for i in range(k):
+            seed = self.seed + i
+            seed_everything(seed)
+            net = self.build(n_features, self.n_outputs)
+            hist = fit_network(net, train_s, val_s, self.trainer, seed,
+                               loss_fn=masked_cross_entropy if self.classifier else masked_mse,
+                               desc=self.name if k == 1 else f"{self.name} seed {seed} ({i + 1}/{k})")
+            net.to("cpu")
+            self.nets_.append(net)
+            members.append(hist)
+        # one network: its curves as they are; k: {"members": [{"seed": s, curves...}, ...]}
+        self.history_ = members[0] if k == 1 else {
+            "members": [{"seed": self.seed + i, **h} for i, h in enumerate(members)]}
+
+    @property
+    def net_(self) -> nn.Module:
+        """The network of a single-seed model (the first member of a seed-averaged one)."""
+        return self.nets_[0]
+
+    def _member_outputs(self, X: Any, device: torch.device | None = None) -> list[np.ndarray]:
+        """Each member's forecast (n, H), or class probabilities (n, H, 3) float64."""
+        device = device or select_device(self.trainer.device)
+        Xs, outs = self._scale(X), []
+        for net in self.nets_:
+            net.to(device)
+            out = predict_network(net, Xs, device)
+            net.to("cpu")
+            if self.classifier:  # logits (n, H * 3) → probabilities (n, H, 3)
+                outs.append(torch.softmax(torch.as_tensor(out, dtype=torch.float64).reshape(len(out), -1, 3),
+                                          -1).numpy())
+            else:
+                outs.append(out * self.y_scale_)
+        return outs
 
     def _predict(self, X: Any, device: torch.device | None = None) -> np.ndarray:
-        device = device or select_device(self.trainer.device)
-        self.net_.to(device)
-        out = predict_network(self.net_, self._scale(X), device)
-        self.net_.to("cpu")
-        if self.classifier:  # logits (n, H * 3) → probabilities (n, H, 3)
-            return torch.softmax(torch.as_tensor(out, dtype=torch.float64).reshape(len(out), -1, 3), -1).numpy()
-        return out * self.y_scale_
+        outs = self._member_outputs(X, device)
+        return outs[0] if len(outs) == 1 else np.mean(np.stack(outs), axis=0)
+
+    def predict_members(self, X: Any) -> np.ndarray:
+        """(k, n, H) float64: each seed member's forecast (a classifier's expected return under
+        that member's class probabilities); ``predict`` is their mean for a regressor."""
+        self._check_fitted()
+        outs = self._member_outputs(X)
+        if self.classifier:
+            return np.stack([self.expected_return(np.asarray(p, np.float64)) for p in outs])
+        return np.stack([np.asarray(o, np.float64).reshape(len(X), len(self.horizons)) for o in outs])
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.net_.state_dict().items()}
+        # one network: its state dict as is; k networks: member i's entries prefixed "i."
+        # (the state dict of a ModuleList), all in the one tensors-only file
+        tensors = {(k if len(self.nets_) == 1 else f"{i}.{k}"): v.detach().cpu().contiguous()
+                   for i, net in enumerate(self.nets_) for k, v in net.state_dict().items()}
         tensors.update({"_scaler_mean": torch.as_tensor(self.mean_), "_scaler_std": torch.as_tensor(self.std_),
                         "_y_scale": torch.as_tensor(self.y_scale_)})
         torch.save(tensors, directory / "weights.pt")
@@ -279,8 +344,12 @@ class NeuralModel(Model):
         self.std_ = tensors.pop("_scaler_std").numpy()
         self.y_scale_ = tensors.pop("_y_scale").numpy()
         self.n_features_ = int(state["n_features"])
-        self.net_ = self.build(self.n_features_, self.n_outputs)
-        self.net_.load_state_dict(tensors)
+        k = self.trainer.seeds
+        self.nets_ = [self.build(self.n_features_, self.n_outputs) for _ in range(k)]
+        if k == 1:
+            self.nets_[0].load_state_dict(tensors)
+        else:
+            nn.ModuleList(self.nets_).load_state_dict(tensors)
 
     def export_onnx(self, path: Path, *, like: Path | None = None, opset: int = ONNX_OPSET,
                     check_rows: int = 257) -> dict[str, Any]:
@@ -296,7 +365,7 @@ class NeuralModel(Model):
         optimizes it when it loads it): ~0.1 s instead of 3 to 10 s of tracing. The same check
         runs, and a graph that fails it or does not fit is exported afresh."""
         self._check_fitted()
-        net = PortableNet(self.net_, self.mean_, self.std_, self.y_scale_, self.classifier).eval()
+        net = PortableNet(self.nets_, self.mean_, self.std_, self.y_scale_, self.classifier).eval()
         shape = (self.lookback, self.n_features_) if self.input_kind == "sequence" else (self.n_features_,)
         if like is not None and _swap_weights(like, path, net):
             try:
