@@ -150,12 +150,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     between the two renames leaves ``path`` absent. Leftovers of killed earlier writers of the
     same target are removed first (:func:`clean_stale`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(path)
-    tmp = _tmp_name(path)
-    tmp.mkdir()
-    tmp.chmod(0o755)  # a model dir is ordinary shared output, whatever the umask
-    try:
+    # scratch_dir removes its directory on exit: the new tree after a failure, or the old one
+    # after the exchange
+    with scratch_dir(path) as tmp:
+        tmp.chmod(0o755)  # a model dir is ordinary shared output, whatever the umask
         yield tmp
         if not os.path.lexists(path):
             os.replace(tmp, path)
@@ -164,8 +162,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.replace(path, old)
             os.replace(tmp, path)
             _remove(old)
-    finally:
-        _remove(tmp)  # the new tree after a failure, or the old one after the exchange
 
 
 @contextlib.contextmanager
