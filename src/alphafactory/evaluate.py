@@ -324,22 +324,22 @@ def headline(ev: Evaluation) -> dict:
     block-bootstrap SE, rank IC, cross-sectional IC (3+ symbols), net Sharpe, max drawdown and,
     on synthetic data, its share of the oracle's IC; ``selection``: the model with the best net
     Sharpe among all candidates, its deflated Sharpe ratio and its probabilistic Sharpe ratio
-    (P(true Sharpe > 0)); ``best``: the base model with the
-    highest test IC (a choice made on the test period: read it with the DSR); ``baseline``: the
-    best naive baseline's IC and Sharpe (each with its name). Figures are rounded to 4 significant
+    (P(true Sharpe > 0)); ``best``: the base model with the highest test IC (a choice made on the
+    test period: read it with the DSR); ``baseline``: the best naive baseline's IC and Sharpe
+    (each with its name). Figures are rounded to 4 significant
     digits (``metrics/test.json`` has them in full); an undefined one is null."""
     result = ev.metrics
     roles = result["_models"]
     out: dict = {}
     for h, sel in ev.selections.items():
         key = f"h{h}"
-        focus = (roles["ensembles"] or [_best(result, roles["base"], key, "ic") or roles["base"][0]])[0]
+        best = _best(result, roles["base"], key, "ic")
+        focus = roles["ensembles"][0] if roles["ensembles"] else best or roles["base"][0]
         row = result[focus][key]
         entry: dict = {"model": focus}
         entry.update({short: _sig(row[long]) for short, long in HEADLINE.items() if long in row})
         entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "psr": _sig(sel["psr"]),
                               "n_trials": sel["n_trials"]}
-        best = _best(result, roles["base"], key, "ic")
         if best is not None:
             b = result[best][key]
             entry["best"] = {"model": best, "ic": _sig(b["ic"]), "ic_se": _sig(b["ic_se"]), "sharpe": _sig(b["sharpe"])}
