@@ -24,7 +24,7 @@ from alphafactory.data.validate import DataValidationError
 from alphafactory.db import read_predictions, write_predictions
 from alphafactory.features import FeatureConfig, compute_features
 from alphafactory.inference import (
-    KEYS,
+    FORECAST_KEYS,
     ewm_memory_bars,
     history_bars,
     list_models,
@@ -123,18 +123,18 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     assert {*MODELS, "ensemble"} <= set(models)
     for m in models:
         col = "yhat" if m == "ensemble" else m
-        ref = test.loc[test["model"] == m, KEYS + ["yhat"]].rename(columns={"yhat": "ref"})
-        got = ref.merge(every_bar[KEYS + [col]], on=KEYS, how="left")
+        ref = test.loc[test["model"] == m, FORECAST_KEYS + ["yhat"]].rename(columns={"yhat": "ref"})
+        got = ref.merge(every_bar[FORECAST_KEYS + [col]], on=FORECAST_KEYS, how="left")
         assert len(got) > 1000 and got[col].notna().all(), m
         np.testing.assert_allclose(got[col], got["ref"], rtol=1e-5, atol=1e-6 * got["ref"].abs().max(), err_msg=m)
     # The headline uncertainty is the blend stage's calibrated one.
     blend = pd.read_parquet(repo / "data/preds/blend.parquet")
     blend = blend[(blend["segment"] == "test") & (blend["model"] == "ensemble")]
-    got = blend.merge(every_bar, on=KEYS, suffixes=("_ref", ""))
+    got = blend.merge(every_bar, on=FORECAST_KEYS, suffixes=("_ref", ""))
     assert len(got) == len(blend)
     for c in HEAD:
         np.testing.assert_allclose(got[c], got[f"{c}_ref"], rtol=1e-5, atol=1e-6 * got[f"{c}_ref"].abs().max(), err_msg=c)
-    assert list(every_bar.columns[:6]) == KEYS + HEAD
+    assert list(every_bar.columns[:6]) == FORECAST_KEYS + HEAD
     assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
     assert (every_bar["yhat_std"] > 0).all()
 
@@ -149,8 +149,8 @@ def test_predict_in_symbol_batches_equals_one_batch(bundle, bars, every_bar, mon
     monkeypatch.setattr(inference, "CHUNK_ROWS", int(n.min()) // 2)
     got = predict(bars, bundle, asof="all")
     assert list(got.columns) == list(every_bar.columns)
-    pd.testing.assert_frame_equal(got[KEYS], every_bar[KEYS])
-    cols = [c for c in got.columns if c not in KEYS]
+    pd.testing.assert_frame_equal(got[FORECAST_KEYS], every_bar[FORECAST_KEYS])
+    cols = [c for c in got.columns if c not in FORECAST_KEYS]
     np.testing.assert_allclose(got[cols].to_numpy(), every_bar[cols].to_numpy(), rtol=1e-6, atol=1e-9)
     batches = inference._symbol_batches(pd.Series(list("aaabbbbcddddde")), max_rows=4)
     assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 7), (7, 8), (8, 13), (13, 14)]
@@ -186,7 +186,7 @@ def test_asof_uses_a_trimmed_history_and_never_later_bars(bundle, bars, every_ba
     ref = every_bar[every_bar["timestamp"] == at].reset_index(drop=True)
     # history_bars() keeps enough bars for the exponentially weighted features to come out as on
     # the full history (measured: ~1e-8 on the neural forecasts, 0 on the trees).
-    cols = [c for c in got.columns if c not in KEYS]
+    cols = [c for c in got.columns if c not in FORECAST_KEYS]
     np.testing.assert_allclose(got[cols].to_numpy(), ref[cols].to_numpy(), rtol=1e-6, atol=1e-7)
     # Default asof: each symbol's last bar.
     last = predict(bars, bundle)
@@ -337,11 +337,11 @@ def test_cli_predict_to_parquet_and_sqlite_is_idempotent(project, bundle, bars, 
     for _ in range(2):  # the second run updates the same rows, it adds none
         assert cli.main(args) == 0
     table = read_predictions(url)
-    assert len(table) == 4 * 3 and not table.duplicated(KEYS).any()
+    assert len(table) == 4 * 3 and not table.duplicated(FORECAST_KEYS).any()
     assert set(table.columns) == set(expected.columns)
     assert (table["timestamp"] == pd.Timestamp("2012-06-29")).all()
     with sa.create_engine(url).begin() as conn:
-        assert sa.inspect(conn).get_pk_constraint("preds")["constrained_columns"] == KEYS
+        assert sa.inspect(conn).get_pk_constraint("preds")["constrained_columns"] == FORECAST_KEYS
         conn.execute(sa.text("CREATE TABLE seed (ticker TEXT, dt DATE, horizon TEXT, "
                              "PRIMARY KEY (ticker, dt, horizon))"))
     with pytest.raises(InputError, match=r"table 'seed' has primary key \['ticker', 'dt', 'horizon'\], "
@@ -356,7 +356,7 @@ def test_postgres_upsert_is_idempotent_and_adds_new_model_columns(bundle, bars, 
     changed = preds.assign(yhat=preds["yhat"] + 1.0)
     write_predictions(changed, postgres_url)  # same keys: updated in place
     table = read_predictions(postgres_url)
-    assert len(table) == len(preds) and not table.duplicated(KEYS).any()
+    assert len(table) == len(preds) and not table.duplicated(FORECAST_KEYS).any()
     np.testing.assert_allclose(table["yhat"], changed["yhat"], rtol=1e-12)
     np.testing.assert_allclose(table["lstm"], preds["lstm"], rtol=1e-12)
     # A bundle with another base model: its column is added; older rows keep NULL there.

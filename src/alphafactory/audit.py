@@ -72,7 +72,7 @@ from alphafactory.dataset import assemble, drop_warmup
 from alphafactory.evaluate import scored_rows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.io import write_json
-from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.labels import KEYS, LabelConfig, make_labels
 from alphafactory.split import SEGMENTS, SplitConfig, assign_segments, make_folds
 from alphafactory.train import fit_models
 
@@ -81,7 +81,6 @@ log = logging.getLogger(__name__)
 CHECKS = ("causality", "labels", "permuted", "noise", "signal", "innovation")
 DEFAULT_MODELS = ("lightgbm", "xgboost", "catboost", "lstm", "tcn")
 QUICK_MODELS = ("lightgbm",)
-KEYS = ["symbol", "timestamp"]
 RTOL, ATOL = 1e-5, 1e-6  # float32 features recomputed on a different panel layout
 CHECK_SYMBOLS = 12  # symbols of the ragged panel of the causality and label checks
 THREAD_KEYS = {"num_threads", "nthread", "thread_count", "threads", "n_jobs"}

@@ -35,10 +35,9 @@ import pandas as pd
 
 from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, from_dict, to_dict
 from alphafactory.io import Directory, atomic_dir
-from alphafactory.labels import PROBA_COLUMNS
+from alphafactory.labels import KEYS, PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
-KEYS = ["symbol", "timestamp"]
 METHODS = ("ensemble", "voting", "blending", "caruana")
 MIN_VAL_ROWS = 50  # labelled val rows to fit a combiner on (and per out-of-fold block's training rows)
 log = logging.getLogger("alphafactory")

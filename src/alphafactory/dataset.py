@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from alphafactory.labels import target_columns
-
-KEYS = ["symbol", "timestamp"]
+from alphafactory.labels import KEYS, target_columns
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ import pandas as pd
 
 from alphafactory import metrics
 from alphafactory.config import Interval
-from alphafactory.labels import PROBA_COLUMNS
+from alphafactory.labels import KEYS, PROBA_COLUMNS
 
-KEYS = ["symbol", "timestamp"]
 BASELINES = ("zero", "train_mean", "momentum", "buy_and_hold")
 
 

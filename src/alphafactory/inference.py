@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # Weight an exponentially weighted feature may still owe to the bars cut off by the default
 # history trim (see ``history_bars``); measured effect on forecasts in the README.
 HISTORY_TOL = 1e-6
-KEYS = ["symbol", "timestamp", "horizon"]
+FORECAST_KEYS = ["symbol", "timestamp", "horizon"]  # one forecast row: labels.KEYS + horizon
 # Forecast bars per pass of the models and the blender (predict's memory bound past the
 # features; measured in the README). Larger is no faster: every step is vectorised per batch.
 CHUNK_ROWS = 20_000
@@ -554,7 +554,7 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
         **{name: pred.reshape(-1) for name, pred in components.items()},
         **{m: column(m) for m in others},
     })
-    return out.sort_values(KEYS, kind="stable", ignore_index=True)
+    return out.sort_values(FORECAST_KEYS, kind="stable", ignore_index=True)
 
 
 # -- `alphafactory predict` -------------------------------------------------------------------

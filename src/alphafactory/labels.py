@@ -24,6 +24,7 @@ class LabelConfig:
     vol_window: Annotated[int, Interval(ge=2)] = 20  # bars of trailing 1-bar log returns used for the volatility
 
 
+KEYS = ["symbol", "timestamp"]  # the row key of every panel table (bars, features, labels, forecasts)
 CLASS_NAMES = ("short", "neutral", "long")  # labels -1, 0, 1; class index = label + 1
 PROBA_COLUMNS = tuple(f"p_{c}" for c in CLASS_NAMES)  # class probabilities in prediction tables
 
