@@ -288,7 +288,9 @@ def ic_standard_error(df: pd.DataFrame, horizon: int, n_boot: int = 500, seed: i
     n_blocks = math.ceil(n_t / block)
     starts = rng.integers(0, n_t - block + 1, size=(n_boot, n_blocks))
     drawn = (starts[:, :, None] + np.arange(block)).reshape(n_boot, -1)[:, :n_t]  # (B, T)
-    weights = np.stack([np.bincount(d, minlength=n_t) for d in drawn])             # (B, T)
+    # (B, T) times each timestamp is drawn: one bincount over replicate-offset indices
+    weights = np.bincount((drawn + n_t * np.arange(n_boot)[:, None]).ravel(),
+                          minlength=n_boot * n_t).reshape(n_boot, n_t)
     n, sy, sp, syy, spp, syp = (weights @ sums).T
     cov, var_y, var_p = syp - sy * sp / n, syy - sy * sy / n, spp - sp * sp / n
     with np.errstate(invalid="ignore", divide="ignore"):
