@@ -303,7 +303,7 @@ class Scorer:
         """Quality of (n,) forecasts f against (n,) outcomes y on the scored rows."""
         from scipy.stats import rankdata
 
-        from alphafactory.metrics import regression_metrics
+        from alphafactory.evaluation.metrics import regression_metrics
 
         reg = regression_metrics(y, f)
         ic, per, ic_b, per_b = self.ic_draws(y, f)

@@ -52,10 +52,10 @@ def train_bundle(workdir: Path) -> Path:
 
 def cold_load(bundle: str, split: bool) -> dict[str, float]:
     """In this (fresh) process: seconds from the first import to a loaded bundle. With ``split``,
-    the same work in three timed steps: importing alphafactory.inference, importing the model
+    the same work in three timed steps: importing alphafactory.serving.inference, importing the model
     modules and libraries the bundle's models need, then verifying and reading the files."""
     t0 = time.perf_counter()
-    from alphafactory import inference
+    from alphafactory.serving import inference
 
     t1 = time.perf_counter()
     if split:
@@ -91,9 +91,9 @@ def warm_predict(bundle_path: str, n_symbols: int, n_bars: int, repeats: int) ->
     from alphafactory.data.validate import validate_bars
     from alphafactory.dataset import Windows
     from alphafactory.features import compute_features
-    from alphafactory.inference import KEYS, history_bars, load_bundle, predict, trim_history
+    from alphafactory.serving.inference import KEYS, history_bars, load_bundle, predict, trim_history
 
-    logging.getLogger("alphafactory.inference").setLevel(logging.ERROR)  # unseen-symbol warnings
+    logging.getLogger("alphafactory.serving.inference").setLevel(logging.ERROR)  # unseen-symbol warnings
     bundle = load_bundle(bundle_path)
     bars, _ = make_synthetic(SyntheticConfig(symbols=n_symbols, bars=n_bars, seed=11))
     out = predict(bars, bundle)  # warm-up: first calls allocate thread pools
@@ -190,7 +190,7 @@ def main() -> int:
     print("| step | median s | min s | max s | target s | |")
     print("|---|---:|---:|---:|---:|---|")
     row("load_bundle, cold (fresh process, from the first import)", load_s, TARGET_LOAD_S, ok_load)
-    row("- importing alphafactory.inference (pandas, numpy, ...)",
+    row("- importing alphafactory.serving.inference (pandas, numpy, ...)",
         stats([r["inference"] for r in splits]))
     row("- importing the bundle's model modules and libraries", stats([r["libraries"] for r in splits]))
     row("- verifying the hashes and reading the files", stats([r["files"] for r in splits]))

@@ -2,11 +2,11 @@
 blender, the feature config, horizons, lookback, bar frequency, training symbols and library
 versions, with the sha256 and size of every file in manifest.json."""
 from alphafactory import stage
-from alphafactory.bundle import build_bundle
 from alphafactory.config import section
 from alphafactory.features import FeatureConfig
 from alphafactory.io import read_json
 from alphafactory.labels import LabelConfig
+from alphafactory.serving.bundle import build_bundle
 from alphafactory.train import TrainConfig
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 
 from alphafactory import dataset, stage
 from alphafactory.config import section
-from alphafactory.cv import FAMILIES, CVConfig, cross_validate
+from alphafactory.evaluation.cv import FAMILIES, CVConfig, cross_validate
 from alphafactory.io import scratch_dir, write_json
 from alphafactory.train import TrainConfig, family_inputs
 

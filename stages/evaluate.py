@@ -5,7 +5,7 @@ import pandas as pd
 from alphafactory import stage
 from alphafactory.config import section
 from alphafactory.dataset import horizons_of
-from alphafactory.evaluate import EvaluateConfig, baseline_forecasts, evaluate, headline, summary_table
+from alphafactory.evaluation.evaluate import EvaluateConfig, baseline_forecasts, evaluate, headline, summary_table
 from alphafactory.io import read_json, write_json, write_parquet
 
 

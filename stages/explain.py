@@ -2,7 +2,7 @@
 on the test period."""
 from alphafactory import dataset, stage
 from alphafactory.config import section
-from alphafactory.explain import ExplainConfig, explain_models, model_dirs
+from alphafactory.evaluation.explain import ExplainConfig, explain_models, model_dirs
 
 
 def main() -> None:

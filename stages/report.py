@@ -6,9 +6,9 @@ import pandas as pd
 
 from alphafactory import stage
 from alphafactory.config import section
-from alphafactory.evaluate import EvaluateConfig, summary_table
+from alphafactory.evaluation.evaluate import EvaluateConfig, summary_table
+from alphafactory.evaluation.report import ReportConfig, ReportInputs, render
 from alphafactory.io import read_json, write_text
-from alphafactory.report import ReportConfig, ReportInputs, render
 
 
 def _tables(directory: str) -> dict[str, pd.DataFrame]:

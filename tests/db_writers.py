@@ -44,7 +44,7 @@ def writer(url: str, mode: str, index: int, rounds: int, chunk: int | None, barr
     """Process target: ``rounds`` writes, each started with every other writer (``barrier``);
     a failed write is reported on ``errors`` and the writer goes on to the next round.
     ``chunk`` None: write_predictions' default."""
-    from alphafactory.db import write_predictions
+    from alphafactory.serving.db import write_predictions
 
     for r in range(rounds):
         preds = frame(mode, index, r, days)

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphafactory import audit, cli
+from alphafactory import cli
 from alphafactory.config import load_params
+from alphafactory.evaluation import audit
 from alphafactory.split import assign_segments as real_assign_segments
 
 ROOT = Path(__file__).resolve().parents[1]

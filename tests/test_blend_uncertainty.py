@@ -110,7 +110,7 @@ def test_constant_members_get_no_weight_and_collinear_ones_do_not_break_the_fit(
 
 
 def test_every_member_constant_is_one_clear_error():
-    from alphafactory.config import ConfigError
+    from alphafactory.errors import ConfigError
 
     preds, labels = _panel()
     preds["yhat"] = 0.001

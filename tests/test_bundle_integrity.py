@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from alphafactory import cli, models
-from alphafactory.bundle import BundleError, VerifiedBundle, file_table, verify
-from alphafactory.inference import load_bundle
-from alphafactory.io import ArtifactError
+from alphafactory.errors import ArtifactError, BundleError
 from alphafactory.models.base import XY
+from alphafactory.serving.bundle import VerifiedBundle, file_table, verify
+from alphafactory.serving.inference import load_bundle
 from pipeline_utils import BIN
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from alphafactory.blend import BlendConfig, Stacker, mixture_weights
 from alphafactory.config import from_dict
-from alphafactory.evaluate import EvaluateConfig, confusion_table, evaluate
+from alphafactory.evaluation.evaluate import EvaluateConfig, confusion_table, evaluate
 from alphafactory.labels import PROBA_COLUMNS
 
 

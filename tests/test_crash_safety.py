@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from alphafactory import io
-from alphafactory.inference import load_bundle
+from alphafactory.serving.inference import load_bundle
 
 # Runs a stage script with every rename counted; AF_KILL_AT=N kills the process just before
 # (AF_KILL_WHEN=before) or just after (after) the N-th; AF_RENAMES names a file that gets the

@@ -10,9 +10,10 @@ import pytest
 import yaml
 
 from alphafactory import models
-from alphafactory.config import ConfigError, from_dict
-from alphafactory.cv import CVConfig, cross_validate, fold_segments
+from alphafactory.config import from_dict
 from alphafactory.dataset import KEYS, assemble, drop_warmup
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation.cv import CVConfig, cross_validate, fold_segments
 from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.split import SplitConfig, assign_segments, make_folds
 from conftest import random_bars

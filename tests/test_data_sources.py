@@ -7,19 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphafactory.config import ConfigError, from_dict
+from alphafactory.config import from_dict
 from alphafactory.data.frequency import infer_frequency
-from alphafactory.data.sources import (
-    DEFAULT_PATH,
-    DataConfig,
-    DataValidationError,
-    SyntheticConfig,
-    load_bars,
-    load_bundled,
-    load_file,
-)
+from alphafactory.data.sources import DEFAULT_PATH, DataConfig, SyntheticConfig, load_bars, load_bundled, load_file
 from alphafactory.data.synthetic import make_synthetic, oracle_from_bars
 from alphafactory.data.validate import BAR_COLUMNS, validate_bars
+from alphafactory.errors import ConfigError, DataValidationError
 
 
 def _panel_contract(bars: pd.DataFrame) -> None:

@@ -1,4 +1,4 @@
-"""Concurrent writers of one forecast table (alphafactory.db): N processes x M rounds, every
+"""Concurrent writers of one forecast table (alphafactory.serving.db): N processes x M rounds, every
 round started by all of them at once, each write a new model column and its rows in several
 transactions, against SQLite and a real PostgreSQL server.
 
@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 import db_writers as w
-from alphafactory.db import read_predictions, write_predictions
+from alphafactory.serving.db import read_predictions, write_predictions
 
 WRITERS, ROUNDS, CHUNK = 6, 3, 400  # 3,600 rows per write: 9 transactions
 
@@ -96,7 +96,7 @@ def test_long_sqlite_backfills_at_once_all_finish(tmp_path):
 def test_write_is_batched_and_a_second_write_adds_no_rows(tmp_path, monkeypatch):
     """One writer: one transaction to create the table, then one per ``chunk`` rows; rewriting
     the same frame shuffled changes nothing; the SQLite file is left in WAL mode."""
-    from alphafactory import db
+    from alphafactory.serving import db
 
     begins: list[int] = []
     make = db.make_engine
@@ -129,7 +129,7 @@ def _sqlite_error(message: str, code: int) -> sa.exc.OperationalError:
 def test_retry_backs_off_on_transient_errors_only(monkeypatch):
     """A busy database is retried with doubling, jittered sleeps, up to ``attempts`` times; any
     other database error is raised at once."""
-    from alphafactory import db
+    from alphafactory.serving import db
 
     sleeps: list[float] = []
     monkeypatch.setattr(db.time, "sleep", sleeps.append)

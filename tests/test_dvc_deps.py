@@ -129,7 +129,7 @@ def runtime_families(stage: Stage) -> set[str]:
     their modules then): ``--family F`` (train@F) fits the models of F that its params enable;
     explain loads every saved model under its ``--models`` family directories; cv refits any
     model of ``cv.FAMILIES`` that ``cv.models`` names; check_params builds every enabled one."""
-    from alphafactory import cv
+    from alphafactory.evaluation import cv
 
     if stage.option("--family"):
         return {stage.option("--family")}
@@ -198,8 +198,8 @@ def test_the_check_fails_on_a_missing_or_unused_dep(stages):
     assert dep_problems(s, needed) == []
     dropped = Stage(s.name, s.cmd, tuple(d for d in s.deps if d != "src/alphafactory/io.py"), s.outs)
     assert dep_problems(dropped, needed) == ["misses src/alphafactory/io.py"]
-    extra = Stage(s.name, s.cmd, (*s.deps, "src/alphafactory/report.py"), s.outs)
-    assert dep_problems(extra, needed) == ["lists src/alphafactory/report.py, which it does not import"]
+    extra = Stage(s.name, s.cmd, (*s.deps, "src/alphafactory/evaluation/report.py"), s.outs)
+    assert dep_problems(extra, needed) == ["lists src/alphafactory/evaluation/report.py, which it does not import"]
     b = stages["blend"]
     widened = Stage(b.name, b.cmd, (*(d for d in b.deps if not d.startswith(MODELS_DIR)), MODELS_DIR), b.outs)
     assert any(p.startswith(f"lists directory {MODELS_DIR}, but") for p in dep_problems(widened, needed_files(b)))

@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from alphafactory import models
-from alphafactory.config import ConfigError, check, from_dict
-from alphafactory.explain import (
+from alphafactory.config import check, from_dict
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation.explain import (
     ExplainConfig,
     permutation_importance,
     prefix_groups,
@@ -20,9 +21,9 @@ from alphafactory.explain import (
     supports_shap,
     top_features,
 )
-from alphafactory.metrics import rolling_ic
+from alphafactory.evaluation.metrics import rolling_ic
+from alphafactory.evaluation.report import ReportConfig, ReportInputs, render
 from alphafactory.models.base import XY
-from alphafactory.report import ReportConfig, ReportInputs, render
 
 HORIZONS = (1, 5)
 # One thread: on a busy 2-core machine, OpenMP's spinning threads make a 2-thread LightGBM fit of

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from alphafactory import features
-from alphafactory.audit import perturb_after
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import infer_frequency
+from alphafactory.evaluation.audit import perturb_after
 from alphafactory.features import FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
 
 KEYS = ["symbol", "timestamp"]

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphafactory.config import ConfigError, check, from_dict
+from alphafactory.config import check, from_dict
+from alphafactory.errors import ConfigError
 from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.split import (
     SplitConfig,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphafactory import metrics
-from alphafactory.evaluate import EvaluateConfig, evaluate, headline, summary_table
+from alphafactory.evaluation import metrics
+from alphafactory.evaluation.evaluate import EvaluateConfig, evaluate, headline, summary_table
 
 
 def factor_panel(rng, n_t=250, n_sym=10, common=0.0, signal=0.1):

@@ -18,12 +18,13 @@ import pytest
 import sqlalchemy as sa
 
 from alphafactory import cli
-from alphafactory.bundle import BundleError, build_bundle, file_table
 from alphafactory.config import load_params, section
-from alphafactory.data.validate import DataValidationError
-from alphafactory.db import read_predictions, write_predictions
+from alphafactory.errors import BundleError, DataValidationError, InputError
 from alphafactory.features import FeatureConfig, compute_features
-from alphafactory.inference import (
+from alphafactory.labels import LabelConfig
+from alphafactory.serving.bundle import build_bundle, file_table
+from alphafactory.serving.db import read_predictions, write_predictions
+from alphafactory.serving.inference import (
     FORECAST_KEYS,
     ewm_memory_bars,
     history_bars,
@@ -33,8 +34,6 @@ from alphafactory.inference import (
     predict,
     trim_history,
 )
-from alphafactory.labels import LabelConfig
-from alphafactory.stage import InputError
 from conftest import random_bars
 from pipeline_utils import BIN, MODELS, sh
 
@@ -142,7 +141,7 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
 def test_predict_in_symbol_batches_equals_one_batch(bundle, bars, every_bar, monkeypatch):
     """predict runs the models and the blender on batches of whole symbols (memory bound): one
     batch per symbol gives the same forecasts as all four symbols in one batch."""
-    from alphafactory import inference
+    from alphafactory.serving import inference
 
     n = every_bar.groupby("symbol").size() // len(bundle.horizons)
     assert n.sum() < inference.CHUNK_ROWS  # every_bar: one batch
@@ -166,7 +165,7 @@ def test_load_and_predict_never_import_torch(project, every_bar, tmp_path):
         "import sys\n"
         "sys.modules['torch'] = None  # import torch: ModuleNotFoundError\n"
         "import pandas as pd\n"
-        "from alphafactory.inference import load_bundle, predict\n"
+        "from alphafactory.serving.inference import load_bundle, predict\n"
         f"bars = pd.read_parquet({str(repo / 'data/prepared/bars.parquet')!r})\n"
         f"predict(bars, load_bundle({str(repo / 'bundle')!r}), asof='all').to_parquet({str(out)!r})\n"
     )
@@ -201,7 +200,7 @@ def test_load_bundle_imports_only_what_its_models_need(project):
     from alphafactory import models
 
     repo, _ = project
-    code = ("import json, sys; from alphafactory.inference import load_bundle; load_bundle(sys.argv[1]); "
+    code = ("import json, sys; from alphafactory.serving.inference import load_bundle; load_bundle(sys.argv[1]); "
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'torch') "
             "or m.startswith('alphafactory.models.'))))")
     out = subprocess.run([sys.executable, "-c", code, str(repo / "bundle")], check=True,

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphafactory.config import ConfigError, from_dict
+from alphafactory.config import from_dict
+from alphafactory.errors import ConfigError
 from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.split import SplitConfig, assign_segments, boundaries
 from conftest import random_bars

@@ -1,4 +1,4 @@
-"""Hand-worked checks for alphafactory.metrics.
+"""Hand-worked checks for alphafactory.evaluation.metrics.
 
 Every expected number below is worked out by hand in the comment next to it; the code
 under test is never used to produce an expected value.
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from alphafactory import metrics as M
+from alphafactory.evaluation import metrics as M
 
 # ---------------------------------------------------------------------------------------------
 # regression_metrics

@@ -10,6 +10,7 @@ import pytest
 
 from alphafactory import models
 from alphafactory.dataset import Windows
+from alphafactory.errors import NotFittedError
 from alphafactory.models.base import XY, Model
 
 HORIZONS = (1, 3)
@@ -382,7 +383,7 @@ def test_unknown_param_rejected_by_name(name):
 
 @pytest.mark.parametrize("name", sorted(models.REGISTRY))
 def test_predict_before_fit_raises(name):
-    with pytest.raises(models.NotFittedError, match=name):
+    with pytest.raises(NotFittedError, match=name):
         make(name, task=models.get(name).tasks[0]).predict(np.zeros((2, N_FEAT), np.float32))
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alphafactory import models
-from alphafactory.config import ConfigError
+from alphafactory.errors import ConfigError
 from alphafactory.models.nhits import NHITSNet, NHITSParams, interpolation_basis
 from alphafactory.models.patchtst import PatchTSTNet, PatchTSTParams, patch_layout
 from alphafactory.models.transformer import TransformerNet, TransformerParams

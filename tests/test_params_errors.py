@@ -18,9 +18,9 @@ import yaml
 from alphafactory import models, stage
 from alphafactory.blend import BlendConfig
 from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, load_params, section, to_dict
-from alphafactory.cv import CVConfig
-from alphafactory.evaluate import EvaluateConfig
-from alphafactory.explain import ExplainConfig
+from alphafactory.evaluation.cv import CVConfig
+from alphafactory.evaluation.evaluate import EvaluateConfig
+from alphafactory.evaluation.explain import ExplainConfig
 from alphafactory.labels import LabelConfig
 from alphafactory.models.trainer import TrainerConfig
 from alphafactory.params_check import SECTIONS, check_params

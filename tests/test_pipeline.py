@@ -104,8 +104,8 @@ def test_code_change_marks_only_its_stages(project):
     cases = {"src/alphafactory/models/tcn.py": picks_models,
              "src/alphafactory/models/catboost_model.py": picks_models | {"blend"},
              "src/alphafactory/models/onnx_model.py": picks_models | {"blend", "bundle"},
-             "src/alphafactory/cv.py": {"cv"},
-             "src/alphafactory/evaluate.py": {"evaluate", "report"},  # report prints its table
+             "src/alphafactory/evaluation/cv.py": {"cv"},
+             "src/alphafactory/evaluation/evaluate.py": {"evaluate", "report"},  # report prints its table
              "src/alphafactory/data/validate.py": {"prepare"},
              # every stage writes through io.py
              "src/alphafactory/io.py": STAGES,
@@ -194,7 +194,7 @@ def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
     """train.task=classification with train.scope=per_symbol through every stage, then forecast
     from the bundle: class metrics, a 3-class confusion table, per-symbol model dirs, class
     probabilities in predict's output, and a clear error for a symbol without a model."""
-    from alphafactory.inference import load_bundle, predict
+    from alphafactory.serving.inference import load_bundle, predict
 
     repo, _ = project
     out = sh(repo, "dvc", "exp", "run", "-n", "cls", "-S", "train.task=classification",

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from alphafactory.evaluate import EvaluateConfig, plot_tables
+from alphafactory.evaluation.evaluate import EvaluateConfig, plot_tables
 from alphafactory.stage import write_csv
 from alphafactory.train import log_curves
 from pipeline_utils import MODELS, ROOT, sh

@@ -12,8 +12,8 @@ import select
 import numpy as np
 import pytest
 
-from alphafactory.config import ConfigError
-from alphafactory.explain import permutation_importance, shap_values
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation.explain import permutation_importance, shap_values
 from alphafactory.progress import ENV, LogHandler, progress
 from alphafactory.train import fit_models
 from test_models import make, panel, segments

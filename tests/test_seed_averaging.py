@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from alphafactory import models
-from alphafactory.config import ConfigError
+from alphafactory.errors import ConfigError
 from alphafactory.models.onnx_model import OnnxModel
 from alphafactory.train import SEED_IC_FILE, fit_models, log_curves, write_seed_spread
 from test_models import HORIZONS, LOOKBACK, TRAINER, panel, segments

@@ -72,11 +72,11 @@ print(onnx.predict(Windows(X, np.arange(4, 200), 5)).shape)
 
 def test_report_figures_write_nothing_to_home(tmp_path):
     """matplotlib (the report stage's figures) keeps a font cache and config under ~/.cache and
-    ~/.config unless MPLCONFIGDIR says otherwise; alphafactory.report points it at the temp dir."""
+    ~/.config unless MPLCONFIGDIR says otherwise; alphafactory.evaluation.report points it at the temp dir."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in _clean_env(home).items() if k != "MPLCONFIGDIR"}
-    script = ("import alphafactory.report as r\n"
+    script = ("import alphafactory.evaluation.report as r\n"
               "fig, ax = r.plt.subplots(); ax.plot([0, 1], [1, 0]); ax.set_title('x')\n"
               "import io; fig.savefig(io.BytesIO(), format='svg')\n")
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)

@@ -33,7 +33,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 
-from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, from_dict, to_dict
+from alphafactory.config import Interval, NonEmpty, Unique, from_dict, to_dict
+from alphafactory.errors import ConfigError
 from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import KEYS, PROBA_COLUMNS
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration

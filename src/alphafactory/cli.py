@@ -12,8 +12,8 @@ import sys
 # subcommand → (module, help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "models": ("alphafactory.cli", "list the registered model families"),
-    "predict": ("alphafactory.inference", "forecast from raw bars with a trained bundle"),
-    "audit": ("alphafactory.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
+    "predict": ("alphafactory.serving.inference", "forecast from raw bars with a trained bundle"),
+    "audit": ("alphafactory.evaluation.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
 }
 
 

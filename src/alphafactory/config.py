@@ -29,16 +29,11 @@ from typing import Annotated, Any, TypeVar
 
 import yaml
 
+from alphafactory.errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """Invalid params: names the key, the bad value and what was expected."""
-
-
-class InputError(ValueError):
-    """Bad user input (data or arguments): names the input, the bad value and what was expected.
-    Stages end on it, as on :class:`ConfigError`, with one line instead of a traceback."""
 
 
 # -- constraints: declared with Annotated[type, constraint, ...] on a field ---------------------

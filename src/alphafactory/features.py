@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
-from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, check
+from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
+from alphafactory.errors import ConfigError
 
 FEATURE_GROUPS: tuple[str, ...] = (
     "returns",

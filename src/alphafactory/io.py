@@ -4,7 +4,7 @@ Writers write to a temporary name in the same directory, then rename: a crash (o
 detected late) never leaves a half-written artifact behind, and a later writer of the same target
 removes the temporaries a killed one left (see :func:`clean_stale`). Readers get every file of a saved
 model or blender through a :class:`Directory`, which keeps the paths a manifest names inside the
-directory (a bundle's :class:`alphafactory.bundle.VerifiedBundle` also keeps them to the files it
+directory (a bundle's :class:`alphafactory.serving.bundle.VerifiedBundle` also keeps them to the files it
 verified).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from alphafactory.config import InputError
+from alphafactory.errors import ArtifactError
 
 T = TypeVar("T")
 
@@ -215,10 +215,6 @@ def read_json(path: str | Path) -> Any:
     with open(path) as fh:
         return json.load(fh)
 
-
-class ArtifactError(InputError):
-    """A saved artifact (model directory, blender, bundle) that cannot be read or trusted: names
-    the file and what was expected."""
 
 
 def safe_relpath(rel: Any) -> str | None:

@@ -11,14 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from alphafactory.blend import BlendConfig
-from alphafactory.config import ConfigError, section
-from alphafactory.cv import CVConfig
+from alphafactory.config import section
 from alphafactory.data.sources import DataConfig
-from alphafactory.evaluate import EvaluateConfig
-from alphafactory.explain import ExplainConfig
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation.cv import CVConfig
+from alphafactory.evaluation.evaluate import EvaluateConfig
+from alphafactory.evaluation.explain import ExplainConfig
+from alphafactory.evaluation.report import ReportConfig
 from alphafactory.features import FeatureConfig
 from alphafactory.labels import LabelConfig
-from alphafactory.report import ReportConfig
 from alphafactory.split import SplitConfig
 from alphafactory.train import TrainConfig
 

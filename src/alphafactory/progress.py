@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from alphafactory.config import ConfigError
+from alphafactory.errors import ConfigError
 
 ENV = "ALPHAFACTORY_PROGRESS"
 

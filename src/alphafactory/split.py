@@ -34,7 +34,8 @@ from typing import Annotated, Literal
 import numpy as np
 import pandas as pd
 
-from alphafactory.config import ConfigError, Interval, check
+from alphafactory.config import Interval, check
+from alphafactory.errors import ConfigError
 
 SEGMENTS = ("train", "val", "test")
 CV_MODES = ("expanding", "rolling", "cpcv")

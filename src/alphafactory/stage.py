@@ -13,11 +13,12 @@ from typing import Any
 
 import pandas as pd
 
-from alphafactory.config import ConfigError, InputError, load_params
+from alphafactory.config import load_params
+from alphafactory.errors import ConfigError, InputError
 from alphafactory.io import atomic_path
 from alphafactory.progress import LogHandler
 
-__all__ = ["InputError", "empty_oracle", "log", "parse", "run", "user_errors", "write_csv"]
+__all__ = ["empty_oracle", "log", "parse", "run", "user_errors", "write_csv"]
 log = logging.getLogger("alphafactory")
 
 

@@ -19,11 +19,12 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
-from alphafactory.config import ConfigError, Interval
+from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation.metrics import regression_metrics
 from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
-from alphafactory.metrics import regression_metrics
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
 from alphafactory.progress import progress

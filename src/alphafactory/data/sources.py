@@ -43,17 +43,17 @@ import numpy as np
 import pandas as pd
 import pyarrow
 
-from alphafactory.config import ConfigError, Interval, Unique, check
+from alphafactory.config import Interval, Unique, check
 from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
 from alphafactory.data.validate import (
     PRICE_COLUMNS,
     TIMESTAMP_ALIASES,
-    DataValidationError,
     check_min_bars,
     is_safe_symbol,
     normalise_columns,
     validate_bars,
 )
+from alphafactory.errors import ConfigError, DataValidationError
 
 __all__ = [
     "BUNDLED_SYMBOLS",

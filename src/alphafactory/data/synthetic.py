@@ -59,7 +59,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alphafactory.config import ConfigError, Interval, check
+from alphafactory.config import Interval, check
+from alphafactory.errors import ConfigError
 
 FREQ_BARS_PER_SESSION: dict[str, int] = {"1D": 1, "1h": 7}
 # Hourly bars are labelled by their close time (the moment the bar is known): the first bar

@@ -23,7 +23,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from alphafactory.config import InputError
+from alphafactory.errors import DataValidationError
 
 BAR_COLUMNS: tuple[str, ...] = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
@@ -37,9 +37,6 @@ OHLC_REL_TOL = 1e-9
 _TS_MIN = pd.Timestamp("1678-01-01")
 _TS_MAX = pd.Timestamp("2262-01-01")
 
-
-class DataValidationError(InputError):
-    """Invalid input data: names the file, column, symbol and first offending row."""
 
 
 def is_safe_symbol(name: str) -> bool:

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alphafactory.models.base import Model, NotFittedError
+from alphafactory.errors import NotFittedError
+from alphafactory.models.base import Model
 
 INPUT_KINDS = ("tabular", "sequence")
 _CLASSES: dict[str, type[Model]] = {}  # name -> class, once its module has been imported

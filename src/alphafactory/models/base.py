@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alphafactory.config import ConfigError, from_dict, to_dict
+from alphafactory.config import from_dict, to_dict
+from alphafactory.errors import ConfigError, NotFittedError
 from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import CLASS_NAMES
 from alphafactory.progress import progress
@@ -36,9 +37,6 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 TASKS = ("regression", "classification")
 
-
-class NotFittedError(ValueError):
-    """predict/save called on a model that has not been fitted."""
 
 
 @dataclass(frozen=True)

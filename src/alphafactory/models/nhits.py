@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alphafactory.config import ConfigError, Interval, NonEmpty
+from alphafactory.config import Interval, NonEmpty
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 

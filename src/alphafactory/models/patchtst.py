@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from alphafactory.config import ConfigError, Interval
+from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 

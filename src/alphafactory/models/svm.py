@@ -22,7 +22,8 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 
-from alphafactory.config import ConfigError, Interval
+from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
 from alphafactory.models.linear import Scaler, load_arrays, mse, save_arrays

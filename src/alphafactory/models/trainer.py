@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from alphafactory.config import ConfigError, Interval, from_dict, to_dict
+from alphafactory.config import Interval, from_dict, to_dict
+from alphafactory.errors import ConfigError
 from alphafactory.io import Directory
 from alphafactory.models.base import XY, Model, _version
 from alphafactory.progress import progress

@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 import torch
 from torch import nn
 
-from alphafactory.config import ConfigError, Interval
+from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
 from alphafactory.models.trainer import NeuralModel
 

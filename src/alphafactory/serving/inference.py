@@ -30,16 +30,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphafactory import bundle as bundle_files
 from alphafactory.blend import Stacker
-from alphafactory.bundle import BundleError
-from alphafactory.config import ConfigError, InputError, from_dict
+from alphafactory.config import from_dict
 from alphafactory.data.frequency import FrequencyInfo
-from alphafactory.data.validate import DataValidationError, validate_bars
+from alphafactory.data.validate import validate_bars
 from alphafactory.dataset import Windows
+from alphafactory.errors import BundleError, ConfigError, DataValidationError, InputError
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
 from alphafactory.models.base import Model
+from alphafactory.serving import bundle as bundle_files
 from alphafactory.uncertainty import Calibration, apply_calibration
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def load_bundle(path: str | Path) -> Bundle:
 
     Reads JSON and native model files only (``alphafactory.models.load``,
     ``alphafactory.blend.Stacker.load``), and only the files it verified: every path a manifest
-    names goes through the :class:`~alphafactory.bundle.VerifiedBundle`. Nothing is unpickled.
+    names goes through the :class:`~alphafactory.serving.bundle.VerifiedBundle`. Nothing is unpickled.
     Raises :class:`BundleError` naming the file for a missing, truncated, modified or unlisted
     file, a symbolic link, a path outside the bundle, an unsupported format version, a file its
     library cannot read, and models that disagree with each other or with the blender. Library
@@ -590,7 +590,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("predict: %d rows (%d symbols x %d horizons) -> %s", len(preds), n_sym,
                  len(bundle.horizons), args.out)
     else:
-        from alphafactory.db import write_predictions
+        from alphafactory.serving.db import write_predictions
 
         n = write_predictions(preds, args.db, table=args.table)
         log.info("predict: upserted %d rows (%d symbols x %d horizons) into %s table %s", n, n_sym,

@@ -62,14 +62,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from alphafactory import metrics, models
+from alphafactory import models
 from alphafactory.blend import BlendConfig, Stacker
-from alphafactory.config import ConfigError, from_dict, load_params, section, to_dict
+from alphafactory.config import from_dict, load_params, section, to_dict
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
 from alphafactory.data.sources import DataConfig, load_bars
 from alphafactory.data.synthetic import SyntheticConfig
 from alphafactory.dataset import assemble, drop_warmup
-from alphafactory.evaluate import scored_rows
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation import metrics
+from alphafactory.evaluation.evaluate import scored_rows
 from alphafactory.features import FeatureConfig, compute_features, warmup_bars
 from alphafactory.io import write_json
 from alphafactory.labels import KEYS, LabelConfig, make_labels

@@ -11,7 +11,7 @@ Layout (every path relative to the bundle directory)::
                            net.onnx and onnx.json with shapes, opset and the export check)
     blend/                 the stacking meta-learner (manifest.json + .cbm or JSON coefficients)
 
-Nothing in a bundle is pickled: loading it (``alphafactory.inference.load_bundle``) reads JSON
+Nothing in a bundle is pickled: loading it (``alphafactory.serving.inference.load_bundle``) reads JSON
 and native model files only, after checking every file against ``manifest.json``. PyTorch models
 forecast through ONNX Runtime there, so loading a bundle never imports PyTorch.
 
@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from alphafactory.config import to_dict
+from alphafactory.errors import BundleError
 from alphafactory.features import FeatureConfig
-from alphafactory.io import ArtifactError, Directory, atomic_dir, safe_relpath
+from alphafactory.io import Directory, atomic_dir, safe_relpath
 from alphafactory.labels import LabelConfig
 
 FORMAT_VERSION = 2  # 2: PyTorch models carry an ONNX export (net.onnx, onnx.json)
@@ -52,9 +53,6 @@ BUILD_ONLY = ("torch", "onnx", "onnxscript")
 # Output columns of a forecast; a base model may not take one of these names.
 RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
 
-
-class BundleError(ArtifactError):
-    """A bundle that cannot be built, trusted or read: names the file and what was expected."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import sqlalchemy as sa
 
-from alphafactory.config import InputError
+from alphafactory.errors import InputError
 
 KEY = ("symbol", "timestamp", "horizon")
 VALUES = ("yhat", "yhat_std", "prob_up")
@@ -127,7 +127,7 @@ def retry(fn: Callable[[], T], what: str, attempts: int = RETRIES, base_s: float
 
 def _lock_key(table: str) -> int:
     """A signed 64-bit advisory-lock key for ``table`` (the same in every process)."""
-    digest = hashlib.sha256(f"alphafactory.db:{table}".encode()).digest()
+    digest = hashlib.sha256(f"alphafactory.serving.db:{table}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -169,7 +169,7 @@ def _records(preds: pd.DataFrame, columns: list[str]) -> list[dict]:
 
 def write_predictions(preds: pd.DataFrame, url: str = "sqlite:///preds.db", table: str = "preds",
                       chunk: int = 5000) -> int:
-    """Upsert the output of :func:`alphafactory.inference.predict` into ``table`` at ``url``, in
+    """Upsert the output of :func:`alphafactory.serving.inference.predict` into ``table`` at ``url``, in
     transactions of ``chunk`` rows; create the table (or add missing component columns) first.
     Safe with other writers at the same time (module docstring). Returns rows written."""
     missing = [c for c in (*KEY, *VALUES) if c not in preds.columns]

@@ -40,9 +40,11 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 
-from alphafactory import metrics, models
-from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, check
+from alphafactory import models
+from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
+from alphafactory.errors import ConfigError
+from alphafactory.evaluation import metrics
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.progress import progress
 from alphafactory.split import ROLES

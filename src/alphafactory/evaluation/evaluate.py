@@ -18,8 +18,8 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 
-from alphafactory import metrics
 from alphafactory.config import Interval
+from alphafactory.evaluation import metrics
 from alphafactory.labels import KEYS, PROBA_COLUMNS
 
 BASELINES = ("zero", "train_mean", "momentum", "buy_and_hold")
