@@ -378,26 +378,48 @@ def _span(frame: pd.DataFrame) -> str:
     return f"{_day(ts.iloc[0])} – {_day(ts.iloc[-1])}" if len(ts) else "no rows"
 
 
-def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
-    """The whole report as one HTML string (see the module docstring)."""
-    m, split, info = inputs.metrics, inputs.split, inputs.info
-    e = html.escape
-    models_csv = inputs.explain.get("models.csv", pd.DataFrame(columns=["model", "family", "method"]))
-    families = dict(zip(models_csv["model"], models_csv["family"], strict=True))
-    models, baselines, other = _groups(m, families)
-    sel = m.get("_selection") or {}
-    horizons = sorted({h for k in models + baselines for h in (m[k] or {})}, key=lambda h: int(h[1:]))
-    h0 = f"h{sel['horizon']}" if sel.get("horizon") is not None else (horizons[0] if horizons else "h1")
-    freq = (info.get("frequency") or {}).get("label", "?")
-    test = _period(split, "test")
-    symbols = info.get("symbols") or {}
-    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(cfg.title)}</title>"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>"
-             f"<body><main><h1>{e(cfg.title)}</h1>"
-             f"<p class=\"sub\">Test period <b>{test}</b> · {len(models)} models, {len(baselines)} baselines · "
-             f"horizons {', '.join(h[1:] for h in horizons)} bars · {e(freq)} bars</p>"]
+@dataclass(frozen=True)
+class _Page:
+    """What every section of the report reads: the inputs, plus the names and periods derived once."""
 
-    # -- data and periods --------------------------------------------------------------------
+    inputs: ReportInputs
+    cfg: ReportConfig
+    models_csv: pd.DataFrame  # model, family, method of the explain stage
+    families: dict[str, str]
+    models: list[str]
+    baselines: list[str]
+    sel: dict[str, Any]  # metrics["_selection"]
+    horizons: list[str]  # "h1", "h5", ...
+    h0: str  # the selection's horizon, which the figures show
+    freq: str
+    test: str  # the test period, as text
+
+    @classmethod
+    def of(cls, inputs: ReportInputs, cfg: ReportConfig) -> _Page:
+        m = inputs.metrics
+        models_csv = inputs.explain.get("models.csv", pd.DataFrame(columns=["model", "family", "method"]))
+        families = dict(zip(models_csv["model"], models_csv["family"], strict=True))
+        models, baselines, _ = _groups(m, families)
+        sel = m.get("_selection") or {}
+        horizons = sorted({h for k in models + baselines for h in (m[k] or {})}, key=lambda h: int(h[1:]))
+        h0 = f"h{sel['horizon']}" if sel.get("horizon") is not None else (horizons[0] if horizons else "h1")
+        return cls(inputs, cfg, models_csv, families, models, baselines, sel, horizons, h0,
+                   (inputs.info.get("frequency") or {}).get("label", "?"), _period(inputs.split, "test"))
+
+
+def _head(pg: _Page) -> str:
+    e, title = html.escape, html.escape(pg.cfg.title)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{CSS}</style></head>"
+            f"<body><main><h1>{title}</h1>"
+            f"<p class=\"sub\">Test period <b>{pg.test}</b> · {len(pg.models)} models, {len(pg.baselines)} baselines · "
+            f"horizons {', '.join(h[1:] for h in pg.horizons)} bars · {e(pg.freq)} bars</p>")
+
+
+def _data_section(pg: _Page) -> str:
+    """The data, the segments and what each was used for, and how to read the figures."""
+    e, split, info = html.escape, pg.inputs.split, pg.inputs.info
+    symbols = info.get("symbols") or {}
     seg_rows = "".join(
         f"<tr><td class=\"name\">{s}</td><td>{_day((split.get(s) or {}).get('start'))}</td>"
         f"<td>{_day((split.get(s) or {}).get('end'))}</td><td>{_fmt((split.get(s) or {}).get('rows'), 'int')}</td>"
@@ -407,9 +429,9 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
                         ("purged", "dropped: labels overlapping the next segment, plus the embargo"))
         if s in split)
     sym = ", ".join(f"{e(str(k))} ({v:,} bars)" for k, v in symbols.items())
-    parts.append(
+    return (
         "<div class=\"grid\"><div class=\"box\"><h3>Data</h3>"
-        f"<p>Source <b>{e(str(info.get('source', '?')))}</b>, {e(freq)} bars, "
+        f"<p>Source <b>{e(str(info.get('source', '?')))}</b>, {e(pg.freq)} bars, "
         f"{_day(info.get('start'))} – {_day(info.get('end'))}.<br>{len(symbols)} symbols: {sym}.</p>"
         "<table><thead><tr><th class=\"name\">segment</th><th>start</th><th>end</th><th>rows</th>"
         f"<th class=\"name\">used for</th></tr></thead><tbody>{seg_rows}</tbody></table></div>"
@@ -425,49 +447,61 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
         "periods, a Sharpe ratio has a standard error of about 1 (annualised), so small differences are noise; "
         "the deflated Sharpe ratio below accounts for picking the best of several models.</li></ul></div></div>")
 
-    # -- selection -----------------------------------------------------------------------------
-    if sel.get("best_model"):
-        parts.append(
-            "<h2>Best model and its deflated Sharpe ratio</h2><div class=\"box\"><p>"
-            f"At horizon <b>{sel['horizon']}</b>, the highest net Sharpe among {sel.get('n_trials')} models "
-            f"(baselines excluded) is <b>{e(str(sel['best_model']))}</b>: {_fmt(sel.get('sharpe'), 'f2')} "
-            f"annualised ({_fmt(sel.get('sharpe_per_period'), 'f4')} per period over {sel.get('n_periods')} "
-            f"periods; skew {_fmt(sel.get('skew'), 'f2')}, kurtosis {_fmt(sel.get('kurtosis'), 'f2')}).<br>"
-            f"Probabilistic Sharpe ratio (true Sharpe &gt; 0): <b>{_fmt(sel.get('psr'), 'f3')}</b>. "
-            f"<b>Deflated Sharpe ratio</b> (true Sharpe &gt; the best of {sel.get('n_trials')} skill-less "
-            f"strategies, {_fmt(sel.get('expected_max_sharpe'), 'f4')} per period): "
-            f"<b>{_fmt(sel.get('dsr'), 'f3')}</b>. Values above 0.95 indicate a Sharpe ratio unlikely to be "
-            "luck of the selection.</p></div>")
 
-    # -- comparison tables -----------------------------------------------------------------------
-    parts.append(f"<h2>Model comparison on the test period ({test})</h2>")
-    columns = tuple(cfg.metrics)
-    if any("accuracy" in (m.get(name) or {}).get(h0, {}) for name in models):  # train.task: classification
+def _selection_section(pg: _Page) -> str:
+    """The selected model, its probabilistic and deflated Sharpe ratios."""
+    sel = pg.sel
+    if not sel.get("best_model"):
+        return ""
+    return (
+        "<h2>Best model and its deflated Sharpe ratio</h2><div class=\"box\"><p>"
+        f"At horizon <b>{sel['horizon']}</b>, the highest net Sharpe among {sel.get('n_trials')} models "
+        f"(baselines excluded) is <b>{html.escape(str(sel['best_model']))}</b>: {_fmt(sel.get('sharpe'), 'f2')} "
+        f"annualised ({_fmt(sel.get('sharpe_per_period'), 'f4')} per period over {sel.get('n_periods')} "
+        f"periods; skew {_fmt(sel.get('skew'), 'f2')}, kurtosis {_fmt(sel.get('kurtosis'), 'f2')}).<br>"
+        f"Probabilistic Sharpe ratio (true Sharpe &gt; 0): <b>{_fmt(sel.get('psr'), 'f3')}</b>. "
+        f"<b>Deflated Sharpe ratio</b> (true Sharpe &gt; the best of {sel.get('n_trials')} skill-less "
+        f"strategies, {_fmt(sel.get('expected_max_sharpe'), 'f4')} per period): "
+        f"<b>{_fmt(sel.get('dsr'), 'f3')}</b>. Values above 0.95 indicate a Sharpe ratio unlikely to be "
+        "luck of the selection.</p></div>")
+
+
+def _comparison_section(pg: _Page) -> str:
+    """One comparison table per horizon."""
+    m = pg.inputs.metrics
+    parts = [f"<h2>Model comparison on the test period ({pg.test})</h2>"]
+    columns = tuple(pg.cfg.metrics)
+    if any("accuracy" in (m.get(name) or {}).get(pg.h0, {}) for name in pg.models):  # train.task: classification
         columns += tuple(k for k in CLASS_METRICS if k not in columns)
-    for h in horizons:
+    for h in pg.horizons:
         parts.append(f"<h3>Horizon {h[1:]} bar{'s' if h != 'h1' else ''} ahead</h3>")
-        parts.append(comparison_table(m, h, columns, families, sel.get("best_model") if h == h0 else None))
+        parts.append(comparison_table(m, h, columns, pg.families, pg.sel.get("best_model") if h == pg.h0 else None))
     parts.append("<p class=\"sub\">Returns and drawdowns are net of trading costs; the h-bar strategies "
                  "hold non-overlapping h-bar periods. – means undefined (e.g. the IC of a constant "
                  "forecast).</p>")
+    return "".join(parts)
 
-    # -- figures -------------------------------------------------------------------------------
-    parts.append(f"<h2>Performance over the test period (horizon {h0[1:]})</h2>")
-    cum = _wide(inputs.plots.get("cumulative_return.csv"), "cumulative_return")
+
+def _performance_section(pg: _Page) -> str:
+    """Cumulative return and rolling IC over the test period; forecast against realised, calibration
+    and confusion of the focus model (the ensemble when there is one)."""
+    e, m, plots, h0, test = html.escape, pg.inputs.metrics, pg.inputs.plots, pg.h0, pg.test
+    parts = [f"<h2>Performance over the test period (horizon {h0[1:]})</h2>"]
+    cum = _wide(plots.get("cumulative_return.csv"), "cumulative_return")
     if cum is not None and len(cum):
         log.info("report: cumulative return figure")
-        parts.append(_figure(fig_cumulative(cum, models, baselines, sel.get("best_model")),
+        parts.append(_figure(fig_cumulative(cum, pg.models, pg.baselines, pg.sel.get("best_model")),
                              f"Cumulative net return of the sign strategy, {_span(cum)} (test period, "
                              f"{h0[1:]}-bar horizon, compounded). Thick line: the best model by net Sharpe."))
-    roll = _wide(inputs.plots.get("rolling_ic.csv"), "rolling_ic")
+    roll = _wide(plots.get("rolling_ic.csv"), "rolling_ic")
     if roll is not None and len(roll):
         log.info("report: rolling IC figure")
-        window = str(inputs.ic_window or "?")
-        parts.append(_figure(fig_rolling_ic(roll, models, baselines, window),
+        window = str(pg.inputs.ic_window or "?")
+        parts.append(_figure(fig_rolling_ic(roll, pg.models, pg.baselines, window),
                              f"Rolling IC over the trailing {window} test bars, all symbols pooled, "
                              f"{_span(roll)} (the first window ends {_day(roll['timestamp'].iloc[0])})."))
-    sc, cal = inputs.plots.get("predicted_vs_realised.csv"), inputs.plots.get("calibration.csv")
-    focus = "ensemble" if "ensemble" in m else (models[0] if models else "?")
+    sc, cal = plots.get("predicted_vs_realised.csv"), plots.get("calibration.csv")
+    focus = "ensemble" if "ensemble" in m else (pg.models[0] if pg.models else "?")
     cells = []
     if sc is not None and len(sc):
         log.info("report: predicted vs realised figure")
@@ -483,26 +517,29 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
                              + (f" Interval coverage (nominal 68.3%, 90%, 95%): {cov}." if cov else "")))
     else:
         cells.append("<p class=\"sub\">No calibration figure: the forecasts carry no <code>prob_up</code>.</p>")
-    conf = inputs.plots.get("confusion.csv")
+    conf = plots.get("confusion.csv")
     if conf is not None and len(conf):
         log.info("report: confusion matrix")
         cells.append(confusion_html(conf, test))
     parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
+    return "".join(parts)
 
-    # -- explanations --------------------------------------------------------------------------
-    parts.append("<h2>What the models use</h2>")
-    top, perm = inputs.explain.get("top_features.csv"), inputs.explain.get("permutation.csv")
+
+def _explanations_section(pg: _Page) -> str:
+    """Tree SHAP shares and permutation importance."""
+    e, test, models_csv = html.escape, pg.test, pg.models_csv
+    top, perm = pg.inputs.explain.get("top_features.csv"), pg.inputs.explain.get("permutation.csv")
     cells = []
     if top is not None and len(top):
         log.info("report: top features figure")
         shap_models = ", ".join(models_csv.loc[models_csv["method"] == "shap", "model"])
-        cells.append(_figure(fig_top_features(top, cfg.top_features),
-                             f"Top {min(cfg.top_features, len(top))} features by tree SHAP ({e(shap_models)}): "
+        cells.append(_figure(fig_top_features(top, pg.cfg.top_features),
+                             f"Top {min(pg.cfg.top_features, len(top))} features by tree SHAP ({e(shap_models)}): "
                              f"each feature's share of the mean |SHAP| on test rows ({test}), averaged over "
                              "models and horizons."))
     if perm is not None and len(perm):
         log.info("report: permutation importance figure")
-        hp = int(h0[1:]) if int(h0[1:]) in set(perm["horizon"]) else int(perm["horizon"].min())
+        hp = int(pg.h0[1:]) if int(pg.h0[1:]) in set(perm["horizon"]) else int(perm["horizon"].min())
         n_rows = int(perm["n_rows"].max())
         spread = perm.loc[perm["horizon"] == hp, "ic_drop_std"].median()
         cells.append(_figure(fig_permutation(perm, hp),
@@ -510,11 +547,23 @@ def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
                              f"is shuffled across up to {n_rows:,} test rows ({test}), mean over seeds "
                              f"(median spread between seeds {_fmt(spread, 'f3')}). Positive: the model relies "
                              "on it; near zero or negative: it does not."))
-    if cells:
-        parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
-    else:
-        parts.append("<p class=\"sub\">No explanations were computed.</p>")
-    parts.append("<p class=\"sub\">Made by the <code>report</code> stage from <code>metrics/test.json</code>, "
-                 "<code>metrics/plots/</code>, <code>metrics/explain/</code> and <code>data/split/summary.json"
-                 "</code>. Training curves: <code>dvc plots show</code>.</p></main></body></html>\n")
-    return "".join(parts)
+    body = (f"<div class=\"grid\">{''.join(cells)}</div>" if cells
+            else "<p class=\"sub\">No explanations were computed.</p>")
+    return "<h2>What the models use</h2>" + body
+
+
+def _footer(pg: _Page) -> str:
+    return ("<p class=\"sub\">Made by the <code>report</code> stage from <code>metrics/test.json</code>, "
+            "<code>metrics/plots/</code>, <code>metrics/explain/</code> and <code>data/split/summary.json"
+            "</code>. Training curves: <code>dvc plots show</code>.</p></main></body></html>\n")
+
+
+# The report's sections, top to bottom: each takes the page and returns its HTML ("" to leave it out).
+SECTIONS = (_head, _data_section, _selection_section, _comparison_section, _performance_section,
+            _explanations_section, _footer)
+
+
+def render(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    """The whole report as one HTML string (see the module docstring): its :data:`SECTIONS` in order."""
+    page = _Page.of(inputs, cfg)
+    return "".join(section(page) for section in SECTIONS)
