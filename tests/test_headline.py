@@ -69,7 +69,7 @@ def test_headline_names_the_best_base_model_and_baseline():
     assert h["selection"]["n_trials"] == 3 and 0 <= h["selection"]["dsr"] <= 1
     assert "oracle_share" not in h  # no oracle: real data
     numbers = [v for k, v in pd.json_normalize(headline(ev)).iloc[0].items() if isinstance(v, float)]
-    assert len(numbers) <= 15
+    assert len(numbers) <= 18
 
 
 def test_summary_table_lists_every_model_with_ic_and_se():
@@ -104,3 +104,74 @@ def test_exp_run_set_changes_one_line_of_params_yaml(tmp_path):
             assert diff == ["-  - 20", "-  - 60"], diff
         else:
             assert len(diff) == 2 and diff[1].startswith(line), diff
+
+
+def test_ic_t_is_calibrated_on_a_noise_panel_whose_dates_share_a_factor():
+    """30 symbols, forecasts unrelated to the outcome, but each side has its own market factor
+    per date. The 1/sqrt(n) SE treats the 7,500 rows as independent and makes noise look like
+    signal; the date-block bootstrap's t-statistic has the spread of a standard normal."""
+    rng = np.random.default_rng(5)
+    n_t, n_sym = 250, 30
+    ts = np.repeat(pd.bdate_range("2020-01-01", periods=n_t), n_sym)
+    ts_naive, ts_boot = [], []
+    for _ in range(60):
+        y = np.repeat(rng.standard_normal(n_t), n_sym) + rng.standard_normal(n_t * n_sym)
+        yhat = np.repeat(rng.standard_normal(n_t), n_sym) + rng.standard_normal(n_t * n_sym)
+        ic = np.corrcoef(y, yhat)[0, 1]
+        ts_naive.append(ic * math.sqrt(len(y)))
+        ts_boot.append(ic / metrics.ic_standard_error(pd.DataFrame({"timestamp": ts, "y": y, "yhat": yhat}), 1))
+    assert np.std(ts_boot) == pytest.approx(1.0, abs=0.3)
+    assert np.std(ts_naive) > 2.0  # |IC| of noise routinely "3 sigma" by 1/sqrt(n)
+
+
+def test_every_ic_carries_its_error_bar():
+    preds, labels = scored_panel()
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",))
+    r = ev.metrics["good"]["h1"]
+    assert r["ic_t"] == pytest.approx(r["ic"] / r["ic_se"])
+    assert r["rank_ic_t"] == pytest.approx(r["rank_ic"] / r["rank_ic_se"]) and 0 < r["rank_ic_se"] < 0.1
+    assert r["cs_ic_t"] == pytest.approx(r["cs_ic_mean"] / r["cs_ic_se"])
+    assert r["cs_icir_ann"] == pytest.approx(r["cs_icir"] * math.sqrt(252))
+    assert math.isnan(ev.metrics["zero"]["h1"]["ic_t"])  # a constant forecast has no IC
+    h = headline(ev)["h1"]
+    assert h["ic_t"] == pytest.approx(h["ic"] / h["ic_se"], rel=1e-3) and h["cs_ic_se"] > 0
+
+
+def test_oracle_share_is_null_when_the_oracle_ic_is_not_significant():
+    """A share of an IC that is itself noise can take any value of either sign: null, and the
+    reason recorded. A significant oracle IC keeps the share."""
+    preds, labels = scored_panel()
+    keys = preds.loc[preds["model"] == "good", ["symbol", "timestamp", "horizon"]]
+    rng = np.random.default_rng(9)
+    noise = keys.assign(yhat=rng.standard_normal(len(keys)))
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig(), oracle=noise, ensembles=("ensemble",))
+    assert abs(ev.metrics["oracle"]["h1"]["ic_t"]) < 1.96
+    assert all(math.isnan(ev.metrics[m]["h1"]["oracle_share"]) for m in ("good", "weak", "ensemble"))
+    assert "not significant" in ev.metrics["_oracle_share"]["h1"]
+    h = headline(ev)["h1"]
+    assert h["oracle_share"] is None and "not significant" in h["oracle_share_note"]
+
+    y = labels.set_index(["symbol", "timestamp"])["y_h1"]
+    truth = keys.assign(yhat=y.reindex(pd.MultiIndex.from_frame(keys[["symbol", "timestamp"]])).to_numpy())
+    ev = evaluate(preds, labels, 252.0, EvaluateConfig(), oracle=truth, ensembles=("ensemble",))
+    r = ev.metrics["good"]["h1"]
+    assert r["oracle_share"] == pytest.approx(r["ic"] / ev.metrics["oracle"]["h1"]["ic"])
+    assert "oracle_share_note" not in headline(ev)["h1"]
+
+
+def test_deflated_sharpe_counts_every_trial_and_uses_their_spread():
+    preds, labels = scored_panel()
+    base = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",)).metrics
+    sel = base["_selection"]
+    per_period = [base[m]["h1"]["sharpe_per_period"] for m in ("good", "weak", "ensemble")]
+    assert sel["n_trials"] == sel["n_candidates"] == 3 and sel["extra_trials"] == 0
+    assert sel["sharpe_var_source"] == "candidates"
+    assert sel["sharpe_trials_var"] == pytest.approx(np.var(per_period, ddof=1))
+    assert sel["sharpe_trials_var"] != pytest.approx(1 / (sel["n_periods"] - 1))  # not the noise default
+    assert sel["expected_max_sharpe"] == pytest.approx(metrics.expected_max_sharpe(3, sel["sharpe_trials_var"]))
+    tuned = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",), extra_trials=40).metrics
+    t = tuned["_selection"]
+    assert t["n_trials"] == 43 and t["extra_trials"] == 40 and t["best_model"] == sel["best_model"]
+    assert t["dsr"] < sel["dsr"] and t["psr"] == sel["psr"]
+    with pytest.raises(ValueError, match="extra_trials"):
+        evaluate(preds, labels, 252.0, EvaluateConfig(), extra_trials=-1)

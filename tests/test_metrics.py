@@ -265,10 +265,38 @@ def test_strategy_returns_non_overlapping_grid() -> None:
     # turnover: t0 both enter (1 each) -> mean 1 ; later no change
     np.testing.assert_allclose(out["turnover"], [1.0, 0.0, 0.0])
 
-    # symbols with different start dates keep their own grids: C starts on day 2 -> days 2, 7
+    # one clock for every symbol: C starts on day 2, so it trades on days 5 and 10 of the panel
+    # grid (not on a grid of its own, days 2 and 7)
     c = _panel("C", [0.0] * 8, [1.0] * 8, start=2)
     out2 = M.strategy_returns(pd.concat([a, c]), horizon=5, cost_bps=0.0)
-    assert list(out2.index) == [days[i] for i in (0, 2, 5, 7, 10)]
+    assert list(out2.index) == [days[i] for i in (0, 5, 10)]
+    # offset 2 of the same panel: days 2 and 7 (A and C), 12 is past the end
+    out3 = M.strategy_returns(pd.concat([a, c]), horizon=5, cost_bps=0.0, offset=2)
+    assert list(out3.index) == [days[2], days[7]]
+    np.testing.assert_allclose(out3["gross"], [0.01, 0.035], atol=1e-12)  # mean(A .02, C 0), mean(.07, 0)
+    with pytest.raises(ValueError, match="offset"):
+        M.strategy_returns(a, horizon=5, cost_bps=0.0, offset=5)
+
+
+def test_strategy_grid_is_aligned_by_timestamp_when_a_bar_is_missing() -> None:
+    """One missing bar of one symbol must not move the other symbol's periods or its own later
+    ones. Counting each symbol's own rows (the old grid) put A's periods on days 0, 5, 11 once
+    day 3 was gone, off the panel's 0, 5, 10, and traded A on a day B did not."""
+    n = 16
+    a = _panel("A", [0.01 * (i % 3 - 1) for i in range(n)], [1.0] * n)
+    b = _panel("B", [0.02 * ((i + 1) % 3 - 1) for i in range(n)], [-1.0] * n)
+    full = M.strategy_returns(pd.concat([a, b]), horizon=5, cost_bps=10.0)
+    gap = M.strategy_returns(pd.concat([a.drop(index=3), b]), horizon=5, cost_bps=10.0)
+    days = pd.date_range("2024-01-01", periods=n, freq="D")
+    assert list(gap.index) == list(full.index) == [days[i] for i in (0, 5, 10, 15)]
+    pd.testing.assert_frame_equal(gap, full)  # day 3 is not a grid day: nothing changes
+    # a missing grid day: A is out of that period only, B's book and A's later ones stand
+    gap2 = M.strategy_returns(pd.concat([a.drop(index=5), b]), horizon=5, cost_bps=0.0)
+    assert list(gap2.index) == list(full.index)
+    assert gap2["gross"].iloc[1] == pytest.approx(-math.expm1(b["y"].iloc[5]))  # B alone, short
+    np.testing.assert_allclose(gap2["gross"].iloc[2:], full["gross"].iloc[2:], atol=1e-15)
+    # A re-enters after the gap: one unit of turnover from flat, B none
+    assert gap2["turnover"].iloc[2] == pytest.approx(0.5)
 
 
 def test_strategy_returns_rejects_bad_input() -> None:
@@ -424,12 +452,12 @@ def test_dsr_paper_example() -> None:
 
 
 def test_dsr_monotone_in_trials_and_single_trial() -> None:
-    vals = [M.deflated_sharpe_ratio(0.1, n, n_obs=500) for n in (1, 2, 10, 100, 1000)]
+    vals = [M.deflated_sharpe_ratio(0.1, n, n_obs=500, sharpe_trials_var=1 / 499) for n in (1, 2, 10, 100, 1000)]
     assert all(a > b for a, b in zip(vals, vals[1:], strict=False))
     # one trial: no selection bias, SR0 = 0 -> DSR == PSR against 0
     assert vals[0] == pytest.approx(M.probabilistic_sharpe_ratio(0.1, 500))
     with pytest.raises(ValueError, match="n_trials"):
-        M.deflated_sharpe_ratio(0.1, 0, n_obs=500)
+        M.deflated_sharpe_ratio(0.1, 0, n_obs=500, sharpe_trials_var=1 / 499)
     with pytest.raises(ValueError, match="n_obs"):
         M.probabilistic_sharpe_ratio(0.1, 1)
 
@@ -540,3 +568,92 @@ def test_long_short_is_flat_on_a_constant_cross_section():
     })
     book = M.long_short_returns(df, horizon=1, cost_bps=10.0, quantile=0.25)
     assert (book["gross"] == 0).all() and (book["turnover"] == 0).all() and (book["net"] == 0).all()
+
+
+def test_long_short_tied_names_share_the_slots() -> None:
+    """Four names tied for the last long slot share it: 1/4 of the slot each, whatever their
+    names. The old tie-break gave the whole slot to the first name alphabetically, so renaming
+    symbols changed the book."""
+    t = pd.Timestamp("2024-01-01")
+    yhat = {"a": 0.1, "b": 0.1, "c": 0.1, "d": 0.1, "e": 0.5, "f": -0.3, "g": -0.4, "h": -0.5}
+    simple = {"a": 0.04, "b": 0.0, "c": 0.0, "d": 0.0, "e": 0.01, "f": 0.0, "g": 0.0, "h": -0.02}
+    df = pd.DataFrame([{"symbol": s, "timestamp": t, "y": math.log1p(simple[s]), "yhat": v}
+                       for s, v in yhat.items()])
+    # k = floor(0.25 * 8) = 2 per side: long e (0.25) and a..d (0.25 / 4 each); short h, g
+    out = M.long_short_returns(df, horizon=1, cost_bps=0.0, quantile=0.25)
+    assert out["gross"].iloc[0] == pytest.approx(0.25 * 0.01 + 0.0625 * 0.04 + 0.25 * 0.02)
+    assert out["turnover"].iloc[0] == pytest.approx(1.0)  # 0.5 per side, as with no tie
+    # the names do not matter: the tied winner renamed to sort last gives the same book
+    renamed = df.assign(symbol=df["symbol"].replace({"a": "z"}))
+    assert M.long_short_returns(renamed, horizon=1, cost_bps=0.0, quantile=0.25)["gross"].iloc[0] == \
+        pytest.approx(out["gross"].iloc[0])
+
+
+def test_trading_metrics_average_over_every_grid_offset() -> None:
+    """At h > 1 every figure is the mean over the h start offsets, not the figure of offset 0.
+    A panel whose returns on offset-0 days are all good and elsewhere bad shows it."""
+    n, h = 60, 3
+    simple = [0.02 if i % h == 0 else -0.01 for i in range(n)]
+    df = pd.concat([_panel("A", simple, [1.0] * n), _panel("B", [-r for r in simple], [-1.0] * n)])
+    out = M.trading_metrics(df, horizon=h, periods_per_year=252, cost_bps=0.0)
+    per_offset = [M.performance_summary(M.strategy_returns(df, h, 0.0, offset=o)["net"], 252, h)
+                  for o in range(h)]
+    assert out["ann_return"] == pytest.approx(np.mean([p["ann_return"] for p in per_offset]))
+    # offset 0 alone (the old figure) makes +2 % every period; offsets 1 and 2 lose 1 %
+    assert per_offset[0]["ann_return"] == pytest.approx(0.02 * 252 / h)
+    assert out["ann_return"] == pytest.approx((0.02 - 0.01 - 0.01) / 3 * 252 / h)
+    assert out["n_offsets"] == h and out["n_periods"] == n // h
+    noisy = df.assign(y=df["y"] + np.random.default_rng(0).normal(0, 0.01, len(df)))
+    out = M.trading_metrics(noisy, horizon=h, periods_per_year=252, cost_bps=5.0)
+    sharpes = [M.sharpe_ratio(M.strategy_returns(noisy, h, 5.0, offset=o)["net"], 252, h) for o in range(h)]
+    assert out["sharpe"] == pytest.approx(np.mean(sharpes))
+    assert out["sharpe_offset_min"] == pytest.approx(min(sharpes))
+    assert out["sharpe_offset_min"] < out["sharpe"] < out["sharpe_offset_max"]
+    assert out["sharpe_per_period"] == pytest.approx(np.mean(sharpes) / math.sqrt(252 / h))
+    ls = [M.sharpe_ratio(M.long_short_returns(noisy, h, 5.0, 0.5, offset=o)["net"], 252, h) for o in range(h)]
+    assert M.trading_metrics(noisy, h, 252, 5.0, quantile=0.5)["ls_sharpe"] == pytest.approx(np.mean(ls))
+
+
+def test_newey_west_se_hand_value_and_overlap() -> None:
+    # x = [1, 2, 3, 4]: mean 2.5, d = [-1.5, -.5, .5, 1.5]; g0 = 5/4, g1 = (.75 - .25 + .75)/4 = 1.25/4
+    # lag 1: lrv = 1.25 + 2 * (1 - 1/2) * 0.3125 = 1.5625 ; SE = sqrt(1.5625 / 4) = 0.625
+    assert M.newey_west_se([1.0, 2.0, 3.0, 4.0], 1) == pytest.approx(0.625)
+    assert M.newey_west_se([1.0, 2.0, 3.0, 4.0], 0) == pytest.approx(np.std([1, 2, 3, 4]) / 2)
+    assert math.isnan(M.newey_west_se([1.0], 3))
+    with pytest.raises(ValueError, match="lag"):
+        M.newey_west_se([1.0, 2.0], -1)
+    # sums of h consecutive shocks (what overlapping h-bar labels are): lag h - 1 gets the spread
+    # of the mean across samples; the i.i.d. formula (lag 0) is sqrt(h) too small
+    rng = np.random.default_rng(0)
+    h, T = 5, 500
+    means, nw, iid = [], [], []
+    for _ in range(300):
+        x = np.convolve(rng.standard_normal(T + h - 1), np.ones(h), mode="valid")
+        means.append(x.mean())
+        nw.append(M.newey_west_se(x, h - 1))
+        iid.append(M.newey_west_se(x, 0))
+    assert np.median(nw) == pytest.approx(np.std(means), rel=0.2)
+    assert np.median(iid) < 0.6 * np.std(means)
+
+
+def test_cross_sectional_ic_error_bars_and_annualised_ir() -> None:
+    out = M.cross_sectional_ic(_cs_frame(), min_symbols=3, horizon=1, periods_per_year=252)
+    ics = np.array([1.0, -1.0, 1 / math.sqrt(2 * 438 / 9)])
+    assert out["ic_se"] == pytest.approx(np.std(ics) / math.sqrt(3))  # lag 0 at h = 1
+    assert out["ic_t"] == pytest.approx(ics.mean() / out["ic_se"])
+    assert out["icir_ann"] == pytest.approx(out["icir"] * math.sqrt(252))
+    h5 = M.cross_sectional_ic(_cs_frame(), min_symbols=3, horizon=5, periods_per_year=252)
+    assert h5["ic_se"] == pytest.approx(M.newey_west_se(ics, 4))
+    assert h5["icir_ann"] == pytest.approx(out["icir"] * math.sqrt(252 / 5))
+    assert "icir_ann" not in M.cross_sectional_ic(_cs_frame())
+
+
+def test_dsr_needs_the_observed_spread_of_the_trials() -> None:
+    """Candidates that share a signal spread far less than noise: the noise variance
+    1/(T-1) overstates the expected maximum and deflates a real edge away."""
+    n_obs, sr = 500, 0.12
+    noise = M.deflated_sharpe_ratio(sr, 10, n_obs, sharpe_trials_var=1 / (n_obs - 1))
+    observed = M.deflated_sharpe_ratio(sr, 10, n_obs, sharpe_trials_var=0.0004)
+    assert observed > 0.95 > noise
+    with pytest.raises(TypeError):
+        M.deflated_sharpe_ratio(sr, 10, n_obs)  # no hidden default for the spread

@@ -80,15 +80,48 @@ def score(table: pd.DataFrame, model: str, horizon: int, periods_per_year: float
           cfg: EvaluateConfig) -> dict[str, float]:
     """All test figures of one model at one horizon."""
     out = metrics.regression_metrics(table["y"].to_numpy(), table[model].to_numpy())
-    out["ic_se"] = metrics.ic_standard_error(table[["timestamp", "y"]].assign(yhat=table[model]), horizon)
+    pooled = table[["timestamp", "y"]].assign(yhat=table[model])
+    out["ic_se"] = metrics.ic_standard_error(pooled, horizon)
+    out["ic_t"] = _ratio(out["ic"], out["ic_se"])
+    # the rank IC is the Pearson IC of the ranks: the same date-block bootstrap, ranks held fixed
+    ranked = pooled.assign(y=pooled["y"].rank().to_numpy(), yhat=pooled["yhat"].rank().to_numpy())
+    out["rank_ic_se"] = metrics.ic_standard_error(ranked, horizon)
+    out["rank_ic_t"] = _ratio(out["rank_ic"], out["rank_ic_se"])
     trade = table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[model])
     out.update(metrics.trading_metrics(trade, horizon, periods_per_year, cfg.cost_bps,
                                        threshold=cfg.threshold, quantile=cfg.ls_quantile))
     if table["symbol"].nunique() >= cfg.min_symbols_cs:
         cs = metrics.cross_sectional_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[model]),
-                                        min_symbols=cfg.min_symbols_cs)
+                                        min_symbols=cfg.min_symbols_cs, horizon=horizon,
+                                        periods_per_year=periods_per_year)
         out.update({f"cs_{k}": v for k, v in cs.items()})
     return out
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den`` (a t-statistic), NaN when either is undefined or ``den`` is not positive."""
+    return float(num / den) if np.isfinite(num) and np.isfinite(den) and den > 0 else float("nan")
+
+
+# |t| of the oracle's IC below which its IC is noise, and a share of it means nothing
+ORACLE_T_MIN = 1.96
+
+
+def oracle_share_status(oracle_row: dict[str, float]) -> tuple[bool, str]:
+    """Whether ``oracle_share`` is defined at a horizon, and why (one line).
+
+    The share is a model's IC divided by the oracle's; when the oracle's own test IC is not
+    significantly different from 0 (``|ic / ic_se| < ORACLE_T_MIN``; its true IC may still be
+    positive, the test rows are too few or too noisy to show it) the ratio divides by noise and
+    can take any value of either sign, so it is null."""
+    ic, se = oracle_row.get("ic", float("nan")), oracle_row.get("ic_se", float("nan"))
+    t = _ratio(ic, se)
+    if not np.isfinite(t):
+        return False, f"null: the oracle's IC has no standard error (IC {ic:.4f})"
+    if abs(t) < ORACLE_T_MIN:
+        return False, (f"null: the oracle's IC {ic:+.4f} ± {se:.4f} (t {t:+.2f}) is not significant "
+                       f"(|t| < {ORACLE_T_MIN}), so a share of it is noise")
+    return True, f"defined: the oracle's IC {ic:+.4f} ± {se:.4f} (t {t:+.2f})"
 
 
 def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, horizon: int) -> dict[str, float]:
@@ -168,17 +201,26 @@ class Evaluation:
 
 
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
-             oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = ()) -> Evaluation:
+             oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = (),
+             extra_trials: int = 0) -> Evaluation:
     """Score every model of ``preds`` (test rows, long format, baselines included); ``ensembles``
     names the models of ``preds`` that are blends of the others (the blend stage's).
 
+    ``extra_trials``: configurations tried before these models and not scored here (e.g. the
+    trials of a hyperparameter search); they count in the deflated Sharpe ratio's number of
+    trials (see :func:`select_best`). This is the one place where such a count enters.
+
     With an oracle (synthetic data), the metrics also hold {"oracle": ...} figures on the same
-    rows and each model's ``oracle_share`` = its IC / the oracle's IC. ``_models`` (not a model)
-    lists the ``ensembles``, ``base`` models and ``baselines`` scored."""
+    rows and each model's ``oracle_share`` = its IC / the oracle's IC, null at a horizon where
+    the oracle's IC is not significant (``_oracle_share`` says why, per horizon; see
+    :func:`oracle_share_status`). ``_models`` (not a model) lists the ``ensembles``, ``base``
+    models and ``baselines`` scored."""
+    if isinstance(extra_trials, bool) or not isinstance(extra_trials, int | np.integer) or extra_trials < 0:
+        raise ValueError(f"extra_trials must be an integer >= 0, got {extra_trials!r}")
     horizons = sorted(preds["horizon"].unique())
     models = list(dict.fromkeys(preds["model"]))
     result: dict = {m: {} for m in models}
-    long_frames, plots, selections = [], {}, {}
+    long_frames, plots, selections, oracle_notes = [], {}, {}, {}
     if oracle is not None and len(oracle):
         preds = pd.concat([preds, oracle.assign(model="oracle").reindex(columns=preds.columns)], ignore_index=True)
         result["oracle"] = {}
@@ -191,9 +233,11 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             result[m][f"h{h}"].update(calibration_scores(preds, table, m, h))
             result[m][f"h{h}"].update(classification_scores(preds, labels, table, m, h))
         if "oracle" in result:
+            defined, why = oracle_share_status(result["oracle"][f"h{h}"])
+            oracle_notes[f"h{h}"] = why
             oic = result["oracle"][f"h{h}"]["ic"]
             for m in models:
-                result[m][f"h{h}"]["oracle_share"] = float(result[m][f"h{h}"]["ic"] / oic) if oic else float("nan")
+                result[m][f"h{h}"]["oracle_share"] = float(result[m][f"h{h}"]["ic"] / oic) if defined else float("nan")
         for m in models:
             long_frames.append(pd.DataFrame({"symbol": table["symbol"], "timestamp": table["timestamp"],
                                              "horizon": h, "model": m, "yhat": table[m], "y": table["y"]}))
@@ -201,8 +245,10 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             plots.update(plot_tables(table, models, h, cfg))
             plots.update(calibration_table(preds, table, models, h))
             plots.update(confusion_table(preds, labels, table, models, h))
-        selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg)
+        selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg, extra_trials)
     result["_selection"] = selections[int(horizons[0])]  # not a model: see select_best
+    if oracle_notes:
+        result["_oracle_share"] = oracle_notes  # not a model: whether oracle_share is defined, per horizon
     result["_models"] = model_roles(models, ensembles)
     return Evaluation(result, pd.concat(long_frames, ignore_index=True), plots, selections)
 
@@ -250,46 +296,65 @@ def calibration_table(preds: pd.DataFrame, table: pd.DataFrame, models: list[str
 
 
 def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: int,
-                periods_per_year: float, cfg: EvaluateConfig) -> dict:
+                periods_per_year: float, cfg: EvaluateConfig, extra_trials: int = 0) -> dict:
     """The model with the highest net Sharpe at ``horizon`` and its deflated Sharpe ratio.
 
-    Candidates are every scored model except the baselines (base models and ensembles), so
-    ``n_trials`` is their number. The DSR (Bailey & Lopez de Prado 2014) is the probability that
-    the winner's true Sharpe ratio beats the best of ``n_trials`` skill-less strategies, from the
-    per-period Sharpe, skew and raw kurtosis of its net returns (non-overlapping h-bar periods);
-    the trials' Sharpe variance is the noise-only ``1 / (n_periods - 1)``. Written to
-    ``metrics/test.json`` under ``_selection`` (not a model)."""
+    Candidates are every scored model except the baselines (base models and ensembles). The DSR
+    (Bailey & Lopez de Prado 2014) is the probability that the winner's true Sharpe ratio beats
+    the expected best of ``n_trials`` skill-less strategies, with:
+
+    * ``n_trials = n_candidates + extra_trials``: every configuration that was tried, the
+      candidates scored here and ``extra_trials`` tried before (tuning trials). Each counts as
+      an independent trial (not reduced for correlation between candidates);
+    * ``sharpe_trials_var``: the variance (ddof 1) of the candidates' per-period net Sharpe
+      ratios, as the paper estimates it from the trials; trials not scored here are assumed to
+      spread alike. With fewer than 2 finite candidate Sharpes the pure-noise
+      ``1 / (n_periods - 1)`` is used instead (``sharpe_var_source`` says which);
+    * the winner's per-period Sharpe (mean over the h grid offsets, as ``sharpe``), and the skew
+      and raw kurtosis of its net period returns pooled over the offsets; ``n_periods`` is the
+      length of one offset's grid (the pooled returns overlap, so they are not more observations).
+
+    Written to ``metrics/test.json`` under ``_selection`` (not a model)."""
     from scipy.stats import kurtosis, skew
 
     candidates = [m for m in models if m not in BASELINES]
-    out: dict = {"horizon": int(horizon), "criterion": "sharpe", "n_trials": len(candidates),
+    n_trials = len(candidates) + int(extra_trials)
+    out: dict = {"horizon": int(horizon), "criterion": "sharpe", "n_trials": n_trials,
+                 "n_candidates": len(candidates), "extra_trials": int(extra_trials),
                  "candidates": candidates, "baselines": [m for m in models if m in BASELINES],
                  "best_model": None, "sharpe": float("nan"), "sharpe_per_period": float("nan"),
                  "n_periods": 0, "skew": float("nan"), "kurtosis": float("nan"),
+                 "sharpe_trials_var": float("nan"), "sharpe_var_source": None,
                  "expected_max_sharpe": float("nan"), "psr": float("nan"), "dsr": float("nan")}
-    scored = {m: result[m][f"h{horizon}"]["sharpe"] for m in candidates}
-    scored = {m: s for m, s in scored.items() if s is not None and np.isfinite(s)}
+    row = {m: result[m][f"h{horizon}"] for m in candidates}
+    scored = {m: r["sharpe"] for m, r in row.items() if r.get("sharpe") is not None and np.isfinite(r["sharpe"])}
     if not scored:
         return out
     best = max(scored, key=scored.get)  # first of equals, in model order
-    book = metrics.strategy_returns(table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[best]),
-                                    horizon, cfg.cost_bps, cfg.threshold)
-    r = book["net"].to_numpy()
-    out.update(best_model=best, sharpe=float(scored[best]), n_periods=int(len(r)))
-    if len(r) < 3:
+    n_obs = int(row[best]["n_periods"])
+    out.update(best_model=best, sharpe=float(scored[best]), n_periods=n_obs)
+    if n_obs < 3:
         return out
-    sr = float(r.mean() / r.std(ddof=1))
+    trade = table[["symbol", "timestamp"]].assign(y=table["ret"], yhat=table[best])
+    r = np.concatenate([metrics.strategy_returns(trade, horizon, cfg.cost_bps, cfg.threshold, offset=o)["net"]
+                        .to_numpy() for o in range(horizon)])
+    per_period = [row[m]["sharpe_per_period"] for m in scored]
+    if len(per_period) >= 2:
+        var, source = float(np.var(per_period, ddof=1)), "candidates"
+    else:
+        var, source = 1.0 / (n_obs - 1), "noise"
+    sr = float(row[best]["sharpe_per_period"])
     sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
-    out.update(sharpe_per_period=sr, skew=sk, kurtosis=ku,
-               expected_max_sharpe=metrics.expected_max_sharpe(len(candidates), 1.0 / (len(r) - 1)),
-               psr=metrics.probabilistic_sharpe_ratio(sr, len(r), sk, ku),
-               dsr=metrics.deflated_sharpe_ratio(sr, len(candidates), len(r), sk, ku))
+    out.update(sharpe_per_period=sr, skew=sk, kurtosis=ku, sharpe_trials_var=var, sharpe_var_source=source,
+               expected_max_sharpe=metrics.expected_max_sharpe(n_trials, var),
+               psr=metrics.probabilistic_sharpe_ratio(sr, n_obs, sk, ku),
+               dsr=metrics.deflated_sharpe_ratio(sr, n_trials, n_obs, sk, ku, sharpe_trials_var=var))
     return out
 
 
 # Figures of metrics/headline.json, under their short names there: what a reviewer decides on.
-HEADLINE = {"ic": "ic", "ic_se": "ic_se", "rank_ic": "rank_ic", "cs_ic": "cs_ic_mean", "sharpe": "sharpe",
-            "max_dd": "max_drawdown", "oracle_share": "oracle_share"}
+HEADLINE = {"ic": "ic", "ic_se": "ic_se", "ic_t": "ic_t", "rank_ic": "rank_ic", "cs_ic": "cs_ic_mean",
+            "cs_ic_se": "cs_ic_se", "sharpe": "sharpe", "max_dd": "max_drawdown", "oracle_share": "oracle_share"}
 
 
 def _sig(value: Any, digits: int = 4) -> Any:
@@ -337,6 +402,8 @@ def headline(ev: Evaluation) -> dict:
         row = result[focus][key]
         entry: dict = {"model": focus}
         entry.update({short: _sig(row[long]) for short, long in HEADLINE.items() if long in row})
+        if "oracle_share" in entry and entry["oracle_share"] is None and key in result.get("_oracle_share", {}):
+            entry["oracle_share_note"] = result["_oracle_share"][key]
         entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "psr": _sig(sel["psr"]),
                               "n_trials": sel["n_trials"]}
         if best is not None:

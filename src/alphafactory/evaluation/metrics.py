@@ -152,15 +152,48 @@ def _grouped_pearson(keys: np.ndarray, a: np.ndarray, b: np.ndarray) -> pd.Serie
     return r.clip(-1.0, 1.0)
 
 
-def _ir_summary(values: pd.Series, prefix: str) -> dict[str, float]:
-    """Mean, std (ddof=1) and mean/std of per-period ICs; NaN where undefined."""
+def newey_west_se(x: ArrayLike, lag: int) -> float:
+    """Newey-West (Bartlett kernel) standard error of the mean of a series.
+
+    ``SE = sqrt((g_0 + 2 * sum_{j=1..L} (1 - j / (L + 1)) * g_j) / T)`` with ``g_j`` the lag-j
+    autocovariance (divided by ``T``, around the mean). For a series of per-bar statistics of
+    ``h``-bar labels, neighbouring values share ``h - 1`` bars of the label: ``lag = h - 1``
+    covers that overlap. ``lag = 0`` is the i.i.d. ``std(ddof=0) / sqrt(T)``.
+
+    Args:
+        x: (T,) finite values in time order.
+        lag: number of autocovariances kept, >= 0.
+
+    Returns:
+        The standard error; NaN with fewer than 2 values or when it is not positive.
+    """
+    if isinstance(lag, bool) or not isinstance(lag, int | np.integer) or lag < 0:
+        raise ValueError(f"lag must be an integer >= 0, got {lag!r}")
+    v = _as_1d(x, "x", allow_empty=True)
+    n = v.size
+    if n < 2:
+        return math.nan
+    d = v - v.mean()
+    lrv = float(np.dot(d, d)) / n
+    for j in range(1, min(int(lag), n - 1) + 1):
+        lrv += 2.0 * (1.0 - j / (lag + 1)) * float(np.dot(d[j:], d[:-j])) / n
+    return math.sqrt(lrv / n) if lrv > 0 else math.nan
+
+
+def _ir_summary(values: pd.Series, prefix: str, lag: int) -> dict[str, float]:
+    """Mean, std (ddof=1), mean/std, and the Newey-West SE and t-statistic of the mean, of
+    per-period ICs in time order; NaN where undefined."""
     mean = float(values.mean()) if len(values) else math.nan
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
     ir = mean / std if std > 0 else math.nan  # NaN std compares False -> NaN
-    return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}ir": ir}
+    se = newey_west_se(values.to_numpy(), lag)
+    t = mean / se if se > 0 else math.nan
+    return {f"{prefix}_mean": mean, f"{prefix}_std": std, f"{prefix}ir": ir,
+            f"{prefix}_se": se, f"{prefix}_t": t}
 
 
-def cross_sectional_ic(df: pd.DataFrame, min_symbols: int = 3) -> dict[str, float]:
+def cross_sectional_ic(df: pd.DataFrame, min_symbols: int = 3, horizon: int = 1,
+                       periods_per_year: float | None = None) -> dict[str, float]:
     """Per-timestamp correlation of ``yhat`` with ``y`` across symbols, summarised over time.
 
     Args:
@@ -168,13 +201,22 @@ def cross_sectional_ic(df: pd.DataFrame, min_symbols: int = 3) -> dict[str, floa
             timestamp; ``y``/``yhat`` finite).
         min_symbols: a timestamp is scored only if it has at least this many rows (>= 2) and
             neither ``y`` nor ``yhat`` is constant across them (the correlation is undefined).
+        horizon: bars per label ``h``; the ICs of neighbouring timestamps share ``h - 1`` bars
+            of their labels, so the standard error of their mean is Newey-West with lag
+            ``h - 1``.
+        periods_per_year: bars per year; when given, ``icir_ann`` and ``rank_icir_ann`` are
+            the IRs annualised like a Sharpe ratio, ``* sqrt(periods_per_year / h)``.
 
     Returns:
-        ``ic_mean``, ``ic_std`` (ddof=1), ``icir`` (mean/std) for Pearson, the same with
-        ``rank_`` prefix for Spearman, and ``n_periods`` (scored timestamps). With no scored
-        timestamp every statistic is NaN and ``n_periods`` is 0; with one, std and IR are NaN.
-        The IR is per period, not annualised.
+        ``ic_mean``, ``ic_std`` (ddof=1), ``icir`` (mean/std, **per period**), ``ic_se``
+        (Newey-West, lag ``h - 1``, of the mean) and ``ic_t`` (``ic_mean / ic_se``) for
+        Pearson, the same with ``rank_`` prefix for Spearman, and ``n_periods`` (scored
+        timestamps). With no scored timestamp every statistic is NaN and ``n_periods`` is 0;
+        with one, std, IR and SE are NaN.
     """
+    _check_horizon(horizon)
+    if periods_per_year is not None:
+        _check_periods_per_year(periods_per_year)
     _require_columns(df, ("timestamp", "y", "yhat"))
     if isinstance(min_symbols, bool) or not isinstance(min_symbols, int | np.integer):
         raise ValueError(f"min_symbols must be an integer >= 2, got {min_symbols!r}")
@@ -205,11 +247,15 @@ def cross_sectional_ic(df: pd.DataFrame, min_symbols: int = 3) -> dict[str, floa
     ry = grouped["y"].rank(method="average").to_numpy()
     rp = grouped["yhat"].rank(method="average").to_numpy()
     rank_ic = _grouped_pearson(keys, ry, rp)[valid]
-    return {
-        **_ir_summary(ic, "ic"),
-        **_ir_summary(rank_ic, "rank_ic"),
+    out = {
+        **_ir_summary(ic, "ic", horizon - 1),
+        **_ir_summary(rank_ic, "rank_ic", horizon - 1),
         "n_periods": int(valid.sum()),
     }
+    if periods_per_year is not None:
+        scale = math.sqrt(periods_per_year / horizon)
+        out.update(icir_ann=out["icir"] * scale, rank_icir_ann=out["rank_icir"] * scale)
+    return out
 
 
 def rolling_ic(df: pd.DataFrame, window: int) -> pd.Series:
@@ -420,37 +466,53 @@ def _validated_panel(df: pd.DataFrame, horizon: int) -> pd.DataFrame:
     return df[cols].sort_values(["symbol", "timestamp"], kind="mergesort").reset_index(drop=True)
 
 
-def _symbol_grid(df: pd.DataFrame, horizon: int) -> pd.DataFrame:
-    """Every ``horizon``-th row of each symbol in time order, starting at its first row.
+def _check_offset(offset: int, horizon: int) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int | np.integer) or not 0 <= offset < horizon:
+        raise ValueError(f"offset must be an integer in [0, horizon) = [0, {horizon}), got {offset!r}")
 
-    The grid counts rows, not clock time: a missing bar shifts later grid points, which is the
-    right thing when ``y`` is defined over the next ``horizon`` rows.
-    """
+
+def _timestamp_grid(panel: pd.DataFrame, horizon: int, offset: int) -> np.ndarray:
+    """Every ``horizon``-th distinct timestamp of the whole panel, from the ``offset``-th.
+
+    The grid is clock time shared by every symbol, not each symbol's own row count: a bar
+    missing from one symbol leaves every later period where it was (that symbol simply has no
+    position at a grid timestamp it lacks)."""
+    _check_offset(offset, horizon)
+    return np.sort(panel["timestamp"].unique())[offset::horizon]
+
+
+def _grid_rows(df: pd.DataFrame, horizon: int, offset: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows of ``df`` at the grid timestamps, sorted by symbol then time; the grid timestamps)."""
     panel = _validated_panel(df, horizon)
-    step = panel.groupby("symbol", sort=False).cumcount().to_numpy()
-    return panel[step % horizon == 0].reset_index(drop=True)
+    grid_ts = _timestamp_grid(panel, horizon, offset)
+    return panel[panel["timestamp"].isin(grid_ts)].reset_index(drop=True), grid_ts
 
 
-def _per_symbol_book(grid: pd.DataFrame, position: np.ndarray, cost_bps: float) -> pd.DataFrame:
-    """Equal-weight portfolio of per-symbol positions on a grid sorted by symbol, time.
+def _per_symbol_book(grid: pd.DataFrame, position: np.ndarray, cost_bps: float,
+                     grid_ts: np.ndarray) -> pd.DataFrame:
+    """Equal-weight portfolio of per-symbol positions on a common timestamp grid.
 
     Args:
-        grid: rows of the trading grid, sorted by symbol then timestamp.
+        grid: rows at the grid timestamps (a symbol may lack some), sorted by symbol, timestamp.
         position: (n_rows,) position per row in units of the symbol's 1/n_active slot.
         cost_bps: one-way cost per unit of traded position.
+        grid_ts: (n_grid,) sorted grid timestamps.
 
     Returns:
         Frame indexed by timestamp with ``gross``, ``net`` and ``turnover`` (mean |change of
-        position| over the symbols active at that timestamp; the first row of a symbol trades
-        from 0).
+        position| over the symbols active at that timestamp; the change is from the symbol's
+        position at the previous grid timestamp, 0 if it had no row there).
     """
-    pos = pd.Series(position, index=grid.index)
-    prev = pos.groupby(grid["symbol"].to_numpy(), sort=False).shift(1).fillna(0.0)
+    t_idx = np.searchsorted(grid_ts, grid["timestamp"].to_numpy())
+    s_idx, symbols = pd.factorize(grid["symbol"])
+    wide = np.zeros((len(grid_ts) + 1, len(symbols)))  # row 0: flat before the first period
+    wide[t_idx + 1, s_idx] = position
+    prev = wide[t_idx, s_idx]
     rows = pd.DataFrame(
         {
             "timestamp": grid["timestamp"].to_numpy(),
             "gross": position * np.expm1(grid["y"].to_numpy()),
-            "turnover": np.abs(position - prev.to_numpy()),
+            "turnover": np.abs(position - prev),
         }
     )
     book = rows.groupby("timestamp", sort=True).mean()
@@ -459,16 +521,19 @@ def _per_symbol_book(grid: pd.DataFrame, position: np.ndarray, cost_bps: float) 
 
 
 def strategy_returns(
-    df: pd.DataFrame, horizon: int, cost_bps: float, threshold: float = 0.0
+    df: pd.DataFrame, horizon: int, cost_bps: float, threshold: float = 0.0, offset: int = 0
 ) -> pd.DataFrame:
-    """Per-symbol sign strategy on a non-overlapping grid, equal-weighted across symbols.
+    """Per-symbol sign strategy on one non-overlapping timestamp grid, equal-weighted.
 
-    Per symbol, rows are taken in time order at positions 0, h, 2h, ... (from that symbol's
-    own first row). ``position = sign(yhat)`` where ``|yhat| > threshold`` else 0; the period
-    return is ``position * (exp(y) - 1)``; cost is ``cost_bps / 1e4 * |position - previous|``
-    (the first position trades from 0, a flip costs twice a one-way trade). The portfolio
-    return of a timestamp is the mean over the symbols with a grid row there (flat symbols
-    count, with return 0).
+    The grid is every ``h``-th distinct timestamp of the whole panel, starting at the
+    ``offset``-th (``0 <= offset < h``); it is the same for every symbol, so a bar missing from
+    one symbol shifts nothing. ``position = sign(yhat)`` where ``|yhat| > threshold`` else 0;
+    the period return is ``position * (exp(y) - 1)``; cost is
+    ``cost_bps / 1e4 * |position - previous|`` (previous: the symbol's position at the previous
+    grid timestamp, 0 if it had no row there; a flip costs twice a one-way trade). The portfolio
+    return of a grid timestamp is the mean over the symbols with a row there (flat symbols
+    count, with return 0). Summary figures average over every offset: see
+    :func:`trading_metrics`.
 
     Args:
         df: columns ``symbol, timestamp, y, yhat`` for one horizon; unique per
@@ -476,6 +541,7 @@ def strategy_returns(
         horizon: bars per holding period ``h`` (>= 1).
         cost_bps: one-way cost in basis points of traded notional (>= 0).
         threshold: minimum ``|yhat|`` to take a position (>= 0).
+        offset: which of the ``h`` possible grids, ``0 <= offset < h``.
 
     Returns:
         (n_grid_timestamps, 3) frame indexed by ``timestamp`` with ``gross``, ``net`` (simple
@@ -484,13 +550,13 @@ def strategy_returns(
     _check_cost(cost_bps)
     if not (np.isfinite(threshold) and threshold >= 0):
         raise ValueError(f"threshold must be a finite number >= 0, got {threshold!r}")
-    grid = _symbol_grid(df, horizon)
+    grid, grid_ts = _grid_rows(df, horizon, offset)
     yhat = grid["yhat"].to_numpy(dtype=np.float64)
     position = np.where(np.abs(yhat) > threshold, np.sign(yhat), 0.0)
-    return _per_symbol_book(grid, position, cost_bps)
+    return _per_symbol_book(grid, position, cost_bps, grid_ts)
 
 
-def buy_and_hold_returns(df: pd.DataFrame, horizon: int) -> pd.DataFrame:
+def buy_and_hold_returns(df: pd.DataFrame, horizon: int, offset: int = 0) -> pd.DataFrame:
     """Long every symbol on the same grid as ``strategy_returns``; no cost is charged.
 
     ``yhat`` is ignored (it must still be present and finite). ``net`` equals ``gross``; the
@@ -500,33 +566,49 @@ def buy_and_hold_returns(df: pd.DataFrame, horizon: int) -> pd.DataFrame:
     Args:
         df: columns ``symbol, timestamp, y, yhat`` as for ``strategy_returns``.
         horizon: bars per holding period (>= 1).
+        offset: which of the ``h`` grids, ``0 <= offset < h``.
 
     Returns:
         Frame indexed by ``timestamp`` with ``gross``, ``net``, ``turnover``.
     """
-    grid = _symbol_grid(df, horizon)
-    return _per_symbol_book(grid, np.ones(len(grid)), cost_bps=0.0)
+    grid, grid_ts = _grid_rows(df, horizon, offset)
+    return _per_symbol_book(grid, np.ones(len(grid)), 0.0, grid_ts)
+
+
+def _slot_share(by_ts: Any, k: np.ndarray, ascending: bool) -> np.ndarray:
+    """Share in [0, 1] of each name in the ``k`` extreme slots of its timestamp.
+
+    A group of ``c`` names tied on ``yhat`` occupies ranks ``a + 1 .. a + c`` (``a`` names rank
+    strictly ahead of it); it shares the slots of those ranks that are ``<= k`` equally, so each
+    member gets ``(min(a + c, k) - a) / c`` (clipped at 0). The shares of a timestamp sum to k,
+    whatever the symbols are called."""
+    lo = by_ts.rank(method="min", ascending=ascending).to_numpy()  # a + 1
+    hi = by_ts.rank(method="max", ascending=ascending).to_numpy()  # a + c
+    return np.clip(np.minimum(hi, k) - (lo - 1), 0.0, None) / (hi - lo + 1)
 
 
 def long_short_returns(
-    df: pd.DataFrame, horizon: int, cost_bps: float, quantile: float = 0.2
+    df: pd.DataFrame, horizon: int, cost_bps: float, quantile: float = 0.2, offset: int = 0
 ) -> pd.DataFrame:
     """Cross-sectional long/short on a common, non-overlapping timestamp grid.
 
-    The grid is every ``horizon``-th distinct timestamp of the whole panel (from the first).
-    At each grid timestamp with ``n >= 2`` symbols, ``k = max(1, floor(quantile * n))`` names
-    with the highest ``yhat`` get weight ``+0.5 / k`` and the ``k`` lowest ``-0.5 / k`` (ties
-    broken by symbol order); with fewer than 2 symbols, or when every name has the same ``yhat``
-    (no ranking information, e.g. a constant baseline), the book is flat. The period return is
-    ``sum(w * (exp(y) - 1))``; turnover is ``sum |w_t - w_prev|`` over names (a name missing at
-    a grid timestamp has weight 0; the first period trades from flat); cost is
-    ``cost_bps / 1e4 * turnover``.
+    The grid is every ``horizon``-th distinct timestamp of the whole panel, from the
+    ``offset``-th. At each grid timestamp with ``n >= 2`` symbols,
+    ``k = max(1, floor(quantile * n))`` slots per side: the ``k`` highest ``yhat`` get weight
+    ``+0.5 / k`` each and the ``k`` lowest ``-0.5 / k``. Names tied across a slot boundary
+    share the slots left equally (three names tied for the last long slot get ``+0.5 / (3k)``
+    each): nothing depends on the symbols' names or order. With fewer than 2 symbols, or when
+    every name has the same ``yhat`` (no ranking information, e.g. a constant baseline), the
+    book is flat. The period return is ``sum(w * (exp(y) - 1))``; turnover is
+    ``sum |w_t - w_prev|`` over names (a name missing at a grid timestamp has weight 0; the
+    first period trades from flat); cost is ``cost_bps / 1e4 * turnover``.
 
     Args:
         df: columns ``symbol, timestamp, y, yhat`` for one horizon, at least 2 symbols.
         horizon: bars per holding period (>= 1).
         cost_bps: one-way cost in basis points (>= 0).
         quantile: share of names per side, in (0, 0.5].
+        offset: which of the ``h`` grids, ``0 <= offset < h``.
 
     Returns:
         Frame indexed by grid ``timestamp`` with ``gross``, ``net``, ``turnover``.
@@ -543,18 +625,16 @@ def long_short_returns(
     n_symbols = panel["symbol"].nunique()
     if n_symbols < 2:
         raise ValueError(f"long/short needs at least 2 symbols, df has {n_symbols}")
-    grid_ts = np.sort(panel["timestamp"].unique())[::horizon]
+    grid_ts = _timestamp_grid(panel, horizon, offset)
     grid = panel[panel["timestamp"].isin(grid_ts)]
 
     by_ts = grid.groupby("timestamp", sort=True)["yhat"]
     n = by_ts.transform("size").to_numpy()
     # + 1e-9 so that e.g. 0.29 * 100 = 28.999999999999996 gives 29 names, not 28
     k = np.maximum(1, np.floor(quantile * n + 1e-9))
-    order = by_ts.rank(method="first", ascending=False).to_numpy()  # 1 = highest yhat
-    # 2k <= n because quantile <= 0.5, so the two legs never share a name
-    weight = np.where(order <= k, 0.5 / k, 0.0) - np.where(order > n - k, 0.5 / k, 0.0)
-    # A cross-section of identical forecasts carries no ranking: stay flat rather than let
-    # the tie-break (symbol order) pick the book.
+    # 2k <= n because quantile <= 0.5; a tie group straddling both legs nets its two shares
+    weight = 0.5 / k * (_slot_share(by_ts, k, ascending=False) - _slot_share(by_ts, k, ascending=True))
+    # A cross-section of identical forecasts carries no ranking: stay flat.
     spread = (by_ts.transform("max") - by_ts.transform("min")).to_numpy()
     weight = np.where((n >= 2) & (spread > 0), weight, 0.0)
 
@@ -576,6 +656,13 @@ def long_short_returns(
     return book[_BOOK_COLUMNS]
 
 
+def _offset_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (one per grid offset); NaN if none is finite."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
 def trading_metrics(
     df: pd.DataFrame,
     horizon: int,
@@ -586,6 +673,14 @@ def trading_metrics(
 ) -> dict[str, float]:
     """Flat summary of the sign strategy and, with >= 2 symbols, the long/short book.
 
+    For ``h > 1`` there are ``h`` non-overlapping grids (start offsets 0 .. h-1) and a figure
+    from any one of them depends on which was picked (on noise, Sharpe ratios of different
+    offsets can differ by more than their own standard error). Every figure here is the
+    **mean over all h offsets** of that figure computed on one offset's grid (each a
+    non-overlapping series, so its Sharpe and drawdown keep their usual meaning); offsets with
+    an undefined figure are left out of its mean. At ``h = 1`` there is one grid and nothing
+    is averaged.
+
     Args:
         df: columns ``symbol, timestamp, y, yhat`` for one horizon.
         horizon: bars per holding period.
@@ -595,34 +690,50 @@ def trading_metrics(
         quantile: share of names per side of the long/short book.
 
     Returns:
-        ``sharpe``, ``ann_return``, ``max_drawdown``, ``win_rate`` (net of cost),
-        ``sharpe_gross``, ``ann_return_gross``, ``turnover`` (mean per period), ``n_periods``;
-        and, only when ``df`` has >= 2 symbols, ``ls_sharpe``, ``ls_sharpe_gross``,
-        ``ls_ann_return``, ``ls_max_drawdown``, ``ls_turnover`` (keys absent otherwise).
+        ``sharpe``, ``ann_return`` (arithmetic), ``max_drawdown``, ``win_rate`` (net of cost),
+        ``sharpe_gross``, ``ann_return_gross``, ``turnover`` (mean per period), each averaged
+        over offsets; ``sharpe_offset_min``/``sharpe_offset_max`` (the spread across offsets);
+        ``sharpe_per_period`` (the mean over offsets of the un-annualised net Sharpe);
+        ``n_periods`` (periods of the shortest offset grid) and ``n_offsets`` (``h``); and,
+        only when ``df`` has >= 2 symbols, ``ls_sharpe``, ``ls_sharpe_gross``,
+        ``ls_ann_return``, ``ls_max_drawdown``, ``ls_turnover`` (offset means; keys absent
+        otherwise).
     """
-    book = strategy_returns(df, horizon, cost_bps, threshold)
-    net = performance_summary(book["net"], periods_per_year, horizon)
-    gross = performance_summary(book["gross"], periods_per_year, horizon)
-    out: dict[str, float] = {
-        "sharpe": net["sharpe"],
-        "sharpe_gross": gross["sharpe"],
-        "ann_return": net["ann_return"],
-        "ann_return_gross": gross["ann_return"],
-        "max_drawdown": net["max_drawdown"],
-        "win_rate": net["win_rate"],
-        "turnover": float(book["turnover"].mean()),
-        "n_periods": net["n_periods"],
-    }
-    if df["symbol"].nunique() >= 2:
-        ls = long_short_returns(df, horizon, cost_bps, quantile)
-        ls_net = performance_summary(ls["net"], periods_per_year, horizon)
-        out.update(
-            ls_sharpe=ls_net["sharpe"],
-            ls_sharpe_gross=sharpe_ratio(ls["gross"], periods_per_year, horizon),
-            ls_ann_return=ls_net["ann_return"],
-            ls_max_drawdown=ls_net["max_drawdown"],
-            ls_turnover=float(ls["turnover"].mean()),
-        )
+    _check_horizon(horizon)
+    per_offset: list[dict[str, float]] = []
+    multi = df["symbol"].nunique() >= 2
+    for offset in range(horizon):
+        book = strategy_returns(df, horizon, cost_bps, threshold, offset=offset)
+        net = performance_summary(book["net"], periods_per_year, horizon)
+        row = {
+            "sharpe": net["sharpe"],
+            "sharpe_gross": sharpe_ratio(book["gross"], periods_per_year, horizon),
+            "ann_return": net["ann_return"],
+            "ann_return_gross": float(book["gross"].mean() * periods_per_year / horizon),
+            "max_drawdown": net["max_drawdown"],
+            "win_rate": net["win_rate"],
+            "turnover": float(book["turnover"].mean()),
+            "n_periods": net["n_periods"],
+        }
+        if multi:
+            ls = long_short_returns(df, horizon, cost_bps, quantile, offset=offset)
+            ls_net = performance_summary(ls["net"], periods_per_year, horizon)
+            row.update(
+                ls_sharpe=ls_net["sharpe"],
+                ls_sharpe_gross=sharpe_ratio(ls["gross"], periods_per_year, horizon),
+                ls_ann_return=ls_net["ann_return"],
+                ls_max_drawdown=ls_net["max_drawdown"],
+                ls_turnover=float(ls["turnover"].mean()),
+            )
+        per_offset.append(row)
+    out: dict[str, float] = {k: _offset_mean([r[k] for r in per_offset])
+                             for k in per_offset[0] if k != "n_periods"}
+    sharpes = [r["sharpe"] for r in per_offset if np.isfinite(r["sharpe"])]
+    out["sharpe_offset_min"] = float(min(sharpes)) if sharpes else math.nan
+    out["sharpe_offset_max"] = float(max(sharpes)) if sharpes else math.nan
+    out["sharpe_per_period"] = out["sharpe"] / math.sqrt(periods_per_year / horizon)
+    out["n_periods"] = int(min(r["n_periods"] for r in per_offset))
+    out["n_offsets"] = int(horizon)
     return out
 
 
@@ -699,7 +810,8 @@ def deflated_sharpe_ratio(
     n_obs: int,
     skew: float = 0.0,
     kurtosis: float = 3.0,
-    sharpe_trials_var: float | None = None,
+    *,
+    sharpe_trials_var: float,
 ) -> float:
     """Deflated Sharpe ratio (Bailey & Lopez de Prado 2014): PSR against the expected maximum.
 
@@ -711,17 +823,16 @@ def deflated_sharpe_ratio(
         n_obs: number of return observations (>= 2).
         skew: skewness of the selected strategy's returns.
         kurtosis: raw kurtosis of those returns (3 for Gaussian).
-        sharpe_trials_var: variance of the per-period Sharpe ratios across the trials. ``None``
-            uses ``1 / (n_obs - 1)``, the sampling variance of an estimated Sharpe ratio when
-            the true ratio is 0 and returns are Gaussian -- i.e. "all trials are noise". Pass the
-            observed cross-trial variance when it is known.
+        sharpe_trials_var: variance of the per-period Sharpe ratios across the trials, as
+            observed (Bailey & Lopez de Prado estimate it from the trials themselves). Required:
+            ``1 / (n_obs - 1)``, the spread of Sharpe estimates of pure-noise strategies, is only
+            right when every trial is noise, and trials that share a signal spread less.
 
     Returns:
         Probability in [0, 1]; decreasing in ``n_trials``.
     """
     _check_n_obs(n_obs)
-    var = 1.0 / (n_obs - 1) if sharpe_trials_var is None else sharpe_trials_var
-    sr0 = expected_max_sharpe(n_trials, var)
+    sr0 = expected_max_sharpe(n_trials, sharpe_trials_var)
     return probabilistic_sharpe_ratio(sharpe, n_obs, skew, kurtosis, benchmark=sr0)
 
 
