@@ -218,3 +218,18 @@ def test_report_is_self_contained_and_complete(project):
     for seg in ("train", "val", "test"):
         assert split[seg]["start"][:10] in page and split[seg]["end"][:10] in page
     assert page.count("<svg") >= 5  # cumulative return, rolling IC, scatter, calibration, features, permutation
+
+
+def test_report_shows_error_bars_and_flags_figures_for_a_leakage_check():
+    inputs = tiny_inputs()
+    m = inputs.metrics
+    m["lightgbm"]["h1"].update(ic_se=0.011, ic_t=0.03 / 0.011, dir_acc=0.52)
+    m["ensemble"]["h1"].update(ic=0.14, ic_se=0.02, dir_acc=0.57)
+    page = render(inputs, ReportConfig())
+    assert re.search(r'<td>0\.0300<span class="se"> ± 0\.0110</span></td>', page)  # IC ± SE in the table
+    assert "<th>IC t</th>" in page and "<td>2.73</td>" in page
+    assert "Check for leakage" in page
+    assert "ensemble, horizon 1: IC +0.1400 ± 0.0200 (|IC| above 0.1)" in page
+    assert "ensemble, horizon 1: directional accuracy 57.0% (above 55%)" in page
+    assert "lightgbm, horizon 1" not in page  # 0.03 and 52 % are ordinary
+    assert "Check for leakage" not in render(tiny_inputs(), ReportConfig())

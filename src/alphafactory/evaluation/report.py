@@ -36,9 +36,14 @@ log = logging.getLogger(__name__)
 METRICS: dict[str, tuple[str, str, int]] = {
     "ic": ("IC", "f4", 1),
     "ic_se": ("IC SE", "f4", 0),  # block-bootstrap standard error of the IC: not a score to rank
+    "ic_t": ("IC t", "f2", 0),  # IC / its SE: evidence, not a score to rank
     "rank_ic": ("rank IC", "f4", 1),
+    "rank_ic_se": ("rank IC SE", "f4", 0),
     "cs_ic_mean": ("CS IC", "f4", 1),
-    "cs_icir": ("CS ICIR", "f3", 1),
+    "cs_ic_se": ("CS IC SE", "f4", 0),  # Newey-West, lag h - 1
+    "cs_ic_t": ("CS IC t", "f2", 0),
+    "cs_icir": ("CS ICIR", "f3", 1),  # per period
+    "cs_icir_ann": ("CS ICIR ann.", "f2", 1),
     "cs_rank_ic_mean": ("CS rank IC", "f4", 1),
     "r2": ("R²", "f4", 1),
     "dir_acc": ("dir. acc.", "pct", 1),
@@ -66,8 +71,13 @@ METRICS: dict[str, tuple[str, str, int]] = {
 CLASS_METRICS = ("accuracy", "macro_f1", "log_loss", "roc_auc")  # appended under classification
 # a baseline that never trades trivially has no drawdown: not worth flagging as "beats every model"
 NOT_A_SKILL = ("max_drawdown", "ls_max_drawdown", "turnover", "n")
-DEFAULT_METRICS = ("ic", "ic_se", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
+DEFAULT_METRICS = ("ic", "ic_t", "rank_ic", "cs_ic_mean", "r2", "dir_acc", "sharpe", "ann_return", "max_drawdown",
                    "turnover", "ls_sharpe", "ls_max_drawdown")
+# a column of one of these figures shows "value ± SE" (the SE from the same row of metrics/test.json)
+SE_OF = {"ic": "ic_se", "rank_ic": "rank_ic_se", "cs_ic_mean": "cs_ic_se", "cs_rank_ic_mean": "cs_rank_ic_se"}
+# Figures above these deserve a leakage check before anything else (the report's own advice):
+LEAK_IC = 0.1  # |IC| at any horizon
+LEAK_DIR_ACC = 0.55  # directional accuracy at the 1-bar horizon
 
 
 @dataclass(frozen=True)
@@ -261,6 +271,8 @@ tr.top td.name{font-weight:700}
 figure{margin:10px 0 18px}figcaption{color:#57606a;font-size:12.5px;margin-top:4px}
 svg{max-width:100%;height:auto}
 code{background:#f0f2f5;padding:0 3px;border-radius:3px}
+span.se{color:#57606a;font-weight:400;font-size:11px}
+.leak{background:#fde8e8;border-color:#e8a0a0}
 """
 
 
@@ -331,7 +343,11 @@ def comparison_table(metrics: dict[str, Any], horizon: str, columns: tuple[str, 
                         cls = ' class="best"'
                     elif not is_model and name != "oracle" and key not in NOT_A_SKILL and (v - best[key]) * better > 0:
                         cls = ' class="beats"'
-                cells.append(f"<td{cls}>{_fmt(v, METRICS[key][1])}</td>")
+                text = _fmt(v, METRICS[key][1])
+                se = val(name, SE_OF[key]) if key in SE_OF else math.nan
+                if math.isfinite(v) and math.isfinite(se):
+                    text += f'<span class="se"> ± {_fmt(se, METRICS[key][1])}</span>'
+                cells.append(f"<td{cls}>{text}</td>")
             fam = "baseline" if not is_model and name != "oracle" else families.get(name, "ensemble")
             if name == "oracle":
                 fam = "true expectation"
@@ -436,16 +452,52 @@ def _data_section(pg: _Page) -> str:
         "<table><thead><tr><th class=\"name\">segment</th><th>start</th><th>end</th><th>rows</th>"
         f"<th class=\"name\">used for</th></tr></thead><tbody>{seg_rows}</tbody></table></div>"
         "<div class=\"box note\"><h3>How to read this</h3><ul>"
-        "<li><b>IC</b> is the correlation of forecast and realised return over all test rows. For daily "
-        "returns an IC of 0.02–0.06 is realistic and useful; above 0.1 is rare and deserves a leakage check.</li>"
+        "<li><b>IC</b> is the correlation of forecast and realised return over all test rows, shown ± its "
+        "standard error from a bootstrap of whole test dates in blocks (rows of one date share the market, "
+        "so they are not independent); <b>IC t</b> is IC / SE. <b>CS IC</b> is the mean per-date "
+        "cross-sectional IC ± its Newey–West SE (lag h − 1). For daily returns an IC of 0.02–0.06 is "
+        "realistic and useful; above 0.1 is rare and deserves a leakage check.</li>"
         "<li><b>Sharpe net</b> is the annualised Sharpe ratio of a per-symbol sign strategy (long if the "
-        "forecast is positive, short if negative) after trading costs, on non-overlapping h-bar periods. "
-        "<b>L/S</b> is the long/short book of the top and bottom names.</li>"
+        "forecast is positive, short if negative) after trading costs, on non-overlapping h-bar periods "
+        "of one clock for all symbols, averaged over the h possible start offsets; annual returns are "
+        "arithmetic. <b>L/S</b> is the long/short book of the top and bottom names (tied names share "
+        "the slots).</li>"
         "<li>Green cells: best model per column. Orange cells: a naive baseline beats every model on that "
         "figure. Baselines (zero, train mean, momentum, buy and hold) are what any model must beat.</li>"
         "<li>The test period was never used to fit, stop or select anything. With a few hundred test "
         "periods, a Sharpe ratio has a standard error of about 1 (annualised), so small differences are noise; "
         "the deflated Sharpe ratio below accounts for picking the best of several models.</li></ul></div></div>")
+
+
+def leakage_flags(metrics: dict[str, Any], horizons: list[str], names: list[str]) -> list[str]:
+    """One line of text per figure that calls for a leakage check: ``|IC| > LEAK_IC`` at any
+    horizon, directional accuracy above ``LEAK_DIR_ACC`` at the 1-bar horizon."""
+    flags = []
+    for name in names:
+        for h in horizons:
+            row = (metrics.get(name) or {}).get(h) or {}
+            ic, se, acc = row.get("ic"), row.get("ic_se"), row.get("dir_acc")
+            if isinstance(ic, (int, float)) and math.isfinite(ic) and abs(ic) > LEAK_IC:
+                err = f" ± {se:.4f}" if isinstance(se, (int, float)) and math.isfinite(se) else ""
+                flags.append(f"{name}, horizon {h[1:]}: IC {ic:+.4f}{err} (|IC| above {LEAK_IC:g})")
+            if h == "h1" and isinstance(acc, (int, float)) and math.isfinite(acc) and acc > LEAK_DIR_ACC:
+                flags.append(f"{name}, horizon 1: directional accuracy {100 * acc:.1f}% "
+                             f"(above {100 * LEAK_DIR_ACC:g}%)")
+    return flags
+
+
+def _leakage_section(pg: _Page) -> str:
+    """Figures too good to take at face value (the oracle is the truth and is not checked)."""
+    flags = leakage_flags(pg.inputs.metrics, pg.horizons, pg.models + pg.baselines)
+    if not flags:
+        return (f"<p class=\"sub\">Leakage check: no model has |IC| above {LEAK_IC:g} or 1-bar directional "
+                f"accuracy above {100 * LEAK_DIR_ACC:g}%.</p>")
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in flags)
+    return ("<div class=\"box leak\"><h3>Check for leakage</h3><p>These figures are above what forecasts "
+            f"of returns usually reach (|IC| {LEAK_IC:g}, 1-bar directional accuracy {100 * LEAK_DIR_ACC:g}%). "
+            "Before trusting them, check that no feature uses information from after the forecast time and "
+            "that labels do not overlap the training data (<code>alphafactory audit</code>); with few "
+            f"independent test periods (long horizons) read them with their error bars.</p><ul>{items}</ul></div>")
 
 
 def _selection_section(pg: _Page) -> str:
@@ -460,10 +512,22 @@ def _selection_section(pg: _Page) -> str:
         f"annualised ({_fmt(sel.get('sharpe_per_period'), 'f4')} per period over {sel.get('n_periods')} "
         f"periods; skew {_fmt(sel.get('skew'), 'f2')}, kurtosis {_fmt(sel.get('kurtosis'), 'f2')}).<br>"
         f"Probabilistic Sharpe ratio (true Sharpe &gt; 0): <b>{_fmt(sel.get('psr'), 'f3')}</b>. "
-        f"<b>Deflated Sharpe ratio</b> (true Sharpe &gt; the best of {sel.get('n_trials')} skill-less "
-        f"strategies, {_fmt(sel.get('expected_max_sharpe'), 'f4')} per period): "
+        f"<b>Deflated Sharpe ratio</b> (true Sharpe &gt; the expected best of {sel.get('n_trials')} "
+        f"skill-less trials{_trials_note(sel)}, {_fmt(sel.get('expected_max_sharpe'), 'f4')} per period): "
         f"<b>{_fmt(sel.get('dsr'), 'f3')}</b>. Values above 0.95 indicate a Sharpe ratio unlikely to be "
         "luck of the selection.</p></div>")
+
+
+def _trials_note(sel: dict[str, Any]) -> str:
+    """How the DSR's trials were counted and spread, for its sentence ("" for an older test.json)."""
+    parts = []
+    if sel.get("extra_trials"):
+        parts.append(f"{sel.get('n_candidates')} models + {sel['extra_trials']} tuning trials")
+    source = {"candidates": "the variance of the candidates' Sharpe ratios",
+              "noise": "the Sharpe variance of pure noise"}.get(sel.get("sharpe_var_source"))
+    if source:
+        parts.append(f"spread by {source}, {_fmt(sel.get('sharpe_trials_var'), 'e')}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _comparison_section(pg: _Page) -> str:
@@ -476,9 +540,10 @@ def _comparison_section(pg: _Page) -> str:
     for h in pg.horizons:
         parts.append(f"<h3>Horizon {h[1:]} bar{'s' if h != 'h1' else ''} ahead</h3>")
         parts.append(comparison_table(m, h, columns, pg.families, pg.sel.get("best_model") if h == pg.h0 else None))
-    parts.append("<p class=\"sub\">Returns and drawdowns are net of trading costs; the h-bar strategies "
-                 "hold non-overlapping h-bar periods. – means undefined (e.g. the IC of a constant "
-                 "forecast).</p>")
+    parts.append("<p class=\"sub\">± is one standard error (IC: date-block bootstrap; CS IC: Newey–West). "
+                 "Returns and drawdowns are net of trading costs; the h-bar strategies hold non-overlapping "
+                 "h-bar periods, and their figures are means over the h start offsets. – means undefined "
+                 "(e.g. the IC of a constant forecast).</p>")
     return "".join(parts)
 
 
@@ -559,7 +624,7 @@ def _footer(pg: _Page) -> str:
 
 
 # The report's sections, top to bottom: each takes the page and returns its HTML ("" to leave it out).
-SECTIONS = (_head, _data_section, _selection_section, _comparison_section, _performance_section,
+SECTIONS = (_head, _data_section, _leakage_section, _selection_section, _comparison_section, _performance_section,
             _explanations_section, _footer)
 
 
