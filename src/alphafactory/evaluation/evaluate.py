@@ -385,8 +385,9 @@ def headline(ev: Evaluation) -> dict:
     """``metrics/headline.json``: per horizon, a few figures for the review loop.
 
     ``h<k>``: the ensemble's (the first ensemble, else the best base model) IC, its
-    block-bootstrap SE, rank IC, cross-sectional IC (3+ symbols), net Sharpe, max drawdown and,
-    on synthetic data, its share of the oracle's IC; ``selection``: the model with the best net
+    date-block-bootstrap SE and t-statistic, rank IC, cross-sectional IC (3+ symbols) and its
+    Newey-West SE, net Sharpe, max drawdown and, on synthetic data, its share of the oracle's IC
+    (null with ``oracle_share_note`` when the oracle's IC is not significant); ``selection``: the model with the best net
     Sharpe among all candidates, its deflated Sharpe ratio and its probabilistic Sharpe ratio
     (P(true Sharpe > 0)); ``best``: the base model with the highest test IC (a choice made on the
     test period: read it with the DSR); ``baseline``: the best naive baseline's IC and Sharpe
