@@ -175,3 +175,40 @@ def test_method_none_leaves_fit_models_byte_identical(tmp_path):
     fit_models(ds, ("ridge",), {}, tmp_path / "b", seed=0, select=SelectConfig())
     for f in (tmp_path / "a/ridge").iterdir():
         assert f.read_bytes() == (tmp_path / "b/ridge" / f.name).read_bytes(), f.name
+
+
+@pytest.mark.slow
+def test_a_bundle_of_selected_models_forecasts_from_raw_bars(project, tmp_path):
+    """Models fitted on a selected subset, blended and bundled, forecast from raw bars what they
+    forecast in training: the bundle computes every feature and feeds each model its columns."""
+    from alphafactory import dataset
+    from alphafactory.blend import BlendConfig, Stacker
+    from alphafactory.features import FeatureConfig
+    from alphafactory.labels import LabelConfig
+    from alphafactory.serving.bundle import build_bundle
+    from alphafactory.serving.inference import FORECAST_KEYS, load_bundle, predict
+
+    repo, _ = project
+    ds = dataset.load(repo / "data/features/features.parquet", repo / "data/labels/labels.parquet",
+                      repo / "data/split/segments.parquet")
+    select = cfg("importance", top_k=15)
+    results = [*fit_models(ds, ("lightgbm",), FAST, tmp_path / "boosting", seed=0, select=select),
+               *fit_models(ds, ("ridge",), {}, tmp_path / "classical", seed=0, select=select)]
+    preds = pd.concat([r.predictions for r in results], ignore_index=True)
+    labels = pd.read_parquet(repo / "data/labels/labels.parquet")
+    Stacker(BlendConfig(), ["lightgbm", "ridge"], ds.horizons, seed=0).fit(preds, labels).save(tmp_path / "blend")
+    params = load_params(repo / "params.yaml")
+    build_bundle([tmp_path / "boosting", tmp_path / "classical"], tmp_path / "blend", tmp_path / "bundle",
+                 features=section(params, "features", FeatureConfig), label=section(params, "label", LabelConfig),
+                 lookback=params["train"]["lookback"],
+                 info=json.loads((repo / "data/prepared/info.json").read_text()))
+    bundle = load_bundle(tmp_path / "bundle")
+    kept = json.loads((tmp_path / "boosting/lightgbm/manifest.json").read_text())["meta"]["features"]
+    assert list(bundle.feature_columns) == kept and len(kept) == 15 < len(ds.feature_names)
+    out = predict(pd.read_parquet(repo / "data/prepared/bars.parquet"), bundle, asof="all")
+    for r in results:
+        ref = r.predictions[r.predictions["segment"] == "test"]
+        ref = ref.assign(horizon=ref["horizon"].astype(out["horizon"].dtype))[FORECAST_KEYS + ["yhat"]]
+        got = ref.merge(out[FORECAST_KEYS + [r.name]], on=FORECAST_KEYS, how="left")
+        assert len(got) > 1000 and got[r.name].notna().all(), r.name
+        np.testing.assert_allclose(got[r.name], got["yhat"], rtol=1e-5, atol=1e-6 * got["yhat"].abs().max())
