@@ -24,7 +24,8 @@ def main() -> None:
     ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
     with scratch_dir(args.metrics) as work:  # fold models: next to the output, not in the system temp dir
         result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
-                                extra=extra, task=train.task, scope=train.scope, workdir=work)
+                                extra=extra, task=train.task, scope=train.scope, select=train.select,
+                                workdir=work)
     write_json(result.pop("_folds"), args.fold_spans)  # bookkeeping (rows, dates), not metrics
     write_json(result, args.metrics)
 

@@ -21,7 +21,7 @@ def main() -> None:
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     ds = dataset.load(args.features, args.labels, args.segments)
     results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
-                         extra=extra)
+                         extra=extra, select=train.select)
     log_curves(results, args.live)
     write_seed_spread(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)

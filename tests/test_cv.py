@@ -172,3 +172,32 @@ def test_per_symbol_scope_leaves_out_symbols_without_train_rows(panel):
     for fid in ("fold1", "fold2"):
         assert per_sym["_folds"][fid]["test_rows"] == pooled["_folds"][fid]["test_rows"]
         assert per_sym["ridge"]["h1"][fid]["ic"] != pooled["ridge"]["h1"][fid]["ic"]  # really per symbol
+
+
+def test_feature_selection_is_refitted_on_each_folds_train_rows(panel, monkeypatch):
+    """train.select inside CV: fitted once per scored fold, on that fold's train rows (never its
+    val or test rows), and the models of the fold see only the kept columns."""
+    import alphafactory.evaluation.cv as cv_module
+    from alphafactory.feature_select import SelectConfig, select_dataset
+
+    labels, folds, ds, label_end, _ = panel
+    cfg = CVConfig(models=("ridge",), val_frac=0.25)
+    seen = []
+
+    def spy(fold_ds, select, *, seed):
+        seen.append(fold_ds.segment.copy())
+        return select_dataset(fold_ds, select, seed=seed)
+
+    monkeypatch.setattr(cv_module, "select_dataset", spy)
+    out = cross_validate(ds, labels, folds, cfg, blocks={}, seed=0,
+                         select=SelectConfig(method="correlation", top_k=1))
+    scored = [f for f in sorted(int(k[4:]) for k in out["_folds"]) if out["_folds"][f"fold{f}"]["scored"]]
+    assert len(seen) == len(scored) >= 2
+    for seg, fid in zip(seen, scored, strict=True):
+        want = fold_segments(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac)
+        np.testing.assert_array_equal(seg, want)  # the train rows it fitted on are the fold's
+        assert out["_folds"][f"fold{fid}"]["selected_features"] == ["knows"]
+        assert out["_folds"][f"fold{fid}"]["selected"] == 1
+    assert out["ridge"]["h1"]["mean"]["ic"] > 0.5  # ridge on "knows" alone still finds it
+    plain = cross_validate(ds, labels, folds, cfg, blocks={}, seed=0)
+    assert not any("selected" in s for s in plain["_folds"].values())

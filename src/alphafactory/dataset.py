@@ -1,7 +1,7 @@
 """Model-ready arrays: features joined to labels and segments, plus lazy sequence windows."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -75,6 +75,16 @@ class Dataset:
 
     def windows(self, rows: np.ndarray, lookback: int) -> Windows:
         return Windows(self.X, rows, lookback)
+
+    def with_features(self, columns: list[str]) -> Dataset:
+        """The dataset with only ``columns`` (names of ``feature_names``) of ``X``, in that order
+        (the columns ``train.select`` kept, see :mod:`alphafactory.feature_select`)."""
+        index = {n: i for i, n in enumerate(self.feature_names)}
+        missing = [c for c in columns if c not in index]
+        if missing:
+            raise ValueError(f"{len(missing)} feature column(s) not in the features table, e.g. {missing[:5]}")
+        idx = np.array([index[c] for c in columns], np.int64)
+        return replace(self, X=np.ascontiguousarray(self.X[:, idx]), feature_names=list(columns))
 
     def subset(self, rows: np.ndarray) -> Dataset:
         """The dataset restricted to ``rows`` (sorted indices), e.g. one symbol's rows."""

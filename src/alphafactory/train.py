@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +23,7 @@ from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.metrics import regression_metrics
+from alphafactory.feature_select import SelectConfig, select_dataset
 from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
@@ -44,6 +45,8 @@ class TrainConfig:
     lookback: Annotated[int, Interval(ge=1)] = 32  # bars per window of the sequence models
     task: Literal["regression", "classification"] = "regression"
     scope: Literal["pooled", "per_symbol"] = "pooled"  # one model across symbols, or one per symbol
+    # feature columns the models are fitted on, chosen on the train rows (alphafactory.feature_select)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 # Keys of a family's params section shared by all its models (not a model's block).
@@ -237,20 +240,26 @@ def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, see
 
 def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_dir: str | Path, *,
                seed: int, extra: dict[str, Any] | None = None, task: str = "regression",
-               scope: str = "pooled") -> list[TrainResult]:
+               scope: str = "pooled", select: SelectConfig | None = None) -> list[TrainResult]:
     """Fit, save (``out_dir/<name>``) and forecast each model in ``names``.
 
     blocks: params block per model name; extra: constructor arguments for every model of this
     family (lookback and trainer settings for the neural ones); task: ``train.task``; scope:
     ``train.scope`` (``pooled``: one model on every symbol's rows; ``per_symbol``: one per symbol,
     see :mod:`alphafactory.models.per_symbol`). The uncertainty calibration is fit on the val
-    forecasts of all symbols either way."""
+    forecasts of all symbols either way. select: ``train.select``; unless None or method none,
+    the feature columns are first chosen on ``ds``'s train rows only (once, for every model and
+    every symbol: :func:`alphafactory.feature_select.select_dataset`), and each model is fitted
+    on, and records in its manifest (``meta.features``, ``meta.selection``), those columns."""
     if task not in TASKS:
         raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
     if scope not in SCOPES:
         raise ValueError(f"train.scope: got {scope!r}, expected one of {list(SCOPES)}")
     results = []
+    ds, selection = select_dataset(ds, select, seed=seed)
     meta = {"features": ds.feature_names, "data_hash": data_hash(ds)}
+    if selection is not None:
+        meta["selection"] = selection.to_dict()
     for name in names:
         spec = models.get(name)
         lookback = (extra or {}).get("lookback", 1)

@@ -45,6 +45,7 @@ from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation import metrics
+from alphafactory.feature_select import SelectConfig, select_dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.progress import progress
 from alphafactory.split import ROLES
@@ -171,14 +172,17 @@ def summarise(per_fold: dict[int, dict]) -> dict:
 
 def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: CVConfig, *,
                    blocks: dict[str, Any], seed: int, extra: dict[str, dict[str, Any]] | None = None,
-                   task: str = "regression", scope: str = "pooled", workdir: str | Path | None = None) -> dict:
+                   task: str = "regression", scope: str = "pooled", select: SelectConfig | None = None,
+                   workdir: str | Path | None = None) -> dict:
     """Refit ``cfg.models`` on every fold and score their fold-test forecasts.
 
     ds: the whole panel (its ``segment`` is ignored and replaced per fold); labels: the label
     stage's table (for ``end_h{max horizon}``); folds: ``symbol, timestamp, fold, role`` from
     :func:`alphafactory.split.make_folds`; blocks: params block per model name (as the training
     stages read them); extra: constructor arguments per family (``{"neural": {"lookback": ...,
-    "trainer": ...}}``); task, scope: ``train.task`` and ``train.scope``; workdir: an existing
+    "trainer": ...}}``); task, scope: ``train.task`` and ``train.scope``; select: ``train.select``,
+    refitted on each fold's train rows (once per fold, for every model), its kept columns counted
+    in the fold's span (``selected``, only when a method is set); workdir: an existing
     directory the fold models are fitted in (the caller deletes it), else a temporary one in
     the system temp directory.
 
@@ -225,6 +229,10 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
             log.info("cv fold %d/%d: train %d rows %s..%s, val %d, test %d rows %s..%s", i + 1,
                      len(fold_ids), span["train_rows"], span["train_start"][:10], span["train_end"][:10],
                      span["val_rows"], span["test_rows"], span["test_start"][:10], span["test_end"][:10])
+            fold_ds, selection = select_dataset(fold_ds, select, seed=seed)  # on the fold's train rows
+            if selection is not None:
+                span["selected"] = len(selection.columns)
+                span["selected_features"] = selection.columns
             preds = []
             for family, names in by_family.items():
                 results = fit_models(fold_ds, tuple(names), blocks, tmp / f"fold{fid}", seed=seed,

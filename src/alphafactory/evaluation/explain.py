@@ -297,6 +297,20 @@ def _inputs(model: Model, ds: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np
     return np.asarray(ds.windows(rows, int(lookback))), rows
 
 
+def _trained_columns(loaded: list[tuple[Model, Path]], ds: Dataset) -> Dataset:
+    """``ds`` restricted to the feature columns the models were fitted on (``meta.features``),
+    when ``train.select`` chose a subset of the table's columns (the same one for every model:
+    it is fitted on the same train rows); ``ds`` itself when they were fitted on all of them."""
+    trained = {tuple((getattr(m, "meta_", {}) or {}).get("features") or ds.feature_names) for m, _ in loaded}
+    if len(trained) == 1:
+        (cols,) = trained
+        if list(cols) != list(ds.feature_names) and set(cols) <= set(ds.feature_names):
+            log.info("explain: the models were fitted on %d selected features of %d (train.select)",
+                     len(cols), len(ds.feature_names))
+            return ds.with_features(list(cols))
+    return ds
+
+
 def _check_features(model: Model, path: Path, ds: Dataset) -> None:
     trained = (getattr(model, "meta_", {}) or {}).get("features")
     if trained is not None and list(trained) != list(ds.feature_names):
@@ -318,8 +332,11 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> Explain
         if getattr(model, "scope", "pooled") == "per_symbol":
             log.info("explain: %s: per-symbol models (train.scope: per_symbol) are not explained", model.name)
             continue
+        loaded.append((model, path))
+    ds = _trained_columns(loaded, ds)
+    for model, path in loaded:
         _check_features(model, path, ds)
-        loaded.append(model)
+    loaded = [m for m, _ in loaded]
     shap_frames, info = [], []
     shap_rows = evenly_spaced(test, cfg.shap_rows)
     for model in progress([m for m in loaded if supports_shap(m)], desc="explain: tree SHAP", unit="model"):
