@@ -110,7 +110,7 @@ def closure(graph: dict[str, dict[str, int]], roots: list[str]) -> set[str]:
 
 
 def _show(cycle: list[str], graph: dict[str, dict[str, int]]) -> str:
-    return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+    return " -> ".join(f"{a} (line {graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True)) + f" -> {cycle[-1]}"
 
 
 def test_find_cycle_finds_one():

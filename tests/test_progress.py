@@ -12,6 +12,7 @@ import select
 import numpy as np
 import pytest
 
+from alphafactory import models
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.explain import permutation_importance, shap_values
 from alphafactory.progress import ENV, LogHandler, progress
