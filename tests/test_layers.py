@@ -213,3 +213,15 @@ def test_loading_a_bundle_and_forecasting_imports_neither_torch_nor_sklearn(smal
                          check=True, capture_output=True, text=True).stdout
     assert "torch" in json.loads(out.splitlines()[-1])["banned"]
 
+
+
+def test_the_families_a_bundle_runs_through_onnx_are_those_that_export():
+    """serving decides from a manifest (without importing the class) which models run through
+    ONNX Runtime: its list of families must be exactly those whose class writes an export."""
+    from alphafactory import models
+    from alphafactory.models.base import Model
+    from alphafactory.models.portable import EXPORTED_FAMILIES
+
+    for spec in models.REGISTRY.values():
+        exports = spec.cls._export is not Model._export
+        assert exports == (spec.family in EXPORTED_FAMILIES), (spec.name, spec.family, exports)
