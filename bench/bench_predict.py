@@ -64,10 +64,10 @@ def cold_load(bundle: str, split: bool) -> dict[str, float]:
 
         config = json.loads((Path(bundle) / "bundle.json").read_text())
         specs = [(m["name"], m["path"]) for m in config["models"]]
-        inference._import_libraries(Directory(bundle), specs)  # as load_bundle does, before the models
+        inference.import_boosters_without_sklearn(Directory(bundle), specs)  # as load_bundle does
         for m in config["models"]:
             if m["family"] == "neural":  # a bundle runs them through their ONNX export
-                importlib.import_module("alphafactory.models.onnx_model")
+                importlib.import_module("alphafactory.serving.onnx_runtime")
                 importlib.import_module("onnxruntime")
             else:
                 models.get(m["name"]).cls  # noqa: B018  (imports the model's module)

@@ -298,7 +298,7 @@ def test_unpicklable_weights_and_arrays_name_the_file(project, tmp_path):
     rng = np.random.default_rng(0)
     X, Y = rng.normal(size=(120, 4)).astype(np.float32), rng.normal(size=(120, 2)).astype(np.float32)
     svm = models.create("svm", {"kind": "rbf", "max_rows": 50}, horizons=(1, 2)).fit(XY(X[:80], Y[:80]), XY(X[80:], Y[80:]))
-    svm.save(tmp_path / "svm")
+    models.save(svm, tmp_path / "svm")
     f = tmp_path / "svm/h2.npz"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(ArtifactError, match=r"svm/h2.npz: cannot read this svm model file \(BadZipFile: "):

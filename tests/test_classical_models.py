@@ -133,7 +133,7 @@ def test_random_forest_averages_trees_and_is_not_early_stopped(tmp_path):
     # An average of leaf means stays within the range of the train targets (a boosted sum need not).
     pred = m.predict(np.random.default_rng(1).normal(0, 10, (500, 5)).astype(np.float32))
     assert (pred >= Y[:200].min(0)).all() and (pred <= Y[:200].max(0)).all()
-    m.save(tmp_path / "rf")
+    models.save(m, tmp_path / "rf")
     assert "average_output" in (tmp_path / "rf" / "h1.txt").read_text()
 
 
@@ -153,7 +153,7 @@ def test_svm_rbf_save_load_and_seeded_row_cap(tmp_path):
     X, Y = panel()
     params = {"kind": "rbf", "max_rows": 100}
     m = models.create("svm", params, horizons=(1, 2), seed=5).fit(XY(X[:250], Y[:250]), XY(X[250:], Y[250:]))
-    m.save(tmp_path / "svm")
+    models.save(m, tmp_path / "svm")
     loaded = models.load(tmp_path / "svm")
     np.testing.assert_array_equal(loaded.predict(X), m.predict(X))
     other = models.create("svm", params, horizons=(1, 2), seed=6).fit(XY(X[:250], Y[:250]), XY(X[250:], Y[250:]))

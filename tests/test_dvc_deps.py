@@ -108,12 +108,12 @@ def closure(start: set[str] | Path) -> set[str]:
 def discovery_imports() -> set[str]:
     """Model modules the registry imports as soon as the package loads: those whose
     ``@register`` arguments it cannot read from the source (see models/__init__.py)."""
-    from alphafactory import models
+    from alphafactory.models import registry
 
     out = set()
     for f in sorted((SRC / PKG / "models").glob("*.py")):
         name = f"{PKG}.models.{f.stem}"
-        if f.stem != "__init__" and models._registrations(name, f.read_text(encoding="utf-8")) is None:
+        if f.stem != "__init__" and registry._registrations(name, f.read_text(encoding="utf-8")) is None:
             out.add(name)
     return out
 

@@ -46,7 +46,7 @@ def fitted(name: str, X: np.ndarray, Y: np.ndarray, tmp_path) -> models.Model:
     cut = 2 * len(X) // 3
     model = models.create(name, FAST[name], horizons=HORIZONS, seed=0)
     model.fit(XY(X[:cut], Y[:cut]), XY(X[cut:], Y[cut:]))
-    model.save(tmp_path / name)
+    models.save(model, tmp_path / name)
     return models.load(tmp_path / name)
 
 
@@ -74,7 +74,7 @@ def test_shap_of_a_lightgbm_random_forest_adds_up(tmp_path):
     model.estimators_ = [lgb.train(params, lgb.Dataset(X, np.ascontiguousarray(Y[:, j])), num_boost_round=20)
                          for j in range(len(HORIZONS))]
     model.fitted_ = True
-    model.save(tmp_path / "rf")
+    models.save(model, tmp_path / "rf")
     for m in (model, models.load(tmp_path / "rf")):
         phi, base = shap_values(m, X[:25])
         np.testing.assert_allclose(phi.sum(-1) + base, m.predict(X[:25]), rtol=1e-6, atol=1e-9)

@@ -206,7 +206,9 @@ def test_load_bundle_imports_only_what_its_models_need(project):
     out = subprocess.run([sys.executable, "-c", code, str(repo / "bundle")], check=True,
                          capture_output=True, text=True).stdout
     assert json.loads(out) == sorted({models.get(m).module for m in MODELS if models.get(m).family != "neural"}
-                                     | {"alphafactory.models.base", "alphafactory.models.onnx_model"})
+                                     | {"alphafactory.models.base", "alphafactory.models.per_symbol",
+                                        "alphafactory.models.persist", "alphafactory.models.portable",
+                                        "alphafactory.models.registry"})
 
 
 def test_history_bars_covers_the_longest_memory(bundle):

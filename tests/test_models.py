@@ -11,7 +11,9 @@ import pytest
 from alphafactory import models
 from alphafactory.dataset import Windows
 from alphafactory.errors import NotFittedError
+from alphafactory.models import export, registry
 from alphafactory.models.base import XY, Model
+from alphafactory.serving import onnx_runtime
 
 HORIZONS = (1, 3)
 LOOKBACK = 8
@@ -146,7 +148,7 @@ def test_same_seed_same_predictions(fitted):
 
 def test_save_load_identical(fitted, tmp_path):
     name, model, test_X = fitted
-    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]})
+    models.save(model, tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]})
     manifest = json.loads((tmp_path / name / "manifest.json").read_text())
     assert manifest["model"] == name and manifest["horizons"] == list(HORIZONS)
     assert not list((tmp_path / name).glob("*.pkl"))
@@ -165,13 +167,13 @@ EXPORT_CASES.append(("lstm", "classification"))
 def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
     """What a bundle forecasts with: the export (scaling + network + output transform) run by
     ONNX Runtime equals the PyTorch model to float32 rounding, on lazy windows and on one row."""
-    from alphafactory.models.onnx_model import OnnxModel
+    from alphafactory.serving.onnx_runtime import OnnxModel
 
     name, model, test_X = fit_case(name, task)
-    model.save(tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]}, portable=True)
+    models.save(model, tmp_path / name, meta={"features": [f"f{i}" for i in range(N_FEAT)]}, portable=True)
     info = json.loads((tmp_path / name / "onnx.json").read_text())
     assert info["file"] == "net.onnx" and info["check"]["max_abs_diff"] <= 1e-4 * info["check"]["max_abs"]
-    portable = models.load(tmp_path / name, portable=True)
+    portable = onnx_runtime.load(tmp_path / name)
     assert isinstance(portable, OnnxModel) and type(models.load(tmp_path / name)) is type(model)
     assert (portable.name, portable.horizons, portable.task) == (name, HORIZONS, task)
     ref, got = model.predict(test_X), portable.predict(test_X)
@@ -180,14 +182,13 @@ def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
                                ref[:1], rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     if task == "classification":
         np.testing.assert_allclose(portable.predict_proba(test_X), model.predict_proba(test_X), atol=1e-6)
-    with pytest.raises(TypeError, match="only forecasts"):
-        portable.fit(None, None)
+    assert not isinstance(portable, Model) and not hasattr(portable, "fit")  # it only forecasts
 
 
 def test_onnx_export_reuses_the_graph_of_the_same_architecture(tmp_path):
     """Per-symbol models share an architecture: the second export puts its weights into the
     first one's graph (no tracing), checked like a traced one; another architecture is traced."""
-    from alphafactory.models.onnx_model import OnnxModel
+    from alphafactory.serving.onnx_runtime import OnnxModel
 
     _, first, test_X = fit_case("lstm", "regression")
     X, Y, codes = panel(seed=1)
@@ -195,10 +196,10 @@ def test_onnx_export_reuses_the_graph_of_the_same_architecture(tmp_path):
     second = make("lstm", seed=1).fit(train, val)
     wider = models.create("lstm", {"hidden": 8}, horizons=HORIZONS, lookback=LOOKBACK, trainer=TRAINER).fit(train, val)
     for name, m in (("a", first), ("b", second), ("c", wider)):
-        m.save(tmp_path / name, meta={})
-    info_a = first.export_onnx(tmp_path / "a/net.onnx")
-    info_b = second.export_onnx(tmp_path / "b/net.onnx", like=tmp_path / "a/net.onnx")
-    info_c = wider.export_onnx(tmp_path / "c/net.onnx", like=tmp_path / "a/net.onnx")
+        models.save(m, tmp_path / name, meta={})
+    info_a = export.export_onnx(first, tmp_path / "a/net.onnx")
+    info_b = export.export_onnx(second, tmp_path / "b/net.onnx", like=tmp_path / "a/net.onnx")
+    info_c = export.export_onnx(wider, tmp_path / "c/net.onnx", like=tmp_path / "a/net.onnx")
     assert (info_a["graph"], info_b["graph"], info_c["graph"]) == ("traced", "reused from ../a/net.onnx", "traced")
     for name, m in (("b", second), ("c", wider)):
         (tmp_path / name / "onnx.json").write_text(json.dumps(info_b if name == "b" else info_c))
@@ -209,13 +210,11 @@ def test_onnx_export_reuses_the_graph_of_the_same_architecture(tmp_path):
 
 
 def test_onnx_export_that_disagrees_with_pytorch_is_refused(tmp_path, monkeypatch):
-    from alphafactory.models import trainer
-
     _, model, _ = fit_case("mlp", "regression")
-    monkeypatch.setattr(trainer, "ONNX_RTOL", -1.0)  # no difference, not even 0, is small enough
+    monkeypatch.setattr(export, "ONNX_RTOL", -1.0)  # no difference, not even 0, is small enough
     with pytest.raises(ValueError, match=r"mlp: the ONNX export failed its check: mlp: ONNX Runtime and "
                                          r"PyTorch forecasts differ by up to"):
-        model.save(tmp_path / "mlp", meta={}, portable=True)
+        models.save(model, tmp_path / "mlp", meta={}, portable=True)
     assert not (tmp_path / "mlp").exists()  # nothing half written
 
 
@@ -424,7 +423,9 @@ def test_registry_is_read_without_importing_the_model_libraries():
     listed, imported = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
                                                  capture_output=True, text=True).stdout)
     assert listed == sorted(models.REGISTRY) and len(listed) >= 10
-    assert imported == ["alphafactory.models.base"]
+    # the contract, the registry and the on-disk format: no model family, no model library
+    assert imported == ["alphafactory.models.base", "alphafactory.models.per_symbol", "alphafactory.models.persist",
+                        "alphafactory.models.registry"]
     for spec in models.REGISTRY.values():
         cls = spec.cls  # imports the module
         assert (cls.name, cls.family, cls.input_kind, cls.tasks, cls.__module__) == \
@@ -432,7 +433,7 @@ def test_registry_is_read_without_importing_the_model_libraries():
 
 
 def test_registrations_are_read_statically_or_the_module_is_imported():
-    read = models._registrations
+    read = registry._registrations
     src = ("from alphafactory.models import register\nTASKS = ('classification',)\n"
            "@register('a', family='f', input_kind='tabular', tasks=TASKS)\nclass A: ...\n"
            "@register(name='b', family='f', input_kind='sequence')\nclass B: ...\n")

@@ -8,6 +8,7 @@ import torch
 
 from alphafactory import models
 from alphafactory.errors import ConfigError
+from alphafactory.models import export
 from alphafactory.models.nhits import NHITSNet, NHITSParams, interpolation_basis
 from alphafactory.models.patchtst import PatchTSTNet, PatchTSTParams, patch_layout
 from alphafactory.models.transformer import TransformerNet, TransformerParams
@@ -122,8 +123,8 @@ def test_onnx_export_bytes_depend_on_the_model_only(tmp_path):
     X, Y = rng.standard_normal((200, 8, 4)).astype(np.float32), rng.standard_normal((200, 2)).astype(np.float32)
     m = models.create("lstm", {"hidden": 8}, horizons=(1, 5), seed=0, lookback=8,
                       trainer={"epochs": 1, "device": "cpu"}).fit(XY(X[:150], Y[:150]), XY(X[150:], Y[150:]))
-    m.export_onnx(tmp_path / "a.onnx")
-    m.export_onnx(tmp_path / "b.onnx")
+    export.export_onnx(m, tmp_path / "a.onnx")
+    export.export_onnx(m, tmp_path / "b.onnx")
     raw = (tmp_path / "a.onnx").read_bytes()
     assert raw == (tmp_path / "b.onnx").read_bytes()
     root = str(Path(__file__).resolve().parents[1]).encode()

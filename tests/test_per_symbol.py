@@ -35,7 +35,7 @@ def dataset(n_sym: int = 3, n_bars: int = 200, seed: int = 0) -> Dataset:
 def test_per_symbol_fits_each_symbol_on_its_own_rows(tmp_path, name, task):
     ds = dataset()
     res = fit_models(ds, (name,), FAST, tmp_path, seed=1, task=task, scope="per_symbol")[0]
-    assert isinstance(res.model, PerSymbolModel) and res.model.symbols == ["S0", "S1", "S2"]
+    assert isinstance(res.model, PerSymbolModel) and res.model.symbols == ("S0", "S1", "S2")
     test = res.predictions[res.predictions["segment"] == "test"]
     for sym in ("S0", "S1"):  # each symbol's forecasts are those of a model fitted on it alone
         rows = np.flatnonzero(ds.keys["symbol"].to_numpy() == sym)

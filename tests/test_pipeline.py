@@ -103,7 +103,9 @@ def test_code_change_marks_only_its_stages(project):
     picks_models = {*TRAIN, "cv", "explain"}
     cases = {"src/alphafactory/models/tcn.py": picks_models,
              "src/alphafactory/models/catboost_model.py": picks_models | {"blend"},
-             "src/alphafactory/models/onnx_model.py": picks_models | {"blend", "bundle"},
+             "src/alphafactory/models/persist.py": picks_models | {"blend", "bundle"},
+             # the ONNX export: only what trains networks (the bundle copies their export)
+             "src/alphafactory/models/export.py": picks_models,
              "src/alphafactory/evaluation/cv.py": {"cv"},
              "src/alphafactory/evaluation/evaluate.py": {"evaluate", "report"},  # report prints its table
              "src/alphafactory/data/validate.py": {"prepare"},

@@ -100,11 +100,11 @@ def test_plot_tables_are_long_with_iso_dates_and_byte_stable(tmp_path):
 
 
 def test_log_curves_one_file_per_model_with_a_curve(tmp_path):
-    boost = SimpleNamespace(classifier=False, history_={"h1": {"train": [3.0, 2.0, 1.0], "val": [3.5, 3.0, 3.2]},
+    boost = SimpleNamespace(symbols=None, classifier=False, history_={"h1": {"train": [3.0, 2.0, 1.0], "val": [3.5, 3.0, 3.2]},
                                                         "h5": {"train": [4.0, 3.0], "val": [4.5, 4.4]}})
-    net = SimpleNamespace(classifier=True, history_={"train_loss": [1.1, 0.9], "val_loss": [1.2, 1.0],
+    net = SimpleNamespace(symbols=None, classifier=True, history_={"train_loss": [1.1, 0.9], "val_loss": [1.2, 1.0],
                                                      "best_epoch": [1]})
-    ridge = SimpleNamespace(classifier=False, history_={"h1": {"train": [1.0], "val": [1.5]}})
+    ridge = SimpleNamespace(symbols=None, classifier=False, history_={"h1": {"train": [1.0], "val": [1.5]}})
     results = [SimpleNamespace(name=n, model=m) for n, m in (("gbm", boost), ("net", net), ("ridge", ridge))]
     for run in ("a", "b"):
         log_curves(results, tmp_path / run)

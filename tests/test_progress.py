@@ -12,6 +12,7 @@ import select
 import numpy as np
 import pytest
 
+from alphafactory import models
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.explain import permutation_importance, shap_values
 from alphafactory.progress import ENV, LogHandler, progress
@@ -89,7 +90,7 @@ def test_bars_do_not_change_the_fit(name, monkeypatch, tmp_path, capsys):
     for value in ("0", "1"):
         monkeypatch.setenv(ENV, value)
         model, test = fit(name)
-        model.save(tmp_path / value)
+        models.save(model, tmp_path / value)
         fitted[value] = (model.predict(test), model.history_)
     assert capsys.readouterr().err  # the second fit did draw bars
     np.testing.assert_array_equal(fitted["0"][0], fitted["1"][0])

@@ -12,7 +12,8 @@ import torch
 
 from alphafactory import models
 from alphafactory.errors import ConfigError
-from alphafactory.models.onnx_model import OnnxModel
+from alphafactory.serving import onnx_runtime
+from alphafactory.serving.onnx_runtime import OnnxModel
 from alphafactory.train import SEED_IC_FILE, fit_models, log_curves, write_seed_spread
 from test_models import HORIZONS, LOOKBACK, TRAINER, panel, segments
 from test_per_symbol import dataset
@@ -76,7 +77,7 @@ def test_a_classifier_averages_probabilities_not_logits():
 @pytest.mark.parametrize("name, task", [("lstm", "regression"), ("tcn", "regression"), ("lstm", "classification")])
 def test_save_load_and_onnx_export_of_k_networks(name, task, tmp_path):
     model, test_X = fit(name, K, task)
-    model.save(tmp_path / "m", meta={}, portable=True)
+    models.save(model, tmp_path / "m", meta={}, portable=True)
     tensors = torch.load(tmp_path / "m/weights.pt", weights_only=True)
     assert {k.split(".")[0] for k in tensors if not k.startswith("_")} == {"0", "1", "2"}
     manifest = json.loads((tmp_path / "m/manifest.json").read_text())
@@ -84,7 +85,7 @@ def test_save_load_and_onnx_export_of_k_networks(name, task, tmp_path):
     loaded = models.load(tmp_path / "m")
     assert len(loaded.nets_) == K
     np.testing.assert_array_equal(loaded.predict(test_X), model.predict(test_X))
-    portable = models.load(tmp_path / "m", portable=True)  # one graph holding the k networks
+    portable = onnx_runtime.load(tmp_path / "m")  # one graph holding the k networks
     assert isinstance(portable, OnnxModel)
     ref = model.predict(test_X)
     np.testing.assert_allclose(portable.predict(test_X), ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
@@ -101,7 +102,7 @@ def test_same_seed_twice_gives_identical_bytes(tmp_path):
     X, Y, codes = panel()
     (train, val), _, _ = segments("tcn", X, Y, codes)
     for d in ("a", "b"):
-        make("tcn", K).fit(train, val).save(tmp_path / d, meta={}, portable=True)
+        models.save(make("tcn", K).fit(train, val), tmp_path / d, meta={}, portable=True)
     for f in ("weights.pt", "net.onnx", "manifest.json"):
         assert digest(tmp_path / "a" / f) == digest(tmp_path / "b" / f), f
 
@@ -113,8 +114,8 @@ def test_one_seed_is_the_model_without_the_key(name, task, tmp_path):
     assert len(one.nets_) == 1 and "members" not in one.history_
     np.testing.assert_array_equal(one.predict(test_X), without.predict(test_X))
     assert one.history_ == without.history_
-    without.save(tmp_path / "a", meta={}, portable=True)
-    one.save(tmp_path / "b", meta={}, portable=True)
+    models.save(without, tmp_path / "a", meta={}, portable=True)
+    models.save(one, tmp_path / "b", meta={}, portable=True)
     for f in ("weights.pt", "net.onnx", "manifest.json"):
         assert digest(tmp_path / "a" / f) == digest(tmp_path / "b" / f), f
 
@@ -165,6 +166,6 @@ def test_per_symbol_scope_trains_k_networks_per_symbol(tmp_path):
     extra = {"lookback": 4, "trainer": {**TRAINER, "epochs": 3, "seeds": 2}}
     res = fit_models(ds, ("mlp",), {}, tmp_path, seed=0, extra=extra, scope="per_symbol")[0]
     assert all(len(m.nets_) == 2 for m in res.model.members.values()) and res.seed_ic is None
-    loaded = models.load(tmp_path / "mlp", portable=True)
+    loaded = onnx_runtime.load(tmp_path / "mlp")
     X, syms = ds.X[-6:], ds.keys["symbol"].to_numpy()[-6:]
     np.testing.assert_allclose(loaded.predict(X, syms), res.model.predict(X, syms), rtol=1e-5, atol=1e-6)

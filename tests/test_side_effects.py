@@ -51,15 +51,16 @@ import numpy as np
 from alphafactory import models
 from alphafactory.dataset import Windows
 from alphafactory.models.base import XY
-from alphafactory.models.onnx_model import OnnxModel
+from alphafactory.serving import onnx_runtime
+from alphafactory.serving.onnx_runtime import OnnxModel
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(200, 4)).astype(np.float32)
 Y = (0.5 * X[:, :1] + rng.normal(0, 1, (200, 1))).astype(np.float32)
 m = models.create("lstm", {{"hidden": 4}}, horizons=(1,), lookback=5, trainer={{"epochs": 1, "batch_size": 64}})
 m.fit(XY(Windows(X, np.arange(4, 150), 5), Y[4:150]), XY(Windows(X, np.arange(150, 200), 5), Y[150:]))
-m.save({str(tmp_path / "lstm")!r}, meta={{}}, portable=True)
-onnx = models.load({str(tmp_path / "lstm")!r}, portable=True)
+models.save(m, {str(tmp_path / "lstm")!r}, meta={{}}, portable=True)
+onnx = onnx_runtime.load({str(tmp_path / "lstm")!r})
 assert isinstance(onnx, OnnxModel)
 print(onnx.predict(Windows(X, np.arange(4, 200), 5)).shape)
 """

@@ -92,7 +92,7 @@ def family_inputs(params: dict[str, Any], family: str, train: TrainConfig, task:
 @dataclass(frozen=True)
 class TrainResult:
     name: str
-    model: Model | PerSymbolModel
+    model: Model | PerSymbolModel  # a per-symbol model under train.scope: per_symbol
     predictions: pd.DataFrame  # symbol, timestamp, segment, model, horizon, yhat, yhat_std, prob_up
     #                            (+ p_short, p_neutral, p_long for the classification task)
     seconds: float
@@ -270,8 +270,8 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         model, forecasts = fit(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
         vrows, vpred, _ = forecasts["val"]
         seed_ic = None
-        if isinstance(model, PerSymbolModel):
-            if _seeds(next(iter(model.members.values()))) > 1:
+        if model.symbols is not None:  # a model per symbol
+            if _seeds(model.first) > 1:
                 log.info("%s: per-symbol models: the seed spread of the val IC is not computed", name)
         elif _seeds(model) > 1:
             _, val = segment_data(ds, "val", spec.input_kind, lookback)
@@ -280,9 +280,9 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
                 f"{h} {s['ic_mean']:.4f} ± {s['ic_std']:.4f} (min {s['ic_min']:.4f}, max {s['ic_max']:.4f}, "
                 f"averaged {s['ic_averaged']:.4f})" for h, s in seed_ic.items()))
         cal = fit_calibration(vpred, ds.Y[vrows], ds.vol[vrows], ds.horizons)
-        model.save(Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
-                                               "lookback": lookback if spec.input_kind == "sequence" else None},
-                   portable=True)  # PyTorch models: plus their ONNX export, which bundles forecast with
+        models.save(model, Path(out_dir) / name, meta={**meta, "calibration": cal.to_dict(),
+                                                       "lookback": lookback if spec.input_kind == "sequence" else None},
+                    portable=True)  # PyTorch models: plus their ONNX export, which bundles forecast with
         frames = []
         for seg, (rows, pred, proba) in forecasts.items():
             std, prob = apply_calibration(cal, pred, ds.vol[rows])
@@ -306,7 +306,7 @@ def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
 
     with Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
         for r in results:
-            if isinstance(r.model, PerSymbolModel):
+            if r.model.symbols is not None:
                 log.info("%s: per-symbol models: training curves not logged", r.name)
                 continue
             hist = r.model.history_

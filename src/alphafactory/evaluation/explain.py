@@ -329,7 +329,7 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> Explain
     loaded = []
     for path in dirs:
         model = models.load(path)
-        if getattr(model, "scope", "pooled") == "per_symbol":
+        if model.symbols is not None:  # one model per symbol: no one model's features to rank
             log.info("explain: %s: per-symbol models (train.scope: per_symbol) are not explained", model.name)
             continue
         loaded.append((model, path))

@@ -1,24 +1,31 @@
-"""The one contract every model family implements (scikit-learn style).
+"""The contract every forecaster satisfies, and the one every trainable model family implements.
 
-``__init__`` only stores and validates hyperparameters; ``fit(train, val)`` returns ``self``;
-fitted state ends in ``_``; ``predict(X)`` returns ``(n, H)``, one column per horizon, and raises
-:class:`NotFittedError` before ``fit``. ``save(dir)`` writes native artifacts plus ``manifest.json``;
-``Model.load(dir)`` rebuilds any registered model from them (no pickle: loading runs no code),
-reading every file through an :class:`alphafactory.io.Directory` (a bundle's verified files).
+:class:`Forecaster` is what a caller forecasts with: a pooled :class:`Model`, a per-symbol model
+(:class:`~alphafactory.models.per_symbol.PerSymbolModel`) and an exported one run by ONNX Runtime
+(:class:`~alphafactory.serving.onnx_runtime.OnnxModel`) all have the same ``predict(X,
+symbols=None)``, ``predict_proba(X, symbols=None)`` and ``expected_return(proba, symbols=None)``,
+and say what a caller needs to know (``name``, ``family``, ``input_kind``, ``horizons``, ``task``,
+``lookback``, ``symbols``) as attributes. A forecaster with one model for every row ignores
+``symbols``; one with a model per symbol routes each row by it.
+
+:class:`Model` (scikit-learn style) adds training: ``__init__`` only stores and validates
+hyperparameters; ``fit(train, val)`` returns ``self``; fitted state ends in ``_``; ``predict(X)``
+returns ``(n, H)``, one column per horizon, and raises :class:`NotFittedError` before ``fit``.
+:func:`alphafactory.models.save` writes a model's native artifacts (``_save_state``) plus
+``manifest.json``; :func:`alphafactory.models.load` rebuilds any registered model from them (no
+pickle: loading runs no code), see :mod:`alphafactory.models.persist`.
 
 Tasks (``task=`` at construction, one of the family's registered ``tasks``):
 
 * ``regression``: ``Y`` holds the targets; ``predict`` returns them.
 * ``classification``: ``Y`` holds class indices 0/1/2 (SHORT/NEUTRAL/LONG, NaN where unlabelled)
   and ``R`` the targets in return units. A family's ``_predict`` returns class probabilities
-  ``(n, H, 3)``; :meth:`Model.predict_proba` returns them and :meth:`Model.predict` turns them into
-  a return forecast ``sum_k P(k) * mean train target of class k`` (per horizon), so a classifier
-  is evaluated, calibrated and blended on the same scale as a regressor.
+  ``(n, H, 3)``; :meth:`Forecaster.predict_proba` returns them and :meth:`Forecaster.predict` turns
+  them into a return forecast ``sum_k P(k) * mean train target of class k`` (per horizon), so a
+  classifier is evaluated, calibrated and blended on the same scale as a regressor.
 """
 from __future__ import annotations
 
-import importlib.metadata
-import json
 from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,16 +34,30 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from alphafactory.config import from_dict, to_dict
+from alphafactory.config import from_dict
 from alphafactory.errors import ConfigError, NotFittedError
-from alphafactory.io import Directory, atomic_dir
+from alphafactory.io import Directory
 from alphafactory.labels import CLASS_NAMES
 from alphafactory.progress import progress
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 TASKS = ("regression", "classification")
+MANIFEST = "manifest.json"  # a saved model's description (see alphafactory.models.persist)
+# Standardised features are clipped to ±CLIP by the PyTorch families (and their ONNX export).
+CLIP = 5.0
 
+
+def standardize(x: Any, mean: Any, std: Any, clip: float | None, xp: Any = np) -> Any:
+    """The one feature-scaling rule: z-score ``(x - mean) / std``, NaN → 0 (the train mean), then
+    clipped to ±``clip`` (None: not clipped; ±inf then stays).
+
+    Written against the operations numpy and PyTorch share, so the same function scales numpy
+    arrays (``xp=np``: the classical families' :class:`~alphafactory.models.linear.Scaler`, the
+    PyTorch families' inputs) and traces into the ONNX graph of an exported network
+    (``xp=torch``: :class:`~alphafactory.models.export.PortableNet`). x: (..., F); mean, std: (F,)
+    of x's dtype; returns x's shape and dtype."""
+    z = (x - mean) / std
+    z = xp.where(xp.isnan(z), xp.zeros_like(z), z)
+    return z if clip is None else xp.clip(z, -clip, clip)
 
 
 @dataclass(frozen=True)
@@ -85,28 +106,32 @@ def class_returns(Y: np.ndarray, R: np.ndarray) -> np.ndarray:
     return out
 
 
-def _version(pkg: str) -> str | None:
-    try:
-        return importlib.metadata.version(pkg)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+class Forecaster(ABC):
+    """What a caller forecasts with (see the module docstring). Attributes:
 
+    name, family, input_kind: of the registered model (``input_kind`` ``tabular``: X (n, F);
+        ``sequence``: X (n, L, F) windows, a lazy :class:`~alphafactory.dataset.Windows` too);
+    horizons: the forecast horizons, one output column each; task: ``regression`` or
+        ``classification``; lookback: bars per window of a sequence model (None if it has none);
+    symbols: the symbols it has a model for, sorted, when it has one per symbol (rows of other
+        symbols are an error); None when one model forecasts every symbol;
+    meta_: what the training stage saved with it (feature columns, calibration; set by loading).
 
-class Model(ABC):
-    # Set by the @register decorator.
+    The default forecasts come from one model for every row (``_predict``); a per-symbol
+    forecaster overrides ``predict``, ``predict_proba`` and ``expected_return``."""
+
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     input_kind: ClassVar[str] = "tabular"
-    tasks: ClassVar[tuple[str, ...]] = ("regression",)
-    Params: ClassVar[type]  # frozen dataclass of hyperparameters
-    packages: ClassVar[tuple[str, ...]] = ()  # recorded in the manifest
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+    lookback: int | None = None
+    symbols: tuple[str, ...] | None = None
+    horizons: tuple[int, ...]
+    task: str
+    meta_: dict[str, Any]
 
-    def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
-                 seed: int = 0, task: str = "regression") -> None:
-        # the key path the user types in params.yaml: boosting.lightgbm, neural.lstm, classical.ridge
-        self.params = from_dict(self.Params, params, f"{self.family}.{self.name}")
+    def __init__(self, *, horizons: tuple[int, ...], task: str) -> None:
         self.horizons = tuple(int(h) for h in horizons)
-        self.seed = int(seed)
         if not self.horizons:
             raise ValueError(f"{self.name}: expected at least one horizon")
         if task not in TASKS:
@@ -119,6 +144,57 @@ class Model(ABC):
     @property
     def classifier(self) -> bool:
         return self.task == "classification"
+
+    @property
+    def is_fitted(self) -> bool:
+        return getattr(self, "fitted_", False)
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"model {self.name!r} is not fitted: call fit() before predict()/save()")
+
+    @abstractmethod
+    def _predict(self, X: Any) -> np.ndarray:
+        """(n, H) forecasts; classification: (n, H, 3) class probabilities."""
+
+    def predict(self, X: Any, symbols: Any = None) -> np.ndarray:
+        """(n, F) or (n, L, F) → (n, H) float64 forecasts, one column per horizon (a classifier's
+        expected return given its class probabilities). ``symbols`` (n,): each row's symbol,
+        needed only when the forecaster has a model per symbol."""
+        if self.classifier:
+            return self.expected_return(self.predict_proba(X))
+        self._check_fitted()
+        out = np.asarray(self._predict(X), dtype=np.float64)
+        return out.reshape(len(X), len(self.horizons))
+
+    def predict_proba(self, X: Any, symbols: Any = None) -> np.ndarray:
+        """Classification only: (n, H, 3) probabilities of SHORT, NEUTRAL, LONG per horizon."""
+        self._check_fitted()
+        if not self.classifier:
+            raise ValueError(f"model {self.name!r} was fitted for {self.task}, not classification: "
+                             "predict_proba is undefined")
+        out = np.asarray(self._predict(X), dtype=np.float64)
+        return out.reshape(len(X), len(self.horizons), 3)
+
+    def expected_return(self, proba: np.ndarray, symbols: Any = None) -> np.ndarray:
+        """(n, H, 3) class probabilities → (n, H) sum_k P(k) · mean train target of class k."""
+        return np.einsum("nhk,hk->nh", proba, self.class_returns_)
+
+
+class Model(Forecaster):
+    """A trainable model family (see the module docstring). Set by the ``@register`` decorator:
+    ``name``, ``family``, ``input_kind``, ``tasks``."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("regression",)
+    Params: ClassVar[type]  # frozen dataclass of hyperparameters
+    packages: ClassVar[tuple[str, ...]] = ()  # recorded in the manifest
+
+    def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
+                 seed: int = 0, task: str = "regression") -> None:
+        # the key path the user types in params.yaml: boosting.lightgbm, neural.lstm, classical.ridge
+        self.params = from_dict(self.Params, params, f"{self.family}.{self.name}")
+        super().__init__(horizons=horizons, task=task)
+        self.seed = int(seed)
 
     # -- contract -------------------------------------------------------------------------
     def fit(self, train: XY, val: XY) -> Model:
@@ -138,10 +214,6 @@ class Model(ABC):
         """Family-specific fit; stores the fitted state and ``history_``."""
 
     @abstractmethod
-    def _predict(self, X: Any) -> np.ndarray:
-        """(n, H) forecasts; classification: (n, H, 3) class probabilities."""
-
-    @abstractmethod
     def _save_state(self, directory: Path) -> dict[str, Any]:
         """Write native artifacts into ``directory``; return JSON state for the manifest."""
 
@@ -154,96 +226,13 @@ class Model(ABC):
         """Extra constructor arguments to record in the manifest (JSON-able)."""
         return {}
 
-    # -- shared behaviour -----------------------------------------------------------------
-    @property
-    def is_fitted(self) -> bool:
-        return getattr(self, "fitted_", False)
-
-    def _check_fitted(self) -> None:
-        if not self.is_fitted:
-            raise NotFittedError(f"model {self.name!r} is not fitted: call fit() before predict()/save()")
-
-    def predict(self, X: Any) -> np.ndarray:
-        """(n, F) or (n, L, F) → (n, H) float64 forecasts, one column per horizon (a classifier's
-        expected return given its class probabilities)."""
-        if self.classifier:
-            return self.expected_return(self.predict_proba(X))
-        self._check_fitted()
-        out = np.asarray(self._predict(X), dtype=np.float64)
-        return out.reshape(len(X), len(self.horizons))
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Classification only: (n, H, 3) probabilities of SHORT, NEUTRAL, LONG per horizon."""
-        self._check_fitted()
-        if not self.classifier:
-            raise ValueError(f"model {self.name!r} was fitted for {self.task}, not classification: "
-                             "predict_proba is undefined")
-        out = np.asarray(self._predict(X), dtype=np.float64)
-        return out.reshape(len(X), len(self.horizons), 3)
-
-    def expected_return(self, proba: np.ndarray) -> np.ndarray:
-        """(n, H, 3) class probabilities → (n, H) sum_k P(k) · mean train target of class k."""
-        return np.einsum("nhk,hk->nh", proba, self.class_returns_)
-
-    def save(self, directory: str | Path, meta: dict[str, Any] | None = None, *, portable: bool = False) -> None:
-        """Write the model atomically: the directory appears complete or not at all. With
-        ``portable`` (the training stages), a PyTorch model is also exported to ONNX in it
-        (:func:`~alphafactory.models.onnx_model.write_export`), for bundles."""
-        self._check_fitted()
-        with atomic_dir(directory) as tmp:
-            state = self._save_state(tmp)
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "model": self.name,
-                "family": self.family,
-                "input_kind": self.input_kind,
-                "params": to_dict(self.params),
-                "horizons": list(self.horizons),
-                "seed": self.seed,
-                "task": self.task,
-                "class_returns": self.class_returns_.tolist() if self.classifier else None,
-                "init": self._init_kwargs(),
-                "state": state,
-                "versions": {p: _version(p) for p in ("alphafactory", "numpy", *self.packages)},
-                "meta": meta or {},
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            if portable and self.family == "neural":
-                from alphafactory.models.onnx_model import write_export
-
-                write_export(self, tmp, where=Path(directory))
-
-    @staticmethod
-    def load(directory: str | Path | Directory, *, portable: bool = False) -> Model:
-        """Rebuild the saved model in ``directory`` (a path, or a :class:`~alphafactory.io.Directory`
-        such as a bundle's verified files, through which every file is then read). With
-        ``portable`` (as in a bundle), a PyTorch model loads from the ONNX export the training
-        stage writes next to it, as an :class:`~alphafactory.models.onnx_model.OnnxModel` that
-        forecasts without PyTorch; one without that export is an error."""
-        from alphafactory.models import get  # registry import is lazy to avoid a cycle
-
-        files = directory if isinstance(directory, Directory) else Directory(directory)
-        manifest = files.read_json(MANIFEST)
-        if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-            found = manifest.get("format_version") if isinstance(manifest, dict) else manifest
-            raise files.error(f"{files}/{MANIFEST}: format_version {found!r}, expected {FORMAT_VERSION}")
-        if manifest.get("scope") == "per_symbol":
-            from alphafactory.models.per_symbol import PerSymbolModel
-
-            return PerSymbolModel.load(files, manifest, portable=portable)  # type: ignore[return-value]
-        if portable and manifest.get("family") == "neural":
-            from alphafactory.models.onnx_model import OnnxModel
-
-            return OnnxModel(files, manifest)
-        cls = get(manifest["model"]).cls
-        model = cls(manifest["params"], horizons=tuple(manifest["horizons"]), seed=manifest["seed"],
-                    task=manifest.get("task", "regression"), **manifest.get("init", {}))
-        if model.classifier:
-            model.class_returns_ = np.asarray(manifest["class_returns"], np.float64)
-        model._load_state(files, manifest["state"])
-        model.meta_ = manifest.get("meta", {})
-        model.fitted_ = True
-        return model
+    def _export(self, directory: Path, *, like: Path | None = None, where: Path | None = None) -> Path | None:
+        """Write the portable form a bundle forecasts with into the saved model's ``directory``
+        (``save(..., portable=True)``); return its file, or None for a family a bundle loads
+        natively (the default). The PyTorch families export their forward pass to ONNX
+        (:func:`alphafactory.models.export.write_export`); ``like``: another model's export of
+        the same architecture to reuse the graph of; ``where``: the directory's final name."""
+        return None
 
 
 class PerHorizonModel(Model):

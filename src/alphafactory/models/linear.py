@@ -22,7 +22,7 @@ import numpy as np
 from alphafactory.config import Interval
 from alphafactory.io import Directory, atomic_path
 from alphafactory.models import register
-from alphafactory.models.base import XY, Model
+from alphafactory.models.base import XY, Model, standardize
 
 
 # -- shared by the classical families --------------------------------------------------------------
@@ -52,14 +52,12 @@ class Scaler:
         return cls(mean, np.where(std > 0, std, 1.0), clip)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        """(n, F) raw → (n, F) float64 z-scores, clipped to ±clip, NaN → 0 (the train mean)."""
-        Z = (np.asarray(X, np.float64) - self.mean) / self.scale
-        if self.clip is not None:
-            np.clip(Z, -self.clip, self.clip, out=Z)  # ±inf becomes ±clip
-        elif np.isinf(Z).any():
+        """(n, F) raw → (n, F) float64 z-scores, NaN → 0 (the train mean), clipped to ±clip
+        (:func:`alphafactory.models.base.standardize`)."""
+        Z = standardize(np.asarray(X, np.float64), self.mean, self.scale, self.clip)  # ±inf: ±clip
+        if self.clip is None and np.isinf(Z).any():
             raise ValueError(f"scaler: {int(np.isinf(Z).sum())} infinite feature values; expected finite "
                              "or NaN (or set clip)")
-        Z[np.isnan(Z)] = 0.0
         return Z
 
     def arrays(self) -> dict[str, np.ndarray]:

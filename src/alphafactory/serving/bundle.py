@@ -37,6 +37,8 @@ from alphafactory.errors import BundleError
 from alphafactory.features import FeatureConfig
 from alphafactory.io import Directory, atomic_dir, safe_relpath
 from alphafactory.labels import LabelConfig
+from alphafactory.models.persist import single_models
+from alphafactory.models.portable import EXPORTED_FAMILIES, ONNX_INFO
 
 FORMAT_VERSION = 2  # 2: PyTorch models carry an ONNX export (net.onnx, onnx.json)
 MANIFEST = "manifest.json"
@@ -212,15 +214,10 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
 def _check_exported(model_dir: Path) -> None:
     """A PyTorch model's dir (each symbol's, for a per-symbol model) must hold the ONNX export
     the training stage writes next to it: the bundle forecasts with that."""
-    from alphafactory.models.onnx_model import ONNX_INFO
-
-    man = _read_manifest(model_dir)
-    if man.get("scope") == "per_symbol":
-        for rel in man["symbols"].values():
-            _check_exported(model_dir / rel)
-    elif man.get("family") == "neural" and not (model_dir / ONNX_INFO).is_file():
-        raise BundleError(f"{model_dir / ONNX_INFO}: missing; a PyTorch model needs the ONNX export that "
-                          f"the training stage writes next to it (retrain: dvc repro train@neural)")
+    for d, man in single_models(model_dir):
+        if man.get("family") in EXPORTED_FAMILIES and not (d / ONNX_INFO).is_file():
+            raise BundleError(f"{d / ONNX_INFO}: missing; a PyTorch model needs the ONNX export that "
+                              f"the training stage writes next to it (retrain: dvc repro train@neural)")
 
 
 class VerifiedBundle(Directory):
