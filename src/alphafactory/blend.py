@@ -37,6 +37,7 @@ from alphafactory.config import Interval, NonEmpty, Unique, from_dict, to_dict
 from alphafactory.errors import ConfigError
 from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import KEYS, PROBA_COLUMNS
+from alphafactory.models.linear import ridge_solve
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
 METHODS = ("ensemble", "voting", "blending", "caruana")
@@ -96,11 +97,11 @@ def _fit(method: str, cfg: BlendConfig, X: np.ndarray, y: np.ndarray, seed: int,
             current = (current * (k - 1) + X[:, best]) / k
         return {"weights": (counts / counts.sum()).tolist(), "intercept": 0.0}
     if cfg.meta == "ridge":
-        mu, ym = X.mean(0), y.mean()
-        Xc = X - mu
-        lam = cfg.ridge_alpha * np.trace(Xc.T @ Xc) / X.shape[1]
-        coef = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y - ym))
-        return {"weights": coef.tolist(), "intercept": float(ym - mu @ coef)}
+        # ridge_alpha is in units of the members' mean forecast variance: ridge_solve's penalty
+        # is per row, so that variance is the alpha it takes
+        alpha = cfg.ridge_alpha * float(np.mean(X.var(axis=0)))
+        coef, intercept = ridge_solve(X, y[:, None], alpha)
+        return {"weights": coef[:, 0].tolist(), "intercept": float(intercept[0])}
     import catboost as cb
 
     c = cfg.catboost
