@@ -3,7 +3,9 @@ each refit trains only on rows whose labels end a purge + embargo before its blo
 block forecasts are those of a model refitted on exactly those rows."""
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from itertools import pairwise
 from pathlib import Path
 
@@ -38,16 +40,14 @@ def labels() -> pd.DataFrame:
     return make_labels(bars[~(late | gap)].reset_index(drop=True), LabelConfig(horizons=HORIZONS))
 
 
-def test_mask(labels: pd.DataFrame, test_frac: float = 0.15) -> np.ndarray:
+def _test_rows(labels: pd.DataFrame, test_frac: float = 0.15) -> np.ndarray:
+    """(n,) bool: the labels rows of the test segment."""
     cfg = SplitConfig(val_frac=0.15, test_frac=test_frac, embargo=EMBARGO)
     return assign_segments(labels, HORIZONS, cfg)["segment"].to_numpy() == "test"
 
 
-test_mask.__test__ = False  # a helper, not a test
-
-
 def test_blocks_tile_the_test_rows_with_the_cv_purge_and_embargo(labels: pd.DataFrame) -> None:
-    test = test_mask(labels)
+    test = _test_rows(labels)
     table = refit_blocks(labels, test, HORIZONS, EMBARGO, every=20)
     assert list(table.columns) == ["symbol", "timestamp", "fold", "group", "role"]
     # the gaps the CV folds are tested for: no training label window reaches its block, and at
@@ -84,7 +84,7 @@ def test_blocks_tile_the_test_rows_with_the_cv_purge_and_embargo(labels: pd.Data
 
 
 def test_rolling_window_keeps_the_last_window_bars(labels: pd.DataFrame) -> None:
-    test = test_mask(labels)
+    test = _test_rows(labels)
     expanding = refit_blocks(labels, test, HORIZONS, EMBARGO, every=25)
     rolling = refit_blocks(labels, test, HORIZONS, EMBARGO, every=25, window_bars=80)
     check_gaps(labels, rolling)
@@ -106,8 +106,8 @@ def break_panel(flip: bool):
     flips (``flip``) 150 test bars before the end, plus a noise feature."""
     bars = random_bars(n_symbols=3, n_bars=900, seed=11)
     labels = make_labels(bars, LabelConfig(horizons=HORIZONS))
-    test = assign_segments(labels, HORIZONS, SplitConfig(val_frac=0.15, test_frac=0.3, embargo=EMBARGO))
-    test = test["segment"].to_numpy() == "test"
+    seg = assign_segments(labels, HORIZONS, SplitConfig(val_frac=0.15, test_frac=0.3, embargo=EMBARGO))
+    test = seg["segment"].to_numpy() == "test"
     ts = labels["timestamp"]
     t_break = np.sort(ts[test].unique())[-150]
     rng = np.random.default_rng(0)
@@ -116,7 +116,6 @@ def break_panel(flip: bool):
     feats = labels[KEYS].assign(knows=sign * np.nan_to_num(y1) + rng.normal(0, 0.5 * np.nanstd(y1), len(y1)),
                                 noise=rng.normal(size=len(y1)))
     feats = drop_warmup(feats, 5)
-    seg = assign_segments(labels, HORIZONS, SplitConfig(val_frac=0.15, test_frac=0.3, embargo=EMBARGO))
     return labels, test, feats, seg, t_break
 
 
@@ -237,3 +236,27 @@ def test_evaluate_scores_walk_forward_models_beside_their_single_fit() -> None:
     lines = table.splitlines()
     at = {m: next(i for i, line in enumerate(lines) if line.startswith(m + " ")) for m in ("ensemble", "ridge", "ridge_wf")}
     assert at["ensemble"] < at["ridge"] < at["ridge_wf"] and lines[at["ridge_wf"] - 1] == ""  # its own group
+
+
+def test_report_compares_each_refit_with_its_single_fit() -> None:
+    from alphafactory.evaluation.report import ReportConfig, _styles, render
+    from test_explain_report import tiny_inputs
+
+    inputs = tiny_inputs()
+    m = dict(inputs.metrics)
+    m["lightgbm_wf"] = {"h1": {"ic": 0.05, "ic_se": 0.01, "sharpe": 0.9, "max_drawdown": 0.1, "r2": 0.0}}
+    m["_models"] = {"ensembles": ["ensemble"], "base": ["lightgbm"], "walk_forward": ["lightgbm_wf"],
+                    "baselines": ["zero"]}
+    page = render(dataclasses.replace(inputs, metrics=m), ReportConfig())
+    section = page[page.index("Does the edge survive refitting?"):]
+    section = section[:section.index("</table>")]
+    assert re.search(r'<td class="name">lightgbm</td><td class="fam">single fit</td><td>0\.0300 ± –</td><td>0\.50</td>', section)
+    assert re.search(r'<td class="name">lightgbm_wf</td><td class="fam">walk-forward</td><td>0\.0500 ± 0\.0100</td>'
+                     r'<td>0\.90</td><td>0\.0200</td>', section)
+    # in the comparison table under its own family; without refits the section is left out
+    assert re.search(r'<td class="name">lightgbm_wf</td><td class="fam">walk-forward</td>', page)
+    assert "Does the edge survive refitting?" not in render(inputs, ReportConfig())
+    # a refit is drawn in its single fit's colour, dash-dotted; the other models keep their colours
+    styles = _styles(["lightgbm", "ridge", "lightgbm_wf", "other_wf"])
+    assert styles["lightgbm_wf"] == {"color": styles["lightgbm"]["color"], "ls": "-."}
+    assert styles["ridge"] == _styles(["lightgbm", "ridge"])["ridge"] and styles["other_wf"]["ls"] == "-"

@@ -48,7 +48,7 @@ from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
 
 log = logging.getLogger(__name__)
-SUFFIX = "_wf"  # model name of a walk-forward refitted model: <name>_wf
+SUFFIX = "_wf"  # model name of a walk-forward refit: <name>_wf (evaluate and report pair them by it)
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,3 @@ def walk_forward(ds: Dataset, labels: pd.DataFrame, blocks_table: pd.DataFrame, 
     if out.duplicated(["model", "symbol", "timestamp", "horizon"]).any():
         raise AssertionError("backtest: a test row was forecast by two refit blocks")
     return out, spans
-
-
-def single_fit_name(name: str) -> str:
-    """The single-fit model a walk-forward model refits: ``lightgbm_wf`` → ``lightgbm``."""
-    return name.removesuffix(SUFFIX)

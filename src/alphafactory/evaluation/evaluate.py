@@ -362,7 +362,7 @@ def headline(ev: Evaluation) -> dict:
             entry["best"] = _figures(result[best][key], best)
         wf = _best(result, roles.get("walk_forward", []), key, "ic")
         if wf is not None:
-            single = wf.removesuffix("_wf")
+            single = wf.removesuffix("_wf")  # backtest.SUFFIX (not imported: it would pull in the models)
             entry["walk_forward"] = _figures(result[wf][key], wf)
             if single in result:
                 entry["walk_forward"]["single_fit"] = _figures(result[single][key], single)
