@@ -18,6 +18,7 @@ import yaml
 from alphafactory import models, stage
 from alphafactory.blend import BlendConfig
 from alphafactory.config import ConfigError, Interval, NonEmpty, Unique, load_params, section, to_dict
+from alphafactory.evaluation.backtest import BacktestConfig
 from alphafactory.evaluation.cv import CVConfig
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.evaluation.explain import ExplainConfig
@@ -32,7 +33,8 @@ CASES = [("train", TrainConfig, "lookback", 0), ("split", SplitConfig, "embargo"
          ("label", LabelConfig, "horizons", []),
          ("evaluate", EvaluateConfig, "cost_bps", -5), ("evaluate", EvaluateConfig, "ls_quantile", 0.9),
          ("split", SplitConfig, "val_frac", 1.5), ("blend", BlendConfig, "oof_folds", 0),
-         ("cv", CVConfig, "val_frac", 0), ("explain", ExplainConfig, "perm_seeds", 0)]
+         ("cv", CVConfig, "val_frac", 0), ("backtest", BacktestConfig, "retrain_every", 0),
+         ("explain", ExplainConfig, "perm_seeds", 0)]
 
 
 def with_value(name: str, key: str, value) -> dict:
@@ -54,7 +56,7 @@ def test_bad_value_is_one_line_naming_the_key(name, cls, key, value, capsys):
 def test_a_stage_script_prints_one_line_for_a_bad_value(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value("evaluate", "cost_bps", -5)))
-    paths = [a for p in ("preds", "blend", "bars", "info", "labels", "segments", "oracle", "metrics", "oracle-metrics",
+    paths = [a for p in ("preds", "blend", "walk-forward", "bars", "info", "labels", "segments", "oracle", "metrics", "oracle-metrics",
                          "headline", "predictions", "plots") for a in (f"--{p}", str(tmp_path / p))]
     p = subprocess.run([sys.executable, "stages/evaluate.py", "--params", str(bad), *paths], cwd=ROOT,
                        capture_output=True, text=True)

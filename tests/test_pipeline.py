@@ -16,8 +16,8 @@ from pipeline_utils import MODELS, ran_stages, sh
 
 pytestmark = pytest.mark.slow
 TRAIN = {"train@boosting", "train@neural", "train@classical"}
-STAGES = {"check_params", "prepare", "featurize", "label", "split", *TRAIN, "blend", "bundle", "evaluate", "cv", "explain",
-          "report"}
+STAGES = {"check_params", "prepare", "featurize", "label", "split", *TRAIN, "blend", "bundle", "backtest", "evaluate",
+          "cv", "explain", "report"}
 
 
 def test_stage_commands_run_the_code_dvc_hashes(project):
@@ -88,6 +88,31 @@ def test_cv_metrics_per_fold_mean_and_std(project):
     sh(repo, "dvc", "checkout", "-q")
 
 
+def test_walk_forward_refits_are_scored_beside_the_single_fits(project):
+    repo, _ = project
+    m = json.loads((repo / "metrics/test.json").read_text())
+    assert m["_models"]["walk_forward"] == ["lightgbm_wf", "ridge_wf"]  # backtest.models
+    assert {"lightgbm_wf", "ridge_wf"} <= set(m["_selection"]["candidates"])  # counted in the DSR trials
+    blocks = json.loads((repo / "metrics/backtest_folds.json").read_text())
+    wf = pd.read_parquet(repo / "data/preds/backtest.parquet")
+    single = pd.read_parquet(repo / "data/preds/boosting.parquet")
+    single = single[(single["model"] == "lightgbm") & (single["segment"] == "test")]
+    # the blocks forecast exactly the single fit's test rows, each once
+    lgb = wf[wf["model"] == "lightgbm_wf"]
+    keys = ["symbol", "timestamp", "horizon"]
+    assert not lgb.duplicated(keys).any() and len(lgb) == len(single)
+    assert len(lgb.merge(single[keys], on=keys)) == len(single)
+    assert sum(b["test_rows"] for b in blocks.values()) * 3 == len(lgb)  # 3 horizons
+    for b in blocks.values():  # each refit fits (train, then val) before the block it forecasts
+        assert b["train_end"] < b["val_start"] <= b["val_end"] < b["test_start"]
+    for h in ("h1", "h5", "h20"):
+        assert math.isfinite(m["lightgbm_wf"][h]["ic"]) and m["lightgbm_wf"][h]["n"] == m["lightgbm"][h]["n"]
+    head = json.loads((repo / "metrics/headline.json").read_text())
+    assert head["h1"]["walk_forward"]["model"] in ("lightgbm_wf", "ridge_wf")
+    assert head["h1"]["walk_forward"]["single_fit"]["model"] == head["h1"]["walk_forward"]["model"][:-3]
+    assert "Does the edge survive refitting?" in (repo / "reports/index.html").read_text()
+
+
 def test_second_repro_is_a_noop(project):
     repo, _ = project
     out = sh(repo, "dvc", "repro")
@@ -100,13 +125,14 @@ def test_code_change_marks_only_its_stages(project):
     # The stages that pick models at run time (train@<family> by its params, cv by cv.models,
     # explain by the saved manifests) depend on the whole model directory; blend and bundle
     # import a few model modules by name (tests/test_dvc_deps.py derives all of them).
-    picks_models = {*TRAIN, "cv", "explain"}
+    picks_models = {*TRAIN, "cv", "backtest", "explain"}
     cases = {"src/alphafactory/models/tcn.py": picks_models,
              "src/alphafactory/models/catboost_model.py": picks_models | {"blend"},
-             "src/alphafactory/models/persist.py": picks_models | {"blend", "bundle"},
-             # the ONNX export: only what trains networks (the bundle copies their export)
-             "src/alphafactory/models/export.py": picks_models,
-             "src/alphafactory/evaluation/cv.py": {"cv"},
+            "src/alphafactory/models/persist.py": picks_models | {"blend", "bundle"},
+            # the ONNX export: only what trains networks (the bundle copies their export)
+            "src/alphafactory/models/export.py": picks_models,
+            "src/alphafactory/evaluation/cv.py": {"cv", "backtest"},
+            "src/alphafactory/evaluation/backtest.py": {"backtest"},
              "src/alphafactory/evaluation/evaluate.py": {"evaluate", "report"},  # report prints its table
              "src/alphafactory/data/validate.py": {"prepare"},
              # every stage writes through io.py
@@ -201,13 +227,14 @@ def test_exp_run_classification_per_symbol_end_to_end(project, tmp_path):
     repo, _ = project
     out = sh(repo, "dvc", "exp", "run", "-n", "cls", "-S", "train.task=classification",
              "-S", "train.scope=per_symbol", "-S", "boosting.models=[lightgbm]", "-S", "neural.models=[lstm]",
-             "-S", "classical.models=[logistic]", "-S", "cv.models=[lightgbm]")
-    assert TRAIN | {"blend", "evaluate", "cv"} <= ran_stages(out)
+             "-S", "classical.models=[logistic]", "-S", "cv.models=[lightgbm]", "-S", "backtest.models=[lightgbm]")
+    assert TRAIN | {"blend", "backtest", "evaluate", "cv"} <= ran_stages(out)
     m = json.loads((repo / "metrics/test.json").read_text())
     for model in ("lightgbm", "lstm", "logistic", "ensemble"):
         fig = m[model]["h1"]
         assert 0 < fig["accuracy"] <= 1 and fig["log_loss"] > 0 and math.isfinite(fig["ic"]), model
     assert "accuracy" not in m["momentum"]["h1"]  # baselines have no class probabilities
+    assert 0 < m["lightgbm_wf"]["h1"]["accuracy"] <= 1  # per-symbol refits of a classifier
     conf = pd.read_csv(repo / "metrics/plots/confusion.csv")
     assert set(conf["actual"]) == {"SHORT", "NEUTRAL", "LONG"}
     cv = json.loads((repo / "metrics/cv.json").read_text())

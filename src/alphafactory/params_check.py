@@ -14,6 +14,7 @@ from alphafactory.blend import BlendConfig
 from alphafactory.config import section
 from alphafactory.data.sources import DataConfig
 from alphafactory.errors import ConfigError
+from alphafactory.evaluation.backtest import BacktestConfig
 from alphafactory.evaluation.cv import CVConfig
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.evaluation.explain import ExplainConfig
@@ -26,8 +27,8 @@ from alphafactory.train import TrainConfig
 # Sections parsed by a dataclass; the model-family sections are checked against the registry.
 SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "label": LabelConfig,
                              "split": SplitConfig, "train": TrainConfig, "blend": BlendConfig,
-                             "evaluate": EvaluateConfig, "cv": CVConfig, "explain": ExplainConfig,
-                             "report": ReportConfig}
+                             "evaluate": EvaluateConfig, "cv": CVConfig, "backtest": BacktestConfig,
+                             "explain": ExplainConfig, "report": ReportConfig}
 FAMILIES = ("boosting", "neural", "classical")
 
 

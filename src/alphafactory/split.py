@@ -23,6 +23,10 @@ every earlier group), ``rolling`` walk-forward (the same test blocks, training l
 last ``cv_train_bars`` distinct timestamps before the gap), and ``cpcv``, combinatorial purged
 cross-validation: ``cv_folds`` groups, every choice of ``cv_test_groups`` of them is one split
 (C(N, k) folds), training rows before and after the test blocks.
+
+Walk-forward refit blocks (:func:`refit_blocks`, the ``backtest`` stage) apply the same purge and
+embargo before each block of the *test* segment: a model refitted for block k trains only on rows
+whose labels end, purge and embargo included, before the block starts.
 """
 from __future__ import annotations
 
@@ -123,11 +127,12 @@ def development_mask(labels: pd.DataFrame, horizons: tuple[int, ...], cfg: Split
     return (ts < test_start) & ~np.isnat(end) & (end < test_start)
 
 
-class _FoldBuilder:
-    """Per-row arrays shared by every fold of one labels panel (sorted by symbol, timestamp)."""
+class _Panel:
+    """Per-row arrays of one labels panel (sorted by symbol, timestamp) and the purge + embargo
+    gaps around a block of timestamps, shared by the CV folds and the walk-forward refit blocks."""
 
-    def __init__(self, labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig, n_groups: int):
-        self.cfg = cfg
+    def __init__(self, labels: pd.DataFrame, horizons: tuple[int, ...], embargo: int):
+        self.embargo = embargo
         self.symbol = labels["symbol"].to_numpy()
         self.ts = labels["timestamp"].to_numpy("datetime64[ns]")
         self.end = labels[f"end_h{max(horizons)}"].to_numpy("datetime64[ns]")
@@ -140,17 +145,6 @@ class _FoldBuilder:
         # 0-based position of each row among its symbol's rows (bars), for per-symbol embargoes
         starts = np.r_[0, np.flatnonzero(~same) + 1]
         self.pos = np.arange(len(self.ts)) - np.repeat(starts, np.diff(np.r_[starts, len(self.ts)]))
-        self.dev = development_mask(labels, horizons, cfg)
-        self.stamps = np.unique(self.ts[self.dev])  # distinct development timestamps, sorted
-        if len(self.stamps) < 2 * n_groups:
-            raise ValueError(
-                f"split.cv_folds: {n_groups} time groups need at least {2 * n_groups} distinct "
-                f"timestamps before the test segment, got {len(self.stamps)}"
-            )
-        # time group of each distinct timestamp: n_groups contiguous runs of near-equal length
-        self.stamp_group = np.arange(len(self.stamps)) * n_groups // len(self.stamps)
-        self.group = np.full(len(self.ts), -1, dtype=np.int64)
-        self.group[self.dev] = self.stamp_group[np.searchsorted(self.stamps, self.ts[self.dev])]
 
     def _count(self, mask: np.ndarray) -> np.ndarray:
         """Rows of each row's symbol that satisfy ``mask``, broadcast to rows: (n,)."""
@@ -164,7 +158,7 @@ class _FoldBuilder:
         purged = before & (self.end >= t0)
         reach = np.zeros(self.n_sym)
         np.maximum.at(reach, self.codes[purged], rank[purged])
-        return before & (purged | (rank <= reach[self.codes] + self.cfg.embargo))
+        return before & (purged | (rank <= reach[self.codes] + self.embargo))
 
     def _gap_after(self, t1: np.datetime64, label_end: np.datetime64) -> np.ndarray:
         """Rows after a test block ending at t1 that may not train: the purge (timestamp at or
@@ -172,7 +166,26 @@ class _FoldBuilder:
         ``embargo`` bars of each symbol."""
         after_purge = self.ts > label_end
         rank = self.pos - self._count(~after_purge) + 1  # 1 = the symbol's first bar after it
-        return (self.ts > t1) & (~after_purge | (rank <= self.cfg.embargo))
+        return (self.ts > t1) & (~after_purge | (rank <= self.embargo))
+
+
+class _FoldBuilder(_Panel):
+    """The panel plus the time groups of the development period that the CV folds hold out."""
+
+    def __init__(self, labels: pd.DataFrame, horizons: tuple[int, ...], cfg: SplitConfig, n_groups: int):
+        super().__init__(labels, horizons, cfg.embargo)
+        self.cfg = cfg
+        self.dev = development_mask(labels, horizons, cfg)
+        self.stamps = np.unique(self.ts[self.dev])  # distinct development timestamps, sorted
+        if len(self.stamps) < 2 * n_groups:
+            raise ValueError(
+                f"split.cv_folds: {n_groups} time groups need at least {2 * n_groups} distinct "
+                f"timestamps before the test segment, got {len(self.stamps)}"
+            )
+        # time group of each distinct timestamp: n_groups contiguous runs of near-equal length
+        self.stamp_group = np.arange(len(self.stamps)) * n_groups // len(self.stamps)
+        self.group = np.full(len(self.ts), -1, dtype=np.int64)
+        self.group[self.dev] = self.stamp_group[np.searchsorted(self.stamps, self.ts[self.dev])]
 
     def fold(self, test_groups: tuple[int, ...], walk_forward: bool) -> tuple[np.ndarray, np.ndarray]:
         """(train, test) row masks for one fold holding out ``test_groups`` (sorted)."""
@@ -289,3 +302,61 @@ def fold_summary(folds: pd.DataFrame) -> list[dict]:
             "test_start": str(te["timestamp"].min()), "test_end": str(te["timestamp"].max()),
         })
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Walk-forward refit blocks over the test segment (the backtest stage)
+# ---------------------------------------------------------------------------------------------
+
+
+def refit_blocks(labels: pd.DataFrame, test: np.ndarray, horizons: tuple[int, ...], embargo: int,
+                 every: int, window_bars: int | None = None) -> pd.DataFrame:
+    """Refit blocks of a walk-forward backtest over the test segment.
+
+    The distinct timestamps of the ``test`` rows are cut into consecutive blocks of ``every``
+    timestamps (the last one may be shorter); block k forecasts the test rows of its timestamps
+    ``[t_k, t_{k+1})``, so the blocks tile the test rows without overlap. Its model trains on the
+    labelled rows before ``t_k`` of any segment (train, val, purged, the earlier test blocks) minus
+    the gap a CV fold leaves before its test block (:meth:`_Panel._gap_before`): the purge (a
+    label ending at or after ``t_k``) plus ``embargo`` bars of each symbol before the purged ones.
+    ``window_bars`` (rolling window): keep only the last ``window_bars`` distinct timestamps of
+    those rows; None: an expanding window.
+
+    labels: :func:`alphafactory.labels.make_labels` output (sorted by symbol, timestamp); test:
+    (n,) bool, the labels rows of the test segment (:func:`assign_segments`). Returns the long
+    table of :func:`walk_forward_folds`: ``symbol, timestamp, fold, group, role`` (fold: the
+    block; group: the block whose timestamps the row's falls in, -1 before the first; role
+    train | test), which :func:`alphafactory.evaluation.cv.fold_segments` turns into segments.
+    """
+    if every < 1:
+        raise ValueError(f"refit_blocks: got every={every}, expected >= 1")
+    panel = _Panel(labels, horizons, embargo)
+    test = np.asarray(test, dtype=bool)
+    if test.shape != panel.ts.shape:
+        raise ValueError(f"refit_blocks: test mask has {test.shape[0]} rows, labels {panel.ts.shape[0]}")
+    stamps = np.unique(panel.ts[test])
+    if not len(stamps):
+        raise ValueError("refit_blocks: the test segment has no rows")
+    starts = stamps[::every]
+    labelled = ~np.isnat(panel.end)
+    group = np.searchsorted(starts, panel.ts, side="right") - 1  # block of each row's timestamp; -1 before
+    parts = []
+    for k, t0 in enumerate(starts):
+        t1 = starts[k + 1] if k + 1 < len(starts) else None
+        block = test & (panel.ts >= t0) & (True if t1 is None else panel.ts < t1)
+        train = labelled & (panel.ts < t0) & ~panel._gap_before(t0)
+        if window_bars is not None:
+            fit_stamps = np.unique(panel.ts[train])
+            if len(fit_stamps) < window_bars:
+                raise ValueError(
+                    f"backtest.window_bars: got {window_bars}, but refit block {k} has only "
+                    f"{len(fit_stamps)} training timestamps before it; expected <= {len(fit_stamps)}")
+            train &= panel.ts >= fit_stamps[-window_bars]
+        if not train.any():
+            raise ValueError(f"refit_blocks: block {k} (from {t0}) has no training rows before it")
+        rows = np.flatnonzero(train | block)
+        parts.append(pd.DataFrame({
+            "symbol": panel.symbol[rows], "timestamp": panel.ts[rows], "fold": np.int64(k),
+            "group": group[rows], "role": np.where(block[rows], ROLES[1], ROLES[0]),
+        }))
+    return pd.concat(parts, ignore_index=True)

@@ -104,7 +104,7 @@ def _symbols_with_train_and_val(ds: Dataset) -> Dataset:
     return ds.subset(np.flatnonzero(np.isin(ds.sym_codes, fit)))
 
 
-def _period(ds: Dataset, seg: np.ndarray) -> dict[str, Any]:
+def segment_spans(ds: Dataset, seg: np.ndarray) -> dict[str, Any]:
     """Rows and time span of the train, val and test parts of one fold (JSON-ready; the span of
     an empty part is None)."""
     ts = ds.keys["timestamp"]
@@ -216,7 +216,7 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
             fold_ds = dataclasses.replace(ds, segment=seg)
             if scope == "per_symbol":
                 fold_ds = _symbols_with_train_and_val(fold_ds)
-            span = _period(fold_ds, fold_ds.segment)
+            span = segment_spans(fold_ds, fold_ds.segment)
             spans[f"fold{fid}"] = span
             short = [f"{span[f'{part}_rows']} {part}" for part in ("train", "val", "test")
                      if span[f"{part}_rows"] < MIN_ROWS]

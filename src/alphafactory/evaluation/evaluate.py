@@ -9,6 +9,11 @@ probabilities also gets accuracy, macro and per-class F1, log loss and one-vs-re
 against the label stage's SHORT/NEUTRAL/LONG class on the same rows, and the confusion-matrix
 plot shows its predicted (most probable) class against the true one. Under regression that plot
 shows the direction (sign) of the forecast against the direction of the realised return.
+
+Walk-forward models (the backtest stage's ``<name>_wf``, refitted every few test bars) are scored
+like every other model, on the same rows; ``_models`` lists them under ``walk_forward``, and the
+headline puts the best of them beside its single fit. They are selection candidates: a
+walk-forward refit is one more strategy tried, so it counts in the deflated Sharpe's trials.
 """
 from __future__ import annotations
 
@@ -202,9 +207,10 @@ class Evaluation:
 
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
              oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = (),
-             extra_trials: int = 0) -> Evaluation:
+             extra_trials: int = 0, walk_forward: tuple[str, ...] = ()) -> Evaluation:
     """Score every model of ``preds`` (test rows, long format, baselines included); ``ensembles``
-    names the models of ``preds`` that are blends of the others (the blend stage's).
+    names the models of ``preds`` that are blends of the others (the blend stage's),
+    ``walk_forward`` those refitted through the test period (the backtest stage's).
 
     ``extra_trials``: configurations tried before these models and not scored here (e.g. the
     trials of a hyperparameter search); they count in the deflated Sharpe ratio's number of
@@ -214,7 +220,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
     rows and each model's ``oracle_share`` = its IC / the oracle's IC, null at a horizon where
     the oracle's IC is not significant (``_oracle_share`` says why, per horizon; see
     :func:`oracle_share_status`). ``_models`` (not a model) lists the ``ensembles``, ``base``
-    models and ``baselines`` scored."""
+    models, ``walk_forward`` models and ``baselines`` scored."""
     if isinstance(extra_trials, bool) or not isinstance(extra_trials, int | np.integer) or extra_trials < 0:
         raise ValueError(f"extra_trials must be an integer >= 0, got {extra_trials!r}")
     horizons = sorted(preds["horizon"].unique())
@@ -249,7 +255,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
     result["_selection"] = selections[int(horizons[0])]  # not a model: see select_best
     if oracle_notes:
         result["_oracle_share"] = oracle_notes  # not a model: whether oracle_share is defined, per horizon
-    result["_models"] = model_roles(models, ensembles)
+    result["_models"] = model_roles(models, ensembles, walk_forward)
     return Evaluation(result, pd.concat(long_frames, ignore_index=True), plots, selections)
 
 
@@ -299,9 +305,9 @@ def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: i
                 periods_per_year: float, cfg: EvaluateConfig, extra_trials: int = 0) -> dict:
     """The model with the highest net Sharpe at ``horizon`` and its deflated Sharpe ratio.
 
-    Candidates are every scored model except the baselines (base models and ensembles). The DSR
-    (Bailey & Lopez de Prado 2014) is the probability that the winner's true Sharpe ratio beats
-    the expected best of ``n_trials`` skill-less strategies, with:
+    Candidates are every scored model except the baselines (base models, ensembles and
+    walk-forward refits). The DSR (Bailey & Lopez de Prado 2014) is the probability that the
+    winner's true Sharpe ratio beats the expected best of ``n_trials`` skill-less strategies, with:
 
     * ``n_trials = n_candidates + extra_trials``: every configuration that was tried, the
       candidates scored here and ``extra_trials`` tried before (tuning trials). Each counts as
@@ -371,14 +377,23 @@ def _best(result: dict, names: list[str], key: str, metric: str) -> str | None:
     return max(scored, key=scored.get) if scored else None
 
 
-def model_roles(models: list[str], ensembles: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
-    """Split scored model names, in their order, into ``ensembles``, ``base`` models and ``baselines``."""
-    roles: dict[str, list[str]] = {"ensembles": [], "base": [], "baselines": []}
+def model_roles(models: list[str], ensembles: tuple[str, ...] | list[str] = (),
+                walk_forward: tuple[str, ...] | list[str] = ()) -> dict[str, list[str]]:
+    """Split scored model names, in their order, into ``ensembles``, ``base`` models,
+    ``walk_forward`` models and ``baselines``."""
+    roles: dict[str, list[str]] = {"ensembles": [], "base": [], "walk_forward": [], "baselines": []}
     for m in models:
         if m == "oracle" or m.startswith("_"):
             continue
-        roles["baselines" if m in BASELINES else "ensembles" if m in ensembles else "base"].append(m)
+        role = ("baselines" if m in BASELINES else "ensembles" if m in ensembles
+                else "walk_forward" if m in walk_forward else "base")
+        roles[role].append(m)
     return roles
+
+
+def _figures(row: dict, model: str) -> dict:
+    """The headline's short figures of one model: name, IC, its SE and net Sharpe."""
+    return {"model": model, "ic": _sig(row["ic"]), "ic_se": _sig(row["ic_se"]), "sharpe": _sig(row["sharpe"])}
 
 
 def headline(ev: Evaluation) -> dict:
@@ -390,7 +405,10 @@ def headline(ev: Evaluation) -> dict:
     (null with ``oracle_share_note`` when the oracle's IC is not significant); ``selection``: the model with the best net
     Sharpe among all candidates, its deflated Sharpe ratio and its probabilistic Sharpe ratio
     (P(true Sharpe > 0)); ``best``: the base model with the highest test IC (a choice made on the
-    test period: read it with the DSR); ``baseline``: the best naive baseline's IC and Sharpe
+    test period: read it with the DSR); ``walk_forward`` (when the backtest stage ran): the
+    walk-forward model with the highest test IC, its IC, SE and Sharpe, and under ``single_fit``
+    the same figures of the model it refits (``lightgbm`` for ``lightgbm_wf``), so a reviewer sees
+    whether the edge survives refitting; ``baseline``: the best naive baseline's IC and Sharpe
     (each with its name). Figures are rounded to 4 significant
     digits (``metrics/test.json`` has them in full); an undefined one is null."""
     result = ev.metrics
@@ -408,8 +426,13 @@ def headline(ev: Evaluation) -> dict:
         entry["selection"] = {"model": sel["best_model"], "dsr": _sig(sel["dsr"]), "psr": _sig(sel["psr"]),
                               "n_trials": sel["n_trials"]}
         if best is not None:
-            b = result[best][key]
-            entry["best"] = {"model": best, "ic": _sig(b["ic"]), "ic_se": _sig(b["ic_se"]), "sharpe": _sig(b["sharpe"])}
+            entry["best"] = _figures(result[best][key], best)
+        wf = _best(result, roles.get("walk_forward", []), key, "ic")
+        if wf is not None:
+            single = wf.removesuffix("_wf")  # backtest.SUFFIX (not imported: it would pull in the models)
+            entry["walk_forward"] = _figures(result[wf][key], wf)
+            if single in result:
+                entry["walk_forward"]["single_fit"] = _figures(result[single][key], single)
         base: dict = {}
         for metric in ("ic", "sharpe"):
             name = _best(result, roles["baselines"], key, metric)
@@ -434,7 +457,10 @@ def summary_table(metrics_: dict, headline_: dict) -> str:
     roles = metrics_["_models"]
     keys = list(headline_)
     shown_baselines = {headline_[k].get("baseline", {}).get(f"{m}_model") for k in keys for m in ("ic", "sharpe")}
-    rows = roles["ensembles"] + roles["base"] + [m for m in roles["baselines"] if m in shown_baselines]
+    groups = [roles["ensembles"], roles["base"], roles.get("walk_forward", []),
+              [m for m in roles["baselines"] if m in shown_baselines]]
+    rows = [m for g in groups for m in g]
+    group_of = {m: i for i, g in enumerate(groups) for m in g}
 
     def cell(m: str, k: str) -> str:
         r = metrics_[m][k]
@@ -448,8 +474,8 @@ def summary_table(metrics_: dict, headline_: dict) -> str:
     head = " " * width + "".join(f"{k + ': IC ± SE    Sharpe':>27}" for k in keys)
     lines = ["Test period, net of costs (IC ± block-bootstrap SE; Sharpe annualised; * = selected)", head]
     for i, m in enumerate(rows):
-        if i and (m in roles["base"]) != (rows[i - 1] in roles["base"]):
-            lines.append("")  # ensembles | base models | baselines
+        if i and group_of[m] != group_of[rows[i - 1]]:
+            lines.append("")  # ensembles | base models | walk-forward refits | baselines
         lines.append(f"{m:<{width}}" + "".join(f"{cell(m, k):>27}" for k in keys))
     for k in keys:
         sel = headline_[k]["selection"]

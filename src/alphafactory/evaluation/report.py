@@ -123,13 +123,21 @@ def _svg(fig: plt.Figure) -> str:
     return re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
 
 
+WALK_FORWARD = "_wf"  # name suffix of the backtest stage's walk-forward refits (lightgbm_wf)
+
+
 def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
     """Distinct solid line colours: tab10 without its grey (grey marks the baselines), then Dark2;
-    dashed only beyond those 17 names."""
+    dashed only beyond those 17 names. A walk-forward refit (``<model>_wf``) of a model drawn too
+    takes that model's colour, dash-dotted, so the pair reads as one."""
     palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]
     palette += [c for i, c in enumerate(plt.get_cmap("Dark2").colors) if i != 7]
-    return {n: {"color": palette[i % len(palette)], "ls": "-" if i < len(palette) else "--"}
-            for i, n in enumerate(names)}
+    paired = {n for n in names if n.endswith(WALK_FORWARD) and n.removesuffix(WALK_FORWARD) in names}
+    own = [n for n in names if n not in paired]
+    out = {n: {"color": palette[i % len(palette)], "ls": "-" if i < len(palette) else "--"}
+           for i, n in enumerate(own)}
+    out.update({n: {"color": out[n.removesuffix(WALK_FORWARD)]["color"], "ls": "-."} for n in paired})
+    return out
 
 
 def _dates(ts: pd.Series) -> pd.Series:
@@ -304,7 +312,7 @@ def _groups(metrics: dict[str, Any], families: dict[str, str]) -> tuple[list[str
     baselines = [b for b in sel.get("baselines", []) if b in metrics]
     other = [n for n in names if n == "oracle"]
     models = [n for n in names if n not in baselines and n not in other]
-    order = {"boosting": 0, "neural": 1, "classical": 2, "ensemble": 3}
+    order = {"boosting": 0, "neural": 1, "classical": 2, "ensemble": 3, "walk-forward": 4}
     models.sort(key=lambda n: order.get(families.get(n, "ensemble"), 2))
     return models, baselines, other
 
@@ -415,6 +423,7 @@ class _Page:
         m = inputs.metrics
         models_csv = inputs.explain.get("models.csv", pd.DataFrame(columns=["model", "family", "method"]))
         families = dict(zip(models_csv["model"], models_csv["family"], strict=True))
+        families.update({w: "walk-forward" for w in (m.get("_models") or {}).get("walk_forward", [])})
         models, baselines, _ = _groups(m, families)
         sel = m.get("_selection") or {}
         horizons = sorted({h for k in models + baselines for h in (m[k] or {})}, key=lambda h: int(h[1:]))
@@ -557,14 +566,16 @@ def _performance_section(pg: _Page) -> str:
         log.info("report: cumulative return figure")
         parts.append(_figure(fig_cumulative(cum, pg.models, pg.baselines, pg.sel.get("best_model")),
                              f"Cumulative net return of the sign strategy, {_span(cum)} (test period, "
-                             f"{h0[1:]}-bar horizon, compounded). Thick line: the best model by net Sharpe."))
+                             f"{h0[1:]}-bar horizon, compounded). Thick line: the best model by net Sharpe."
+                             + _WF_LINES * any(n.endswith(WALK_FORWARD) for n in cum.columns)))
     roll = _wide(plots.get("rolling_ic.csv"), "rolling_ic")
     if roll is not None and len(roll):
         log.info("report: rolling IC figure")
         window = str(pg.inputs.ic_window or "?")
         parts.append(_figure(fig_rolling_ic(roll, pg.models, pg.baselines, window),
                              f"Rolling IC over the trailing {window} test bars, all symbols pooled, "
-                             f"{_span(roll)} (the first window ends {_day(roll['timestamp'].iloc[0])})."))
+                             f"{_span(roll)} (the first window ends {_day(roll['timestamp'].iloc[0])})."
+                             + _WF_LINES * any(n.endswith(WALK_FORWARD) for n in roll.columns)))
     sc, cal = plots.get("predicted_vs_realised.csv"), plots.get("calibration.csv")
     focus = "ensemble" if "ensemble" in m else (pg.models[0] if pg.models else "?")
     cells = []
@@ -588,6 +599,45 @@ def _performance_section(pg: _Page) -> str:
         cells.append(confusion_html(conf, test))
     parts.append(f"<div class=\"grid\">{''.join(cells)}</div>")
     return "".join(parts)
+
+
+_WF_LINES = (" Dash-dotted: the walk-forward refit (<code>_wf</code>) of the model of the same colour,"
+             " refitted through the test period.")
+
+
+def _walk_forward_section(pg: _Page) -> str:
+    """Single fit against walk-forward refit: IC ± SE and net Sharpe of each refitted model and
+    of the model it refits, per horizon ("" when the backtest stage scored nothing)."""
+    m = pg.inputs.metrics
+    refits = [w for w in (m.get("_models") or {}).get("walk_forward", []) if w.removesuffix(WALK_FORWARD) in m]
+    if not refits:
+        return ""
+
+    def fig(name: str, h: str) -> tuple[str, str, float]:
+        r = (m.get(name) or {}).get(h) or {}
+        ic, se, sharpe = (r.get(k) for k in ("ic", "ic_se", "sharpe"))
+        ok = isinstance(ic, (int, float)) and math.isfinite(ic)
+        return (f"{_fmt(ic, 'f4')} ± {_fmt(se, 'f4')}" if ok else "–", _fmt(sharpe, "f2"),
+                float(ic) if ok else math.nan)
+
+    head = "".join(f"<th colspan=\"3\">horizon {h[1:]}</th>" for h in pg.horizons)
+    sub = "<th>IC ± SE</th><th>Sharpe net</th><th>ΔIC</th>" * len(pg.horizons)
+    rows = []
+    for w in refits:
+        single = w.removesuffix(WALK_FORWARD)
+        for name, label in ((single, "single fit"), (w, "walk-forward")):
+            cells = []
+            for h in pg.horizons:
+                ic_txt, sharpe_txt, ic = fig(name, h)
+                delta = ic - fig(single, h)[2] if name == w else math.nan
+                cells.append(f"<td>{ic_txt}</td><td>{sharpe_txt}</td><td>{_fmt(delta, 'f4') if name == w else ''}</td>")
+            rows.append(f'<tr><td class="name">{html.escape(name)}</td><td class="fam">{label}</td>{"".join(cells)}</tr>')
+    return ("<h2>Does the edge survive refitting?</h2><p class=\"sub\">Each <code>_wf</code> model is its single "
+            "fit refitted every <code>backtest.retrain_every</code> test bars on the rows before each block (purged and "
+            "embargoed as the CV folds) and forecasting only that block; both are scored on the same test rows "
+            f"({pg.test}). IC ± block-bootstrap SE; ΔIC = walk-forward IC − single-fit IC.</p>"
+            f'<div class="wide"><table><thead><tr><th class="name">model</th><th class="name">fit</th>{head}</tr>'
+            f'<tr><th></th><th></th>{sub}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 def _explanations_section(pg: _Page) -> str:
@@ -624,8 +674,8 @@ def _footer(pg: _Page) -> str:
 
 
 # The report's sections, top to bottom: each takes the page and returns its HTML ("" to leave it out).
-SECTIONS = (_head, _data_section, _leakage_section, _selection_section, _comparison_section, _performance_section,
-            _explanations_section, _footer)
+SECTIONS = (_head, _data_section, _leakage_section, _selection_section, _comparison_section,
+            _walk_forward_section, _performance_section, _explanations_section, _footer)
 
 
 def render(inputs: ReportInputs, cfg: ReportConfig) -> str:

@@ -1,0 +1,42 @@
+"""backtest: walk-forward retraining over the test period. The models of backtest.models are refitted
+every backtest.retrain_every test bars on the rows before each block (expanding or rolling window,
+purged and embargoed as the CV folds) and forecast that block only; the forecasts (models <name>_wf)
+go where the evaluate stage scores them beside the single fits, each block's rows and dates to a
+bookkeeping file."""
+import pandas as pd
+
+from alphafactory import dataset, stage
+from alphafactory.config import section
+from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
+from alphafactory.evaluation.cv import FAMILIES
+from alphafactory.io import scratch_dir, write_json, write_parquet
+from alphafactory.split import SplitConfig, refit_blocks
+from alphafactory.train import TrainConfig, family_inputs
+
+
+def main() -> None:
+    args, params = stage.parse(__doc__, "features", "labels", "segments", "preds", "blocks")
+    cfg = section(params, "backtest", BacktestConfig)
+    train = section(params, "train", TrainConfig)
+    embargo = section(params, "split", SplitConfig).embargo
+    blocks, extra = {}, {}
+    for family in FAMILIES:
+        _, b, extra[family] = family_inputs(params, family, train)
+        blocks.update(b)
+    labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
+    seg = labels[dataset.KEYS].merge(segments, on=dataset.KEYS, how="left", validate="1:1")["segment"]
+    table = refit_blocks(labels, seg.to_numpy() == "test", dataset.horizons_of(labels), embargo,
+                         cfg.retrain_every, cfg.window_bars)
+    # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
+    ds = dataset.assemble(pd.read_parquet(args.features), labels, labels[dataset.KEYS].assign(segment="purged"),
+                          dataset.horizons_of(labels))
+    with scratch_dir(args.preds) as work:  # block models: next to the output, not in the system temp dir
+        preds, spans = walk_forward(ds, labels, table, cfg, blocks=blocks, seed=train.seed, extra=extra,
+                                    task=train.task, scope=train.scope, select=train.select,
+                                    workdir=work)
+    write_json(spans, args.blocks)  # bookkeeping (rows, dates), not metrics
+    write_parquet(preds, args.preds)
+
+
+if __name__ == "__main__":
+    stage.run(main)
