@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from alphafactory import dataset, stage
+from alphafactory import stage
 from alphafactory.config import section
 from alphafactory.evaluation.cv import FAMILIES, CVConfig
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.io import read_json, scratch_dir, write_json
 from alphafactory.train import TrainConfig, family_inputs
-from alphafactory.tune import TuneConfig, development_data, run_tuning
+from alphafactory.tune import TuneConfig, load_development_data, run_tuning
 
 
 def dvclive_callbacks(live_dir: str):
@@ -58,10 +58,7 @@ def main() -> None:
         for family in FAMILIES:
             _, b, extra[family] = family_inputs(params, family, train)
             blocks.update(b)
-        labels = pd.read_parquet(args.labels)
-        unassigned = labels[dataset.KEYS].assign(segment="purged")  # the folds assign train/val/test
-        ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
-        ds = development_data(ds, pd.read_parquet(args.segments))
+        ds, labels = load_development_data(args.features, args.labels, args.segments)
         scorer = {"metric": cfg.metric, "horizon": cfg.horizon, "cost_bps": ev.cost_bps, "threshold": ev.threshold,
                   "min_symbols": ev.min_symbols_cs,
                   "periods_per_year": read_json(args.info)["frequency"]["periods_per_year"]}

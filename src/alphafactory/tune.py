@@ -223,6 +223,7 @@ class StudySpec:
     seed: int                   # train.seed: the models' seed
     task: str
     scope: str
+    val_frac: float             # cv.val_frac: each fold's early-stopping share
     pruner: str
     n_trials: int
     startup_trials: int
@@ -442,7 +443,7 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
             except ConfigError as e:
                 raise ConfigError(f"tune.spaces.{name}: {e}") from None
         spec = StudySpec(model=name, block=block, space=dict(space), extra=extra.get(family), scorer=dict(scorer),
-                         seed=train_seed, task=task, scope=scope, pruner=cfg.pruner, n_trials=cfg.n_trials,
+                         seed=train_seed, task=task, scope=scope, val_frac=val_frac, pruner=cfg.pruner, n_trials=cfg.n_trials,
                          startup_trials=cfg.startup_trials, tune_seed=cfg.seed, data_hash=h)
         study = create_study(spec, storage, f"{cfg.study}-{name}", cfg.resume)
         t0 = time.perf_counter()
@@ -466,3 +467,55 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
         {"model": pd.Series(dtype=str), "number": pd.Series(dtype="int64"), "state": pd.Series(dtype=str),
          "value": pd.Series(dtype="float64"), "best_so_far": pd.Series(dtype="float64")})
     return out, trials, applied
+
+
+# -- `alphafactory tune-worker`: join a study from any machine with the repo and its data -------
+
+def load_development_data(features: str, labels: str, segments: str) -> tuple[Dataset, pd.DataFrame]:
+    """The tune stage's inputs read as it reads them: (development rows of the panel, labels)."""
+    from alphafactory import dataset
+
+    lab = pd.read_parquet(labels)
+    unassigned = lab[KEYS].assign(segment="purged")  # the folds assign train/val/test
+    ds = dataset.assemble(pd.read_parquet(features), lab, unassigned, dataset.horizons_of(lab))
+    return development_data(ds, pd.read_parquet(segments)), lab
+
+
+def stage_paths(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
+    """``--name path`` pairs of the tune stage's command in ``dvc_yaml``: the worker reads the
+    stage's own inputs, whose paths are written there once."""
+    import shlex
+
+    import yaml
+
+    cmd = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]["tune"]["cmd"]
+    words = shlex.split(cmd)
+    return {w[2:]: words[i + 1] for i, w in enumerate(words) if w.startswith("--") and i + 1 < len(words)}
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--storage", required=True, help="Optuna RDB URL of the study, e.g. "
+                        "postgresql+psycopg://user@host:5432/db (or sqlite:///data/tune/study.db)")
+    parser.add_argument("--study", required=True, help="study name: <tune.study>-<model>, e.g. alphafactory-lightgbm")
+    parser.add_argument("--worker", type=int, default=1, help="worker number >= 1: its sampler seed (tune.seed + 1000 * N)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--dvc-yaml", default="dvc.yaml", help="where the tune stage's input paths are read")
+
+
+def run(args: Any) -> int:
+    """Run trials of an existing study until it holds its n_trials (see :func:`optimize`)."""
+    if args.worker < 1:
+        raise ConfigError(f"tune-worker --worker: got {args.worker}, expected >= 1 (0 is the tune stage)")
+    study, spec = load_study(args.storage, args.study, args.worker)
+    paths = stage_paths(args.dvc_yaml)
+    missing = [paths[k] for k in ("features", "labels", "segments", "folds") if not Path(paths[k]).exists()]
+    if missing:
+        raise ConfigError(f"tune-worker: missing {missing}; expected the tune stage's inputs "
+                          "(dvc pull, or dvc repro split featurize)")
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"])
+    folds = Folds.build(ds, labels, pd.read_parquet(paths["folds"]), spec.val_frac, spec.scope)
+    optimize(study, spec, folds, timeout=args.timeout)
+    st = summary(study, spec, importance=False)
+    log.info("tune-worker %d: study %s holds %d trials; best %s", args.worker, args.study, st["n_trials"],
+             f"{st['best_value']:+.4f} (trial {st['best_trial']})" if "best_value" in st else "none yet")
+    return 0

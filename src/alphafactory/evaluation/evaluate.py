@@ -168,13 +168,14 @@ class Evaluation:
 
 
 def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float, cfg: EvaluateConfig,
-             oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = ()) -> Evaluation:
+             oracle: pd.DataFrame | None = None, ensembles: tuple[str, ...] = (), extra_trials: int = 0) -> Evaluation:
     """Score every model of ``preds`` (test rows, long format, baselines included); ``ensembles``
     names the models of ``preds`` that are blends of the others (the blend stage's).
 
     With an oracle (synthetic data), the metrics also hold {"oracle": ...} figures on the same
     rows and each model's ``oracle_share`` = its IC / the oracle's IC. ``_models`` (not a model)
-    lists the ``ensembles``, ``base`` models and ``baselines`` scored."""
+    lists the ``ensembles``, ``base`` models and ``baselines`` scored. ``extra_trials``: strategies
+    tried besides the candidates (the tune stage's trials), counted in the deflated Sharpe ratio."""
     horizons = sorted(preds["horizon"].unique())
     models = list(dict.fromkeys(preds["model"]))
     result: dict = {m: {} for m in models}
@@ -201,7 +202,7 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
             plots.update(plot_tables(table, models, h, cfg))
             plots.update(calibration_table(preds, table, models, h))
             plots.update(confusion_table(preds, labels, table, models, h))
-        selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg)
+        selections[int(h)] = select_best(table, result, models, h, periods_per_year, cfg, extra_trials)
     result["_selection"] = selections[int(horizons[0])]  # not a model: see select_best
     result["_models"] = model_roles(models, ensembles)
     return Evaluation(result, pd.concat(long_frames, ignore_index=True), plots, selections)
@@ -250,11 +251,12 @@ def calibration_table(preds: pd.DataFrame, table: pd.DataFrame, models: list[str
 
 
 def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: int,
-                periods_per_year: float, cfg: EvaluateConfig) -> dict:
+                periods_per_year: float, cfg: EvaluateConfig, extra_trials: int = 0) -> dict:
     """The model with the highest net Sharpe at ``horizon`` and its deflated Sharpe ratio.
 
     Candidates are every scored model except the baselines (base models and ensembles), so
-    ``n_trials`` is their number. The DSR (Bailey & Lopez de Prado 2014) is the probability that
+    ``n_trials`` is their number plus ``extra_trials`` (every tuning trial beyond the one each
+    tuned model enters as, ``tuning_trials`` in the output). The DSR (Bailey & Lopez de Prado 2014) is the probability that
     the winner's true Sharpe ratio beats the best of ``n_trials`` skill-less strategies, from the
     per-period Sharpe, skew and raw kurtosis of its net returns (non-overlapping h-bar periods);
     the trials' Sharpe variance is the noise-only ``1 / (n_periods - 1)``. Written to
@@ -262,7 +264,8 @@ def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: i
     from scipy.stats import kurtosis, skew
 
     candidates = [m for m in models if m not in BASELINES]
-    out: dict = {"horizon": int(horizon), "criterion": "sharpe", "n_trials": len(candidates),
+    n_trials = len(candidates) + extra_trials  # strategies tried: the candidates and the tuning trials
+    out: dict = {"horizon": int(horizon), "criterion": "sharpe", "n_trials": n_trials, "tuning_trials": extra_trials,
                  "candidates": candidates, "baselines": [m for m in models if m in BASELINES],
                  "best_model": None, "sharpe": float("nan"), "sharpe_per_period": float("nan"),
                  "n_periods": 0, "skew": float("nan"), "kurtosis": float("nan"),
@@ -281,9 +284,9 @@ def select_best(table: pd.DataFrame, result: dict, models: list[str], horizon: i
     sr = float(r.mean() / r.std(ddof=1))
     sk, ku = float(skew(r)), float(kurtosis(r, fisher=False))
     out.update(sharpe_per_period=sr, skew=sk, kurtosis=ku,
-               expected_max_sharpe=metrics.expected_max_sharpe(len(candidates), 1.0 / (len(r) - 1)),
+               expected_max_sharpe=metrics.expected_max_sharpe(n_trials, 1.0 / (len(r) - 1)),
                psr=metrics.probabilistic_sharpe_ratio(sr, len(r), sk, ku),
-               dsr=metrics.deflated_sharpe_ratio(sr, len(candidates), len(r), sk, ku))
+               dsr=metrics.deflated_sharpe_ratio(sr, n_trials, len(r), sk, ku))
     return out
 
 
