@@ -15,7 +15,7 @@ from alphafactory.train import TrainConfig, family_inputs
 from alphafactory.tune import TuneConfig, load_development_data, run_tuning
 
 
-def dvclive_callbacks(live_dir: str):
+def dvclive_callbacks(live_dir: str, lives: list):
     """Per model, an Optuna callback logging each finished trial's score and the best so far to
     ``<live_dir>/<model>`` (dvclive's own DVCLiveCallback reopens, and so wipes, its directory at
     every trial)."""
@@ -23,6 +23,7 @@ def dvclive_callbacks(live_dir: str):
 
     def make(model: str) -> tuple:
         live = Live(str(Path(live_dir) / model), dvcyaml=False, save_dvc_exp=False)
+        lives.append(live)  # ended by main once the studies are done
 
         def log(study, trial) -> None:
             if trial.value is None:
@@ -63,11 +64,14 @@ def main() -> None:
                   "min_symbols": ev.min_symbols_cs,
                   "periods_per_year": read_json(args.info)["frequency"]["periods_per_year"]}
         storage = cfg.storage or f"sqlite:///{db}"
+        lives: list = []
         with scratch_dir(out / "summary.json") as work:
             summary, trials, applied = run_tuning(
                 cfg, ds, labels, pd.read_parquet(args.folds), blocks=blocks, extra=extra, train_seed=train.seed,
                 task=train.task, scope=train.scope, val_frac=section(params, "cv", CVConfig).val_frac,
-                scorer=scorer, storage=storage, workdir=work, callbacks=dvclive_callbacks(args.live))
+                scorer=scorer, storage=storage, workdir=work, callbacks=dvclive_callbacks(args.live, lives))
+        for live in lives:
+            live.end()
         if cfg.storage:  # a shared server: keep a copy of the studies in the stage's own output
             import contextlib
 

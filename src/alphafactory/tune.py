@@ -381,7 +381,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                      "value": t.value if t.value is not None else math.nan, "folds": len(folds),
                      "seconds": round(secs, 3), **{f"p_{k}": v for k, v in t.params.items()}, **folds})
     df = pd.DataFrame(rows).sort_values("number", kind="stable").reset_index(drop=True)
-    df.insert(3, "best_so_far", df["value"].where(df["state"] == "COMPLETE").cummax())
+    df.insert(3, "best_so_far", df["value"].where(df["state"] == "COMPLETE").cummax().ffill())
     return df
 
 
@@ -449,14 +449,14 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
         t0 = time.perf_counter()
         optimize(study, spec, folds, timeout=cfg.timeout, workdir=workdir / name, callbacks=callbacks(name))
         per_model[name] = summary(study, spec)
-        per_model[name]["seconds"] = round(time.perf_counter() - t0, 1)
+        seconds = time.perf_counter() - t0  # logged, not written: summary.json stays byte-identical on a rerun
         tables.append(trials_table(study).assign(model=name))
         if "best_params" not in per_model[name]:
             raise ValueError(f"tune: no trial of {name} completed (all pruned or timed out); expected at least one: "
                              "raise tune.n_trials or tune.timeout")
-        log.info("tune %s: best %s %+.4f (trial %d of %d, %d pruned): %s", name, cfg.metric,
+        log.info("tune %s: best %s %+.4f (trial %d of %d, %d pruned) in %.0f s: %s", name, cfg.metric,
                  per_model[name]["best_value"], per_model[name]["best_trial"], per_model[name]["n_trials"],
-                 per_model[name]["pruned"], per_model[name]["best_params"])
+                 per_model[name]["pruned"], seconds, per_model[name]["best_params"])
         if cfg.apply:
             applied[name] = per_model[name]["best_params"]
     n = sum(m["n_trials"] for m in per_model.values())
