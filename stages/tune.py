@@ -12,7 +12,7 @@ from alphafactory.evaluation.cv import FAMILIES, CVConfig
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.io import read_json, scratch_dir, write_json
 from alphafactory.train import TrainConfig, family_inputs
-from alphafactory.tune import TuneConfig, load_development_data, run_tuning
+from alphafactory.tune import TuneConfig, check_stage_params, load_development_data, run_tuning
 
 
 def dvclive_callbacks(live_dir: str, lives: list):
@@ -53,6 +53,7 @@ def main() -> None:
     if not cfg.models:
         summary, trials, applied = {"models": {}, "n_trials": 0, "extra_trials": 0, "apply": cfg.apply}, None, {}
     else:
+        check_stage_params(cfg)  # every tuned model's block is a params dep in dvc.yaml
         train = section(params, "train", TrainConfig)
         ev = section(params, "evaluate", EvaluateConfig)
         blocks, extra = {}, {}

@@ -199,3 +199,13 @@ def test_a_worker_on_other_data_is_refused(files):
     study = create_study(other, "sqlite:///:memory:", "s", resume=False)
     with pytest.raises(ConfigError, match="was created on other data"):
         optimize(study, other, folds)
+
+
+def test_a_tuned_model_without_its_block_in_the_stage_params_is_named(tmp_path):
+    from alphafactory.tune import check_stage_params
+
+    check_stage_params(from_dict(TuneConfig, {"models": ["lightgbm"], "spaces": {"lightgbm": {"num_leaves": "int 4 8"}}},
+                                 "tune"), ROOT / "dvc.yaml")  # the documented example is listed
+    cfg = from_dict(TuneConfig, {"models": ["lstm"], "spaces": {"lstm": {"hidden": "int 8 16"}}}, "tune")
+    with pytest.raises(ConfigError, match=r"'lstm' needs \['neural.lstm', 'train.lookback', 'neural.trainer'\]"):
+        check_stage_params(cfg, ROOT / "dvc.yaml")

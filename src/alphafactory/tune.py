@@ -493,6 +493,24 @@ def stage_paths(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
     return {w[2:]: words[i + 1] for i, w in enumerate(words) if w.startswith("--") and i + 1 < len(words)}
 
 
+def check_stage_params(cfg: TuneConfig, dvc_yaml: str | Path = "dvc.yaml") -> None:
+    """Every tuned model's params block (and, for a network, ``train.lookback`` and
+    ``neural.trainer``) must be a params dependency of the tune stage in ``dvc_yaml``, so that
+    changing it reruns the search; a missing one is a ConfigError naming the key to add."""
+    import yaml
+
+    listed = set()
+    for p in yaml.safe_load(Path(dvc_yaml).read_text())["stages"]["tune"].get("params", []):
+        listed |= set(p) if isinstance(p, dict) else {p}
+    for name in cfg.models:
+        family = models.get(name).family
+        needed = [f"{family}.{name}"] + (["train.lookback", "neural.trainer"] if family == "neural" else [])
+        missing = [k for k in needed if k not in listed and k.split(".")[0] not in listed]
+        if missing:
+            raise ConfigError(f"tune.models: {name!r} needs {missing} among the tune stage's params in {dvc_yaml}, "
+                              "so that changing them reruns the search; expected them added there")
+
+
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--storage", required=True, help="Optuna RDB URL of the study, e.g. "
                         "postgresql+psycopg://user@host:5432/db (or sqlite:///data/tune/study.db)")
