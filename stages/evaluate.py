@@ -10,8 +10,8 @@ from alphafactory.io import read_json, write_json, write_parquet
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "preds", "blend", "walk-forward", "bars", "info", "labels", "segments", "oracle",
-                               "metrics", "oracle-metrics", "headline", "predictions", "plots")
+    args, params = stage.parse(__doc__, "preds", "blend", "walk-forward", "bars", "info", "labels", "segments",
+                               "oracle", "metrics", "oracle-metrics", "headline", "predictions", "plots", "tune")
     cfg = section(params, "evaluate", EvaluateConfig)
     labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
     blend, wf = pd.read_parquet(args.blend), pd.read_parquet(args.walk_forward)
@@ -21,7 +21,8 @@ def main() -> None:
     ppy = read_json(args.info)["frequency"]["periods_per_year"]
     oracle = pd.read_parquet(args.oracle)
     ev = evaluate(pd.concat([preds, base], ignore_index=True), labels, ppy, cfg, oracle,
-                  ensembles=tuple(dict.fromkeys(blend["model"])), walk_forward=tuple(dict.fromkeys(wf["model"])))
+                  ensembles=tuple(dict.fromkeys(blend["model"])), walk_forward=tuple(dict.fromkeys(wf["model"])),
+                  extra_trials=read_json(args.tune)["extra_trials"])  # every tuning trial is a strategy tried
     result = dict(ev.metrics)
     write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)
     write_json(result, args.metrics)

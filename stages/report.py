@@ -16,11 +16,12 @@ def _tables(directory: str) -> dict[str, pd.DataFrame]:
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "metrics", "headline", "plots", "explain", "split", "info", "out")
+    args, params = stage.parse(__doc__, "metrics", "headline", "plots", "explain", "split", "info", "tune", "out")
     cfg = section(params, "report", ReportConfig)
     inputs = ReportInputs(metrics=read_json(args.metrics), split=read_json(args.split), info=read_json(args.info),
                           plots=_tables(args.plots), explain=_tables(args.explain),
-                          ic_window=section(params, "evaluate", EvaluateConfig).ic_window)
+                          ic_window=section(params, "evaluate", EvaluateConfig).ic_window,
+                          tune=read_json(f"{args.tune}/summary.json"), tune_trials=pd.read_csv(f"{args.tune}/trials.csv"))
     text = render(inputs, cfg)
     write_text(text, args.out)
     stage.log.info("report: wrote %s (%.0f kB)", args.out, len(text.encode()) / 1024)

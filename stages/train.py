@@ -11,14 +11,16 @@ import pandas as pd
 
 from alphafactory import dataset, stage
 from alphafactory.config import section
-from alphafactory.io import write_parquet
-from alphafactory.train import TrainConfig, family_inputs, fit_models, log_curves, write_seed_spread
+from alphafactory.io import read_json, write_parquet
+from alphafactory.train import TrainConfig, apply_tuned, family_inputs, fit_models, log_curves, write_seed_spread
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "family", "features", "labels", "segments", "models", "preds", "live")
+    args, params = stage.parse(__doc__, "family", "features", "labels", "segments", "models", "preds", "live",
+                                 "tuned")
     train = section(params, "train", TrainConfig)
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
+    blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
     ds = dataset.load(args.features, args.labels, args.segments)
     results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
                          extra=extra, select=train.select)

@@ -128,14 +128,15 @@ def runtime_families(stage: Stage) -> set[str]:
     """Families of the models a stage creates or loads by name at run time (the registry imports
     their modules then): ``--family F`` (train@F) fits the models of F that its params enable;
     explain loads every saved model under its ``--models`` family directories; cv refits any
-    model of ``cv.FAMILIES`` that ``cv.models`` (backtest: ``backtest.models``) names; check_params builds every enabled one."""
+    model of ``cv.FAMILIES`` that ``cv.models`` (backtest: ``backtest.models``, tune: ``tune.models``) names;
+    check_params builds every enabled one."""
     from alphafactory.evaluation import cv
 
     if stage.option("--family"):
         return {stage.option("--family")}
     if stage.script == "stages/explain.py":
         return {Path(d).name for d in stage.option("--models").split(",")}
-    if stage.script in ("stages/cv.py", "stages/backtest.py"):  # backtest.models: any model of cv.FAMILIES
+    if stage.script in ("stages/cv.py", "stages/backtest.py", "stages/tune.py"):  # backtest/tune.models: as cv
         return set(cv.FAMILIES)
     if stage.script == "stages/check_params.py":  # builds every enabled model from its params block
         from alphafactory.params_check import FAMILIES

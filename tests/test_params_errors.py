@@ -56,8 +56,8 @@ def test_bad_value_is_one_line_naming_the_key(name, cls, key, value, capsys):
 def test_a_stage_script_prints_one_line_for_a_bad_value(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(with_value("evaluate", "cost_bps", -5)))
-    paths = [a for p in ("preds", "blend", "walk-forward", "bars", "info", "labels", "segments", "oracle", "metrics", "oracle-metrics",
-                         "headline", "predictions", "plots") for a in (f"--{p}", str(tmp_path / p))]
+    paths = [a for p in ("preds", "blend", "walk-forward", "bars", "info", "labels", "segments", "oracle", "metrics",
+                         "oracle-metrics", "headline", "predictions", "plots", "tune") for a in (f"--{p}", str(tmp_path / p))]
     p = subprocess.run([sys.executable, "stages/evaluate.py", "--params", str(bad), *paths], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 2, p.stderr

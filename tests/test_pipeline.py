@@ -16,8 +16,8 @@ from pipeline_utils import MODELS, ran_stages, sh
 
 pytestmark = pytest.mark.slow
 TRAIN = {"train@boosting", "train@neural", "train@classical"}
-STAGES = {"check_params", "prepare", "featurize", "label", "split", *TRAIN, "blend", "bundle", "backtest", "evaluate",
-          "cv", "explain", "report"}
+STAGES = {"check_params", "prepare", "featurize", "label", "split", "tune", *TRAIN, "blend", "bundle", "backtest",
+          "evaluate", "cv", "explain", "report"}
 
 
 def test_stage_commands_run_the_code_dvc_hashes(project):
@@ -81,7 +81,7 @@ def test_cv_metrics_per_fold_mean_and_std(project):
     shown = json.loads(sh(repo, "dvc", "metrics", "show", "--json"))
     assert set(shown[""]["data"]) == {"metrics/headline.json"}
     out = sh(repo, "dvc", "exp", "run", "-n", "cvval", "-S", "cv.val_frac=0.3")
-    assert ran_stages(out) == {"check_params", "cv"}
+    assert ran_stages(out) == {"check_params", "tune", "cv"}  # tune reads cv.val_frac (nothing tuned: a no-op)
     diff = json.loads(sh(repo, "dvc", "metrics", "diff", "--json", "--targets", "metrics/cv.json"))
     assert "lightgbm.h1.mean.ic" in diff["metrics/cv.json"], sorted(diff["metrics/cv.json"])[:10]
     sh(repo, "git", "checkout", "--", ".")
@@ -125,15 +125,16 @@ def test_code_change_marks_only_its_stages(project):
     # The stages that pick models at run time (train@<family> by its params, cv by cv.models,
     # explain by the saved manifests) depend on the whole model directory; blend and bundle
     # import a few model modules by name (tests/test_dvc_deps.py derives all of them).
-    picks_models = {*TRAIN, "cv", "backtest", "explain"}
+    picks_models = {*TRAIN, "cv", "backtest", "tune", "explain"}
     cases = {"src/alphafactory/models/tcn.py": picks_models,
              "src/alphafactory/models/catboost_model.py": picks_models | {"blend"},
-            "src/alphafactory/models/persist.py": picks_models | {"blend", "bundle"},
-            # the ONNX export: only what trains networks (the bundle copies their export)
-            "src/alphafactory/models/export.py": picks_models,
-            "src/alphafactory/evaluation/cv.py": {"cv", "backtest"},
-            "src/alphafactory/evaluation/backtest.py": {"backtest"},
-             "src/alphafactory/evaluation/evaluate.py": {"evaluate", "report"},  # report prints its table
+             "src/alphafactory/models/persist.py": picks_models | {"blend", "bundle"},
+             # the ONNX export: only what trains networks (the bundle copies their export)
+             "src/alphafactory/models/export.py": picks_models,
+             "src/alphafactory/evaluation/cv.py": {"cv", "backtest", "tune"},  # tune builds the cv stage's folds
+             "src/alphafactory/evaluation/backtest.py": {"backtest"},
+             # report prints its table; tune reads evaluate's cost and threshold
+             "src/alphafactory/evaluation/evaluate.py": {"evaluate", "report", "tune"},
              "src/alphafactory/data/validate.py": {"prepare"},
              # every stage writes through io.py
              "src/alphafactory/io.py": STAGES,

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "models": ("alphafactory.cli", "list the registered model families"),
     "predict": ("alphafactory.serving.inference", "forecast from raw bars with a trained bundle"),
+    "tune-worker": ("alphafactory.tune", "join a tune study (SQLite or PostgreSQL storage) and run its trials"),
     "audit": ("alphafactory.evaluation.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
 }
 

@@ -23,12 +23,13 @@ from alphafactory.features import FeatureConfig
 from alphafactory.labels import LabelConfig
 from alphafactory.split import SplitConfig
 from alphafactory.train import TrainConfig
+from alphafactory.tune import TuneConfig
 
 # Sections parsed by a dataclass; the model-family sections are checked against the registry.
 SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "label": LabelConfig,
                              "split": SplitConfig, "train": TrainConfig, "blend": BlendConfig,
                              "evaluate": EvaluateConfig, "cv": CVConfig, "backtest": BacktestConfig,
-                             "explain": ExplainConfig, "report": ReportConfig}
+                             "explain": ExplainConfig, "report": ReportConfig, "tune": TuneConfig}
 FAMILIES = ("boosting", "neural", "classical")
 
 

@@ -89,6 +89,18 @@ def family_inputs(params: dict[str, Any], family: str, train: TrainConfig, task:
     return names, blocks, extra
 
 
+def apply_tuned(names: tuple[str, ...], blocks: dict[str, Any], tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``blocks`` (params block per model) with the tune stage's best params over the hand-set
+    values of those of ``names`` (the family's enabled models) it tuned
+    (``data/tune/applied.json``: ``{model: params}``, empty unless ``tune.apply``)."""
+    out = dict(blocks)
+    for name, values in tuned.items():
+        if name in names:
+            out[name] = {**(out.get(name) or {}), **values}
+            log.info("%s: tuned params applied (tune.apply): %s", name, values)
+    return out
+
+
 @dataclass(frozen=True)
 class TrainResult:
     name: str

@@ -116,6 +116,29 @@ def segment_spans(ds: Dataset, seg: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def label_ends(ds: Dataset, labels: pd.DataFrame) -> np.ndarray:
+    """(n,) datetime64 end of each ``ds`` row's longest label (NaT where unlabelled), from the
+    label stage's ``end_h{max horizon}``: what :func:`fold_segments` purges with."""
+    end_col = f"end_h{max(ds.horizons)}"
+    ends = ds.keys.merge(labels[KEYS + [end_col]], on=KEYS, how="left", validate="1:1")
+    return ends[end_col].to_numpy("datetime64[ns]")
+
+
+def fold_dataset(ds: Dataset, fold: pd.DataFrame, label_end: np.ndarray, val_frac: float,
+                 scope: str = "pooled") -> tuple[Dataset, dict[str, Any], list[str]]:
+    """One fold as a :class:`Dataset` (segments from :func:`fold_segments`; under ``per_symbol``
+    only the symbols with train and val rows), its rows and spans (:func:`segment_spans`, plus
+    ``scored``), and the parts with fewer than ``MIN_ROWS`` rows (``["12 train"]``; empty: the
+    fold is scored). Shared by :func:`cross_validate` and the tune stage."""
+    fold_ds = dataclasses.replace(ds, segment=fold_segments(ds, fold, label_end, val_frac))
+    if scope == "per_symbol":
+        fold_ds = _symbols_with_train_and_val(fold_ds)
+    span = segment_spans(fold_ds, fold_ds.segment)
+    short = [f"{span[f'{part}_rows']} {part}" for part in ("train", "val", "test") if span[f"{part}_rows"] < MIN_ROWS]
+    span["scored"] = not short
+    return fold_ds, span, short
+
+
 def score_fold(preds: pd.DataFrame, ds: Dataset) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {"h<k>": figures}} on one fold's test forecasts.
 
@@ -192,9 +215,7 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     with features (the first expanding fold on short data, mostly feature warm-up) is skipped:
     ``scored`` false and no figures."""
     check(cfg, "cv")
-    end_col = f"end_h{max(ds.horizons)}"
-    ends = ds.keys.merge(labels[KEYS + [end_col]], on=KEYS, how="left", validate="1:1")
-    label_end = ends[end_col].to_numpy("datetime64[ns]")
+    label_end = label_ends(ds, labels)
     by_family: dict[str, list[str]] = {}
     for name in cfg.models:
         spec = models.get(name)
@@ -212,15 +233,8 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-cv-")))
         for i, fid in enumerate(progress(fold_ids, desc="cv folds", unit="fold")):
             t0 = time.perf_counter()
-            seg = fold_segments(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac)
-            fold_ds = dataclasses.replace(ds, segment=seg)
-            if scope == "per_symbol":
-                fold_ds = _symbols_with_train_and_val(fold_ds)
-            span = segment_spans(fold_ds, fold_ds.segment)
+            fold_ds, span, short = fold_dataset(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac, scope)
             spans[f"fold{fid}"] = span
-            short = [f"{span[f'{part}_rows']} {part}" for part in ("train", "val", "test")
-                     if span[f"{part}_rows"] < MIN_ROWS]
-            span["scored"] = not short
             if short:
                 # typically the first expanding fold, whose training rows are mostly feature warm-up
                 log.warning("cv fold %d/%d skipped: %s rows with features, expected >= %d each", i + 1,

@@ -96,6 +96,8 @@ class ReportInputs:
     plots: dict[str, pd.DataFrame]  # metrics/plots/*.csv by file name
     explain: dict[str, pd.DataFrame]  # metrics/explain/*.csv by file name
     ic_window: int | None = None  # bars per rolling-IC window (evaluate.ic_window)
+    tune: dict[str, Any] | None = None  # metrics/tune/summary.json (None or no models: no tuning section)
+    tune_trials: pd.DataFrame | None = None  # metrics/tune/trials.csv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,7 +518,7 @@ def _selection_section(pg: _Page) -> str:
         return ""
     return (
         "<h2>Best model and its deflated Sharpe ratio</h2><div class=\"box\"><p>"
-        f"At horizon <b>{sel['horizon']}</b>, the highest net Sharpe among {sel.get('n_trials')} models "
+        f"At horizon <b>{sel['horizon']}</b>, the highest net Sharpe among {len(sel.get('candidates') or [])} models "
         f"(baselines excluded) is <b>{html.escape(str(sel['best_model']))}</b>: {_fmt(sel.get('sharpe'), 'f2')} "
         f"annualised ({_fmt(sel.get('sharpe_per_period'), 'f4')} per period over {sel.get('n_periods')} "
         f"periods; skew {_fmt(sel.get('skew'), 'f2')}, kurtosis {_fmt(sel.get('kurtosis'), 'f2')}).<br>"
@@ -537,6 +539,81 @@ def _trials_note(sel: dict[str, Any]) -> str:
     if source:
         parts.append(f"spread by {source}, {_fmt(sel.get('sharpe_trials_var'), 'e')}")
     return f" ({'; '.join(parts)})" if parts else ""
+
+
+# tune.metric → the test.json figure it is compared with
+TUNE_TEST_FIGURE = {"ic": "ic", "rank_ic": "rank_ic", "icir": "cs_icir", "sharpe": "sharpe"}
+
+
+def fig_tune_history(trials: pd.DataFrame, metric: str) -> str:
+    """Optimisation history: each complete trial's mean CV score, the best so far, one panel row
+    per model; pruned trials marked at the bottom."""
+    names = list(dict.fromkeys(trials["model"]))
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.8 * len(names)), squeeze=False)
+        for ax, name in zip(axes[:, 0], names, strict=True):
+            t = trials[trials["model"] == name]
+            done, pruned = t[t["state"] == "COMPLETE"], t[t["state"] == "PRUNED"]
+            ax.plot(done["number"], done["value"], "o", ms=4, color="#1f77b4", label="complete trial")
+            ax.step(t["number"], t["best_so_far"],
+                    where="post", color="#d62728", lw=1.6, label="best so far")
+            if len(pruned):
+                lo = done["value"].min() if len(done) else 0.0
+                ax.plot(pruned["number"], np.full(len(pruned), lo), "x", color="0.5", label="pruned")
+            ax.set_title(name, fontsize=9)
+            ax.set_ylabel(f"mean CV {metric}")
+            ax.legend(loc="lower right", frameon=False, fontsize=8)
+        axes[-1, 0].set_xlabel("trial")
+        return _svg(fig)
+
+
+def fig_tune_importance(importance: dict[str, dict[str, float]]) -> str:
+    """fANOVA importance of each tuned hyperparameter, one bar group per model."""
+    rows = [(f"{m}: {k}", v) for m, imp in importance.items() for k, v in sorted(imp.items(), key=lambda kv: kv[1])]
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(6.4, 0.28 * len(rows) + 0.8))
+        ax.barh([r[0] for r in rows], [100 * r[1] for r in rows], color="#1f77b4")
+        ax.set_xlabel("share of the CV-score variance explained (fANOVA), %")
+        ax.grid(axis="y", visible=False)
+        return _svg(fig)
+
+
+def _tuning_section(pg: _Page) -> str:
+    """The tune stage's studies: trials, CV scores and their spread, the CV-vs-test gap of each
+    winner, the optimisation history and parameter importances. Empty when nothing was tuned."""
+    tune = pg.inputs.tune or {}
+    studies = tune.get("models") or {}
+    if not studies:
+        return ""
+    applied = "applied to training (tune.apply: true)" if tune.get("apply") else \
+        "<b>not</b> applied (tune.apply: false: the models were trained with their hand-set params)"
+    rows = []
+    for name, st in studies.items():
+        metric, h = st["metric"], st.get("horizon")
+        fig = TUNE_TEST_FIGURE[metric]
+        hs = [h] if h is not None else [int(k[1:]) for k in pg.horizons]
+        vals = [(pg.inputs.metrics.get(name) or {}).get(f"h{x}", {}).get(fig) for x in hs]
+        test = float(np.mean(vals)) if vals and all(v is not None for v in vals) else None
+        cv, se, sp = st.get("best_value"), st.get("best_fold_se"), st.get("spread") or {}
+        gap = test - cv if test is not None and cv is not None else None
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{st['n_trials']}</td><td>{st['pruned']}</td>"
+                    f"<td>{html.escape(metric)} {'h' + str(h) if h is not None else '(mean of horizons)'}</td>"
+                    f"<td>{_fmt(cv, 'f4')} ± {_fmt(se, 'f4')}</td><td>{_fmt(sp.get('min'), 'f4')} / "
+                    f"{_fmt(sp.get('median'), 'f4')} / {_fmt(sp.get('max'), 'f4')}</td><td>{_fmt(sp.get('std'), 'f4')}"
+                    f"</td><td>{_fmt(test, 'f4')}</td><td>{_fmt(gap, 'f4')}</td></tr>")
+    out = ["<h2>Hyperparameter tuning</h2><div class=\"box\"><p>",
+           f"{tune.get('n_trials')} trials in all, scored on the purged CV folds of train + val only (the test "
+           f"period never reached the objective); the best params were {applied}. The deflated Sharpe ratio "
+           f"above counts every trial as a strategy tried.</p><table><tr><th>model</th><th>trials</th>"
+           "<th>pruned</th><th>metric</th><th>best CV (± fold SE)</th><th>CV min / median / max</th>"
+           "<th>CV std</th><th>test</th><th>test − CV</th></tr>", *rows, "</table></div>"]
+    if pg.inputs.tune_trials is not None and len(pg.inputs.tune_trials):
+        out.append(_figure(fig_tune_history(pg.inputs.tune_trials, next(iter(studies.values()))["metric"]),
+                           "Optimisation history: mean CV score of each complete trial and the best so far."))
+    importance = {m: st["importance"] for m, st in studies.items() if st.get("importance")}
+    if importance:
+        out.append(_figure(fig_tune_importance(importance), "Parameter importance (fANOVA over the complete trials)."))
+    return "".join(out)
 
 
 def _comparison_section(pg: _Page) -> str:
@@ -674,7 +751,7 @@ def _footer(pg: _Page) -> str:
 
 
 # The report's sections, top to bottom: each takes the page and returns its HTML ("" to leave it out).
-SECTIONS = (_head, _data_section, _leakage_section, _selection_section, _comparison_section,
+SECTIONS = (_head, _data_section, _leakage_section, _selection_section, _tuning_section, _comparison_section,
             _walk_forward_section, _performance_section, _explanations_section, _footer)
 
 

@@ -1,0 +1,211 @@
+"""The tune stage: its params are checked by key path, its objective never sees the test segment,
+and two workers on one PostgreSQL study run it without duplicate trials."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from alphafactory.config import from_dict
+from alphafactory.dataset import KEYS, drop_warmup
+from alphafactory.errors import ConfigError
+from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.split import SplitConfig, assign_segments, make_folds
+from alphafactory.train import data_hash
+from alphafactory.tune import (
+    Folds,
+    StudySpec,
+    TuneConfig,
+    create_study,
+    development_data,
+    distributions,
+    load_development_data,
+    optimize,
+    startup_points,
+    trials_table,
+)
+from conftest import random_bars
+
+ROOT = Path(__file__).resolve().parents[1]
+HORIZONS = (1, 5)
+SPACE = {"alpha": "log 0.01 1000", "clip": "float 1 6"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """3 symbols x 400 bars written as the tune stage's inputs (features with one informative
+    column), plus a dvc.yaml whose tune stage names them, as a worker reads it."""
+    d = tmp_path_factory.mktemp("tune")
+    bars = random_bars(n_symbols=3, n_bars=400, seed=3)
+    labels = make_labels(bars, LabelConfig(horizons=HORIZONS))
+    split = SplitConfig(embargo=2, cv_folds=3)
+    rng = np.random.default_rng(1)
+    y1 = labels["y_h1"].to_numpy()
+    features = drop_warmup(labels[KEYS].assign(knows=y1 + rng.normal(0, 2 * np.nanstd(y1), len(y1)),
+                                               noise=rng.normal(size=len(y1))), 5)
+    paths = {k: d / f"{k}.parquet" for k in ("features", "labels", "segments", "folds")}
+    features.to_parquet(paths["features"])
+    labels.to_parquet(paths["labels"])
+    assign_segments(labels, HORIZONS, split).to_parquet(paths["segments"])
+    make_folds(labels, HORIZONS, split).to_parquet(paths["folds"])
+    cmd = "python stages/tune.py " + " ".join(f"--{k} {v}" for k, v in paths.items())
+    (d / "dvc.yaml").write_text(f"stages:\n  tune:\n    cmd: {cmd}\n")
+    return d, paths
+
+
+def spec_for(folds: Folds, n_trials: int, startup: int, pruner: str = "median") -> StudySpec:
+    return StudySpec(model="ridge", block={}, space=SPACE, extra=None,
+                     scorer={"metric": "ic", "horizon": None}, seed=0, task="regression", scope="pooled",
+                     val_frac=0.2, pruner=pruner, n_trials=n_trials, startup_trials=startup, tune_seed=7,
+                     data_hash=data_hash(folds.datasets[0][1]))
+
+
+def load(paths, poison: str | None = None) -> Folds:
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"])
+    if poison is not None:  # poison rows of the *full* panel before the development rows are taken
+        from alphafactory import dataset
+
+        full = dataset.assemble(pd.read_parquet(paths["features"]), labels, labels[KEYS].assign(segment="purged"),
+                                HORIZONS)
+        seg = full.keys.merge(pd.read_parquet(paths["segments"]), on=KEYS, how="left")["segment"].to_numpy()
+        rows = seg == "test" if poison == "test" else seg == "val"
+        full.X, full.Y = full.X.copy(), full.Y.copy()
+        full.X[rows] = 1e30
+        full.Y[rows] = -1e3
+        ds = development_data(full, pd.read_parquet(paths["segments"]))
+    return Folds.build(ds, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
+
+
+def run_study(folds: Folds, n_trials: int, startup: int, spy=None) -> optuna.Study:
+    spec = spec_for(folds, n_trials, startup)
+    study = create_study(spec, "sqlite:///:memory:", "s", resume=False)
+    optimize(study, spec, folds, spy=spy)
+    return study
+
+
+# -- params ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data, message", [
+    ({"models": ["nosuch"], "spaces": {}}, "tune.models: 'nosuch' is not a registered base model"),
+    ({"models": ["ridge"]}, "tune.spaces.ridge: missing"),
+    ({"models": ["ridge"], "spaces": {"ridge": {"alpha": "log 0 10"}}}, "tune.spaces.ridge.alpha: got 'log 0 10', expected low < high and low > 0"),
+    ({"spaces": {"ridge": {"alpha": "uniform 1 2"}}}, "tune.spaces.ridge.alpha: got 'uniform 1 2', expected '<kind> <low> <high>'"),
+    ({"spaces": {"lightgbm": {"num_leaves": "int 4 6.5"}}}, "tune.spaces.lightgbm.num_leaves: got 'int 4 6.5', expected numeric bounds (integers)"),
+    ({"spaces": {"ridge": {"alpha": [1.0]}}}, "tune.spaces.ridge.alpha: got [1.0], expected at least two different choices"),
+    ({"metric": "r2"}, "tune.metric: got 'r2', expected one of"),
+    ({"n_trials": 0}, "tune.n_trials: got 0, expected >= 1"),
+    ({"pruner": "hyperband"}, "tune.pruner: got 'hyperband'"),
+    ({"nosuch": 1}, "tune: unknown key(s) ['nosuch']"),
+])
+def test_bad_tune_params_name_the_key(data, message):
+    with pytest.raises(ConfigError) as e:
+        from_dict(TuneConfig, data, "tune")
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_the_default_params_tune_nothing_and_parse():
+    import yaml
+
+    cfg = from_dict(TuneConfig, yaml.safe_load((ROOT / "params.yaml").read_text())["tune"], "tune")
+    assert cfg.models == () and cfg.apply is False
+    for name, space in cfg.spaces.items():  # every declared space parses
+        assert distributions(space, name)
+
+
+def test_startup_points_depend_on_the_seed_only_and_stay_in_range():
+    d = distributions({"a": "intlog 10 400", "b": "int 1 3", "c": "log 1e-3 1", "d": "float 0 1", "e": ["x", "y"]}, "m")
+    p1, p2, p3 = startup_points(d, 50, 0), startup_points(d, 50, 0), startup_points(d, 50, 1)
+    assert p1 == p2 and p1 != p3
+    for p in p1:
+        assert all(dist._contains(dist.to_internal_repr(p[k])) for k, dist in d.items())
+    assert {p["b"] for p in p1} == {1, 2, 3}
+
+
+# -- leakage ---------------------------------------------------------------------------------
+
+def test_no_test_segment_row_reaches_the_objective(files):
+    """Poisoning every test-segment row (features 1e30, labels -1e3) changes no trial's fold
+    scores, and no fold dataset fitted holds a test-segment key or a later timestamp; poisoning the
+    val segment instead (inside the folds) does change them, so the comparison can fail."""
+    _, paths = files
+    segs = pd.read_parquet(paths["segments"])
+    test_keys = segs.loc[segs["segment"] == "test", KEYS]
+    t0 = test_keys["timestamp"].min()
+    seen = []
+
+    def spy(fold_ds):
+        seen.append(fold_ds.keys)
+
+    clean = trials_table(run_study(load(paths), 5, 3))
+    poisoned = trials_table(run_study(load(paths, poison="test"), 5, 3, spy=spy))
+    fold_cols = [c for c in clean if c.startswith("fold") and c[4:].isdigit()]
+    assert len(fold_cols) >= 2 and clean["state"].eq("COMPLETE").sum() >= 3
+    pd.testing.assert_frame_equal(clean[["value", *fold_cols]], poisoned[["value", *fold_cols]])
+    assert seen and all(k["timestamp"].max() < t0 for k in seen)
+    assert all(k.merge(test_keys, on=KEYS).empty for k in seen)
+    control = trials_table(run_study(load(paths, poison="val"), 5, 3))
+    assert not np.allclose(clean["value"].to_numpy(), control["value"].to_numpy(), equal_nan=True)
+
+
+# -- many workers, one study -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgres_study(files, postgres_url):
+    """Two `alphafactory tune-worker` processes on one study in a real PostgreSQL server: the
+    study ends with n_trials trials (at most one more: each worker starts a trial only while fewer
+    exist, and two may start the last one together), every trial number and parameter set once,
+    and the seeded startup trials equal a single-worker run's, point by point and value by value.
+    The TPE trials after them differ: TPE conditions on the finished trials, which two workers see
+    in another order (and each worker has its own sampler seed)."""
+    d, paths = files
+    n, startup = 10, 6
+    folds = load(paths)
+    spec = spec_for(folds, n, startup)
+    create_study(spec, postgres_url, "af-ridge", resume=False)
+    cmd = [sys.executable, "-m", "alphafactory.cli", "tune-worker", "--storage", postgres_url, "--study", "af-ridge",
+           "--dvc-yaml", str(d / "dvc.yaml")]
+    procs = [subprocess.Popen([*cmd, "--worker", str(w)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for w in (1, 2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    assert all("tune-worker" in log_ and "trial" in log_ for log_ in logs)  # both ran trials
+    shared = optuna.load_study(study_name="af-ridge", storage=postgres_url)
+    trials = [t for t in shared.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert n <= len(trials) <= n + 1
+    assert len({t.number for t in trials}) == len(trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
+    single = run_study(folds, n, startup)
+
+    def startup_values(study):
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+                      if t.system_attrs.get("fixed_params"))
+
+    assert len(startup_values(single)) == startup
+    assert startup_values(shared) == startup_values(single)
+    best_startup = max(v for _, v in startup_values(single))
+    assert shared.best_value >= best_startup and single.best_value >= best_startup
+
+
+def test_a_worker_on_other_data_is_refused(files):
+    _, paths = files
+    folds = load(paths)
+    spec = spec_for(folds, 3, 1)
+    other = StudySpec(**{**spec.attrs(), "data_hash": "0" * 16})
+    study = create_study(other, "sqlite:///:memory:", "s", resume=False)
+    with pytest.raises(ConfigError, match="was created on other data"):
+        optimize(study, other, folds)
+
+
+def test_a_tuned_model_without_its_block_in_the_stage_params_is_named(tmp_path):
+    from alphafactory.tune import check_stage_params
+
+    check_stage_params(from_dict(TuneConfig, {"models": ["lightgbm"], "spaces": {"lightgbm": {"num_leaves": "int 4 8"}}},
+                                 "tune"), ROOT / "dvc.yaml")  # the documented example is listed
+    cfg = from_dict(TuneConfig, {"models": ["lstm"], "spaces": {"lstm": {"hidden": "int 8 16"}}}, "tune")
+    with pytest.raises(ConfigError, match=r"'lstm' needs \['neural.lstm', 'train.lookback', 'neural.trainer'\]"):
+        check_stage_params(cfg, ROOT / "dvc.yaml")
