@@ -1,4 +1,4 @@
-"""`alphafactory` command line: list models, forecast from raw bars, audit for leakage.
+"""`alphafactory` command line: list models, forecast from raw bars, serve a bundle, audit for leakage.
 
 Each subcommand lives in the module that implements it; this file only wires them up.
 """
@@ -14,6 +14,8 @@ COMMANDS = {
     "models": ("alphafactory.cli", "list the registered model families"),
     "predict": ("alphafactory.serving.inference", "forecast from raw bars with a trained bundle"),
     "audit": ("alphafactory.evaluation.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
+    "serve": ("alphafactory.serving.app", "serve a bundle's forecasts over HTTP (FastAPI + uvicorn)"),
+    "info": ("alphafactory.serving.describe", "what a bundle holds: models, horizons, lookback, hash, data"),
 }
 
 
