@@ -459,35 +459,39 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
     # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
     out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
-    return add_lineage(out[0] if len(out) == 1 else pd.concat(out, ignore_index=True), bundle)
+    weekends = bool((bars["timestamp"].dt.day_of_week >= 5).any())  # 7-day daily bars (crypto): calendar days
+    return add_lineage(out[0] if len(out) == 1 else pd.concat(out, ignore_index=True), bundle, weekends=weekends)
 
 
 def target_timestamps(timestamp: pd.Series | np.ndarray, horizon: np.ndarray,
-                      frequency: FrequencyInfo) -> np.ndarray:
+                      frequency: FrequencyInfo, *, weekends: bool = False) -> np.ndarray:
     """The time each forecast is for: its bar's ``timestamp`` + ``horizon`` bars, (n,) datetime64[ns].
 
     Daily bars (``1D``: trading days, as ``infer_frequency`` reads them) step ``h`` business
     days, Monday to Friday: a Friday bar's 1-bar forecast is for Monday. Exchange holidays are
     not known to the bundle, so a horizon that spans one ends a business day before the bar
-    that really comes h bars later. Every other frequency steps ``h * bar_seconds`` of wall
+    that really comes h bars later. ``weekends`` (predict sets it when the bars include a
+    Saturday or Sunday: markets that trade every day) steps calendar days instead. Every other frequency steps ``h * bar_seconds`` of wall
     time: exact for weekly bars and for intraday bars within a session; an intraday horizon
     that crosses a session close names a time in the gap rather than the next session's bar."""
     ts = pd.DatetimeIndex(np.asarray(timestamp, "datetime64[ns]"))
     h = np.asarray(horizon, np.int64)
-    if frequency.label == "1D" and not frequency.intraday:
+    if frequency.label == "1D" and not frequency.intraday and not weekends:
         days = ts.normalize()
-        # numpy's business-day arithmetic: a weekend bar rolls forward to Monday first
-        target = np.busday_offset(days.to_numpy("datetime64[D]"), h, roll="forward")
+        # numpy's business-day arithmetic; a weekend bar counts from the Friday before: its next bar is Monday
+        target = np.busday_offset(days.to_numpy("datetime64[D]"), h, roll="backward")
         return (target.astype("datetime64[ns]") + (ts - days).to_numpy()).astype("datetime64[ns]")
     step = np.timedelta64(int(round(frequency.bar_seconds * 1e9)), "ns")
     return (ts.to_numpy() + h * step).astype("datetime64[ns]")
 
 
-def add_lineage(preds: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
-    """``preds`` with the :data:`LINEAGE` columns inserted after ``symbol, timestamp, horizon``."""
+def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) -> pd.DataFrame:
+    """``preds`` with the :data:`LINEAGE` columns inserted after ``symbol, timestamp, horizon``
+    (``weekends``: see :func:`target_timestamps`)."""
     n = len(preds)
     lineage = {
-        "target_timestamp": target_timestamps(preds["timestamp"], preds["horizon"].to_numpy(), bundle.frequency),
+        "target_timestamp": target_timestamps(preds["timestamp"], preds["horizon"].to_numpy(), bundle.frequency,
+                                              weekends=weekends),
         "bundle_sha256": np.full(n, bundle.digest, dtype=object),  # one shared str object
         "bundle_version": np.full(n, bundle.version, dtype=np.int64),
     }
