@@ -26,6 +26,7 @@ from alphafactory.serving.bundle import build_bundle, file_table
 from alphafactory.serving.db import read_predictions, write_predictions
 from alphafactory.serving.inference import (
     FORECAST_KEYS,
+    LINEAGE,
     ewm_memory_bars,
     history_bars,
     list_models,
@@ -118,7 +119,9 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     (measured: ~1e-9 here), not to the last bit."""
     repo, _ = project
     test = pd.read_parquet(repo / "data/predictions/test.parquet")
-    models = [m for m in test["model"].unique() if m not in ("zero", "train_mean", "momentum", "buy_and_hold")]
+    # The backtest stage's walk-forward refits (<name>_wf) are scored too, but are not in the bundle.
+    models = [m for m in test["model"].unique()
+              if m not in ("zero", "train_mean", "momentum", "buy_and_hold") and not m.endswith("_wf")]
     assert {*MODELS, "ensemble"} <= set(models)
     for m in models:
         col = "yhat" if m == "ensemble" else m
@@ -134,6 +137,13 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     for c in HEAD:
         np.testing.assert_allclose(got[c], got[f"{c}_ref"], rtol=1e-5, atol=1e-6 * got[f"{c}_ref"].abs().max(), err_msg=c)
     assert list(every_bar.columns[:9]) == FORECAST_KEYS + LINEAGE + HEAD
+    # Lineage: the bundle, and h business days ahead (daily bars, Monday to Friday).
+    assert (every_bar["bundle_sha256"] == load_bundle(repo / "bundle").digest).all()
+    assert (every_bar["bundle_version"] == 2).all()
+    target = pd.DatetimeIndex(every_bar["target_timestamp"])
+    assert (target.dayofweek < 5).all() and (target > every_bar["timestamp"]).all()
+    friday = every_bar[(every_bar["timestamp"].dt.dayofweek == 4) & (every_bar["horizon"] == 1)]
+    assert len(friday) and (friday["target_timestamp"] == friday["timestamp"] + pd.Timedelta(days=3)).all()
     assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
     assert (every_bar["yhat_std"] > 0).all()
 
