@@ -141,8 +141,8 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     assert (every_bar["bundle_sha256"] == load_bundle(repo / "bundle").digest).all()
     assert (every_bar["bundle_version"] == 2).all()
     target = pd.DatetimeIndex(every_bar["target_timestamp"])
-    assert (target.dayofweek < 5).all() and (target > every_bar["timestamp"]).all()
-    friday = every_bar[(every_bar["timestamp"].dt.dayofweek == 4) & (every_bar["horizon"] == 1)]
+    assert (target.day_of_week < 5).all() and (target > every_bar["timestamp"]).all()
+    friday = every_bar[(every_bar["timestamp"].dt.day_of_week == 4) & (every_bar["horizon"] == 1)]
     assert len(friday) and (friday["target_timestamp"] == friday["timestamp"] + pd.Timedelta(days=3)).all()
     assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
     assert (every_bar["yhat_std"] > 0).all()
