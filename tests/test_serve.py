@@ -49,10 +49,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 HORIZONS = (1, 5)
 NEURAL = {"lookback": 8, "trainer": {"epochs": 1, "batch_size": 128}}
 ONNX_RTOL = 1e-6  # ONNX Runtime across two processes: float32 kernels (docs/serve.md); trees, linear: exact
-EXACT = ["lightgbm", "ridge"]
+EXACT = ["lightgbm", "ridge", "logistic"]
 
 
-def _build(root: Path, bars: pd.DataFrame, families, *, scope: str = "pooled", seed: int = 0) -> Path:
+def _build(root: Path, bars: pd.DataFrame, families, *, scope: str = "pooled", seed: int = 0,
+           task: str = "regression") -> Path:
     """A bundle of ``families`` ((family, names, extra) triples) trained on ``bars`` as the
     pipeline's stages would (features, labels, split, fit, stack, bundle)."""
     freq = infer_frequency(bars)
@@ -64,7 +65,8 @@ def _build(root: Path, bars: pd.DataFrame, families, *, scope: str = "pooled", s
     fast = {"lightgbm": {"n_estimators": 20, "min_child_samples": 10, "early_stopping_rounds": 5}}
     results = []
     for family, names, extra in families:
-        results += fit_models(ds, names, fast, root / "models" / family, seed=seed, extra=extra, scope=scope)
+        results += fit_models(ds, names, fast, root / "models" / family, seed=seed, extra=extra, scope=scope,
+                              task=task)
     preds = pd.concat([r.predictions for r in results], ignore_index=True)
     Stacker(BlendConfig(), [r.name for r in results], HORIZONS).fit(preds, labels).save(root / "models" / "blend")
     info = {"frequency": freq.to_dict(), "symbols": sorted(bars["symbol"].unique()), "rows": len(bars),
@@ -77,7 +79,8 @@ def _build(root: Path, bars: pd.DataFrame, families, *, scope: str = "pooled", s
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     """``a``: lightgbm, ridge and an LSTM (ONNX); ``b``: lightgbm and ridge of another seed;
-    ``per_symbol``: ridge per symbol. All on one random 3-symbol panel (``bars``, parquet)."""
+    ``per_symbol``: ridge per symbol; ``classification``: lightgbm and logistic classifiers. All on
+    one random 3-symbol panel (``bars``, parquet)."""
     root = tmp_path_factory.mktemp("serve")
     bars = random_bars(n_symbols=3, n_bars=420)
     bars.to_parquet(root / "bars.parquet")
@@ -87,6 +90,8 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
         "a": _build(root / "a", bars, [*trees, ("neural", ("lstm",), NEURAL)]),
         "b": _build(root / "b", bars, trees, seed=1),
         "per_symbol": _build(root / "p", bars, [("classical", ("ridge",), None)], scope="per_symbol"),
+        "classification": _build(root / "c", bars, [("boosting", ("lightgbm",), None),
+                                                    ("classical", ("logistic",), None)], task="classification"),
     }
 
 
@@ -168,7 +173,10 @@ def test_endpoints_and_forecasts_equal_predict(bundles, bars, tmp_path):
         info = c.get("/v1/model").json()
         assert info == json.loads(json.dumps({**model_info(bundle), "components": list_models(bundle)}))
         assert info["data"]["start"] == str(bars["timestamp"].min()) and info["data"]["source"] == "test"
-        assert {"/v1/forecast", "/v1/forecasts", "/v1/reload", "/v1/model"} <= set(c.get("/openapi.json").json()["paths"])
+        schema = c.get("/openapi.json").json()["paths"]
+        assert {"/v1/forecast", "/v1/forecasts", "/v1/reload", "/v1/model", "/metrics", "/readyz"} <= set(schema)
+        assert set(schema["/v1/forecast"]["post"]["requestBody"]["content"]) == {
+            "application/json", "text/csv", "application/vnd.apache.parquet"}
 
         # The same bars three ways in; the very numbers of predict() out.
         for body in ({"content": _parquet(bars), "headers": {"content-type": "application/vnd.apache.parquet"}},
@@ -198,6 +206,17 @@ def test_endpoints_and_forecasts_equal_predict(bundles, bars, tmp_path):
     access = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith('{"ts"')]
     assert [a["path"] for a in access[:3]] == ["/readyz", "/healthz", "/readyz"]
     assert {"client", "method", "status", "ms", "bytes_out", "bundle"} <= set(access[-1])
+
+
+def test_a_classification_bundle_serves_class_probabilities(bundles, bars, tmp_path):
+    want = predict(bars, load_bundle(bundles["classification"]))
+    assert {"p_short", "p_neutral", "p_long"} <= set(want.columns)
+    with serving(bundles["classification"], tmp_path) as (c, _):
+        r = c.post("/v1/forecast", params={"components": "true"}, json=_json_records(bars))
+        assert r.status_code == 200, r.text
+        _assert_same_forecasts(_from_json(r.json()["forecasts"]), want)
+        heads = list(c.post("/v1/forecast", json=_json_records(bars)).json()["forecasts"][0])
+    assert heads == FORECAST_KEYS + LINEAGE + ["yhat", "yhat_std", "prob_up", "p_short", "p_neutral", "p_long"]
 
 
 def _message(fn) -> str:
@@ -282,6 +301,18 @@ def test_forecasts_are_stored_with_their_lineage_and_read_back(bundles, bars, tm
     table = read_predictions(url)
     assert len(table) == 2 * 3 * len(HORIZONS)  # two stored cuts; store=false wrote nothing
     assert (table["bundle_sha256"] == bundle.digest).all() and (table["bundle_version"] == 2).all()
+
+
+def test_a_database_that_fails_is_a_503_not_a_traceback(bundles, bars, tmp_path):
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    with serving(bundles["b"], tmp_path, "--db", url) as (c, _):
+        r = c.post("/v1/forecast", content=_parquet(bars), headers={"content-type": "application/vnd.apache.parquet"})
+        assert r.status_code == 503 and "predictions table 'preds': write failed (unable to open" in r.json()["error"]
+        r = c.get("/v1/forecasts")
+        assert r.status_code == 503 and "read failed (unable to open" in r.json()["error"]
+        r = c.post("/v1/forecast", params={"store": "false"}, content=_parquet(bars),
+                   headers={"content-type": "application/vnd.apache.parquet"})
+        assert r.status_code == 200
 
 
 @pytest.mark.slow

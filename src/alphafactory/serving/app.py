@@ -62,6 +62,17 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ROUTES = ("/healthz", "/readyz", "/v1/model", "/v1/forecast", "/v1/forecasts", "/v1/reload", "/metrics",
           "/openapi.json", "/docs")
 OPEN_ROUTES = ("/healthz", "/readyz")  # probes answer without the token
+_BAR = {"type": "object", "required": ["symbol", "timestamp", "open", "high", "low", "close", "volume"],
+        "properties": {"symbol": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"},
+                       **{c: {"type": "number"} for c in ("open", "high", "low", "close", "volume")}}}
+# The body is read raw (three formats), so its schema is declared here for the OpenAPI document.
+FORECAST_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"oneOf": [
+        {"type": "array", "items": _BAR},
+        {"type": "object", "required": ["bars"], "properties": {
+            "bars": {"type": "array", "items": _BAR}, "asof": {"type": "string"}, "components": {"type": "boolean"}}}]}},
+    "text/csv": {"schema": {"type": "string"}},
+    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 class RequestError(Exception):
@@ -148,8 +159,8 @@ class Service:
         self._reload_lock = threading.Lock()
         self._engine = None
         if db is not None:
-            from alphafactory.serving.db import make_engine
-            self._engine = make_engine(db)
+            from alphafactory.serving.db import reader_engine
+            self._engine = reader_engine(db)  # GET /v1/forecasts; each write makes its own (write_predictions)
 
     def reload(self, path: str | Path | None = None) -> tuple[Bundle, Bundle]:
         """Load and verify the bundle at ``path`` (default: the current path), then swap it in.
@@ -320,7 +331,7 @@ def create_app(service: Service) -> FastAPI:
         b = service.bundle
         return _json({**model_info(b), "components": list_models(b)})
 
-    @app.post("/v1/forecast", summary="Forecast every horizon from raw OHLCV bars",
+    @app.post("/v1/forecast", summary="Forecast every horizon from raw OHLCV bars", openapi_extra=FORECAST_BODY,
               description="Body: JSON records (or {\"bars\": [...], \"asof\": ..., \"components\": ...}), "
                           "CSV (text/csv) or parquet (application/vnd.apache.parquet). "
                           "Accept: application/vnd.apache.parquet returns the table as parquet.")
@@ -341,8 +352,16 @@ def create_app(service: Service) -> FastAPI:
             if not want:
                 preds = preds[[c for c in preds.columns if c not in list_models(bundle)]]
             if service.db is not None and _truthy(store if store is not None else True, "store"):
+                import sqlalchemy as sa
+
                 from alphafactory.serving.db import write_predictions
-                write_predictions(preds, service.db, table=service.table)
+                try:
+                    write_predictions(preds, service.db, table=service.table)
+                except sa.exc.DBAPIError as e:  # the database's problem, not the request's
+                    log.error("serve: writing the forecasts to table %s failed: %s", service.table, e)
+                    first = str(e.orig).splitlines()[0] if e.orig is not None else type(e).__name__
+                    raise RequestError(503, f"predictions table {service.table!r}: write failed ({first}); "
+                                            f"nothing was stored, retry, or send store=false") from e
             return preds, at, want
 
         preds, at, _ = await anyio.to_thread.run_sync(work, limiter=limiter)
@@ -375,8 +394,15 @@ def create_app(service: Service) -> FastAPI:
         from alphafactory.serving.db import read_predictions
 
         def work() -> list[dict[str, Any]]:
-            table = read_predictions(service.db, service.table, symbols=symbols, since=at, limit=limit,
-                                     engine=service._engine)
+            import sqlalchemy as sa
+
+            try:
+                table = read_predictions(service.db, service.table, symbols=symbols, since=at, limit=limit,
+                                         engine=service._engine)
+            except sa.exc.DBAPIError as e:
+                log.error("serve: reading table %s failed: %s", service.table, e)
+                first = str(e.orig).splitlines()[0] if e.orig is not None else type(e).__name__
+                raise RequestError(503, f"predictions table {service.table!r}: read failed ({first})") from e
             return records(table)
 
         rows = await anyio.to_thread.run_sync(work, limiter=limiter)

@@ -109,6 +109,12 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
+def reader_engine(url: str) -> sa.Engine:
+    """An engine for readers: plain transactions (no ``BEGIN IMMEDIATE``: a reader never takes
+    SQLite's write lock, and WAL mode never blocks it)."""
+    return sa.create_engine(url)
+
+
 def _transient(e: sa.exc.DBAPIError) -> bool:
     """A failure another attempt can get past: busy/locked (SQLite), serialization failure,
     deadlock or a concurrent-DDL race (PostgreSQL)."""
@@ -229,7 +235,7 @@ def read_predictions(url: str, table: str = "preds", *, symbols: list[str] | Non
     ``symbols`` with ``timestamp >= since`` (bar time), at most ``limit`` (the first in key
     order). ``engine``: reuse one (a server's), else one is made and disposed of."""
     own = engine is None
-    engine = sa.create_engine(url) if own else engine  # a reader: no write lock (SQLite WAL never blocks it)
+    engine = reader_engine(url) if own else engine
     try:
         with engine.connect() as conn:
             if not sa.inspect(conn).has_table(table):
