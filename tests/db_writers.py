@@ -27,13 +27,14 @@ def value(sym: np.ndarray, day: np.ndarray, horizon: np.ndarray, salt: float) ->
 
 
 def frame(mode: str, writer: int, round_: int, days: int = DAYS) -> pd.DataFrame:
-    """(symbol, timestamp, horizon) rows with yhat, yhat_std, prob_up, a ``lightgbm`` column and a
+    """(symbol, timestamp, horizon) rows with their lineage, yhat, yhat_std, prob_up, a ``lightgbm`` column and a
     model column new in each round (``extra_r<round>``: every writer adds it at once)."""
     d0 = first_day(mode, writer, round_)
     keys = np.array(list(itertools.product(range(len(SYMBOLS)), range(d0, d0 + days), HORIZONS)))
     s, d, h = keys.T
     return pd.DataFrame({
         "symbol": np.asarray(SYMBOLS)[s], "timestamp": START + pd.to_timedelta(d, "D"), "horizon": h,
+        "target_timestamp": START + pd.to_timedelta(d + h, "D"), "bundle_sha256": "ab" * 32, "bundle_version": 2,
         "yhat": value(s, d, h, 0.0), "yhat_std": 1.0 + value(s, d, h, 1.0) ** 2, "prob_up": 0.5,
         "lightgbm": value(s, d, h, 2.0), f"extra_r{round_}": value(s, d, h, 3.0 + round_),
     })

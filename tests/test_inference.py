@@ -26,6 +26,7 @@ from alphafactory.serving.bundle import build_bundle, file_table
 from alphafactory.serving.db import read_predictions, write_predictions
 from alphafactory.serving.inference import (
     FORECAST_KEYS,
+    LINEAGE,
     ewm_memory_bars,
     history_bars,
     list_models,
@@ -135,7 +136,14 @@ def test_predict_all_reproduces_the_evaluated_test_forecasts(project, every_bar)
     assert len(got) == len(blend)
     for c in HEAD:
         np.testing.assert_allclose(got[c], got[f"{c}_ref"], rtol=1e-5, atol=1e-6 * got[f"{c}_ref"].abs().max(), err_msg=c)
-    assert list(every_bar.columns[:6]) == FORECAST_KEYS + HEAD
+    assert list(every_bar.columns[:9]) == FORECAST_KEYS + LINEAGE + HEAD
+    # Lineage: the bundle, and h business days ahead (daily bars, Monday to Friday).
+    assert (every_bar["bundle_sha256"] == load_bundle(repo / "bundle").digest).all()
+    assert (every_bar["bundle_version"] == 2).all()
+    target = pd.DatetimeIndex(every_bar["target_timestamp"])
+    assert (target.day_of_week < 5).all() and (target > every_bar["timestamp"]).all()
+    friday = every_bar[(every_bar["timestamp"].dt.day_of_week == 4) & (every_bar["horizon"] == 1)]
+    assert len(friday) and (friday["target_timestamp"] == friday["timestamp"] + pd.Timedelta(days=3)).all()
     assert ((every_bar["prob_up"] > 0) & (every_bar["prob_up"] < 1)).all()
     assert (every_bar["yhat_std"] > 0).all()
 
@@ -151,7 +159,8 @@ def test_predict_in_symbol_batches_equals_one_batch(bundle, bars, every_bar, mon
     got = predict(bars, bundle, asof="all")
     assert list(got.columns) == list(every_bar.columns)
     pd.testing.assert_frame_equal(got[FORECAST_KEYS], every_bar[FORECAST_KEYS])
-    cols = [c for c in got.columns if c not in FORECAST_KEYS]
+    pd.testing.assert_frame_equal(got[LINEAGE], every_bar[LINEAGE])
+    cols = [c for c in got.columns if c not in FORECAST_KEYS + LINEAGE]
     np.testing.assert_allclose(got[cols].to_numpy(), every_bar[cols].to_numpy(), rtol=1e-6, atol=1e-9)
     batches = inference._symbol_batches(pd.Series(list("aaabbbbcddddde")), max_rows=4)
     assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 7), (7, 8), (8, 13), (13, 14)]
@@ -187,7 +196,8 @@ def test_asof_uses_a_trimmed_history_and_never_later_bars(bundle, bars, every_ba
     ref = every_bar[every_bar["timestamp"] == at].reset_index(drop=True)
     # history_bars() keeps enough bars for the exponentially weighted features to come out as on
     # the full history (measured: ~1e-8 on the neural forecasts, 0 on the trees).
-    cols = [c for c in got.columns if c not in FORECAST_KEYS]
+    pd.testing.assert_frame_equal(got[LINEAGE], ref[LINEAGE])
+    cols = [c for c in got.columns if c not in FORECAST_KEYS + LINEAGE]
     np.testing.assert_allclose(got[cols].to_numpy(), ref[cols].to_numpy(), rtol=1e-6, atol=1e-7)
     # Default asof: each symbol's last bar.
     last = predict(bars, bundle)

@@ -150,6 +150,7 @@ def test_nothing_serving_reaches_imports_torch_or_sklearn():
     graph = import_graph()
     reached = closure(graph, [m for m in graph if m.startswith(f"{PKG}.serving")])
     assert f"{PKG}.serving.onnx_runtime" in reached and f"{PKG}.models.persist" in reached
+    assert f"{PKG}.serving.app" in reached and f"{PKG}.serving.describe" in reached
     bad = [(m, t, line) for m in sorted(reached) for t, line in _imports(m) if t.split(".")[0] in SERVING_BANNED]
     assert not bad, f"serving/ reaches modules that import {SERVING_BANNED}: {bad}"
 
@@ -190,6 +191,7 @@ def small_bundle(tmp_path_factory) -> tuple[Path, Path]:
 FORECAST = """
 import json, sys
 import pandas as pd
+import alphafactory.serving.app  # the HTTP service (FastAPI, uvicorn) too
 from alphafactory.serving.inference import load_bundle, predict
 bundle = load_bundle(sys.argv[1])
 out = predict(pd.read_parquet(sys.argv[2]), bundle)

@@ -1,4 +1,4 @@
-"""`alphafactory` command line: list models, forecast from raw bars, audit for leakage.
+"""`alphafactory` command line: list models, forecast from raw bars, serve a bundle, audit for leakage.
 
 Each subcommand lives in the module that implements it; this file only wires them up.
 """
@@ -15,6 +15,8 @@ COMMANDS = {
     "predict": ("alphafactory.serving.inference", "forecast from raw bars with a trained bundle"),
     "tune-worker": ("alphafactory.tune", "join a tune study (SQLite or PostgreSQL storage) and run its trials"),
     "audit": ("alphafactory.evaluation.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
+    "serve": ("alphafactory.serving.app", "serve a bundle's forecasts over HTTP (FastAPI + uvicorn)"),
+    "info": ("alphafactory.serving.describe", "what a bundle holds: models, horizons, lookback, hash, data"),
 }
 
 

@@ -53,7 +53,8 @@ PACKAGES = ("alphafactory", "numpy", "pandas", "pyarrow", "scipy", "lightgbm", "
 # version (or none) at load time does not change a forecast.
 BUILD_ONLY = ("torch", "onnx", "onnxscript")
 # Output columns of a forecast; a base model may not take one of these names.
-RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up")
+RESERVED = ("symbol", "timestamp", "horizon", "yhat", "yhat_std", "prob_up",
+            "target_timestamp", "bundle_sha256", "bundle_version")
 
 
 
@@ -193,6 +194,8 @@ def build_bundle(model_dirs: Sequence[str | Path], blend_dir: str | Path, out: s
         "frequency": info["frequency"],
         "feature_columns": columns,
         "symbols": sorted(info["symbols"]),
+        # The prepared bars the models were fit on (train/val/test segments within them).
+        "data": {k: info.get(k) for k in ("start", "end", "rows", "source")},
         "models": [{"name": n, "family": found[n][1]["family"], "input_kind": found[n][1]["input_kind"],
                     "path": f"{MODELS_DIR}/{n}"} for n in order],
         "blender": {"path": BLEND_DIR, "meta": blend["config"].get("meta"), "methods": methods,

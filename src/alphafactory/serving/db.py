@@ -1,7 +1,10 @@
 """Forecasts into a SQL table, idempotently: an upsert keyed by (symbol, timestamp, horizon).
 
-The ``preds`` table holds ``symbol, timestamp, horizon`` (primary key), ``yhat``, ``yhat_std``,
-``prob_up`` and one nullable column per base model. Writing the same forecasts twice leaves the
+The ``preds`` table holds ``symbol, timestamp, horizon`` (primary key), the lineage of each row
+(``target_timestamp``: the time it forecasts; ``bundle_sha256``, ``bundle_version``: the bundle
+that made it), ``yhat``, ``yhat_std``, ``prob_up`` and one nullable column per base model. A
+table written before the lineage columns existed gains them on the next write (``ALTER TABLE ...
+ADD COLUMN``, under the same lock as a new model column), NULL in its older rows. Writing the same forecasts twice leaves the
 same rows (``INSERT ... ON CONFLICT DO UPDATE``, SQLite and PostgreSQL); a bundle with a new base
 model adds its column. Any SQLAlchemy URL of those two dialects works, e.g.
 ``sqlite:///preds.db`` or ``postgresql+psycopg://user@host:5432/db``.
@@ -41,6 +44,7 @@ from alphafactory.errors import InputError
 
 KEY = ("symbol", "timestamp", "horizon")
 VALUES = ("yhat", "yhat_std", "prob_up")
+LINEAGE = ("target_timestamp", "bundle_sha256", "bundle_version")  # inference.LINEAGE
 DIALECTS = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for the write lock
 RETRIES = 8  # attempts per transaction; back-off 0.05 s doubling, ~13 s in all at most
@@ -60,8 +64,16 @@ def preds_table(name: str, components: list[str], metadata: sa.MetaData) -> sa.T
         sa.Column("symbol", sa.String(32), primary_key=True),
         sa.Column("timestamp", sa.DateTime(), primary_key=True),  # bar time, UTC wall time
         sa.Column("horizon", sa.Integer(), primary_key=True),  # bars ahead
+        *_lineage_columns(),
         *(sa.Column(c, sa.Float(), nullable=True) for c in (*VALUES, *components)),
     )
+
+
+def _lineage_columns() -> list[sa.Column]:
+    # nullable: rows written before lineage was recorded keep NULL there
+    return [sa.Column("target_timestamp", sa.DateTime(), nullable=True),  # timestamp + horizon bars
+            sa.Column("bundle_sha256", sa.String(64), nullable=True),
+            sa.Column("bundle_version", sa.Integer(), nullable=True)]
 
 
 def _insert(dialect: str):
@@ -95,6 +107,12 @@ def make_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def reader_engine(url: str) -> sa.Engine:
+    """An engine for readers: plain transactions (no ``BEGIN IMMEDIATE``: a reader never takes
+    SQLite's write lock, and WAL mode never blocks it)."""
+    return sa.create_engine(url)
 
 
 def _transient(e: sa.exc.DBAPIError) -> bool:
@@ -150,6 +168,10 @@ def ensure_table(engine: sa.Engine, table: str, components: list[str]) -> sa.Tab
                                  f"primary key {pk}, expected {list(KEY)}: a table written by alphafactory "
                                  f"predict (or choose another --table)")
             have = {c["name"] for c in inspector.get_columns(table)}
+            for col in _lineage_columns():  # a table from before lineage: migrate it in place
+                if col.name not in have:
+                    kind = col.type.compile(dialect=engine.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE {prep.quote(table)} ADD COLUMN {prep.quote(col.name)} {kind}"))
             for c in components:
                 if c not in have:  # a bundle with a new base model: add its column, NULL for old rows
                     conn.execute(sa.text(f"ALTER TABLE {prep.quote(table)} ADD COLUMN {prep.quote(c)} {col_type}"))
@@ -161,9 +183,13 @@ def ensure_table(engine: sa.Engine, table: str, components: list[str]) -> sa.Tab
 def _records(preds: pd.DataFrame, columns: list[str]) -> list[dict]:
     """Plain Python values (datetime, int, float, None for NaN): every driver adapts them."""
     cols = {c: preds[c].astype(object).where(preds[c].notna(), None).tolist()
-            for c in columns if c not in ("timestamp", "horizon")}
-    cols["timestamp"] = list(preds["timestamp"].dt.to_pydatetime())
-    cols["horizon"] = [int(h) for h in preds["horizon"].to_numpy()]
+            for c in columns if c not in ("timestamp", "horizon", "target_timestamp", "bundle_version")}
+    for c in ("timestamp", "target_timestamp"):
+        if c in columns:
+            cols[c] = list(preds[c].dt.to_pydatetime())
+    for c in ("horizon", "bundle_version"):
+        if c in columns:
+            cols[c] = [int(h) for h in preds[c].to_numpy()]
     return [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
 
 
@@ -172,21 +198,21 @@ def write_predictions(preds: pd.DataFrame, url: str = "sqlite:///preds.db", tabl
     """Upsert the output of :func:`alphafactory.serving.inference.predict` into ``table`` at ``url``, in
     transactions of ``chunk`` rows; create the table (or add missing component columns) first.
     Safe with other writers at the same time (module docstring). Returns rows written."""
-    missing = [c for c in (*KEY, *VALUES) if c not in preds.columns]
+    missing = [c for c in (*KEY, *LINEAGE, *VALUES) if c not in preds.columns]
     if missing:
         raise InputError(f"predictions lack column(s) {missing}; expected the output of predict()")
     if preds.duplicated(list(KEY)).any():
         raise InputError("predictions: duplicate (symbol, timestamp, horizon) rows; expected one each")
     if chunk < 1:
         raise InputError(f"chunk: got {chunk}, expected >= 1 rows per transaction")
-    components = [c for c in preds.columns if c not in (*KEY, *VALUES)]
+    components = [c for c in preds.columns if c not in (*KEY, *LINEAGE, *VALUES)]
     engine = make_engine(url)
     insert = _insert(engine.dialect.name)
     try:
         t = ensure_table(engine, table, components)
         stmt = insert(t)
         stmt = stmt.on_conflict_do_update(index_elements=list(KEY),
-                                          set_={c: stmt.excluded[c] for c in (*VALUES, *components)})
+                                          set_={c: stmt.excluded[c] for c in (*LINEAGE, *VALUES, *components)})
         ordered = preds.sort_values(list(KEY), kind="stable", ignore_index=True)  # one lock order for all writers
         columns = list(preds.columns)
         for s in range(0, len(ordered), chunk):
@@ -202,10 +228,30 @@ def write_predictions(preds: pd.DataFrame, url: str = "sqlite:///preds.db", tabl
     return len(preds)
 
 
-def read_predictions(url: str, table: str = "preds") -> pd.DataFrame:
-    """The whole table, sorted by (symbol, timestamp, horizon)."""
-    engine = sa.create_engine(url)  # a reader: no write lock (SQLite in WAL mode never blocks it)
-    with engine.connect() as conn:
-        df = pd.read_sql_table(table, conn)
-    engine.dispose()
+def read_predictions(url: str, table: str = "preds", *, symbols: list[str] | None = None,
+                     since: pd.Timestamp | None = None, limit: int | None = None,
+                     engine: sa.Engine | None = None) -> pd.DataFrame:
+    """Rows of the table, sorted by (symbol, timestamp, horizon): all of them, or those of
+    ``symbols`` with ``timestamp >= since`` (bar time), at most ``limit`` (the first in key
+    order). ``engine``: reuse one (a server's), else one is made and disposed of."""
+    own = engine is None
+    engine = reader_engine(url) if own else engine
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                raise InputError(f"{engine.url.render_as_string(hide_password=True)}: no table {table!r}; "
+                                 f"nothing was written there yet (alphafactory predict --db, or POST /v1/forecast)")
+            t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+            query = sa.select(t)
+            if symbols:
+                query = query.where(t.c.symbol.in_(list(symbols)))
+            if since is not None:
+                query = query.where(t.c.timestamp >= since.to_pydatetime())
+            query = query.order_by(*(t.c[k] for k in KEY))
+            if limit is not None:
+                query = query.limit(int(limit))
+            df = pd.read_sql_query(query, conn)
+    finally:
+        if own:
+            engine.dispose()
     return df.sort_values(list(KEY), ignore_index=True)

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 # history trim (see ``history_bars``); measured effect on forecasts in the README.
 HISTORY_TOL = 1e-6
 FORECAST_KEYS = ["symbol", "timestamp", "horizon"]  # one forecast row: labels.KEYS + horizon
+# Lineage of every forecast row, right after its key: the time it forecasts (see target_timestamps),
+# the bundle that made it (sha256 of its manifest.json) and that bundle's format version.
+LINEAGE = ["target_timestamp", "bundle_sha256", "bundle_version"]
 # Forecast bars per pass of the models and the blender (predict's memory bound past the
 # features; measured in the README). Larger is no faster: every step is vectorised per batch.
 CHUNK_ROWS = 20_000
@@ -72,6 +75,7 @@ class Bundle:
     blender: Stacker
     primary: str  # the blend method whose forecast is ``yhat`` (the stacking "ensemble")
     config: dict[str, Any]  # bundle.json as written by the bundle stage
+    version: int  # manifest.json format_version (verify() loads only bundle_files.FORMAT_VERSION)
 
     @property
     def warmup(self) -> int:
@@ -239,7 +243,7 @@ def _assemble_bundle(path: Path, files: bundle_files.VerifiedBundle, config: dic
         path=path, digest=files.digest, features=features, label=label, frequency=frequency,
         horizons=horizons, lookback=lookback, feature_columns=columns,
         symbols=tuple(_get(config, "symbols", list, where)), models=loaded, calibration=calibration,
-        blender=blender, primary=primary, config=config,
+        blender=blender, primary=primary, config=config, version=bundle_files.FORMAT_VERSION,
     )
 
 
@@ -298,9 +302,15 @@ def list_models(bundle: Bundle) -> list[str]:
 def model_info(bundle: Bundle) -> dict[str, Any]:
     """What the bundle forecasts and what it needs, as plain JSON-able values."""
     cfg = bundle.config
+    # The models' own record of the training data (labels + features); one hash when they agree.
+    hashes = sorted({str(m.meta_["data_hash"]) for m in bundle.models.values()
+                     if "data_hash" in (getattr(m, "meta_", None) or {})})
     return {
         "path": str(bundle.path),
         "bundle_sha256": bundle.digest,
+        "bundle_version": bundle.version,
+        "data": {**(cfg.get("data") or {}),  # absent from bundles built before it was recorded
+                 "data_hash": hashes[0] if len(hashes) == 1 else (hashes or None)},
         "horizons": list(bundle.horizons),
         "base_models": [{k: m[k] for k in ("name", "family", "input_kind")} for m in cfg["models"]],
         "has_neural": any(m["family"] == "neural" for m in cfg["models"]),
@@ -449,7 +459,44 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
     # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
     out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
-    return out[0] if len(out) == 1 else pd.concat(out, ignore_index=True)
+    weekends = bool((bars["timestamp"].dt.day_of_week >= 5).any())  # 7-day daily bars (crypto): calendar days
+    return add_lineage(out[0] if len(out) == 1 else pd.concat(out, ignore_index=True), bundle, weekends=weekends)
+
+
+def target_timestamps(timestamp: pd.Series | np.ndarray, horizon: np.ndarray,
+                      frequency: FrequencyInfo, *, weekends: bool = False) -> np.ndarray:
+    """The time each forecast is for: its bar's ``timestamp`` + ``horizon`` bars, (n,) datetime64[ns].
+
+    Daily bars (``1D``: trading days, as ``infer_frequency`` reads them) step ``h`` business
+    days, Monday to Friday: a Friday bar's 1-bar forecast is for Monday. Exchange holidays are
+    not known to the bundle, so a horizon that spans one ends a business day before the bar
+    that really comes h bars later. ``weekends`` (predict sets it when the bars include a
+    Saturday or Sunday: markets that trade every day) steps calendar days instead. Every other frequency steps ``h * bar_seconds`` of wall
+    time: exact for weekly bars and for intraday bars within a session; an intraday horizon
+    that crosses a session close names a time in the gap rather than the next session's bar."""
+    ts = pd.DatetimeIndex(np.asarray(timestamp, "datetime64[ns]"))
+    h = np.asarray(horizon, np.int64)
+    if frequency.label == "1D" and not frequency.intraday and not weekends:
+        days = ts.normalize()
+        # numpy's business-day arithmetic; a weekend bar counts from the Friday before: its next bar is Monday
+        target = np.busday_offset(days.to_numpy("datetime64[D]"), h, roll="backward")
+        return (target.astype("datetime64[ns]") + (ts - days).to_numpy()).astype("datetime64[ns]")
+    step = np.timedelta64(int(round(frequency.bar_seconds * 1e9)), "ns")
+    return (ts.to_numpy() + h * step).astype("datetime64[ns]")
+
+
+def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) -> pd.DataFrame:
+    """``preds`` with the :data:`LINEAGE` columns inserted after ``symbol, timestamp, horizon``
+    (``weekends``: see :func:`target_timestamps`)."""
+    n = len(preds)
+    lineage = {
+        "target_timestamp": target_timestamps(preds["timestamp"], preds["horizon"].to_numpy(), bundle.frequency,
+                                              weekends=weekends),
+        "bundle_sha256": np.full(n, bundle.digest, dtype=object),  # one shared str object
+        "bundle_version": np.full(n, bundle.version, dtype=np.int64),
+    }
+    rest = [c for c in preds.columns if c not in FORECAST_KEYS]
+    return pd.concat([preds[FORECAST_KEYS], pd.DataFrame(lineage, index=preds.index), preds[rest]], axis=1)
 
 
 def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,189 @@
+"""Benchmark ``alphafactory serve`` under load: concurrent clients on loopback for a fixed time.
+
+    python bench/bench_serve.py --bundle bundle                  # the pipeline's bundle (make run)
+    python bench/bench_serve.py --bundle bundle --duration 10    # shorter, on a busy machine
+    python bench/bench_serve.py                                  # trains a small bundle first
+
+The server runs in a subprocess (``alphafactory serve --port 0`` on 127.0.0.1: this script never
+talks to anything but loopback). Two scenarios, each for ``--duration`` seconds:
+
+- ``small``: ``--clients`` clients (default 8), each sending, as fast as it is answered, one
+  request of ``--small-symbols`` symbols x ``history_bars`` raw bars (the bars one forecast from
+  the last bar reads; fewer would change the long-memory features). A bundle with
+  cross-sectional features needs at least 2 symbols per request (ranks across one symbol do not
+  exist); then 2 is used and the table says so.
+- ``500 symbols``: ``--big-clients`` clients (default 1) sending 500 symbols x ``history_bars``.
+
+Bodies are parquet (``--format json`` sends JSON records). Synthetic bars (the bundle's models
+are pooled, so symbols it never saw are fine). Prints a markdown table: requests, throughput,
+p50/p99/max latency, errors (any status but 200, or a dropped connection), and the server's
+resident memory after the warm-up, at its peak and at the end. Exits 1 if a target is missed:
+p99 <= 50 ms for ``small`` at 8 clients, p99 <= 1 s for 500 symbols, no error, and memory
+flat: the server's peak RSS in the last third of a run within 10% of its peak in the first third
+(one request's own allocations come and go, so the peaks are compared, not two samples).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # as `make bench`: idle OpenMP threads sleep
+ROOT = Path(__file__).resolve().parents[1]
+MAX_CLIENTS, MAX_DURATION_S = 64, 600  # bounded load, whatever the arguments say
+TARGET_SMALL_P99_S, TARGET_BIG_P99_S, TARGET_MEM_GROWTH = 0.050, 1.0, 0.10
+
+
+def rss_bytes(pid: int) -> int:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) * 1024 if m else 0
+
+
+def start_server(bundle: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "alphafactory.cli", "serve", "--models", str(bundle),
+                                 "--host", "127.0.0.1", "--port", "0"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited {proc.returncode}:\n{log_path.read_text()}")
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)", log_path.read_text())
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit(f"server did not start:\n{log_path.read_text()}")
+
+
+def body_of(bars, fmt: str) -> tuple[bytes, dict[str, str]]:
+    if fmt == "json":
+        import json
+
+        recs = bars.assign(timestamp=bars["timestamp"].astype(str)).to_dict("records")
+        return json.dumps(recs).encode(), {"content-type": "application/json"}
+    buf = io.BytesIO()
+    bars.to_parquet(buf, index=False)
+    return buf.getvalue(), {"content-type": "application/vnd.apache.parquet"}
+
+
+def load(port: int, body: bytes, headers: dict[str, str], clients: int, duration: float, pid: int) -> dict:
+    """``clients`` threads posting ``body`` back to back for ``duration`` seconds."""
+    import httpx
+
+    lat: list[float] = []
+    errors: list[str] = []
+    mem: list[int] = []  # the server's RSS every 0.5 s
+    stop = time.monotonic() + duration
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as h:
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                try:
+                    r = h.post("/v1/forecast", content=body, headers=headers)
+                except httpx.HTTPError as e:
+                    errors.append(repr(e))
+                    continue
+                lat.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        mem.append(rss_bytes(pid))
+        time.sleep(0.5)
+    for t in threads:
+        t.join()
+    lat.sort()
+    q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
+    return {"requests": len(lat), "rps": len(lat) / duration, "p50": q(0.50), "p99": q(0.99),
+            "max": lat[-1] if lat else float("nan"), "mean": statistics.fmean(lat) if lat else float("nan"),
+            "errors": len(errors), "first_error": errors[0] if errors else "",
+            "mem_start": mem[0] if mem else 0, "mem_max": max(mem, default=0), "mem_end": mem[-1] if mem else 0,
+            # a request's own allocations come and go: compare the peaks of the first and last thirds
+            "peak_first": max(mem[:max(1, len(mem) // 3)], default=0), "peak_last": max(mem[-max(1, len(mem) // 3):], default=0)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", default=None, help="bundle directory (default: train a small one)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per scenario (default 30)")
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients, small requests (default 8)")
+    ap.add_argument("--big-clients", type=int, default=1, help="concurrent clients, 500-symbol requests (default 1)")
+    ap.add_argument("--small-symbols", type=int, default=1, help="symbols per small request (default 1)")
+    ap.add_argument("--big-symbols", type=int, default=500, help="symbols per big request (default 500)")
+    ap.add_argument("--format", choices=("parquet", "json"), default="parquet", help="request body format")
+    args = ap.parse_args()
+    if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.big_clients <= MAX_CLIENTS):
+        ap.error(f"--clients, --big-clients: 1..{MAX_CLIENTS}")
+    if not 0 < args.duration <= MAX_DURATION_S:
+        ap.error(f"--duration: (0, {MAX_DURATION_S}] seconds")
+    sys.path.insert(0, str(ROOT / "src"))
+    from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
+    from alphafactory.serving.inference import history_bars, load_bundle
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    if args.bundle is None:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from bench_predict import train_bundle
+
+        bundle_path = train_bundle(tmp / "proj")
+    else:
+        bundle_path = Path(args.bundle)
+    bundle = load_bundle(bundle_path)
+    n_bars = history_bars(bundle)
+    small = args.small_symbols
+    note = ""
+    if "cross_sectional" in bundle.features.groups and small < 2:
+        small, note = 2, " (the bundle has cross-sectional features: 2 symbols is the smallest request)"
+    bars, _ = make_synthetic(SyntheticConfig(symbols=max(args.big_symbols, small), bars=n_bars, seed=11))
+    syms = sorted(bars["symbol"].unique())
+    proc, port = start_server(bundle_path, tmp / "serve.log")
+    rows = []
+    try:
+        for label, n_sym, clients in ((f"small: {small} symbol(s)", small, args.clients),
+                                      (f"{args.big_symbols} symbols", args.big_symbols, args.big_clients)):
+            part = bars[bars["symbol"].isin(syms[:n_sym])]
+            body, headers = body_of(part, args.format)
+            load(port, body, headers, clients, min(3.0, args.duration), proc.pid)  # warm-up, not counted
+            res = load(port, body, headers, clients, args.duration, proc.pid)
+            rows.append((label, n_sym, clients, len(body), res))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    la = os.getloadavg()
+    print(f"\n### alphafactory serve: {args.duration:.0f} s per scenario, {n_bars} bars per symbol "
+          f"(history_bars), {args.format} bodies, {os.cpu_count()} cores, load average "
+          f"{la[0]:.1f} {la[1]:.1f} {la[2]:.1f}{note}\n")
+    print("| scenario | clients | body | requests | req/s | p50 ms | p99 ms | max ms | errors | RSS MiB start / peak / end |")  # noqa: E501
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    failed = []
+    for (label, _, clients, size, r), target in zip(rows, (TARGET_SMALL_P99_S, TARGET_BIG_P99_S), strict=True):
+        mb = [r[k] / 2**20 for k in ("mem_start", "mem_max", "mem_end")]
+        print(f"| {label} | {clients} | {size / 1024:.0f} KiB | {r['requests']} | {r['rps']:.1f} | {r['p50'] * 1e3:.1f} | "
+              f"{r['p99'] * 1e3:.1f} | {r['max'] * 1e3:.1f} | {r['errors']} | {mb[0]:.0f} / {mb[1]:.0f} / {mb[2]:.0f} |")
+        if r["p99"] > target:
+            failed.append(f"{label}: p99 {r['p99'] * 1e3:.0f} ms > {target * 1e3:.0f} ms")
+        if r["errors"]:
+            failed.append(f"{label}: {r['errors']} errors, e.g. {r['first_error']}")
+        if r["peak_first"] and r["peak_last"] > (1 + TARGET_MEM_GROWTH) * r["peak_first"]:
+            failed.append(f"{label}: memory grew: peak {r['peak_first'] / 2**20:.0f} MiB in the first third of the "
+                          f"run, {r['peak_last'] / 2**20:.0f} MiB in the last")
+    for f in failed:
+        print(f"target missed: {f}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
