@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from alphafactory import models
-from alphafactory.compute import ComputeConfig, FanOut, chunks, fan_out
+from alphafactory.compute import ComputeConfig, FanOut, fan_out
 from alphafactory.config import from_dict
 from alphafactory.dataset import KEYS, assemble, drop_warmup
 from alphafactory.errors import ConfigError
@@ -131,11 +131,6 @@ def test_config_is_checked_with_the_rest_of_params():
         check_params(params)
 
 
-def test_chunks_cover_the_sequence_in_order():
-    assert chunks(list(range(7)), 3) == [[0, 1], [2, 3, 4], [5, 6]]
-    assert chunks([1, 2], 5) == [[1], [2]]
-
-
 def test_unreachable_scheduler_is_one_clear_error_naming_the_address():
     address = f"tcp://127.0.0.1:{_free_port()}"  # nothing listens there
     t0 = time.perf_counter()
@@ -226,6 +221,32 @@ def test_permutation_importance_on_the_cluster_matches_in_process(cluster):
         there = permutation_importance(model, X, Y, groups, n_seeds=3, seed=4, fan=fan)
     pd.testing.assert_frame_equal(here, there, check_exact=True)
     assert here.loc[here["feature"] == "f0", "ic_drop"].min() > 0.1  # the feature the targets load on
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("freq", ["1D", "1h"])
+def test_featurize_in_symbol_batches_on_the_cluster_matches_in_process(cluster, freq):
+    """Per-symbol groups in batches of whole symbols on the workers, the cross-sectional ones on
+    the whole panel: the in-process frame of the same features.symbol_batch, byte for byte."""
+    from dask.distributed import get_task_stream
+
+    from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
+    from alphafactory.features import FeatureConfig, compute_features, compute_features_batched
+
+    address, client = cluster
+    bars = make_synthetic(SyntheticConfig(symbols=5, bars=400, freq=freq), horizons=(1,))[0]
+    cfg = FeatureConfig(symbol_batch=2)
+    assert "cross_sectional" in cfg.groups
+    here = compute_features_batched(bars, cfg)
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        there = compute_features_batched(bars, cfg, fan=fan)
+    assert len([t for t in stream.data if "_call" in t["key"]]) == 3  # batches of 2, 2 and 1 symbols
+    assert any(c.startswith("cs_rank_") for c in here.columns)
+    pd.testing.assert_frame_equal(here, there, check_exact=True)
+    # and, up to the last bits of the EW features, the one-batch frame
+    whole = compute_features(bars, cfg)
+    pd.testing.assert_frame_equal(whole, there, check_exact=False, rtol=1e-5)
+    assert compute_features_batched(bars, FeatureConfig()).equals(compute_features(bars, FeatureConfig()))
 
 
 def _xy(ds, segment):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
@@ -144,9 +144,3 @@ def fan_out(cfg: ComputeConfig | None = None) -> Iterator[FanOut]:
     with contextlib.ExitStack() as stack:
         yield FanOut(cfg, stack)
 
-
-def chunks(seq: Sequence[T], n: int) -> list[Sequence[T]]:
-    """``seq`` cut into at most ``n`` contiguous pieces of near-equal length (none empty)."""
-    n = max(1, min(n, len(seq)))
-    bounds = [round(i * len(seq) / n) for i in range(n + 1)]
-    return [seq[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
