@@ -16,8 +16,11 @@ Dask backend)::
 
 Results are those of the in-process loop, byte for byte, whatever the number of workers: each
 work item carries its own seed (never one drawn from a shared generator in completion order),
-``map`` returns results in the order of its items, and the threads of a model are its own
-params (``num_threads``, ``neural.trainer.threads``), not the worker's. A worker that dies
+``map`` returns results in the order of its items, the threads of a model are its own params
+(``num_threads``, ``neural.trainer.threads``), not the worker's, and BLAS runs on one thread in
+every piece of work, in process too (:func:`single_threaded_blas`). Byte-identical assumes the
+workers have the driver's CPU type and library builds: another instruction set can change the
+last bits of BLAS-based fits (ridge). A worker that dies
 mid-run is replaced (``dask worker`` runs each worker under a nanny that restarts it) and the
 scheduler reruns its unfinished tasks elsewhere: every task carries its inputs (nothing is
 scattered to one worker, whose loss would lose data the scheduler cannot resend), so a lost
@@ -62,11 +65,25 @@ class ComputeConfig:
                               f"{LOCAL!r} or a scheduler address such as 'tcp://10.0.0.5:8786'")
 
 
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """BLAS (numpy's OpenBLAS, and any other loaded) on one thread inside the block. A matrix
+    product's last bits depend on how many threads split its sums, and a Dask worker's BLAS runs
+    on one (the nanny sets ``OMP_NUM_THREADS=1``) while the driver's runs on every core: every
+    piece of work runs single-threaded, wherever it runs, so ridge (and any model built on
+    numpy products) gives the same bytes in process and on a cluster."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def _call(job: tuple[Callable[[Any], Any], Any]) -> Any:
     """Run one work item: ``job`` is ``(fn, item)``. A tuple is not weak-referenceable, so
     joblib's Dask backend sends it inside the task instead of scattering it to one worker."""
     fn, item = job
-    return fn(item)
+    with single_threaded_blas():
+        return fn(item)
 
 
 class FanOut:
@@ -104,7 +121,7 @@ class FanOut:
         with its type."""
         items = list(items)
         if self.cfg is None or len(items) <= 1:
-            return [fn(x) for x in (progress(items, desc=desc, unit=unit) if desc else items)]
+            return [_call((fn, x)) for x in (progress(items, desc=desc, unit=unit) if desc else items)]
         import joblib
 
         # batch_size=1: one task per item, so the scheduler balances them and a lost worker

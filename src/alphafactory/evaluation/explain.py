@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
-from alphafactory.compute import FanOut
+from alphafactory.compute import FanOut, single_threaded_blas
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
 from alphafactory.models.base import Model
@@ -244,7 +244,8 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
     Y = np.asarray(Y, np.float64)
     if len(X) != len(Y) or Y.ndim != 2:
         raise ValueError(f"X has {len(X)} rows and Y shape {Y.shape}; expected Y (n, H) with n = {len(X)}")
-    base_ic, base_mse = _score(model.predict(X), Y, ~np.isnan(Y))
+    with single_threaded_blas():  # as in the shuffles' pieces of work, so ic_drop compares like with like
+        base_ic, base_mse = _score(model.predict(X), Y, ~np.isnan(Y))
     rng = np.random.default_rng(seed)
     jobs = [(model, X, Y, np.asarray(cols, dtype=np.int64), np.stack([rng.permutation(len(X)) for _ in range(n_seeds)]))
             for cols in groups.values()]
