@@ -208,6 +208,34 @@ def test_per_symbol_fits_on_the_cluster_match_in_process(cluster, tmp_path):
                                   here[1].model.predict(X, syms))
 
 
+def _wide_dataset(n_sym: int = 2, n_bars: int = 5000, n_features: int = 237):
+    """Symbols with the default feature count: big enough that numpy's BLAS splits ridge's
+    products over threads in the driver (but not on a worker, whose BLAS has one thread)."""
+    from alphafactory.dataset import Dataset
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(n_sym * n_bars, n_features)).astype(np.float32)
+    Y = (X[:, :3] @ np.full((3, 2), 0.1) + rng.normal(size=(len(X), 2))).astype(np.float32)
+    pos = np.tile(np.arange(n_bars), n_sym)
+    seg = np.where(pos < 3000, "train", np.where(pos < 4000, "val", "test"))
+    keys = pd.DataFrame({"symbol": np.repeat([f"S{i}" for i in range(n_sym)], n_bars),
+                         "timestamp": np.tile(pd.date_range("2000-01-01", periods=n_bars, freq="D").to_numpy(), n_sym)})
+    return Dataset(keys=keys, X=X, Y=Y, feature_names=[f"f{i}" for i in range(n_features)], horizons=(1, 2),
+                   segment=seg, sym_codes=np.repeat(np.arange(n_sym), n_bars), vol=np.full(len(X), 0.01))
+
+
+@pytest.mark.slow
+def test_ridge_on_many_features_on_the_cluster_matches_in_process(cluster, tmp_path):
+    """Without single-threaded BLAS in every piece of work, the driver's two BLAS threads and the
+    worker's one give ridge forecasts that differ in their last bits."""
+    address, _ = cluster
+    ds = _wide_dataset()
+    here = fit_models(ds, ("ridge",), {}, tmp_path / "here", seed=0, scope="per_symbol")[0]
+    with fan_out(ComputeConfig(cluster=address)) as fan:
+        there = fit_models(ds, ("ridge",), {}, tmp_path / "there", seed=0, scope="per_symbol", fan=fan)[0]
+    pd.testing.assert_frame_equal(here.predictions, there.predictions, check_exact=True)
+
+
 @pytest.mark.slow
 def test_permutation_importance_on_the_cluster_matches_in_process(cluster):
     address, _ = cluster
