@@ -35,6 +35,7 @@ filesystem.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -136,6 +137,10 @@ class FanOut:
 
 def _connect(cfg: ComputeConfig, stack: contextlib.ExitStack) -> Any:
     from dask.distributed import Client, LocalCluster
+
+    # the stage's log is about its work: Dask's own INFO lines (dashboard hints, workers
+    # retired at close) stay out of it; its warnings (a worker lost) stay in
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
     if cfg.cluster == LOCAL:
         cluster = stack.enter_context(LocalCluster(n_workers=cfg.workers, threads_per_worker=cfg.threads_per_worker,
