@@ -326,3 +326,33 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_run_gives_the_same_result
 
 def test_fan_out_in_process_keeps_item_order():
     assert FanOut().map(str, range(5)) == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_on_the_cluster_reruns_nothing_then_writes_the_same_bytes(project, cluster):
+    """The small pipeline, its cv and explain stages forced to rerun on the cluster: setting
+    compute reruns only check_params, and the rerun writes the in-process outputs byte for byte."""
+    import yaml
+    from dask.distributed import get_task_stream
+
+    from pipeline_utils import ran_stages, sh
+
+    repo, _ = project
+    address, client = cluster
+    outputs = [repo / "metrics/cv.json", *sorted((repo / "metrics/explain").glob("*.csv"))]
+    before = {p: p.read_bytes() for p in outputs}
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["compute"] = {**params.get("compute", {}), "cluster": address}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert ran_stages(sh(repo, "dvc", "repro")) == {"check_params"}  # results do not depend on it
+        with get_task_stream(client=client) as stream:
+            out = sh(repo, "dvc", "repro", "-f", "-s", "cv", "explain")
+        assert ran_stages(out) == {"cv", "explain"}, out
+        assert len(_workers(stream)) == 2
+        for p, data in before.items():
+            assert p.read_bytes() == data, p
+        assert "up to date" in sh(repo, "dvc", "status")
+    finally:
+        sh(repo, "git", "checkout", "--", ".")
+        sh(repo, "dvc", "checkout", "-q")
