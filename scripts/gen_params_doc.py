@@ -16,6 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "params-reference.md"
 WHOLE_FILE = "check_params"  # depends on every key; listing it on every row says nothing
+# Sections the stages read without listing them in dvc.yaml, and why (see docs/params.md#compute)
+UNTRACKED = {"compute": "featurize, train@\\*, cv, explain (not listed in dvc.yaml: the results do not depend on it)"}
 
 
 def _comment(node, key) -> str:
@@ -76,7 +78,8 @@ def render() -> str:
                             if any(key == k or key.startswith(k + ".") for k in keys))
             default = "" if group else f"`{_flow(value)}`"
             note = note.replace("|", "\\|")
-            lines.append(f"| `{key}` | {default} | {', '.join(stages) or '—'} | {note} |")
+            read_by = ", ".join(stages) or UNTRACKED.get(section, "—")
+            lines.append(f"| `{key}` | {default} | {read_by} | {note} |")
         lines.append("")
     return "\n".join(lines)
 

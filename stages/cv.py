@@ -4,6 +4,7 @@ on the fold's test block; per-fold figures, mean and std go to one metrics file,
 import pandas as pd
 
 from alphafactory import dataset, stage
+from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.cv import FAMILIES, CVConfig, cross_validate
 from alphafactory.io import scratch_dir, write_json
@@ -22,10 +23,11 @@ def main() -> None:
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")
     ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
-    with scratch_dir(args.metrics) as work:  # fold models: next to the output, not in the system temp dir
+    # fold models: next to the output, not in the system temp dir; the folds: fanned out (compute)
+    with scratch_dir(args.metrics) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
         result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,
                                 extra=extra, task=train.task, scope=train.scope, select=train.select,
-                                workdir=work)
+                                workdir=work, fan=fan)
     write_json(result.pop("_folds"), args.fold_spans)  # bookkeeping (rows, dates), not metrics
     write_json(result, args.metrics)
 

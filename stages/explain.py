@@ -1,6 +1,7 @@
 """explain: tree SHAP of the boosting models and permutation importance of every other model,
 on the test period."""
 from alphafactory import dataset, stage
+from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.explain import ExplainConfig, explain_models, model_dirs
 
@@ -12,7 +13,8 @@ def main() -> None:
     dirs = model_dirs(args.models.split(","))
     stage.log.info("explain: %d models, %d test rows, %d features", len(dirs), len(ds.rows("test")),
                    len(ds.feature_names))
-    result = explain_models(dirs, ds, cfg)
+    with fan_out(section(params, "compute", ComputeConfig)) as fan:  # the permutation shuffles
+        result = explain_models(dirs, ds, cfg, fan=fan)
     for name, table in result.tables().items():
         stage.write_csv(table, f"{args.out}/{name}")
 

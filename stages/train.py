@@ -10,6 +10,7 @@ val and test forecasts.
 import pandas as pd
 
 from alphafactory import dataset, stage
+from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.io import read_json, write_parquet
 from alphafactory.train import TrainConfig, apply_tuned, family_inputs, fit_models, log_curves, write_seed_spread
@@ -22,8 +23,9 @@ def main() -> None:
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
     ds = dataset.load(args.features, args.labels, args.segments)
-    results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
-                         extra=extra, select=train.select)
+    with fan_out(section(params, "compute", ComputeConfig)) as fan:  # per_symbol: the symbols' fits
+        results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
+                             extra=extra, select=train.select, fan=fan)
     log_curves(results, args.live)
     write_seed_spread(results, args.live)
     write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)

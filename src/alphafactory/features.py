@@ -20,6 +20,7 @@ symbols. Volatilities are per bar, not annualised.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.indexers import BaseIndexer
 
+from alphafactory.compute import FanOut
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
 from alphafactory.errors import ConfigError
@@ -82,6 +84,10 @@ class FeatureConfig:
     mtf_scales: aggregation scales in bars for daily (or slower) bars, e.g. week=5, month=21.
     mtf_days: aggregation scales in sessions for intraday bars (converted with bars per day).
     cs_features: feature names to rank / demean across symbols; empty = a default key set.
+    symbol_batch: symbols per batch of the featurize stage (0: all in one), each batch one piece
+        of work for the ``compute`` fan-out (:func:`compute_features_batched`). The exponentially
+        weighted means run over a batch's whole array, so their last bits depend on the batch
+        the symbol is in: a result of this key, not of where the batches run.
     """
 
     groups: Annotated[tuple[Literal[FEATURE_GROUPS], ...], Unique()] = FEATURE_GROUPS
@@ -97,6 +103,7 @@ class FeatureConfig:
     mtf_scales: Annotated[tuple[Annotated[int, Interval(ge=2)], ...], Unique()] = (5, 21)
     mtf_days: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 5)
     cs_features: Annotated[tuple[str, ...], Unique()] = ()
+    symbol_batch: Annotated[int, Interval(ge=0)] = 0
 
     def __post_init__(self) -> None:
         check(self, "features")  # also when built directly (the audit, tests), not only from params
@@ -947,3 +954,45 @@ def compute_features(
         {"symbol": rows["symbol"], "timestamp": rows["timestamp"]}, index=rows.index
     )
     return pd.concat([keys, *(o.frame(rows.index, take) for o in parts)], axis=1)
+
+
+class _Columns:
+    """Feature columns already computed (a frame's), in the form ``_cross_sectional`` reads from
+    its sources. fd 0: their warm-up rows are NaN already, so nothing more is masked."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.cols = {c: frame[c].to_numpy() for c in frame.columns[2:]}
+        self.fd = dict.fromkeys(self.cols, 0)
+
+
+def _features_job(job: tuple[pd.DataFrame, FeatureConfig, FrequencyInfo]) -> pd.DataFrame:
+    bars, cfg, freq = job
+    return compute_features(bars, cfg, freq=freq)
+
+
+def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: FrequencyInfo | None = None, *,
+                             fan: FanOut | None = None) -> pd.DataFrame:
+    """:func:`compute_features` (all rows), with the per-symbol groups computed on batches of
+    ``cfg.symbol_batch`` whole symbols (0: one batch, the plain call), one piece of work each for
+    ``fan`` (:mod:`alphafactory.compute`; None: here), and the cross-sectional features then on
+    the whole panel. The frame depends on ``cfg.symbol_batch`` only in the last bits of the
+    exponentially weighted features (see :class:`FeatureConfig`), never on ``fan``."""
+    check(cfg, "features")
+    _check_bars(bars)
+    codes = pd.factorize(bars["symbol"], sort=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,) first row of each
+    if cfg.symbol_batch == 0 or cfg.symbol_batch >= len(starts):
+        return compute_features(bars, cfg, freq=freq)
+    if freq is None:
+        freq = infer_frequency(bars)
+    ends = np.r_[starts[1:], len(bars)]
+    own = dataclasses.replace(cfg, groups=tuple(g for g in cfg.groups if g != "cross_sectional"))
+    first = range(0, len(starts), cfg.symbol_batch)  # first symbol of each batch
+    jobs = [(bars.iloc[starts[i]:ends[min(i + cfg.symbol_batch, len(starts)) - 1]], own, freq) for i in first]
+    feats = pd.concat((fan or FanOut()).map(_features_job, jobs, desc="featurize", unit="batch"))
+    if "cross_sectional" not in cfg.groups:
+        return feats
+    p = _Panel(bars, freq)
+    cs = _Out(p.pos, warmup_bars(cfg, freq))
+    _cross_sectional(p, cfg, cs, [_Columns(feats)], None)
+    return pd.concat([feats, cs.frame(bars.index)], axis=1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alphafactory.blend import BlendConfig
+from alphafactory.compute import ComputeConfig
 from alphafactory.config import section
 from alphafactory.data.sources import DataConfig
 from alphafactory.errors import ConfigError
@@ -29,7 +30,8 @@ from alphafactory.tune import TuneConfig
 SECTIONS: dict[str, type] = {"data": DataConfig, "features": FeatureConfig, "label": LabelConfig,
                              "split": SplitConfig, "train": TrainConfig, "blend": BlendConfig,
                              "evaluate": EvaluateConfig, "cv": CVConfig, "backtest": BacktestConfig,
-                             "explain": ExplainConfig, "report": ReportConfig, "tune": TuneConfig}
+                             "explain": ExplainConfig, "report": ReportConfig, "tune": TuneConfig,
+                             "compute": ComputeConfig}
 FAMILIES = ("boosting", "neural", "classical")
 
 

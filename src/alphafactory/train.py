@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.compute import FanOut
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
 from alphafactory.errors import ConfigError
@@ -28,7 +29,6 @@ from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
-from alphafactory.progress import progress
 from alphafactory.uncertainty import apply_calibration, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -222,21 +222,30 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     return model, forecasts
 
 
+def _fit_symbol(job: tuple[Dataset, str, str, dict[str, Any] | None, int, dict[str, Any] | None, str]
+                ) -> tuple[Model, dict[str, tuple]]:
+    """One symbol's fit (a piece of work that may run on another process): ``job`` is
+    (that symbol's rows of the dataset, symbol, model name, params block, seed, extra, task)."""
+    sub, sym, name, block, seed, extra, task = job
+    try:
+        return fit_forecast(sub, name, block, seed=seed, extra=extra, task=task)
+    except ConfigError as e:  # e.g. a class missing from this symbol's train rows
+        raise ConfigError(f"train.scope per_symbol, symbol {sym!r}: {e}") from e
+
+
 def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
-                    extra: dict[str, Any] | None, task: str) -> tuple[PerSymbolModel, dict[str, tuple]]:
-    """One model per symbol, each on that symbol's rows; forecasts gathered back into ``ds`` rows."""
-    members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
+                    extra: dict[str, Any] | None, task: str, fan: FanOut | None = None
+                    ) -> tuple[PerSymbolModel, dict[str, tuple]]:
+    """One model per symbol, each on that symbol's rows; forecasts gathered back into ``ds`` rows.
+    fan: where the symbols' fits run (None: one after the other here); every symbol's model has
+    the same seed, so the models do not depend on where or in which order they are fitted."""
     symbols = ds.keys["symbol"].to_numpy()
-    bar = progress(np.unique(ds.sym_codes), desc=f"{name} per symbol", unit="symbol")
-    for code in bar:
-        rows = np.flatnonzero(ds.sym_codes == code)
-        sym = str(symbols[rows[0]])
-        bar.set_postfix_str(sym)
-        try:
-            model, fc = fit_forecast(ds.subset(rows), name, block, seed=seed, extra=extra, task=task)
-        except ConfigError as e:  # e.g. a class missing from this symbol's train rows
-            raise ConfigError(f"train.scope per_symbol, symbol {sym!r}: {e}") from e
-        members[sym] = model
+    by_symbol = [np.flatnonzero(ds.sym_codes == code) for code in np.unique(ds.sym_codes)]
+    jobs = [(ds.subset(rows), str(symbols[rows[0]]), name, block, seed, extra, task) for rows in by_symbol]
+    fits = (fan or FanOut()).map(_fit_symbol, jobs, desc=f"{name} per symbol", unit="symbol")
+    members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
+    for rows, job, (model, fc) in zip(by_symbol, jobs, fits, strict=True):
+        members[job[1]] = model
         for seg, (r, pred, proba) in fc.items():
             parts[seg].append((rows[r], pred, proba))
     forecasts = {}
@@ -252,7 +261,8 @@ def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, see
 
 def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_dir: str | Path, *,
                seed: int, extra: dict[str, Any] | None = None, task: str = "regression",
-               scope: str = "pooled", select: SelectConfig | None = None) -> list[TrainResult]:
+               scope: str = "pooled", select: SelectConfig | None = None,
+               fan: FanOut | None = None) -> list[TrainResult]:
     """Fit, save (``out_dir/<name>``) and forecast each model in ``names``.
 
     blocks: params block per model name; extra: constructor arguments for every model of this
@@ -262,7 +272,8 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
     forecasts of all symbols either way. select: ``train.select``; unless None or method none,
     the feature columns are first chosen on ``ds``'s train rows only (once, for every model and
     every symbol: :func:`alphafactory.feature_select.select_dataset`), and each model is fitted
-    on, and records in its manifest (``meta.features``, ``meta.selection``), those columns."""
+    on, and records in its manifest (``meta.features``, ``meta.selection``), those columns.
+    fan: where the per-symbol fits run (:mod:`alphafactory.compute`; None: in this process)."""
     if task not in TASKS:
         raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
     if scope not in SCOPES:
@@ -278,8 +289,10 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         t0 = time.perf_counter()
         log.info("%s: fitting (%s) on %d train rows, val for early stopping/scoring", name, scope,
                  len(ds.rows("train")))
-        fit = _fit_per_symbol if scope == "per_symbol" else fit_forecast
-        model, forecasts = fit(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
+        if scope == "per_symbol":
+            model, forecasts = _fit_per_symbol(ds, name, blocks.get(name), seed=seed, extra=extra, task=task, fan=fan)
+        else:
+            model, forecasts = fit_forecast(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
         vrows, vpred, _ = forecasts["val"]
         seed_ic = None
         if model.symbols is not None:  # a model per symbol

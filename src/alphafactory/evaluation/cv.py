@@ -41,13 +41,13 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.compute import FanOut
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation import metrics
 from alphafactory.feature_select import SelectConfig, select_dataset
 from alphafactory.labels import PROBA_COLUMNS
-from alphafactory.progress import progress
 from alphafactory.split import ROLES
 from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
@@ -193,10 +193,52 @@ def summarise(per_fold: dict[int, dict]) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class _FoldJob:
+    """Everything one fold's refit needs, so that it can run on another process or machine."""
+
+    fid: int
+    ds: Dataset
+    fold: pd.DataFrame
+    label_end: np.ndarray
+    cfg: CVConfig
+    by_family: dict[str, list[str]]
+    blocks: dict[str, Any]
+    extra: dict[str, dict[str, Any]] | None
+    seed: int
+    task: str
+    scope: str
+    select: SelectConfig | None
+    workdir: str
+
+
+def _run_fold(job: _FoldJob) -> tuple[int, dict[str, Any], dict | None, float]:
+    """Refit and score one fold: (fold id, its span, its scores or None when skipped, seconds).
+    The fold's models are fitted in a temporary directory of ``job.workdir`` (on a worker without
+    that directory, of its own temp directory) and deleted with it."""
+    t0 = time.perf_counter()
+    fold_ds, span, _ = fold_dataset(job.ds, job.fold, job.label_end, job.cfg.val_frac, job.scope)
+    if not span["scored"]:
+        return job.fid, span, None, time.perf_counter() - t0
+    fold_ds, selection = select_dataset(fold_ds, job.select, seed=job.seed)  # on the fold's train rows
+    if selection is not None:
+        span["selected"] = len(selection.columns)
+        span["selected_features"] = selection.columns
+    preds = []
+    parent = job.workdir if Path(job.workdir).is_dir() else None
+    with tempfile.TemporaryDirectory(prefix=f"fold{job.fid}-", dir=parent) as tmp:
+        for family, names in job.by_family.items():
+            results = fit_models(fold_ds, tuple(names), job.blocks, tmp, seed=job.seed,
+                                 extra=(job.extra or {}).get(family), task=job.task, scope=job.scope)
+            preds += [r.predictions for r in results]
+    p = pd.concat(preds, ignore_index=True)
+    return job.fid, span, score_fold(p[p["segment"] == "test"], fold_ds), time.perf_counter() - t0
+
+
 def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: CVConfig, *,
                    blocks: dict[str, Any], seed: int, extra: dict[str, dict[str, Any]] | None = None,
                    task: str = "regression", scope: str = "pooled", select: SelectConfig | None = None,
-                   workdir: str | Path | None = None) -> dict:
+                   workdir: str | Path | None = None, fan: FanOut | None = None) -> dict:
     """Refit ``cfg.models`` on every fold and score their fold-test forecasts.
 
     ds: the whole panel (its ``segment`` is ignored and replaced per fold); labels: the label
@@ -207,7 +249,8 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     refitted on each fold's train rows (once per fold, for every model), its kept columns counted
     in the fold's span (``selected``, only when a method is set); workdir: an existing
     directory the fold models are fitted in (the caller deletes it), else a temporary one in
-    the system temp directory.
+    the system temp directory; fan: where the folds run (:mod:`alphafactory.compute`; None: one
+    after the other in this process), each fold one piece of work, the results identical.
 
     Returns ``{"_folds": {"fold<i>": rows, spans and ``scored``}, model: {"h<k>": {"fold<i>":
     figures, "mean": figures, "std": figures}}}``; figures are ``ic, rank_ic, r2, dir_acc, mae,
@@ -231,32 +274,23 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     with contextlib.ExitStack() as stack:
         tmp = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-cv-")))
-        for i, fid in enumerate(progress(fold_ids, desc="cv folds", unit="fold")):
-            t0 = time.perf_counter()
-            fold_ds, span, short = fold_dataset(ds, folds[folds["fold"] == fid], label_end, cfg.val_frac, scope)
+        jobs = [_FoldJob(fid, ds, folds[folds["fold"] == fid], label_end, cfg, by_family, blocks, extra, seed,
+                         task, scope, select, str(tmp)) for fid in fold_ids]
+        fan = fan if fan is not None else FanOut()
+        for i, (fid, span, scores, secs) in enumerate(fan.map(_run_fold, jobs, desc="cv folds", unit="fold")):
             spans[f"fold{fid}"] = span
-            if short:
+            if scores is None:
                 # typically the first expanding fold, whose training rows are mostly feature warm-up
+                short = [f"{span[f'{part}_rows']} {part}" for part in ("train", "val", "test")
+                         if span[f"{part}_rows"] < MIN_ROWS]
                 log.warning("cv fold %d/%d skipped: %s rows with features, expected >= %d each", i + 1,
                             len(fold_ids), ", ".join(short), MIN_ROWS)
                 continue
-            log.info("cv fold %d/%d: train %d rows %s..%s, val %d, test %d rows %s..%s", i + 1,
-                     len(fold_ids), span["train_rows"], span["train_start"][:10], span["train_end"][:10],
-                     span["val_rows"], span["test_rows"], span["test_start"][:10], span["test_end"][:10])
-            fold_ds, selection = select_dataset(fold_ds, select, seed=seed)  # on the fold's train rows
-            if selection is not None:
-                span["selected"] = len(selection.columns)
-                span["selected_features"] = selection.columns
-            preds = []
-            for family, names in by_family.items():
-                results = fit_models(fold_ds, tuple(names), blocks, tmp / f"fold{fid}", seed=seed,
-                                     extra=(extra or {}).get(family), task=task, scope=scope)
-                preds += [r.predictions for r in results]
-            p = pd.concat(preds, ignore_index=True)
-            scores = score_fold(p[p["segment"] == "test"], fold_ds)
             per_fold[fid] = scores
             h = f"h{min(ds.horizons)}"
-            log.info("cv fold %d/%d done in %.1f s; %s IC: %s", i + 1, len(fold_ids), time.perf_counter() - t0,
+            log.info("cv fold %d/%d: train %d rows %s..%s, val %d, test %d rows %s..%s; done in %.1f s; %s IC: %s",
+                     i + 1, len(fold_ids), span["train_rows"], span["train_start"][:10], span["train_end"][:10],
+                     span["val_rows"], span["test_rows"], span["test_start"][:10], span["test_end"][:10], secs,
                      h, ", ".join(f"{m} {s[h]['ic']:+.4f}" for m, s in scores.items()))
     if not per_fold:
         raise ValueError(

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.compute import FanOut, single_threaded_blas
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
 from alphafactory.models.base import Model
@@ -198,56 +199,67 @@ def _pearson_columns(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> np.ndarr
     return r
 
 
+def _score(pred: np.ndarray, Y: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(IC, MSE) per horizon of forecasts ``pred`` (n, H) against ``Y`` (n, H) on ``mask``."""
+    ic = _pearson_columns(pred, Y, mask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = np.where(mask, (pred - np.nan_to_num(Y)) ** 2, 0.0).sum(0) / mask.sum(0)
+    return ic, mse
+
+
+def _shuffled_scores(job: tuple[Model, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One group's shuffles (a piece of work that may run on another process): ``job`` is
+    (model, X, Y, the group's column indices, (seeds, n) row permutations). Returns the (seeds, H)
+    ICs and MSEs of the forecasts with the group's columns permuted by each permutation."""
+    model, X, Y, cols, perms = job
+    X = np.array(X, dtype=np.float32, copy=True)  # shuffled in place below
+    mask = ~np.isnan(Y)
+    original = X[..., cols].copy()  # (n, k) or (n, L, k)
+    ics, mses = [], []
+    for perm in perms:
+        X[..., cols] = original[perm]
+        ic, mse = _score(model.predict(X), Y, mask)
+        ics.append(ic)
+        mses.append(mse)
+    return np.asarray(ics), np.asarray(mses)
+
+
 def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: dict[str, list[int]],
-                           n_seeds: int = 3, seed: int = 0) -> pd.DataFrame:
+                           n_seeds: int = 3, seed: int = 0, fan: FanOut | None = None) -> pd.DataFrame:
     """Drop in test IC (and rise in MSE) when each group of feature columns is shuffled across rows.
 
     X: (n, F) or (n, L, F) float32 model inputs (shuffled along axis 0, one feature column at a
     time for every window step together); Y: (n, H) realised targets, NaN where unlabelled;
-    groups: label -> feature column indices shuffled together.
+    groups: label -> feature column indices shuffled together; fan: where the groups' shuffles
+    run (:mod:`alphafactory.compute`; None: here). The permutations are drawn here, in group
+    order from one generator seeded ``seed``, so the result does not depend on where they run.
 
     Returns long rows ``horizon, feature, base_ic, ic_drop, ic_drop_std, mse_rise`` per horizon
     and group: ``ic_drop = base_ic - shuffled_ic`` (mean over seeds; > 0 means the model uses it),
     ``ic_drop_std`` its spread over seeds (ddof=1, NaN for one seed), ``mse_rise`` the relative
     increase of MSE (0.01 = +1 %).
     """
-    X = np.array(X, dtype=np.float32, copy=True)  # shuffled in place below, restored after each
+    X = np.asarray(X, dtype=np.float32)
     Y = np.asarray(Y, np.float64)
     if len(X) != len(Y) or Y.ndim != 2:
         raise ValueError(f"X has {len(X)} rows and Y shape {Y.shape}; expected Y (n, H) with n = {len(X)}")
-    mask = ~np.isnan(Y)
-
-    def score(pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ic = _pearson_columns(pred, Y, mask)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mse = np.where(mask, (pred - np.nan_to_num(Y)) ** 2, 0.0).sum(0) / mask.sum(0)
-        return ic, mse
-
-    base_ic, base_mse = score(model.predict(X))
+    with single_threaded_blas():  # as in the shuffles' pieces of work, so ic_drop compares like with like
+        base_ic, base_mse = _score(model.predict(X), Y, ~np.isnan(Y))
     rng = np.random.default_rng(seed)
+    jobs = [(model, X, Y, np.asarray(cols, dtype=np.int64), np.stack([rng.permutation(len(X)) for _ in range(n_seeds)]))
+            for cols in groups.values()]
+    scores = (fan or FanOut()).map(_shuffled_scores, jobs, desc=f"{model.name} permutation", unit="group")
     rows = []
-    bar = progress(desc=f"{model.name} permutation", total=len(groups) * n_seeds, unit="shuffle")
-    for label, cols in groups.items():
-        cols = np.asarray(cols, dtype=np.int64)
-        original = X[..., cols].copy()  # (n, k) or (n, L, k)
-        ics, mses = [], []
-        bar.set_postfix_str(label, refresh=False)
-        for _ in range(n_seeds):
-            X[..., cols] = original[rng.permutation(len(X))]
-            ic, mse = score(model.predict(X))
-            ics.append(ic)
-            mses.append(mse)
-            bar.update(1)
-        X[..., cols] = original
-        drops = base_ic[None, :] - np.asarray(ics)  # (seeds, H)
+    for label, (ics, mses) in zip(groups, scores, strict=True):
+        drops = base_ic[None, :] - ics  # (seeds, H)
         with np.errstate(invalid="ignore", divide="ignore"):
-            rise = np.asarray(mses).mean(0) / base_mse - 1.0
+            rise = mses.mean(0) / base_mse - 1.0
         rows.append(pd.DataFrame({
             "horizon": np.asarray(model.horizons, np.int64), "feature": label, "base_ic": base_ic,
             "ic_drop": drops.mean(0), "ic_drop_std": drops.std(0, ddof=1) if n_seeds > 1 else np.nan,
             "mse_rise": rise,
         }))
-    bar.close()
     return pd.concat(rows, ignore_index=True)
 
 
@@ -321,8 +333,9 @@ def _check_features(model: Model, path: Path, ds: Dataset) -> None:
                          "expected the same columns in the same order: rerun the training stages")
 
 
-def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> ExplainResult:
-    """Tree SHAP for tree models, then permutation importance for every other model in ``dirs``."""
+def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOut | None = None) -> ExplainResult:
+    """Tree SHAP for tree models, then permutation importance for every other model in ``dirs``
+    (each feature group's shuffles one piece of work for ``fan``, see :func:`permutation_importance`)."""
     test = ds.rows("test")
     if len(test) == 0:
         raise ValueError("no test rows in the dataset; expected the split stage to assign some")
@@ -363,7 +376,7 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig) -> Explain
                           unit="model"):
         t0 = time.perf_counter()
         X, rows = _inputs(model, ds, perm_rows)
-        table = permutation_importance(model, X, ds.Y[rows], groups, cfg.perm_seeds, cfg.seed)
+        table = permutation_importance(model, X, ds.Y[rows], groups, cfg.perm_seeds, cfg.seed, fan=fan)
         perm_frames.append(table.assign(model=model.name, kind=kind, n_rows=len(rows)))
         info.append((model, "permutation", len(rows)))
         log.info("explain: %s: permutation importance of %d %ss x %d seeds on %d test rows in %.1f s",
