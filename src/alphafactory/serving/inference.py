@@ -558,43 +558,24 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
     probas: (n, H, 3) class probabilities per model (classification task), mixed by the blender."""
     n, H = len(keys), len(bundle.horizons)
     horizons = np.asarray(bundle.horizons, np.int64)
-    # The members' long forecasts, as the blender reads them. It aligns them on (symbol,
-    # timestamp): each row's number stands for its symbol, and the text columns are categorical
-    # (its pivots and filters are several times faster on those than on strings).
+    # The members' forecasts as the blender reads them, (n, H, M) arrays: the rows are aligned
+    # already (one per forecast bar), so no long table is built and pivoted back (what
+    # Stacker.predict does on the pipeline's predictions; the same numbers, a test checks it).
     members = bundle.blender.members
     cal = [apply_calibration(bundle.calibration[m], components[m], vol) for m in members]  # (std, prob)
-    ts = np.repeat(keys["timestamp"].to_numpy(), H)
-    long = pd.DataFrame({
-        "symbol": np.tile(np.repeat(np.arange(n), H), len(members)), "timestamp": np.tile(ts, len(members)),
-        "horizon": np.tile(horizons, n * len(members)),
-        "segment": pd.Categorical.from_codes(np.zeros(n * H * len(members), np.int64), ["live"]),
-        "model": pd.Categorical.from_codes(np.repeat(np.arange(len(members)), n * H), members),
-        "yhat": np.concatenate([components[m].reshape(-1) for m in members]),
-        "yhat_std": np.concatenate([std.reshape(-1) for std, _ in cal]),
-        "prob_up": np.concatenate([prob.reshape(-1) for _, prob in cal]),
-    })
     classes = bool(probas) and all(m in probas for m in members)
-    if classes:
-        for k, c in enumerate(PROBA_COLUMNS):
-            long[c] = np.concatenate([probas[m][:, :, k].reshape(-1) for m in members])
-    blended = bundle.blender.predict(long, "live")
-    at = blended["symbol"].to_numpy() * H + pd.Index(horizons).get_indexer(blended["horizon"])
-    method = blended["model"].to_numpy()
-
-    def column(name: str, value: str = "yhat") -> np.ndarray:  # (n * H,), NaN where not blended
-        out = np.full(n * H, np.nan)
-        sel = method == name
-        out[at[sel]] = blended[value].to_numpy()[sel]
-        return out
-
+    blended = bundle.blender.predict_arrays(
+        np.stack([components[m] for m in members], axis=-1), np.stack([std for std, _ in cal], axis=-1),
+        np.stack([probas[m] for m in members], axis=2) if classes else None)
+    primary = blended[bundle.primary]
     others = [m for m in bundle.blender.cfg.methods if m != bundle.primary]
     out = pd.DataFrame({
-        "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": ts,
+        "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
         "horizon": np.tile(horizons, n),
-        **{c: column(bundle.primary, c) for c in ("yhat", "yhat_std", "prob_up")},
-        **({c: column(bundle.primary, c) for c in PROBA_COLUMNS} if classes else {}),
+        **{c: primary[c].reshape(-1) for c in ("yhat", "yhat_std", "prob_up")},
+        **({c: primary[c].reshape(-1) for c in PROBA_COLUMNS} if classes else {}),
         **{name: pred.reshape(-1) for name, pred in components.items()},
-        **{m: column(m) for m in others},
+        **{m: blended[m]["yhat"].reshape(-1) for m in others},
     })
     return out.sort_values(FORECAST_KEYS, kind="stable", ignore_index=True)
 
