@@ -24,6 +24,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ LINEAGE = ["target_timestamp", "bundle_sha256", "bundle_version"]
 # Forecast bars per pass of the models and the blender (predict's memory bound past the
 # features; measured in the README). Larger is no faster: every step is vectorised per batch.
 CHUNK_ROWS = 20_000
+# Bars up to which predict featurizes in one thread: on a few thousand bars the feature
+# groups take less time than starting compute_features' thread pool (measured in docs/serve.md),
+# and a server already runs several forecasts at once. The values do not depend on it.
+SERIAL_FEATURE_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -77,18 +82,18 @@ class Bundle:
     config: dict[str, Any]  # bundle.json as written by the bundle stage
     version: int  # manifest.json format_version (verify() loads only bundle_files.FORMAT_VERSION)
 
-    @property
+    @cached_property  # a bundle's settings never change; read a few times per forecast
     def warmup(self) -> int:
         """Leading bars of each symbol without every feature (dropped, as in ``featurize``)."""
         return warmup_bars(self.features, self.frequency)
 
-    @property
+    @cached_property
     def window(self) -> int:
         """Bars of features one forecast reads: the longest sequence-model lookback, else 1."""
         return max([m.lookback for m in self.models.values()
                     if m.input_kind == "sequence"], default=1)
 
-    @property
+    @cached_property
     def min_bars(self) -> int:
         """Bars a symbol needs up to the forecast bar: warm-up + lookback (and at least the
         ``label.vol_window`` returns that scale ``yhat_std``)."""
@@ -425,7 +430,8 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     # As of the last bar, only each symbol's last `window` rows of features are read: the
     # finite-window features are computed on the bars they depend on only (see compute_features).
     feats = compute_features(bars, bundle.features, freq=bundle.frequency,
-                             tail=None if all_rows else bundle.window)
+                             tail=None if all_rows else bundle.window,
+                             n_jobs=1 if len(bars) <= SERIAL_FEATURE_ROWS else 2)
     missing = [c for c in bundle.feature_columns if c not in feats.columns]
     if missing:
         why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
@@ -500,13 +506,16 @@ def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) 
 
 
 def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:
-    """(n, F) C-contiguous float32 matrix of ``feats[cols]`` (rows ``take``, default all), filled
-    column by column: ``feats[cols].to_numpy()`` would first copy the whole table."""
-    n = len(feats) if take is None else len(take)
+    """(n, F) C-contiguous float32 matrix of ``feats[cols]`` (rows ``take``, default all). With
+    ``take`` (the full history), filled column by column: ``feats[cols].to_numpy()`` would first
+    copy the whole table."""
+    if take is None:  # each symbol's last rows: a small table, copied at once (~10x faster)
+        return np.ascontiguousarray(feats[cols].to_numpy(np.float32))
+    n = len(take)
     X = np.empty((n, len(cols)), np.float32)
     for j, c in enumerate(cols):
         col = feats[c].to_numpy()
-        X[:, j] = col if take is None else col[take]
+        X[:, j] = col[take]
     return X
 
 
