@@ -279,3 +279,19 @@ def test_rolling_kernel_is_pandas_rolling(how: str) -> None:
         np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"{how}, w={w}")
     with pytest.raises(ValueError, match="median"):
         features._roll_kernel(x, start, end, 2, "median")
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0 / 21, 1.0 / 14, 2.0 / 27])
+def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
+    """The panel's direct call of pandas' EWM kernel is ``Series.ewm(alpha, adjust=True).sum()``
+    exactly: with leading and inner NaN and +-inf."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, 500)
+    x[:3] = np.nan
+    x[[40, 41, 200]] = [np.nan, np.inf, -np.inf]
+    want = pd.Series(x).ewm(alpha=alpha, adjust=True).sum().to_numpy()
+    got = features._ewm_sum_kernel(x, alpha)
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    assert features._ewm_sum_kernel(np.zeros(0), alpha).shape == (0,)
+    with pytest.raises(ValueError, match="alpha"):
+        features._ewm_sum_kernel(x, 0.0)

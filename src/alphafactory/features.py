@@ -210,6 +210,23 @@ def _roll_kernel(x: np.ndarray, start: np.ndarray, end: np.ndarray, min_periods:
     return out
 
 
+def _ewm_sum_kernel(x: np.ndarray, alpha: float) -> np.ndarray:
+    """(n,) ``pd.Series(x).ewm(alpha=alpha, adjust=True).sum()``, through the pandas kernel it
+    calls (one window over the whole array, center of mass (1 - alpha) / alpha, as pandas
+    computes it): the same numbers, bit for bit (tests/test_features.py checks it)."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: got {alpha!r}, expected 0 < alpha <= 1")
+    values = np.asarray(x, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
+    inf = np.isinf(values)
+    if inf.any():
+        values = np.where(inf, np.nan, values)
+    with np.errstate(all="ignore"):
+        return _window_agg.ewm(values, np.zeros(1, np.int64), np.full(1, len(values), np.int64), 1,
+                               float((1 - alpha) / alpha), True, False, None, False)
+
+
 class _Panel:
     """The bars as float64 arrays of shape (n,), plus symbol bookkeeping and a memo of rolling
     statistics shared between groups.
@@ -341,7 +358,7 @@ class _Panel:
         return out
 
     def _ew_sum(self, x: np.ndarray, alpha: float) -> np.ndarray:
-        s = pd.Series(x, copy=False).ewm(alpha=alpha, adjust=True).sum().to_numpy()
+        s = _ewm_sum_kernel(x, alpha)
         carry = np.zeros(self.n_symbols)
         carry[1:] = s[self.starts[1:] - 1]  # state at the last row of the previous symbol
         if alpha not in self._decay:  # (n,) (1 - alpha) ** (pos + 1), shared by num and den
