@@ -17,7 +17,8 @@ talks to anything but loopback). Two scenarios, each for ``--duration`` seconds:
 Bodies are parquet (``--format json`` sends JSON records). Synthetic bars (the bundle's models
 are pooled, so symbols it never saw are fine). Prints a markdown table: requests, throughput,
 p50/p99/max latency, errors (any status but 200, or a dropped connection), and the server's
-resident memory after the warm-up, at its peak and at the end. Exits 1 if a target is missed:
+resident memory after the warm-up, at its peak and at the end, and the same request's ``predict``
+timed in this process before the server starts (median; no HTTP, one call at a time). Exits 1 if a target is missed:
 p99 <= 50 ms for ``small`` at 8 clients, p99 <= 1 s for 500 symbols, no error, and memory
 flat: the server's peak RSS in the last third of a run within 10% of its peak in the first third
 (one request's own allocations come and go, so the peaks are compared, not two samples).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import re
 import statistics
@@ -131,7 +133,7 @@ def main() -> int:
         ap.error(f"--duration: (0, {MAX_DURATION_S}] seconds")
     sys.path.insert(0, str(ROOT / "src"))
     from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
-    from alphafactory.serving.inference import history_bars, load_bundle
+    from alphafactory.serving.inference import history_bars, load_bundle, predict
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     if args.bundle is None:
@@ -149,6 +151,19 @@ def main() -> int:
         small, note = 2, " (the bundle has cross-sectional features: 2 symbols is the smallest request)"
     bars, _ = make_synthetic(SyntheticConfig(symbols=max(args.big_symbols, small), bars=n_bars, seed=11))
     syms = sorted(bars["symbol"].unique())
+    # The same requests' predict() in this process, before the server starts (warm, no HTTP, one
+    # at a time): what the server's forecasting threads each spend per request.
+    logging.getLogger("alphafactory.serving.inference").setLevel(logging.ERROR)  # unseen-symbol warnings
+    inproc = {}
+    for n_sym, repeats in ((small, 30), (args.big_symbols, 5)):
+        part = bars[bars["symbol"].isin(syms[:n_sym])]
+        predict(part, bundle)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            predict(part, bundle)
+            times.append(time.perf_counter() - t0)
+        inproc[n_sym] = statistics.median(times)
     proc, port = start_server(bundle_path, tmp / "serve.log")
     rows = []
     try:
@@ -166,13 +181,15 @@ def main() -> int:
     print(f"\n### alphafactory serve: {args.duration:.0f} s per scenario, {n_bars} bars per symbol "
           f"(history_bars), {args.format} bodies, {os.cpu_count()} cores, load average "
           f"{la[0]:.1f} {la[1]:.1f} {la[2]:.1f}{note}\n")
-    print("| scenario | clients | body | requests | req/s | p50 ms | p99 ms | max ms | errors | RSS MiB start / peak / end |")  # noqa: E501
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| scenario | clients | body | requests | req/s | p50 ms | p99 ms | max ms | errors | RSS MiB start / peak / end "
+          "| predict in-process ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     failed = []
-    for (label, _, clients, size, r), target in zip(rows, (TARGET_SMALL_P99_S, TARGET_BIG_P99_S), strict=True):
+    for (label, n_sym, clients, size, r), target in zip(rows, (TARGET_SMALL_P99_S, TARGET_BIG_P99_S), strict=True):
         mb = [r[k] / 2**20 for k in ("mem_start", "mem_max", "mem_end")]
         print(f"| {label} | {clients} | {size / 1024:.0f} KiB | {r['requests']} | {r['rps']:.1f} | {r['p50'] * 1e3:.1f} | "
-              f"{r['p99'] * 1e3:.1f} | {r['max'] * 1e3:.1f} | {r['errors']} | {mb[0]:.0f} / {mb[1]:.0f} / {mb[2]:.0f} |")
+              f"{r['p99'] * 1e3:.1f} | {r['max'] * 1e3:.1f} | {r['errors']} | {mb[0]:.0f} / {mb[1]:.0f} / {mb[2]:.0f} | "
+              f"{inproc[n_sym] * 1e3:.1f} |")
         if r["p99"] > target:
             failed.append(f"{label}: p99 {r['p99'] * 1e3:.0f} ms > {target * 1e3:.0f} ms")
         if r["errors"]:

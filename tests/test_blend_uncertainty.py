@@ -117,3 +117,42 @@ def test_every_member_constant_is_one_clear_error():
     with pytest.raises(ConfigError, match=r"^blend: every base model forecasts a constant on the 1000 val rows at "
                                           r"horizon 1; the panel is too small to train on"):
         Stacker(from_dict(BlendConfig, {}, "blend"), ["good", "noise", "half"], (1,)).fit(preds, labels)
+
+
+@pytest.mark.parametrize("meta", ["ridge", "catboost"])
+def test_predict_arrays_is_predict_bit_for_bit(meta):
+    """The serving path's predict_arrays gives predict's numbers exactly, on two horizons, with
+    class probabilities, and NaN where a member has no forecast (a row predict leaves out)."""
+    from alphafactory.labels import PROBA_COLUMNS
+
+    one, labels = _panel(n_ts=200, n_sym=3, seed=4)
+    rng = np.random.default_rng(1)
+    preds = pd.concat([one, one.assign(horizon=5, yhat=one["yhat"] * 2 + rng.normal(0, 0.002, len(one)),
+                                       yhat_std=rng.uniform(0.01, 0.03, len(one)))], ignore_index=True)
+    preds[list(PROBA_COLUMNS)] = rng.dirichlet([1, 1, 1], len(preds))
+    labels["y_h5"] = labels["y_h1"] * 2
+    members = ["good", "noise", "half"]
+    cfg = from_dict(BlendConfig, {"meta": meta, "catboost": {"iterations": 30}}, "blend")
+    st = Stacker(cfg, members, (1, 5), seed=3).fit(preds, labels)
+    test = preds[preds["segment"] == "test"].sort_values(["model", "horizon", "symbol", "timestamp"], ignore_index=True)
+    test.loc[7, "yhat"] = np.nan  # 'good' has no h1 forecast for one row
+    want = st.predict(test, "test").set_index(["model", "horizon", "symbol", "timestamp"]).sort_index()
+    first = (test["model"] == "good") & (test["horizon"] == 1)
+    keys = test.loc[first, ["symbol", "timestamp"]].reset_index(drop=True)
+
+    def cube(col):  # (n, H, M) in keys' row order
+        p = test.pivot_table(index=["symbol", "timestamp"], columns=["horizon", "model"], values=col, dropna=False)
+        return np.stack([np.stack([p[(h, m)].reindex(pd.MultiIndex.from_frame(keys)).to_numpy() for m in members], -1)
+                         for h in (1, 5)], 1)
+
+    got = st.predict_arrays(cube("yhat"), cube("yhat_std"), np.stack([cube(c) for c in PROBA_COLUMNS], -1))
+    assert set(got) == set(cfg.methods)
+    for method, cols in got.items():
+        for j, h in enumerate((1, 5)):
+            ok = ~np.isnan(cols["yhat"][:, j])
+            assert ok.sum() == len(keys) - (h == 1)  # the row without a member forecast is NaN
+            w = want.loc[(method, h)].reindex(pd.MultiIndex.from_frame(keys[ok]))
+            for c in ("yhat", "yhat_std", "prob_up", *PROBA_COLUMNS):
+                np.testing.assert_array_equal(cols[c][ok, j], w[c].to_numpy(), err_msg=f"{method} h{h} {c}")
+    with pytest.raises(ValueError, match="shape"):
+        st.predict_arrays(cube("yhat")[:, :1], cube("yhat_std")[:, :1])

@@ -254,3 +254,44 @@ def test_bad_bars(daily_bars: pd.DataFrame) -> None:
     bad.loc[7, "low"] = -1.0
     with pytest.raises(ValueError, match="low"):
         compute_features(bad, cfg)
+
+
+@pytest.mark.parametrize("how", ["mean", "sum", "std", "max", "min", "skew", "kurt"])
+def test_rolling_kernel_is_pandas_rolling(how: str) -> None:
+    """The panel's direct call of pandas' rolling kernels gives exactly what
+    ``Series.rolling(indexer, min_periods=w).<how>()`` gives: on symbol-clipped windows, with
+    NaN, +-inf, constant runs (std 0, skew/kurt NaN) and huge values (negative rounded variance)."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, 600)
+    x[[5, 50, 51, 300]] = np.nan
+    x[[80, 81]] = [np.inf, -np.inf]
+    x[100:140] = 3.25
+    x[400:420] = 1e15 + rng.normal(0, 1, 20)
+    starts = np.array([0, 230, 231, 470])  # 4 symbols, one with a single bar
+    seg = np.searchsorted(starts, np.arange(600), side="right") - 1
+    for w in (1, 2, 5, 21):
+        end = np.arange(1, 601, dtype=np.int64)
+        start = np.maximum(end - w, starts[seg])
+        bounds = features._FixedBounds(start=start, end=end)
+        want = getattr(pd.Series(x).rolling(bounds, min_periods=w), how)().to_numpy()
+        got = features._roll_kernel(x, start, end, w, how)
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"{how}, w={w}")
+    with pytest.raises(ValueError, match="median"):
+        features._roll_kernel(x, start, end, 2, "median")
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0 / 21, 1.0 / 14, 2.0 / 27])
+def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
+    """The panel's direct call of pandas' EWM kernel is ``Series.ewm(alpha, adjust=True).sum()``
+    exactly: with leading and inner NaN and +-inf."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, 500)
+    x[:3] = np.nan
+    x[[40, 41, 200]] = [np.nan, np.inf, -np.inf]
+    want = pd.Series(x).ewm(alpha=alpha, adjust=True).sum().to_numpy()
+    got = features._ewm_sum_kernel(x, alpha)
+    np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+    assert features._ewm_sum_kernel(np.zeros(0), alpha).shape == (0,)
+    with pytest.raises(ValueError, match="alpha"):
+        features._ewm_sum_kernel(x, 0.0)

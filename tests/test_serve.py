@@ -225,6 +225,19 @@ def _message(fn) -> str:
     return str(e.value)
 
 
+def test_kept_alive_answers_do_not_wait_for_a_delayed_ack(bundles, tmp_path):
+    """The server's connections have TCP_NODELAY: without it, every answer after the first on a
+    kept-alive connection waited for the client's delayed ACK (>= 40 ms on Linux; GET /healthz
+    took 44 ms instead of under 1 ms). Even on a loaded machine some of 10 answers come faster."""
+    with serving(bundles["a"], tmp_path) as (client, _):
+        times = []
+        for _ in range(10):  # one connection: httpx keeps it alive
+            t0 = time.perf_counter()
+            assert client.get("/healthz").status_code == 200
+            times.append(time.perf_counter() - t0)
+    assert min(times[1:]) < 0.030, [round(t * 1e3, 1) for t in times]
+
+
 def test_bad_requests_get_a_4xx_that_names_the_problem(bundles, bars, tmp_path):
     bundle = load_bundle(bundles["a"])
     short = bars.groupby("symbol").tail(20)

@@ -216,24 +216,61 @@ class Stacker:
         for h in self.horizons:
             w = wide(preds, segment, h, self.members)
             base = wide(preds, segment, h, self.members, "yhat_std").reindex(w.index).to_numpy().mean(1)
+            P = None
             if has_proba:  # (n, M, 3) member class probabilities
                 P = np.stack([wide(preds, segment, h, self.members, c).reindex(w.index).to_numpy()
                               for c in PROBA_COLUMNS], axis=-1)
             for method in self.cfg.methods:
-                yhat = _predict(self.models_[method][h], w.to_numpy())
-                j = self.horizons.index(h)
-                one = Calibration((h,), (self.calibration_[method].scale[j],),
-                                  (self.calibration_[method].alpha[j],), (self.calibration_[method].beta[j],))
-                std, prob = apply_calibration(one, yhat[:, None], base / np.sqrt(h))
-                classes = {}
-                if has_proba:
-                    mix = np.einsum("nmk,m->nk", P, mixture_weights(self.models_[method][h], len(self.members)))
-                    classes = {c: mix[:, k] for k, c in enumerate(PROBA_COLUMNS)}
+                cols = self._blend(method, h, w.to_numpy(), base, P)
                 out.append(pd.DataFrame({
                     "symbol": w.index.get_level_values(0), "timestamp": w.index.get_level_values(1),
-                    "segment": segment, "model": method, "horizon": h, "yhat": yhat,
-                    "yhat_std": std[:, 0], "prob_up": prob[:, 0], **classes}))
+                    "segment": segment, "model": method, "horizon": h, **cols}))
         return pd.concat(out, ignore_index=True)
+
+    def predict_arrays(self, yhat: np.ndarray, std: np.ndarray, proba: np.ndarray | None = None
+                       ) -> dict[str, dict[str, np.ndarray]]:
+        """:meth:`predict` on arrays, for rows already aligned (one forecast bar per row, every
+        member): the same numbers, bit for bit, without building and pivoting a long table (the
+        fixed cost of a forecast for a few symbols).
+
+        yhat, std: (n, H, M) members' forecasts and calibrated standard deviations (members in
+        ``self.members`` order, horizons in ``self.horizons`` order); proba: (n, H, M, 3) class
+        probabilities or None. Returns, per method, (n, H) ``yhat``, ``yhat_std``, ``prob_up``
+        (and the class columns with ``proba``), NaN on the rows where a member's forecast is NaN
+        (the rows :meth:`predict` leaves out)."""
+        n, H, M = yhat.shape
+        if (H, M) != (len(self.horizons), len(self.members)) or std.shape != yhat.shape:
+            raise ValueError(f"blend: member forecasts of shape {yhat.shape} and {std.shape}; expected "
+                             f"(n, {len(self.horizons)}, {len(self.members)}) each")
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for j, h in enumerate(self.horizons):
+            # The rows and the (rows, members) C-ordered float matrices that wide() gives predict.
+            ok = np.flatnonzero(~np.isnan(yhat[:, j, :]).any(axis=1))
+            X = np.ascontiguousarray(yhat[ok, j, :])
+            base = np.ascontiguousarray(std[ok, j, :]).mean(1)
+            P = None if proba is None else np.ascontiguousarray(proba[ok, j])
+            for method in self.cfg.methods:
+                cols = self._blend(method, h, X, base, P)
+                dest = out.setdefault(method, {c: np.full((n, H), np.nan) for c in cols})
+                for c, v in cols.items():
+                    dest[c][ok, j] = v
+        return out
+
+    def _blend(self, method: str, h: int, X: np.ndarray, base: np.ndarray, P: np.ndarray | None
+               ) -> dict[str, np.ndarray]:
+        """One method at horizon ``h``: X (n, M) member forecasts, base (n,) their mean standard
+        deviation, P (n, M, 3) class probabilities or None -> (n,) yhat, yhat_std, prob_up (and
+        the class columns)."""
+        yhat = _predict(self.models_[method][h], X)
+        j = self.horizons.index(h)
+        cal = self.calibration_[method]
+        one = Calibration((h,), (cal.scale[j],), (cal.alpha[j],), (cal.beta[j],))
+        std, prob = apply_calibration(one, yhat[:, None], base / np.sqrt(h))
+        cols = {"yhat": yhat, "yhat_std": std[:, 0], "prob_up": prob[:, 0]}
+        if P is not None:
+            mix = np.einsum("nmk,m->nk", P, mixture_weights(self.models_[method][h], len(self.members)))
+            cols.update({c: mix[:, k] for k, c in enumerate(PROBA_COLUMNS)})
+        return cols
 
     def save(self, directory: str | Path) -> None:
         from alphafactory.models.catboost_model import save_cbm

@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pandas._libs.window import aggregations as _window_agg
 from pandas.api.indexers import BaseIndexer
 
 from alphafactory.compute import FanOut
@@ -185,6 +186,54 @@ class _FixedBounds(BaseIndexer):
         return self.start, self.end
 
 
+# pandas' own rolling kernels, called as ``Series.rolling(indexer, min_periods=w).<how>()``
+# calls them: the same numbers, bit for bit (tests/test_features.py checks each against pandas),
+# without the ~0.1 ms of Series, Rolling and BaseIndexer signature checks per call that dominate
+# a forecast's few hundred bars (~170 rolling statistics per featurization; pandas is pinned in
+# requirements.lock, and that test fails first if a new version changes these kernels).
+_ROLL_KERNELS: dict[str, Callable[..., np.ndarray]] = {
+    "mean": _window_agg.roll_mean, "sum": _window_agg.roll_sum, "max": _window_agg.roll_max,
+    "min": _window_agg.roll_min, "skew": _window_agg.roll_skew, "kurt": _window_agg.roll_kurt,
+    "var": _window_agg.roll_var,
+}
+
+
+def _roll_kernel(x: np.ndarray, start: np.ndarray, end: np.ndarray, min_periods: int, how: str) -> np.ndarray:
+    """(n,) float64 rolling ``how`` (a key of ``_ROLL_KERNELS`` or "std") of x over the windows
+    ``start[i] <= j < end[i]``, as pandas' Rolling computes it: float64, inf read as NaN, the
+    std the square root of the ddof=1 variance with negative rounding clipped to 0."""
+    if how not in _ROLL_KERNELS and how != "std":
+        raise ValueError(f"rolling statistic {how!r}; expected one of {sorted([*_ROLL_KERNELS, 'std'])}")
+    values = np.asarray(x, dtype=np.float64)
+    inf = np.isinf(values)
+    if inf.any():
+        values = np.where(inf, np.nan, values)
+    with np.errstate(all="ignore"):
+        if how != "std":
+            return _ROLL_KERNELS[how](values, start, end, min_periods)
+        var = _window_agg.roll_var(values, start, end, min_periods, ddof=1)
+        out = np.sqrt(var)
+    out[var < 0] = 0
+    return out
+
+
+def _ewm_sum_kernel(x: np.ndarray, alpha: float) -> np.ndarray:
+    """(n,) ``pd.Series(x).ewm(alpha=alpha, adjust=True).sum()``, through the pandas kernel it
+    calls (one window over the whole array, center of mass (1 - alpha) / alpha, as pandas
+    computes it): the same numbers, bit for bit (tests/test_features.py checks it)."""
+    if not 0 < alpha <= 1:
+        raise ValueError(f"alpha: got {alpha!r}, expected 0 < alpha <= 1")
+    values = np.asarray(x, dtype=np.float64)
+    if values.size == 0:
+        return values.copy()
+    inf = np.isinf(values)
+    if inf.any():
+        values = np.where(inf, np.nan, values)
+    with np.errstate(all="ignore"):
+        return _window_agg.ewm(values, np.zeros(1, np.int64), np.full(1, len(values), np.int64), 1,
+                               float((1 - alpha) / alpha), True, False, None, False)
+
+
 class _Panel:
     """The bars as float64 arrays of shape (n,), plus symbol bookkeeping and a memo of rolling
     statistics shared between groups.
@@ -255,8 +304,9 @@ class _Panel:
         memo = (key, w, how)
         if key is not None and memo in self._memo:
             return self._memo[memo]
-        window = pd.Series(x, copy=False).rolling(self.windows(w), min_periods=w)
-        out = getattr(window, how)().to_numpy()
+        bounds = self.windows(w)
+        out = _roll_kernel(x, bounds.start, bounds.end, w, how)
+        out.flags.writeable = False  # shared through the memo
         if key is not None:
             self._memo[memo] = out
         return out
@@ -315,7 +365,7 @@ class _Panel:
         return out
 
     def _ew_sum(self, x: np.ndarray, alpha: float) -> np.ndarray:
-        s = pd.Series(x, copy=False).ewm(alpha=alpha, adjust=True).sum().to_numpy()
+        s = _ewm_sum_kernel(x, alpha)
         carry = np.zeros(self.n_symbols)
         carry[1:] = s[self.starts[1:] - 1]  # state at the last row of the previous symbol
         if alpha not in self._decay:  # (n,) (1 - alpha) ** (pos + 1), shared by num and den

@@ -24,6 +24,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,11 @@ LINEAGE = ["target_timestamp", "bundle_sha256", "bundle_version"]
 # Forecast bars per pass of the models and the blender (predict's memory bound past the
 # features; measured in the README). Larger is no faster: every step is vectorised per batch.
 CHUNK_ROWS = 20_000
+# Bars up to which predict featurizes in one thread: on a few thousand bars the feature
+# groups take less time than starting compute_features' thread pool (measured in docs/serve.md),
+# and a server already runs several forecasts at once. The values do not depend on it.
+SERIAL_FEATURE_ROWS = 20_000
+SMALL_TABLE_ROWS = 4096  # feature rows that _feature_matrix copies at once (see there)
 
 
 @dataclass(frozen=True)
@@ -77,18 +83,18 @@ class Bundle:
     config: dict[str, Any]  # bundle.json as written by the bundle stage
     version: int  # manifest.json format_version (verify() loads only bundle_files.FORMAT_VERSION)
 
-    @property
+    @cached_property  # a bundle's settings never change; read a few times per forecast
     def warmup(self) -> int:
         """Leading bars of each symbol without every feature (dropped, as in ``featurize``)."""
         return warmup_bars(self.features, self.frequency)
 
-    @property
+    @cached_property
     def window(self) -> int:
         """Bars of features one forecast reads: the longest sequence-model lookback, else 1."""
         return max([m.lookback for m in self.models.values()
                     if m.input_kind == "sequence"], default=1)
 
-    @property
+    @cached_property
     def min_bars(self) -> int:
         """Bars a symbol needs up to the forecast bar: warm-up + lookback (and at least the
         ``label.vol_window`` returns that scale ``yhat_std``)."""
@@ -425,7 +431,8 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     # As of the last bar, only each symbol's last `window` rows of features are read: the
     # finite-window features are computed on the bars they depend on only (see compute_features).
     feats = compute_features(bars, bundle.features, freq=bundle.frequency,
-                             tail=None if all_rows else bundle.window)
+                             tail=None if all_rows else bundle.window,
+                             n_jobs=1 if len(bars) <= SERIAL_FEATURE_ROWS else 2)
     missing = [c for c in bundle.feature_columns if c not in feats.columns]
     if missing:
         why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
@@ -501,7 +508,10 @@ def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) 
 
 def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:
     """(n, F) C-contiguous float32 matrix of ``feats[cols]`` (rows ``take``, default all), filled
-    column by column: ``feats[cols].to_numpy()`` would first copy the whole table."""
+    column by column past ``SMALL_TABLE_ROWS`` rows: ``feats[cols].to_numpy()`` would first copy
+    the whole table (twice the memory; ~50 MiB more peak for 500 symbols, measured)."""
+    if take is None and len(feats) <= SMALL_TABLE_ROWS:  # a few symbols: at once, ~10x faster
+        return np.ascontiguousarray(feats[cols].to_numpy(np.float32))
     n = len(feats) if take is None else len(take)
     X = np.empty((n, len(cols)), np.float32)
     for j, c in enumerate(cols):
@@ -558,43 +568,24 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
     probas: (n, H, 3) class probabilities per model (classification task), mixed by the blender."""
     n, H = len(keys), len(bundle.horizons)
     horizons = np.asarray(bundle.horizons, np.int64)
-    # The members' long forecasts, as the blender reads them. It aligns them on (symbol,
-    # timestamp): each row's number stands for its symbol, and the text columns are categorical
-    # (its pivots and filters are several times faster on those than on strings).
+    # The members' forecasts as the blender reads them, (n, H, M) arrays: the rows are aligned
+    # already (one per forecast bar), so no long table is built and pivoted back (what
+    # Stacker.predict does on the pipeline's predictions; the same numbers, a test checks it).
     members = bundle.blender.members
     cal = [apply_calibration(bundle.calibration[m], components[m], vol) for m in members]  # (std, prob)
-    ts = np.repeat(keys["timestamp"].to_numpy(), H)
-    long = pd.DataFrame({
-        "symbol": np.tile(np.repeat(np.arange(n), H), len(members)), "timestamp": np.tile(ts, len(members)),
-        "horizon": np.tile(horizons, n * len(members)),
-        "segment": pd.Categorical.from_codes(np.zeros(n * H * len(members), np.int64), ["live"]),
-        "model": pd.Categorical.from_codes(np.repeat(np.arange(len(members)), n * H), members),
-        "yhat": np.concatenate([components[m].reshape(-1) for m in members]),
-        "yhat_std": np.concatenate([std.reshape(-1) for std, _ in cal]),
-        "prob_up": np.concatenate([prob.reshape(-1) for _, prob in cal]),
-    })
     classes = bool(probas) and all(m in probas for m in members)
-    if classes:
-        for k, c in enumerate(PROBA_COLUMNS):
-            long[c] = np.concatenate([probas[m][:, :, k].reshape(-1) for m in members])
-    blended = bundle.blender.predict(long, "live")
-    at = blended["symbol"].to_numpy() * H + pd.Index(horizons).get_indexer(blended["horizon"])
-    method = blended["model"].to_numpy()
-
-    def column(name: str, value: str = "yhat") -> np.ndarray:  # (n * H,), NaN where not blended
-        out = np.full(n * H, np.nan)
-        sel = method == name
-        out[at[sel]] = blended[value].to_numpy()[sel]
-        return out
-
+    blended = bundle.blender.predict_arrays(
+        np.stack([components[m] for m in members], axis=-1), np.stack([std for std, _ in cal], axis=-1),
+        np.stack([probas[m] for m in members], axis=2) if classes else None)
+    primary = blended[bundle.primary]
     others = [m for m in bundle.blender.cfg.methods if m != bundle.primary]
     out = pd.DataFrame({
-        "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": ts,
+        "symbol": np.repeat(keys["symbol"].to_numpy(), H), "timestamp": np.repeat(keys["timestamp"].to_numpy(), H),
         "horizon": np.tile(horizons, n),
-        **{c: column(bundle.primary, c) for c in ("yhat", "yhat_std", "prob_up")},
-        **({c: column(bundle.primary, c) for c in PROBA_COLUMNS} if classes else {}),
+        **{c: primary[c].reshape(-1) for c in ("yhat", "yhat_std", "prob_up")},
+        **({c: primary[c].reshape(-1) for c in PROBA_COLUMNS} if classes else {}),
         **{name: pred.reshape(-1) for name, pred in components.items()},
-        **{m: column(m) for m in others},
+        **{m: blended[m]["yhat"].reshape(-1) for m in others},
     })
     return out.sort_values(FORECAST_KEYS, kind="stable", ignore_index=True)
 
