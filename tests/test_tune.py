@@ -152,6 +152,17 @@ def test_no_test_segment_row_reaches_the_objective(files):
     assert not np.allclose(clean["value"].to_numpy(), control["value"].to_numpy(), equal_nan=True)
 
 
+@pytest.mark.parametrize("n_trials, startup", [(4, 8), (4, 4), (6, 2)])
+def test_a_study_runs_exactly_n_trials(files, n_trials, startup):
+    """n_trials finished trials whatever the number of enqueued startup points (the seeded points
+    wait in the study; they must not count as trials, or a study with n_trials <= startup_trials
+    would stop after its first)."""
+    _, paths = files
+    study = run_study(load(paths), n_trials, startup)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states) == n_trials, states
+
+
 # -- many workers, one study -----------------------------------------------------------------
 
 @pytest.mark.slow

@@ -342,9 +342,11 @@ def optimize(study: optuna.Study, spec: StudySpec, folds: Folds, *, timeout: flo
     left = spec.n_trials - counted(study)
     if left <= 0:
         return
-    # a trial starts only while fewer than n_trials exist (running ones included), so two workers
-    # overshoot by at most one trial each in a race
-    stop = optuna.study.MaxTrialsCallback(spec.n_trials, states=None)
+    # a trial starts only while fewer than n_trials are finished or running, so two workers
+    # overshoot by at most one trial each in a race; the enqueued startup points (WAITING) do not
+    # count, or a study with n_trials <= startup_trials would stop after its first trial
+    states = tuple(optuna.trial.TrialState[s] for s in (*TRIAL_STATES, "RUNNING"))
+    stop = optuna.study.MaxTrialsCallback(spec.n_trials, states=states)
     with contextlib.ExitStack() as stack:
         tmp = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-tune-")))
