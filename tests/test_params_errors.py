@@ -227,3 +227,21 @@ def test_model_cross_field_rules_are_one_line_with_the_key_path(name, block, sta
 
 def test_the_committed_params_pass():
     assert check_params(load_params(ROOT / "params.yaml"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"train": {"task": "classification"}, "cv": {"models": ["lightgbm", "ridge"]}},
+     "cv.models: 'ridge' does not support train.task 'classification'; models that do: ["),
+    ({"train": {"task": "classification"}, "cv": {"models": ["lightgbm"]}, "backtest": {"models": ["ridge"]}},
+     "backtest.models: 'ridge' does not support train.task 'classification'"),
+    ({"tune": {"horizon": 7}}, "tune.horizon: got 7, expected one of label.horizons [1, 5, 20]"),
+])
+def test_refit_stage_models_and_tune_horizon_are_checked_before_any_stage(edit, message):
+    """A model a refit stage (cv, backtest, tune) lists must support train.task, and tune.horizon
+    must be a label horizon: check_params says so, instead of the stage failing after the ones
+    before it ran."""
+    params = load_params(ROOT / "params.yaml")
+    for sec, keys in edit.items():
+        params[sec] = {**params[sec], **keys}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_params(params)

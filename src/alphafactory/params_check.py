@@ -48,6 +48,11 @@ def check_params(params: dict[str, Any]) -> list[str]:
                           f"{sorted([*SECTIONS, *FAMILIES])}")
     configs = {name: section(params, name, cls) for name, cls in SECTIONS.items()}  # cv.models too
     train, horizons = configs["train"], configs["label"].horizons
+    for key in ("cv", "backtest", "tune"):  # the stages that refit models of their own list
+        _check_task(f"{key}.models", configs[key].models, train.task)
+    tune_h = configs["tune"].horizon
+    if tune_h is not None and tune_h not in horizons:
+        raise ConfigError(f"tune.horizon: got {tune_h}, expected one of label.horizons {list(horizons)}")
     enabled = []
     for family in FAMILIES:
         names, blocks, extra = family_inputs(params, family, train, task=train.task)
@@ -56,3 +61,15 @@ def check_params(params: dict[str, Any]) -> list[str]:
                           **(extra or {}))
             enabled.append(name)
     return enabled
+
+
+def _check_task(key: str, names: tuple[str, ...], task: str) -> None:
+    """Every model ``key`` lists supports ``train.task`` (a refit stage would fail on it only
+    after the stages before it have run)."""
+    from alphafactory import models
+
+    for name in names:
+        spec = models.REGISTRY.get(name)
+        if spec is not None and task not in spec.tasks:
+            able = sorted(n for n, s in models.REGISTRY.items() if task in s.tasks and s.family in FAMILIES)
+            raise ConfigError(f"{key}: {name!r} does not support train.task {task!r}; models that do: {able}")
