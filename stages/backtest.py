@@ -8,10 +8,10 @@ import pandas as pd
 from alphafactory import dataset, stage
 from alphafactory.config import section
 from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
-from alphafactory.evaluation.cv import FAMILIES
+from alphafactory.evaluation.cv import refit_inputs
 from alphafactory.io import scratch_dir, write_json, write_parquet
 from alphafactory.split import SplitConfig, refit_blocks
-from alphafactory.train import TrainConfig, family_inputs
+from alphafactory.train import TrainConfig
 
 
 def main() -> None:
@@ -19,10 +19,7 @@ def main() -> None:
     cfg = section(params, "backtest", BacktestConfig)
     train = section(params, "train", TrainConfig)
     embargo = section(params, "split", SplitConfig).embargo
-    blocks, extra = {}, {}
-    for family in FAMILIES:
-        _, b, extra[family] = family_inputs(params, family, train)
-        blocks.update(b)
+    blocks, extra = refit_inputs(params, train)
     labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
     seg = labels[dataset.KEYS].merge(segments, on=dataset.KEYS, how="left", validate="1:1")["segment"]
     table = refit_blocks(labels, seg.to_numpy() == "test", dataset.horizons_of(labels), embargo,

@@ -6,19 +6,16 @@ import pandas as pd
 from alphafactory import dataset, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
-from alphafactory.evaluation.cv import FAMILIES, CVConfig, cross_validate
+from alphafactory.evaluation.cv import CVConfig, cross_validate, refit_inputs
 from alphafactory.io import scratch_dir, write_json
-from alphafactory.train import TrainConfig, family_inputs
+from alphafactory.train import TrainConfig
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics", "fold-spans")
     cfg = section(params, "cv", CVConfig)
     train = section(params, "train", TrainConfig)
-    blocks, extra = {}, {}
-    for family in FAMILIES:
-        _, b, extra[family] = family_inputs(params, family, train)
-        blocks.update(b)
+    blocks, extra = refit_inputs(params, train)
     labels = pd.read_parquet(args.labels)
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")

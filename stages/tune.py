@@ -8,10 +8,10 @@ import pandas as pd
 
 from alphafactory import stage
 from alphafactory.config import section
-from alphafactory.evaluation.cv import FAMILIES, CVConfig
+from alphafactory.evaluation.cv import CVConfig, refit_inputs
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.io import read_json, scratch_dir, write_json
-from alphafactory.train import TrainConfig, family_inputs
+from alphafactory.train import TrainConfig
 from alphafactory.tune import TuneConfig, check_stage_params, load_development_data, run_tuning
 
 
@@ -56,10 +56,7 @@ def main() -> None:
         check_stage_params(cfg)  # every tuned model's block is a params dep in dvc.yaml
         train = section(params, "train", TrainConfig)
         ev = section(params, "evaluate", EvaluateConfig)
-        blocks, extra = {}, {}
-        for family in FAMILIES:
-            _, b, extra[family] = family_inputs(params, family, train)
-            blocks.update(b)
+        blocks, extra = refit_inputs(params, train)
         ds, labels = load_development_data(args.features, args.labels, args.segments)
         scorer = {"metric": cfg.metric, "horizon": cfg.horizon, "cost_bps": ev.cost_bps, "threshold": ev.threshold,
                   "min_symbols": ev.min_symbols_cs,

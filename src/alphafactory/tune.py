@@ -47,7 +47,7 @@ from alphafactory.config import Interval, Unique, to_dict
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation import metrics
-from alphafactory.evaluation.cv import FAMILIES, fold_dataset, label_ends
+from alphafactory.evaluation.cv import check_base_models, fold_dataset, label_ends
 from alphafactory.progress import progress
 from alphafactory.train import data_hash, fit_models
 
@@ -77,15 +77,12 @@ class TuneConfig:
     spaces: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        able = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
+        check_base_models("tune.models", self.models)
+        check_base_models("tune.spaces", self.spaces)
         for name in self.models:
-            if name not in able:
-                raise ConfigError(f"tune.models: {name!r} is not a registered base model; expected some of {able}")
             if not self.spaces.get(name):
                 raise ConfigError(f"tune.spaces.{name}: missing; expected a search space for each of tune.models")
         for name, space in self.spaces.items():
-            if name not in able:
-                raise ConfigError(f"tune.spaces: {name!r} is not a registered base model; expected some of {able}")
             if not isinstance(space, dict):
                 raise ConfigError(f"tune.spaces.{name}: got {space!r}, expected a mapping of hyperparameter: range")
             for key, spec in space.items():

@@ -42,7 +42,7 @@ from alphafactory import models
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
-from alphafactory.evaluation.cv import FAMILIES, fold_segments, segment_spans
+from alphafactory.evaluation.cv import FAMILIES, check_base_models, fold_segments, segment_spans
 from alphafactory.feature_select import SelectConfig
 from alphafactory.progress import progress
 from alphafactory.train import fit_models
@@ -62,11 +62,7 @@ class BacktestConfig:
     val_frac: Annotated[float, Interval(gt=0, le=0.5)] = 0.2
 
     def validate(self) -> None:
-        for name in self.models:
-            spec = models.REGISTRY.get(name)
-            if spec is None or spec.family not in FAMILIES:
-                ok = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
-                raise ConfigError(f"backtest.models: {name!r} is not a registered base model; expected some of {ok}")
+        check_base_models("backtest.models", self.models)
         if self.window == "rolling" and self.window_bars is None:
             raise ConfigError("backtest.window_bars: got None with window 'rolling', expected the training "
                               "window length in timestamps (an integer >= 1)")

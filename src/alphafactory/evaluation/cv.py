@@ -33,6 +33,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,7 +50,7 @@ from alphafactory.evaluation import metrics
 from alphafactory.feature_select import SelectConfig, select_dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.split import ROLES
-from alphafactory.train import fit_models
+from alphafactory.train import TrainConfig, family_inputs, fit_models
 from alphafactory.uncertainty import MIN_ROWS
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,31 @@ class CVConfig:
     val_frac: Annotated[float, Interval(gt=0, le=0.5)] = 0.2
 
     def validate(self) -> None:
-        for name in self.models:
-            spec = models.REGISTRY.get(name)
-            if spec is None or spec.family not in FAMILIES:
-                ok = sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
-                raise ConfigError(f"cv.models: {name!r} is not a registered base model; expected some of {ok}")
+        check_base_models("cv.models", self.models)
+
+
+def base_models() -> list[str]:
+    """The registered models a refit stage (cv, backtest, tune) can fit: those of :data:`FAMILIES`."""
+    return sorted(n for n, s in models.REGISTRY.items() if s.family in FAMILIES)
+
+
+def check_base_models(key: str, names: Iterable[str]) -> None:
+    """``ConfigError`` naming ``key`` for the first of ``names`` that is not a :func:`base_models` one."""
+    able = base_models()
+    for name in names:
+        if name not in able:
+            raise ConfigError(f"{key}: {name!r} is not a registered base model; expected some of {able}")
+
+
+def refit_inputs(params: dict[str, Any], train: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a refit stage passes to :func:`alphafactory.train.fit_models` for any model of
+    :data:`FAMILIES`: the params block per model name, and the constructor arguments per family
+    (as the training stages read them, ``train``: the ``TrainConfig``)."""
+    blocks, extra = {}, {}
+    for family in FAMILIES:
+        _, b, extra[family] = family_inputs(params, family, train)
+        blocks.update(b)
+    return blocks, extra
 
 
 def fold_segments(ds: Dataset, fold: pd.DataFrame, label_end: np.ndarray, val_frac: float) -> np.ndarray:
