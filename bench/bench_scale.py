@@ -1,0 +1,177 @@
+"""How the pipeline's cost grows with the universe: wall time and peak memory of each stage.
+
+    python bench/bench_scale.py [--symbols 100,500,2000,5000] [--bars 2520]
+                                [--cluster none,local] [--pipeline light|full]
+
+For each universe size it clones the committed HEAD into a temporary directory, sets
+``data.source: synthetic`` with that many symbols x ``--bars`` daily bars, and runs the stages one
+at a time (``dvc repro -f -s <stage>``, in ``dvc repro``'s order) in process (``compute.cluster:
+null``) and on a ``compute.cluster: local`` Dask cluster of 2 worker processes. Per stage it
+prints:
+
+* wall seconds of ``dvc repro -f -s``;
+* peak RSS of the largest single process (``ru_maxrss`` of the children: the stage itself, a
+  joblib or Dask worker, or dvc) and the peak of the summed RSS of the whole process tree
+  (sampled every 0.2 s with psutil, so a peak shorter than that can be missed).
+
+``--pipeline light`` (the default) runs the chain the scale target names: prepare, featurize,
+label, split, one pooled LightGBM (``boosting.models: [lightgbm]``), ridge as the only classical
+model, the one-bar ``mlp`` as the only network, the blend and bundle stages, a ridge walk-forward
+backtest and evaluate (tune, cv, explain and report are not run). Featurize runs in batches of
+``--symbol-batch`` symbols (default 250), the pieces of work a cluster spreads over its workers. ``--pipeline full`` runs the
+default ``dvc repro`` of every stage with the default models, the 500-symbol target's workload.
+
+Targets on 2 cores / 24 GiB (issue 19): full pipeline for 500 symbols within 20 min; 5,000 symbols
+through the light chain within 8 GiB peak per process. A size whose stage fails (out of memory,
+for instance) is reported as such and the next sizes are skipped; ``--max-rss-gib`` stops a stage
+whose process tree grows beyond that many GiB (default 20, below this machine's 24 GiB).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+
+LIGHT = {
+    "boosting.models": ["lightgbm"],
+    "classical.models": ["ridge"],
+    "neural.models": ["mlp"],
+    "backtest.models": ["ridge"],
+}
+LIGHT_TARGET = "evaluate"
+
+
+def set_key(params: dict, dotted: str, value) -> None:
+    node = params
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+
+
+def stage_order(repo: Path, env: dict, target: str | None) -> list[str]:
+    """The stages ``dvc repro [target]`` would run, in its order (``--dry`` of a fresh clone)."""
+    cmd = ["dvc", "repro", "--dry", "-f"] + ([target] if target else [])
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+    return re.findall(r"Running stage '([^']+)'", out)
+
+
+def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float, float, float, str]:
+    """(wall s, peak single-process RSS GiB, peak tree RSS GiB, error or '') of ``dvc repro -s``."""
+    # a fresh wrapper per stage, so that its RUSAGE_CHILDREN max is this stage's alone
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(p.returncode)\n"
+    )
+    cmd = [sys.executable, "-c", wrapper, "dvc", "repro", "-f", "-s", stage]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    peak_tree, killed = 0.0, ""
+    while proc.poll() is None:
+        try:
+            tree = [ps, *ps.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree if p.is_running())
+        except psutil.Error:
+            rss = 0
+        peak_tree = max(peak_tree, rss / GIB)
+        if peak_tree > max_rss:
+            for p in ps.children(recursive=True):
+                p.kill()
+            proc.kill()
+            killed = f"stopped at {peak_tree:.1f} GiB (--max-rss-gib {max_rss:g})"
+            break
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    lines = err.strip().splitlines()
+    try:
+        peak_one = int(lines[-1]) * 1024 / GIB  # ru_maxrss is in KiB on Linux
+    except (IndexError, ValueError):
+        peak_one = float("nan")
+    if killed:
+        return wall, peak_one, peak_tree, killed
+    if proc.returncode:
+        tail = [ln for ln in (out + "\n" + err).splitlines() if ln.strip()][-3:]
+        return wall, peak_one, peak_tree, "failed: " + " | ".join(tail)[:300]
+    return wall, peak_one, peak_tree, ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--symbols", default="100,500,2000,5000", help="comma-separated universe sizes")
+    ap.add_argument("--bars", type=int, default=2520, help="daily bars per symbol")
+    ap.add_argument("--cluster", default="none,local", help="comma-separated: none (in process), local")
+    ap.add_argument("--pipeline", choices=("light", "full"), default="light")
+    ap.add_argument("--symbol-batch", type=int, default=250,
+                    help="features.symbol_batch: symbols per featurize batch, the pieces a cluster runs (0: one)")
+    ap.add_argument("--max-rss-gib", type=float, default=20.0)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.symbols.split(",")]
+    clusters = args.cluster.split(",")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "clone"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        # the stages import the clone's own src/ (the code its dvc.lock hashes)
+        env["PYTHONPATH"] = str(repo / "src")
+        base = yaml.safe_load((repo / "params.yaml").read_text())
+        failed_at = None
+        for n in sizes:
+            if failed_at is not None:
+                break
+            for cluster in clusters:
+                params = yaml.safe_load(yaml.safe_dump(base))
+                set_key(params, "data.source", "synthetic")
+                set_key(params, "data.synthetic.symbols", n)
+                set_key(params, "data.synthetic.bars", args.bars)
+                set_key(params, "data.synthetic.freq", "1D")
+                set_key(params, "compute.cluster", None if cluster == "none" else cluster)
+                set_key(params, "compute.workers", 2)
+                set_key(params, "features.symbol_batch", args.symbol_batch)
+                if args.pipeline == "light":
+                    for k, v in LIGHT.items():
+                        set_key(params, k, v)
+                (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                stages = stage_order(repo, env, LIGHT_TARGET if args.pipeline == "light" else None)
+                total = 0.0
+                for stage in stages:
+                    wall, one, tree, err = run_stage(repo, env, stage, args.max_rss_gib)
+                    total += wall
+                    rows.append((n, cluster, stage, wall, one, tree, err))
+                    print(f"{n} symbols, {cluster}: {stage} {wall:.1f} s, {one:.2f} / {tree:.2f} GiB {err}",
+                          file=sys.stderr, flush=True)
+                    if err:
+                        failed_at = n
+                        break
+                rows.append((n, cluster, "total", total, max(r[4] for r in rows if r[:2] == (n, cluster)),
+                             max(r[5] for r in rows if r[:2] == (n, cluster)), ""))
+                if failed_at is not None:
+                    break
+    print(f"\n{os.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.0f} GiB, "
+          f"{args.bars} daily bars per symbol, pipeline {args.pipeline}\n")
+    print("| symbols | compute | stage | wall s | peak RSS, one process GiB | peak RSS, all processes GiB | note |")
+    print("|---|---|---|---|---|---|---|")
+    for n, cluster, stage, wall, one, tree, err in rows:
+        name = f"**{stage}**" if stage == "total" else stage
+        print(f"| {n} | {cluster} | {name} | {wall:.1f} | {one:.2f} | {tree:.2f} | {err} |")
+    print(f"\nmax RSS of this script: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
