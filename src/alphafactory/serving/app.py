@@ -1,4 +1,5 @@
-"""``alphafactory serve``: a verified bundle behind an HTTP API (FastAPI on uvicorn, one process).
+"""``alphafactory serve``: a verified bundle behind an HTTP API (FastAPI on uvicorn; one process,
+or ``--workers N`` processes on one port, :mod:`alphafactory.serving.workers`).
 
 Endpoints (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``)::
 
@@ -16,7 +17,8 @@ finishes on the bundle it started with, and a bundle that fails verification is 
 one keeps serving). SIGHUP reloads the same way. Bad input is a 4xx whose body is
 ``{"error": "<the CLI's message>"}``; an unexpected failure a 500 without a traceback (the
 traceback goes to the server log). Every request is logged as one JSON line
-(``alphafactory.serve.access``).
+(``alphafactory.serve.access``). With ``--workers``, a reload (POST or SIGHUP to the supervisor)
+reaches every worker, and each worker keeps its own metrics.
 """
 from __future__ import annotations
 
