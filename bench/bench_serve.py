@@ -2,6 +2,7 @@
 
     python bench/bench_serve.py --bundle bundle                  # the pipeline's bundle (make run)
     python bench/bench_serve.py --bundle bundle --duration 10    # shorter, on a busy machine
+    python bench/bench_serve.py --bundle bundle --workers 2      # serve --workers 2
     python bench/bench_serve.py                                  # trains a small bundle first
 
 The server runs in a subprocess (``alphafactory serve --port 0`` on 127.0.0.1: this script never
@@ -17,8 +18,10 @@ talks to anything but loopback). Two scenarios, each for ``--duration`` seconds:
 Bodies are parquet (``--format json`` sends JSON records). Synthetic bars (the bundle's models
 are pooled, so symbols it never saw are fine). Prints a markdown table: requests, throughput,
 p50/p99/max latency, errors (any status but 200, or a dropped connection), and the server's
-resident memory after the warm-up, at its peak and at the end, and the same request's ``predict``
-timed in this process before the server starts (median; no HTTP, one call at a time). Exits 1 if a target is missed:
+resident memory (with ``--workers N``: summed over the supervisor and its workers) after the warm-up, at its peak and at the end, and the same request's ``predict``
+timed in this process before the server starts (median; no HTTP, one call at a time), and the
+server's CPU time per answered request (user + system, all its processes): on a machine shared
+with other work, the figure that load changes least. Exits 1 if a target is missed:
 p99 <= 50 ms for ``small`` at 8 clients, p99 <= 1 s for 500 symbols, no error, and memory
 flat: the server's peak RSS in the last third of a run within 10% of its peak in the first third
 (one request's own allocations come and go, so the peaks are compared, not two samples).
@@ -45,15 +48,41 @@ TARGET_SMALL_P99_S, TARGET_BIG_P99_S, TARGET_MEM_GROWTH = 0.050, 1.0, 0.10
 
 
 def rss_bytes(pid: int) -> int:
-    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(m.group(1)) * 1024 if m else 0
+    """Resident memory of ``pid`` and its children (the workers of ``--workers N``)."""
+    total = 0
+    for p in (pid, *children(pid)):
+        try:
+            m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
+        except OSError:  # a worker that just exited
+            continue
+        total += int(m.group(1)) * 1024 if m else 0
+    return total
 
 
-def start_server(bundle: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its children (the workers), seconds."""
+    total = 0
+    for p in (pid, *children(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def start_server(bundle: Path, log_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "alphafactory.cli", "serve", "--models", str(bundle),
-                                 "--host", "127.0.0.1", "--port", "0"], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                 "--host", "127.0.0.1", "--port", "0", *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -85,6 +114,7 @@ def load(port: int, body: bytes, headers: dict[str, str], clients: int, duration
     errors: list[str] = []
     mem: list[int] = []  # the server's RSS every 0.5 s
     stop = time.monotonic() + duration
+    cpu0 = cpu_seconds(pid)
 
     def client() -> None:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as h:
@@ -107,11 +137,12 @@ def load(port: int, body: bytes, headers: dict[str, str], clients: int, duration
         time.sleep(0.5)
     for t in threads:
         t.join()
+    cpu = cpu_seconds(pid) - cpu0
     lat.sort()
     q = (lambda p: lat[min(len(lat) - 1, int(p * len(lat)))]) if lat else (lambda p: float("nan"))
     return {"requests": len(lat), "rps": len(lat) / duration, "p50": q(0.50), "p99": q(0.99),
             "max": lat[-1] if lat else float("nan"), "mean": statistics.fmean(lat) if lat else float("nan"),
-            "errors": len(errors), "first_error": errors[0] if errors else "",
+            "cpu_ms": 1e3 * cpu / max(1, len(lat)), "errors": len(errors), "first_error": errors[0] if errors else "",
             "mem_start": mem[0] if mem else 0, "mem_max": max(mem, default=0), "mem_end": mem[-1] if mem else 0,
             # a request's own allocations come and go: compare the peaks of the first and last thirds
             "peak_first": max(mem[:max(1, len(mem) // 3)], default=0), "peak_last": max(mem[-max(1, len(mem) // 3):], default=0)}
@@ -126,6 +157,8 @@ def main() -> int:
     ap.add_argument("--small-symbols", type=int, default=1, help="symbols per small request (default 1)")
     ap.add_argument("--big-symbols", type=int, default=500, help="symbols per big request (default 500)")
     ap.add_argument("--format", choices=("parquet", "json"), default="parquet", help="request body format")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (serve --workers; default 1)")
+    ap.add_argument("--threads", type=int, default=None, help="forecasting threads per process (serve --threads)")
     args = ap.parse_args()
     if not (1 <= args.clients <= MAX_CLIENTS and 1 <= args.big_clients <= MAX_CLIENTS):
         ap.error(f"--clients, --big-clients: 1..{MAX_CLIENTS}")
@@ -158,13 +191,15 @@ def main() -> int:
     for n_sym, repeats in ((small, 30), (args.big_symbols, 5)):
         part = bars[bars["symbol"].isin(syms[:n_sym])]
         predict(part, bundle)  # warm-up
-        times = []
+        times, cpu = [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             predict(part, bundle)
             times.append(time.perf_counter() - t0)
-        inproc[n_sym] = statistics.median(times)
-    proc, port = start_server(bundle_path, tmp / "serve.log")
+            cpu.append(time.process_time() - c0)
+        inproc[n_sym] = (statistics.median(times), statistics.median(cpu))
+    extra = ["--workers", str(args.workers)] + (["--threads", str(args.threads)] if args.threads else [])
+    proc, port = start_server(bundle_path, tmp / "serve.log", extra)
     rows = []
     try:
         for label, n_sym, clients in ((f"small: {small} symbol(s)", small, args.clients),
@@ -179,17 +214,17 @@ def main() -> int:
         proc.wait(timeout=30)
     la = os.getloadavg()
     print(f"\n### alphafactory serve: {args.duration:.0f} s per scenario, {n_bars} bars per symbol "
-          f"(history_bars), {args.format} bodies, {os.cpu_count()} cores, load average "
+          f"(history_bars), {args.format} bodies, {args.workers} server worker(s), {os.cpu_count()} cores, load average "
           f"{la[0]:.1f} {la[1]:.1f} {la[2]:.1f}{note}\n")
     print("| scenario | clients | body | requests | req/s | p50 ms | p99 ms | max ms | errors | RSS MiB start / peak / end "
-          "| predict in-process ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| server CPU ms/request | predict in-process ms (CPU ms) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     failed = []
     for (label, n_sym, clients, size, r), target in zip(rows, (TARGET_SMALL_P99_S, TARGET_BIG_P99_S), strict=True):
         mb = [r[k] / 2**20 for k in ("mem_start", "mem_max", "mem_end")]
         print(f"| {label} | {clients} | {size / 1024:.0f} KiB | {r['requests']} | {r['rps']:.1f} | {r['p50'] * 1e3:.1f} | "
               f"{r['p99'] * 1e3:.1f} | {r['max'] * 1e3:.1f} | {r['errors']} | {mb[0]:.0f} / {mb[1]:.0f} / {mb[2]:.0f} | "
-              f"{inproc[n_sym] * 1e3:.1f} |")
+              f"{r['cpu_ms']:.1f} | {inproc[n_sym][0] * 1e3:.1f} ({inproc[n_sym][1] * 1e3:.1f}) |")
         if r["p99"] > target:
             failed.append(f"{label}: p99 {r['p99'] * 1e3:.0f} ms > {target * 1e3:.0f} ms")
         if r["errors"]:

@@ -397,6 +397,75 @@ def test_reload_under_traffic_fails_no_request(bundles, bars, tmp_path):
     assert 'alphafactory_bundle_reloads_total{result="refused"} 1' in metrics
 
 
+def _per_worker(port: int, tries: int = 40) -> dict[str, str]:
+    """{worker pid: bundle sha256} read from /metrics over fresh connections (each one goes to
+    whichever worker the kernel hands it; 40 tries reach both of two workers in practice)."""
+    seen: dict[str, str] = {}
+    for _ in range(tries):
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"connection": "close"}).text
+        pid = text.split('alphafactory_worker_info{worker="', 1)[1].split('pid="', 1)[1].split('"', 1)[0]
+        seen[pid] = text.split('alphafactory_bundle_info{sha256="', 1)[1].split('"', 1)[0]
+    return seen
+
+
+def test_workers_share_the_port_and_reload_together(bundles, bars, tmp_path):
+    """--workers 2: two processes answer on one port with predict()'s forecasts; POST /v1/reload
+    (on one of them) and SIGHUP (to the supervisor) swap the bundle in both; a tampered bundle is
+    refused by the first and reaches neither; a worker that dies is replaced."""
+    a, b = load_bundle(bundles["a"]).digest, load_bundle(bundles["b"]).digest
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundles["b"], tampered)
+    (tampered / "bundle.json").write_text((tampered / "bundle.json").read_text().replace('"lookback": 8', '"lookback": 9'))
+    live = tmp_path / "live"
+    live.symlink_to(bundles["a"])
+    want = predict(bars, load_bundle(bundles["a"]))
+    with serving(live, tmp_path, "--workers", "2") as (c, log_path):
+        port = c.base_url.port
+        seen = _per_worker(port)
+        assert len(seen) == 2 and set(seen.values()) == {a}, seen
+        for _ in range(4):  # fresh connections: both workers forecast
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/forecast", params={"components": "true"}, content=_parquet(bars),
+                           headers={"content-type": "application/vnd.apache.parquet", "connection": "close"})
+            assert r.status_code == 200, r.text
+            _assert_same_forecasts(_from_json(r.json()["forecasts"]), want)
+
+        r = c.post("/v1/reload", json={"models": str(bundles["b"])})
+        assert r.status_code == 200 and r.json()["workers"] == 2, r.text
+        assert r.json()["bundle_sha256"] == b and r.json()["previous_sha256"] == a
+        assert set(_per_worker(port).values()) == {b}
+        r = c.post("/v1/reload", json={"models": str(tampered)})
+        assert r.status_code == 422 and "reload refused, still serving" in r.json()["error"], r.text
+        assert set(_per_worker(port).values()) == {b}
+
+        assert c.post("/v1/reload", json={"models": str(live)}).json()["bundle_sha256"] == a
+        live.unlink()
+        live.symlink_to(bundles["b"])
+        c.proc.send_signal(signal.SIGHUP)  # type: ignore[attr-defined]  # the supervisor
+        deadline = time.monotonic() + 60
+        while set(_per_worker(port, 10).values()) != {b}:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+
+        victim = next(iter(seen))
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # a new worker takes its place, with the bundle serving now
+            assert time.monotonic() < deadline, log_path.read_text()
+            now = _per_worker(port, 10)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.2)
+        assert set(now.values()) == {b}
+    assert "exited with status -9; starting another" in log_path.read_text()
+
+
+def test_workers_refuse_a_bad_bundle_before_listening(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-m", "alphafactory.cli", "serve", "--models", str(tmp_path), "--port", "0",
+                           "--workers", "2"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and "is not a bundle" in done.stderr and " on http://" not in done.stderr, done.stderr
+
+
 def test_serve_refuses_a_bad_bundle_before_listening(tmp_path, capsys):
     assert cli.main(["serve", "--models", str(tmp_path), "--port", "0"]) == 2
     assert "is not a bundle" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import numpy as np
 
 from alphafactory.config import Interval
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.base import PerHorizonModel, predict_threads
 
 
 def save_cbm(model: cb.CatBoost, path: Path | str) -> None:
@@ -90,9 +90,10 @@ class CatBoostModel(PerHorizonModel):
         return model, {"train": sq(ev["learn"]["RMSE"]), "val": sq(ev["validation"]["RMSE"])}
 
     def _predict_one(self, est, X):
+        threads = predict_threads(len(X), self.params.thread_count)
         if self.classifier:
-            return est.predict(X, prediction_type="Probability", thread_count=self.params.thread_count)
-        return est.predict(X, thread_count=self.params.thread_count)
+            return est.predict(X, prediction_type="Probability", thread_count=threads)
+        return est.predict(X, thread_count=threads)
 
     def _best_iteration(self, est):
         return int(est.get_best_iteration())

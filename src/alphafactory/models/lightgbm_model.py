@@ -10,7 +10,7 @@ import lightgbm as lgb
 
 from alphafactory.config import Interval
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.base import PerHorizonModel, predict_threads
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class LightGBMModel(PerHorizonModel):
                              [lgb.early_stopping(p.early_stopping_rounds, verbose=False)], bar)
 
     def _predict_one(self, est, X):
-        return est.predict(X, num_iteration=est.best_iteration or None)
+        # num_threads always passed: LightGBM sets it as the calling thread's OpenMP default
+        return est.predict(X, num_iteration=est.best_iteration or None,
+                           num_threads=predict_threads(len(X), self.params.num_threads))
 
     def _best_iteration(self, est):
         return int(est.best_iteration)

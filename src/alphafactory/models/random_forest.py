@@ -22,7 +22,7 @@ import lightgbm as lgb
 
 from alphafactory.config import Interval
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.base import PerHorizonModel, predict_threads
 from alphafactory.models.lightgbm_model import train_booster
 
 
@@ -59,7 +59,7 @@ class RandomForestModel(PerHorizonModel):
         return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier, bar=bar)
 
     def _predict_one(self, est, X):
-        return est.predict(X)
+        return est.predict(X, num_threads=predict_threads(len(X), self.params.num_threads))
 
     def _save_one(self, est, path: Path):
         est.save_model(str(path))

@@ -1,4 +1,5 @@
-"""``alphafactory serve``: a verified bundle behind an HTTP API (FastAPI on uvicorn, one process).
+"""``alphafactory serve``: a verified bundle behind an HTTP API (FastAPI on uvicorn; one process,
+or ``--workers N`` processes on one port, :mod:`alphafactory.serving.workers`).
 
 Endpoints (OpenAPI schema at ``/openapi.json``, browsable at ``/docs``)::
 
@@ -16,7 +17,8 @@ finishes on the bundle it started with, and a bundle that fails verification is 
 one keeps serving). SIGHUP reloads the same way. Bad input is a 4xx whose body is
 ``{"error": "<the CLI's message>"}``; an unexpected failure a 500 without a traceback (the
 traceback goes to the server log). Every request is logged as one JSON line
-(``alphafactory.serve.access``).
+(``alphafactory.serve.access``). With ``--workers``, a reload (POST or SIGHUP to the supervisor)
+reaches every worker, and each worker keeps its own metrics.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from alphafactory.errors import ConfigError, InputError
 from alphafactory.serving.inference import Bundle, list_models, load_bundle, model_info, predict
+from alphafactory.serving.workers import Link, Supervisor
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("alphafactory.serve.access")
@@ -56,6 +60,7 @@ PARQUET_OUT = "application/vnd.apache.parquet"
 MAX_BODY_BYTES = 64 << 20  # 64 MiB: 500 symbols x 600 bars is ~8 MiB of JSON, ~1.5 MiB of parquet
 MAX_ROWS = 1_000_000  # bars per request (featurizing costs ~1 KiB per bar per feature column group)
 MAX_READ_ROWS = 100_000  # rows one GET /v1/forecasts returns at most
+USER_ERRORS = (ConfigError, InputError)  # bad input, not a bug: one line, exit status 2 (stage.user_errors)
 PREDICT_THREADS = 2  # forecasts computed at once (the rest queue): one per core of the target box
 # Latency histogram buckets, seconds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -86,7 +91,8 @@ class RequestError(Exception):
 class Metrics:
     """Counters and latency histograms, rendered in the Prometheus text exposition format."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker: int | None = None) -> None:
+        self.worker = worker
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
@@ -132,6 +138,10 @@ class Metrics:
                   f'alphafactory_bundle_info{{sha256="{bundle.digest}",version="{bundle.version}"}} 1',
                   "# HELP process_resident_memory_bytes Resident memory of the server process.",
                   "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {resident_bytes()}"]
+        if self.worker is not None:  # --workers: every counter above is this worker's own
+            lines += ["# HELP alphafactory_worker_info The worker process that answered this scrape (--workers).",
+                      "# TYPE alphafactory_worker_info gauge",
+                      f'alphafactory_worker_info{{worker="{self.worker}",pid="{os.getpid()}"}} 1']
         return "\n".join(lines) + "\n"
 
 
@@ -148,14 +158,18 @@ class Service:
 
     def __init__(self, models: str | Path, *, db: str | None = None, table: str = "preds",
                  max_body_bytes: int = MAX_BODY_BYTES, max_rows: int = MAX_ROWS,
-                 token: str | None = None, threads: int = PREDICT_THREADS) -> None:
+                 token: str | None = None, threads: int = PREDICT_THREADS, worker: int | None = None,
+                 link: Any = None) -> None:
         self.path = Path(models)
         self.bundle = load_bundle(self.path)  # raises BundleError: the server never starts on a bad bundle
         self.db, self.table = db, table
         self.max_body_bytes, self.max_rows = max_body_bytes, max_rows
         self.token = token
         self.threads = threads
-        self.metrics = Metrics()
+        # --workers: this process's index, and its pipe to the supervisor (serving/workers.py),
+        # through which POST /v1/reload reloads every worker; None when serving alone.
+        self.worker, self.link = worker, link
+        self.metrics = Metrics(worker)
         self._reload_lock = threading.Lock()
         self._engine = None
         if db is not None:
@@ -421,6 +435,12 @@ def create_app(service: Service) -> FastAPI:
             if not isinstance(doc, dict) or set(doc) - {"models"} or not isinstance(doc.get("models", ""), str):
                 raise RequestError(422, "body: expected {\"models\": \"path/to/bundle\"} or nothing")
             path = doc.get("models")
+        if service.link is not None:  # --workers: the supervisor reloads every worker, this one first
+            done = await anyio.to_thread.run_sync(service.link.reload_everywhere, path)
+            if not done["ok"]:
+                raise RequestError(422, f"reload refused, still serving {done['digest']}: {done['error']}")
+            return _json({"status": "reloaded", "bundle_sha256": done["digest"], "previous_sha256": done["previous"],
+                          "path": done["path"], "workers": done["workers"]})
         try:
             old, new = await anyio.to_thread.run_sync(service.reload, path)
         except InputError as e:  # BundleError: refused, the old bundle keeps serving
@@ -475,10 +495,12 @@ class _Instrumented:
             seconds = time.perf_counter() - start
             self.service.metrics.observe(scope.get("method", ""), route, status, seconds)
             client = scope.get("client") or ("", 0)
-            access_log.info(json.dumps({
-                "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "client": client[0],
-                "method": scope.get("method"), "path": path, "status": status, "ms": round(seconds * 1e3, 2),
-                "bytes_out": sent, "bundle": self.service.bundle.digest[:12]}))
+            line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "client": client[0],
+                    "method": scope.get("method"), "path": path, "status": status, "ms": round(seconds * 1e3, 2),
+                    "bytes_out": sent, "bundle": self.service.bundle.digest[:12]}
+            if self.service.worker is not None:
+                line["worker"] = self.service.worker
+            access_log.info(json.dumps(line))
 
     def _authorized(self, scope: dict) -> bool:
         got = dict(scope.get("headers") or []).get(b"authorization", b"")
@@ -502,13 +524,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-rows", type=int, default=MAX_ROWS,
                         help=f"most bars in one request (default: {MAX_ROWS})")
     parser.add_argument("--threads", type=int, default=PREDICT_THREADS,
-                        help=f"forecasts computed at once; more requests queue (default: {PREDICT_THREADS})")
+                        help=f"forecasts computed at once per process; more requests queue (default: {PREDICT_THREADS})")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port, each with its own copy of the bundle "
+                             "(default: 1); reloads reach every worker (see docs/serve.md)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`alphafactory serve`: load and verify the bundle, then serve it until SIGINT/SIGTERM."""
-    import uvicorn
-
+    """`alphafactory serve`: load and verify the bundle, then serve it until SIGINT/SIGTERM
+    (``--workers N``: N processes, see :mod:`alphafactory.serving.workers`)."""
     token = None
     if args.token_file:
         try:
@@ -517,13 +541,16 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--token-file: cannot read {args.token_file} ({e.strerror})") from e
         if not token:
             raise InputError(f"--token-file: {args.token_file} is empty; expected a bearer token")
-    if args.max_rows < 1 or args.max_body_mb <= 0 or args.threads < 1:
-        raise InputError("--max-rows, --max-body-mb and --threads must be positive")
+    if args.max_rows < 1 or args.max_body_mb <= 0 or args.threads < 1 or args.workers < 1:
+        raise InputError("--max-rows, --max-body-mb, --threads and --workers must be positive")
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serve: listening on %s without --token-file: anyone who reaches it can forecast "
                     "and reload", args.host)
-    service = Service(args.models, db=args.db, table=args.table, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-                      max_rows=args.max_rows, token=token, threads=args.threads)
+    options = {"models": str(args.models), "db": args.db, "table": args.table,
+               "max_body_bytes": int(args.max_body_mb * (1 << 20)), "max_rows": args.max_rows,
+               "token": token, "threads": args.threads}
+    if args.workers == 1:
+        service = Service(**options)  # raises BundleError before anything listens
     # proto IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections whose
     # socket says TCP (base_events._set_nodelay). Without it every answer on a kept-alive
     # connection after the first waited ~40 ms (Nagle holding the body behind the headers until
@@ -532,12 +559,50 @@ def run(args: argparse.Namespace) -> int:
                          socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock.bind((args.host, args.port))  # bound, not listening: uvicorn listens once it serves
     except OSError as e:
         raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror})") from e
     host, port = sock.getsockname()[:2]
+    if args.workers > 1:
+        supervisor = Supervisor(args.workers, options, sock, worker_main)
+        digest = supervisor.start()  # every worker verified the bundle, or a BundleError here
+        log.info("serve: %d workers, supervisor pid %d (SIGHUP to it reloads them all); %s (sha256 %s) on http://%s:%d",
+                 args.workers, os.getpid(), args.models, digest[:12], host, port)
+        return supervisor.run()
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=service.reload_logged, daemon=True).start())
-    config = uvicorn.Config(create_app(service), interface="asgi3", lifespan="on", log_config=None, access_log=False, timeout_keep_alive=30)
     log.info("serve: %s (sha256 %s) on http://%s:%d", service.path, service.bundle.digest[:12], host, port)
-    uvicorn.Server(config).run(sockets=[sock])
+    serve_socket(service, sock)
     return 0
+
+
+def serve_socket(service: Service, sock: socket.socket) -> None:
+    """Serve ``service`` on the bound socket ``sock`` until SIGINT/SIGTERM (uvicorn)."""
+    import uvicorn
+
+    config = uvicorn.Config(create_app(service), interface="asgi3", lifespan="on", log_config=None, access_log=False,
+                            timeout_keep_alive=30)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def worker_main(index: int, options: dict[str, Any], sock: socket.socket, conn: Connection) -> None:
+    """One worker process: load and verify the bundle, report, wait for "go", then serve."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads go through the supervisor (one for all)
+    link = Link(conn)
+    try:
+        service = Service(**options, worker=index, link=link)
+    except Exception as e:  # noqa: BLE001 - reported to the supervisor, which prints it and exits 2
+        conn.send(("failed", isinstance(e, USER_ERRORS), f"{e}" if isinstance(e, USER_ERRORS)
+                   else f"{type(e).__name__}: {e}"))
+        if not isinstance(e, USER_ERRORS):
+            log.exception("serve: worker %d failed to start", index)
+        return
+    conn.send(("ready", service.bundle.digest))
+    try:
+        go = conn.recv()
+    except EOFError:
+        return
+    if go[0] != "go":
+        return
+    link.start(service)
+    serve_socket(service, sock)
