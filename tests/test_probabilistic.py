@@ -158,3 +158,53 @@ def test_a_bundle_forecasts_with_a_distributional_models_own_std(tmp_path):
     rows = ds.window_ends(ds.rows("test"), LOOKBACK)
     vol_scale, _ = apply_calibration(cal, results[1].model.predict(ds.windows(rows, LOOKBACK)), ds.vol[rows])
     assert np.abs(vol_scale.reshape(-1) - own).max() > 0.1 * own.mean()
+
+
+def test_quantile_option_trains_any_network_on_the_pinball_loss(tmp_path):
+    """``neural.trainer.quantiles``: a network forecasts quantiles; its median is the forecast and
+    the spread of its outermost quantiles its own std, which tracks planted heteroscedastic noise;
+    the ONNX graph carries it; the loss is the pinball loss."""
+    import json
+
+    import torch
+
+    from alphafactory import models
+    from alphafactory.errors import ConfigError
+    from alphafactory.models import dist
+    from alphafactory.models.base import XY
+    from alphafactory.serving import onnx_runtime
+
+    out, y = torch.randn(5, 6), torch.randn(5, 2)
+    y[1, 0] = float("nan")
+    q = out.reshape(5, 2, 3)
+    e = torch.nan_to_num(y)[..., None] - q
+    taus = torch.tensor([0.1, 0.5, 0.9])
+    ref = torch.where(e >= 0, taus * e, (taus - 1) * e).sum(-1)[~torch.isnan(y)].mean()
+    torch.testing.assert_close(dist.pinball_loss((0.1, 0.5, 0.9))(out, y), ref)
+
+    rng = np.random.default_rng(0)
+    n, L = 3000, 4
+    X = rng.normal(size=(n, L, 3)).astype(np.float32)
+    noise = 0.2 + np.abs(X[:, -1, 1])
+    Y = np.stack([0.5 * X[:, -1, 0] + noise * rng.normal(size=n) for _ in range(2)], 1).astype(np.float32)
+    trainer = {"epochs": 20, "batch_size": 128, "lr": 3e-3, "device": "cpu", "quantiles": [0.1, 0.5, 0.9]}
+    m = models.create("mlp", {"hidden": 16, "dropout": 0.0}, horizons=(1, 5), seed=0, lookback=L, trainer=trainer)
+    m.fit(XY(X[:2000, -1], Y[:2000]), XY(X[2000:2500, -1], Y[2000:2500]))
+    assert m.distribution == "quantile" and m.net_(torch.zeros(1, 3)).shape == (1, 6)
+    mean, std = m.predict_dist(X[2500:, -1])
+    for j in range(2):
+        assert np.corrcoef(std[:, j], noise[2500:])[0, 1] > 0.7
+        assert np.corrcoef(mean[:, j], X[2500:, -1, 0])[0, 1] > 0.7
+    models.save(m, tmp_path / "mlp", meta={}, portable=True)
+    info = json.loads((tmp_path / "mlp" / "onnx.json").read_text())
+    assert info["distribution"] == {"head": "quantile", "df": None, "quantiles": [0.1, 0.5, 0.9]}
+    got_mean, got_std = onnx_runtime.load(tmp_path / "mlp").predict_dist(X[2500:, -1])
+    np.testing.assert_allclose(got_mean, mean, rtol=1e-5, atol=1e-6 * np.abs(mean).max())
+    np.testing.assert_allclose(got_std, std, rtol=1e-5, atol=1e-6 * std.max())
+    for bad, match in (({"quantiles": [0.1, 0.9]}, "0.5 among them"), ({"quantiles": [0.5, 0.1, 0.9]}, "increasing")):
+        with pytest.raises(ConfigError, match=match):
+            models.create("mlp", horizons=(1,), trainer=bad)
+    with pytest.raises(ConfigError, match="deepar, which has its own gaussian head"):
+        models.create("deepar", horizons=(1,), trainer={"quantiles": [0.1, 0.5, 0.9]})
+    with pytest.raises(ConfigError, match="train.task classification"):
+        models.create("mlp", horizons=(1,), task="classification", trainer={"quantiles": [0.1, 0.5, 0.9]})

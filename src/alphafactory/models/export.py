@@ -71,7 +71,8 @@ def export_onnx(model: Any, path: Path, *, like: Path | None = None, opset: int 
     runs, and a graph that fails it or does not fit is exported afresh."""
     model._check_fitted()
     net = PortableNet(model.nets_, model.mean_, model.std_, model.y_scale_, model.classifier,
-                      distribution=model.distribution, df=model.dist_df).eval()
+                      distribution=model.distribution, df=model.dist_df,
+                      quantiles=model.trainer.quantiles if model.distribution == "quantile" else ()).eval()
     shape = (model.lookback, model.n_features_) if model.input_kind == "sequence" else (model.n_features_,)
     if like is not None and _swap_weights(like, path, net):
         try:
@@ -123,8 +124,10 @@ def _check_export(model: Any, path: Path, shape: tuple[int, ...], check_rows: in
     if not worst <= ONNX_RTOL * scale:
         raise ValueError(f"{model.name}: ONNX Runtime and PyTorch forecasts differ by up to {worst:.3g} "
                          f"(largest forecast {scale:.3g}); expected at most {ONNX_RTOL:g} of it")
-    extra = {"outputs": names, "distribution": {"head": model.distribution, "df": model.dist_df}} \
-        if model.distribution else {}  # a point forecaster's onnx.json stays as it was
+    head = {"head": model.distribution, "df": model.dist_df}
+    if model.distribution == "quantile":
+        head["quantiles"] = list(model.trainer.quantiles)
+    extra = {"outputs": names, "distribution": head} if model.distribution else {}  # a point forecaster's: as it was
     return {"file": path.name, "opset": opset, "input": ["batch", *shape], **extra,
             "output": ["batch", len(model.horizons), *([3] if model.classifier else [])],
             "graph": f"reused from {os.path.relpath(reused, path.parent)}" if reused else "traced",
@@ -159,7 +162,7 @@ class PortableNet(nn.Module):
 
     def __init__(self, net: nn.Module | list[nn.Module], mean: np.ndarray, std: np.ndarray,
                  y_scale: np.ndarray, classifier: bool, distribution: str | None = None,
-                 df: float | None = None) -> None:
+                 df: float | None = None, quantiles: tuple[float, ...] = ()) -> None:
         super().__init__()
         nets = list(net) if isinstance(net, (list, tuple, nn.ModuleList)) else [net]
         if len(nets) == 1:
@@ -167,7 +170,7 @@ class PortableNet(nn.Module):
         else:
             self.nets = nn.ModuleList(nets)
         self.classifier = classifier
-        self.distribution, self.df = distribution, df
+        self.distribution, self.df, self.quantiles = distribution, df, tuple(quantiles)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.register_buffer("y_scale", torch.as_tensor(y_scale, dtype=torch.float32))
@@ -179,7 +182,8 @@ class PortableNet(nn.Module):
         if self.classifier:  # average probabilities, not logits
             return _average([torch.softmax(y.reshape(y.shape[0], -1, 3), dim=-1) for y in ys])  # (B, H, 3)
         if self.distribution:  # (mean, std) (B, H) each; k members: their mixture (trainer.mixture)
-            ms = [dist.mean_std(y, self.df) for y in ys]
+            ms = [dist.quantile_mean_std(y, self.quantiles) if self.quantiles else dist.mean_std(y, self.df)
+                  for y in ys]
             mean = _average([m for m, _ in ms])
             if len(ms) == 1:
                 return mean * self.y_scale, ms[0][1] * self.y_scale

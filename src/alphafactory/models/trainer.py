@@ -38,10 +38,17 @@ class TrainerConfig:
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     threads: Annotated[int, Interval(ge=1)] = 2  # CPU threads for torch
     seeds: Annotated[int, Interval(ge=1)] = 1  # networks per model, seeds seed .. seed+seeds-1; forecasts their mean
+    # quantile levels a regression network forecasts, trained by the pinball loss (empty: off);
+    # its yhat_std and prob_up are then its own (models.dist, "quantile")
+    quantiles: tuple[Annotated[float, Interval(gt=0, lt=1)], ...] = ()
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"neural.trainer.device: got {self.device!r}, expected auto, cpu, cuda or cuda:<n>")
+        q = list(self.quantiles)
+        if q and (q != sorted(set(q)) or 0.5 not in q or len(q) < 3):
+            raise ConfigError(f"neural.trainer.quantiles: got {q}; expected increasing levels in (0, 1), "
+                              "0.5 among them (the forecast) and one on each side (the spread), e.g. [0.1, 0.5, 0.9]")
 
 
 def select_device(name: str) -> torch.device:
@@ -168,6 +175,16 @@ class NeuralModel(Model):
         self.lookback = int(lookback)
         self.trainer = trainer if isinstance(trainer, TrainerConfig) else from_dict(
             TrainerConfig, trainer, "neural.trainer")
+        if self.trainer.quantiles and (self.classifier or type(self).distribution is not NeuralModel.distribution):
+            why = "train.task classification" if self.classifier else f"its own {self.distribution} head"
+            raise ConfigError(f"neural.trainer.quantiles: {list(self.trainer.quantiles)} with {self.name}, which has "
+                              f"{why}; quantiles need a regression network without one (quantiles: [])")
+
+    @property
+    def distribution(self) -> str | None:
+        """``quantile`` under ``neural.trainer.quantiles`` (regression), else None; a family with
+        its own head (``deepar``) overrides this."""
+        return "quantile" if self.trainer.quantiles and not self.classifier else None
 
     def build(self, n_features: int, n_outputs: int) -> nn.Module:
         raise NotImplementedError
@@ -193,12 +210,16 @@ class NeuralModel(Model):
 
     @property
     def n_outputs(self) -> int:
+        if self.distribution == "quantile":
+            return len(self.horizons) * len(self.trainer.quantiles)
         return len(self.horizons) * (3 if self.classifier else 2 if self.distribution else 1)
 
     def loss_fn(self) -> Any:
         """The training loss of the network's outputs against the scaled targets (B, H)."""
         if self.classifier:
             return masked_cross_entropy
+        if self.distribution == "quantile":
+            return dist.pinball_loss(self.trainer.quantiles)
         if self.distribution:
             return dist.nll_loss(self.distribution, self.dist_df)
         return masked_mse
@@ -256,12 +277,18 @@ class NeuralModel(Model):
             if self.classifier:  # logits (n, H * 3) → probabilities (n, H, 3)
                 outs.append(torch.softmax(torch.as_tensor(out, dtype=torch.float64).reshape(len(out), -1, 3),
                                           -1).numpy())
-            elif self.distribution:  # (n, 2H) → mean, std in target units (float32, as the ONNX graph)
-                mean, std = dist.mean_std(torch.as_tensor(out), self.dist_df)
+            elif self.distribution:  # (n, 2H) or (n, H * Q) → mean, std in target units (float32, as ONNX)
+                mean, std = self.mean_std(torch.as_tensor(out))
                 outs.append(np.stack([mean.numpy() * self.y_scale_, std.numpy() * self.y_scale_], -1))
             else:
                 outs.append(out * self.y_scale_)
         return outs
+
+    def mean_std(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A distributional network's outputs → (mean, std), each (B, H), in scaled target units."""
+        if self.distribution == "quantile":
+            return dist.quantile_mean_std(out, self.trainer.quantiles)
+        return dist.mean_std(out, self.dist_df)
 
     def _predict(self, X: Any, device: torch.device | None = None) -> np.ndarray:
         outs = self._member_outputs(X, device)
