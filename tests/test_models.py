@@ -29,6 +29,11 @@ FAST = {
     # smaller N-HiTS learn the signal from ~270 rows instead of overfitting them
     "patchtst": {"patch_len": 4, "stride": 3, "head_dim": 8, "d_model": 32},
     "nhits": {"hidden": 16},
+    # the default TimesNet (2 blocks, 16 wide, a flatten head) overfits ~270 rows by its 2nd epoch
+    "timesnet": {"d_model": 8, "ff": 8, "layers": 1, "top_k": 2, "kernels": 2},
+    # kernels scaled to the 8-bar window (the defaults, up to 39 bars, are for 32): classification
+    # IC 0.14 with the defaults, 0.20 with these
+    "inceptiontime": {"kernel_sizes": (3, 5, 7)},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
 
@@ -182,6 +187,16 @@ def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
                                ref[:1], rtol=1e-5, atol=1e-6 * np.abs(ref).max())
     if task == "classification":
         np.testing.assert_allclose(portable.predict_proba(test_X), model.predict_proba(test_X), atol=1e-6)
+    assert portable.distribution == model.distribution
+    if model.distribution:  # the graph's second output, the std of the model's own distribution
+        assert info["outputs"] == ["y", "y_std"]
+        (mean, std), (ref_mean, ref_std) = portable.predict_dist(test_X), model.predict_dist(test_X)
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6 * np.abs(ref_mean).max())
+        np.testing.assert_allclose(std, ref_std, rtol=1e-5, atol=1e-6 * ref_std.max())
+    else:
+        assert "outputs" not in info
+        with pytest.raises(ValueError, match="forecasts no distribution"):
+            portable.predict_dist(test_X)
     assert not isinstance(portable, Model) and not hasattr(portable, "fit")  # it only forecasts
 
 

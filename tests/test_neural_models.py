@@ -1,6 +1,7 @@
 """Behaviour particular to single neural families (the registry-wide checks are in test_models.py):
-the transformer's causal mask, PatchTST's patching, N-HiTS's interpolation basis, and the
-validation of each family's params."""
+the transformer's causal mask, PatchTST's patching, N-HiTS's interpolation basis, TimesNet's
+periods, InceptionTime's shortcuts, DeepAR's likelihoods and own std, and the validation of each
+family's params."""
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,12 @@ import torch
 
 from alphafactory import models
 from alphafactory.errors import ConfigError
-from alphafactory.models import export
+from alphafactory.models import dist, export
+from alphafactory.models.deepar import DeepARNet, DeepARParams
+from alphafactory.models.inceptiontime import InceptionTimeNet, InceptionTimeParams
 from alphafactory.models.nhits import NHITSNet, NHITSParams, interpolation_basis
 from alphafactory.models.patchtst import PatchTSTNet, PatchTSTParams, patch_layout
+from alphafactory.models.timesnet import TimesBlock, TimesNetParams, top_periods
 from alphafactory.models.transformer import TransformerNet, TransformerParams
 
 
@@ -103,6 +107,10 @@ def test_nhits_coarse_stack_gives_a_linear_term_structure():
     ("patchtst", {"patch_len": 4, "stride": 5}, r"stride: got 5 with patch_len 4"),
     ("nhits", {"pool_sizes": [4, 1], "downsample": [1]}, r"pool_sizes \[4, 1\] and downsample \[1\]"),
     ("nhits", {"pool_sizes": []}, r"neural.nhits.pool_sizes: got \[\]"),
+    ("timesnet", {"top_k": 0}, r"neural.timesnet.top_k: got 0, expected >= 1"),
+    ("inceptiontime", {"kernel_sizes": []}, r"neural.inceptiontime.kernel_sizes: got \[\]"),
+    ("deepar", {"df": 2.0}, r"neural.deepar.df: got 2.0, expected > 2"),
+    ("deepar", {"head": "laplace"}, r"neural.deepar.head: got 'laplace'"),
 ])
 def test_bad_params_are_errors_naming_the_value(name, params, match):
     with pytest.raises(ConfigError, match=match):
@@ -129,3 +137,101 @@ def test_onnx_export_bytes_depend_on_the_model_only(tmp_path):
     assert raw == (tmp_path / "b.onnx").read_bytes()
     root = str(Path(__file__).resolve().parents[1]).encode()
     assert root not in raw and b"stack_trace" not in raw and b"pkg.torch" not in raw
+
+
+def test_timesnet_periods_are_the_largest_amplitudes_of_the_train_spectrum():
+    """A window of 32 bars with a period-8 wave (frequency 4) and a weaker period-4 one."""
+    import numpy as np
+
+    t = np.arange(32)
+    rng = np.random.default_rng(0)
+    phase = rng.uniform(0, 2 * np.pi, (50, 1, 1))
+    x = (np.sin(2 * np.pi * t / 8)[None, :, None] * 2 + np.sin(2 * np.pi * t[None, :, None] / 4 + phase)
+         + rng.normal(0, 0.1, (50, 32, 3)))
+    freqs, periods = top_periods(x, 2)
+    assert (freqs, periods) == ([4, 8], [8, 4])
+    freqs, periods = top_periods(x[:, :4], 5)  # at most L // 2 frequencies
+    assert sorted(freqs) == [1, 2] and periods == [4 // f for f in freqs]
+
+
+def test_timesnet_weights_are_each_windows_own_amplitudes():
+    """The block's DFT at its frequencies equals numpy's FFT there, window by window."""
+    import numpy as np
+
+    block = TimesBlock(16, [2, 5], [8, 3], TimesNetParams(d_model=4))
+    x = torch.randn(3, 16, 4)
+    re = torch.einsum("bld,lk->bkd", x, block.cos)
+    im = torch.einsum("bld,lk->bkd", x, block.sin)
+    ref = np.abs(np.fft.rfft(x.numpy().astype(np.float64), axis=1))[:, [2, 5]]  # (B, k, d)
+    np.testing.assert_allclose(torch.sqrt(re * re + im * im).numpy(), ref, rtol=1e-4, atol=1e-4)
+    assert block(x).shape == (3, 16, 4)
+
+
+def test_inceptiontime_has_a_shortcut_every_three_modules_and_sees_the_whole_window():
+    torch.manual_seed(0)
+    for depth, shortcuts in ((3, 1), (4, 1), (6, 2), (2, 0)):
+        net = InceptionTimeNet(5, 2, InceptionTimeParams(depth=depth, kernel_sizes=(3, 5)))
+        assert len(net.inception) == depth and len(net.shortcuts) == shortcuts
+    net = InceptionTimeNet(5, 2, InceptionTimeParams(filters=4, bottleneck=4)).eval()
+    x = torch.randn(2, 32, 5)
+    x2 = x.clone()
+    x2[:, 0] += 1.0  # the first bar of the window reaches the forecast (kernels up to 39 bars)
+    with torch.no_grad():
+        assert net(x).shape == (2, 2) and (net(x2) - net(x)).abs().min() > 0
+
+
+@pytest.mark.parametrize("head, df", [("gaussian", None), ("student_t", 4.0)])
+def test_deepar_loss_is_the_negative_log_likelihood_of_its_head(head, df):
+    torch.manual_seed(0)
+    out, y = torch.randn(6, 4), torch.randn(6, 2)
+    y[0, 1] = float("nan")  # unlabelled: contributes nothing
+    mu, scale = dist.split(out)
+    law = torch.distributions.Normal(mu, scale) if df is None else torch.distributions.StudentT(df, mu, scale)
+    ok = ~torch.isnan(y)
+    ref = -law.log_prob(torch.nan_to_num(y))[ok].mean()
+    torch.testing.assert_close(dist.nll_loss(head, df)(out, y), ref, rtol=1e-5, atol=1e-6)
+    mean, std = dist.mean_std(out, df)
+    torch.testing.assert_close(std, scale if df is None else scale * (df / (df - 2)) ** 0.5)
+    torch.testing.assert_close(std, law.stddev)
+
+
+def test_deepar_decoder_steps_through_the_horizons_in_order():
+    """Step k is fed step k-1's mean: the horizon-1 output does not depend on later steps'
+    weights, and one network emits (B, 2H) means then raw scales."""
+    torch.manual_seed(0)
+    net = DeepARNet(3, 3, DeepARParams(hidden=8)).eval()
+    x = torch.randn(4, 6, 3)
+    with torch.no_grad():
+        a = net(x)
+        net.proj.bias[0] += 1.0  # shifts the mean of every step; later steps also through their input
+        b = net(x)
+    assert a.shape == (4, 6)
+    torch.testing.assert_close(b[:, 0] - a[:, 0], torch.ones(4), rtol=0, atol=1e-5)  # step 1: the bias only
+    assert ((b[:, 1:3] - a[:, 1:3]) - 1.0).abs().max() > 1e-3  # later steps: also their fed-back input
+
+
+def test_deepar_std_is_its_own_and_tracks_the_noise():
+    """Targets whose noise scale grows with |feature 1|: DeepAR's std follows it (a volatility
+    scale cannot see a feature), and its mean follows feature 0."""
+    import numpy as np
+
+    from alphafactory.models.base import XY
+
+    rng = np.random.default_rng(0)
+    n, L = 3000, 4
+    X = rng.normal(size=(n, L, 3)).astype(np.float32)
+    noise = 0.2 + np.abs(X[:, -1, 1])
+    Y = np.stack([0.5 * X[:, -1, 0] + noise * rng.normal(size=n) for _ in range(2)], 1).astype(np.float32)
+    m = models.create("deepar", {"hidden": 16, "dropout": 0.0}, horizons=(1, 5), seed=0, lookback=L,
+                      trainer={"epochs": 20, "batch_size": 128, "lr": 3e-3, "device": "cpu"})
+    m.fit(XY(X[:2000], Y[:2000]), XY(X[2000:2500], Y[2000:2500]))
+    mean, std = m.predict_dist(X[2500:])
+    np.testing.assert_array_equal(mean, m.predict(X[2500:]))
+    for j in range(2):
+        assert np.corrcoef(std[:, j], noise[2500:])[0, 1] > 0.7
+        assert np.corrcoef(mean[:, j], X[2500:, -1, 0])[0, 1] > 0.7
+    lstm = models.create("lstm", {"hidden": 4}, horizons=(1, 5), lookback=L, trainer={"epochs": 1, "device": "cpu"})
+    lstm.fit(XY(X[:200], Y[:200]), XY(X[200:300], Y[200:300]))
+    assert lstm.distribution is None
+    with pytest.raises(ValueError, match="'lstm' forecasts no distribution"):
+        lstm.predict_dist(X[:5])

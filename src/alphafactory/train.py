@@ -29,7 +29,7 @@ from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
-from alphafactory.uncertainty import apply_calibration, fit_calibration
+from alphafactory.uncertainty import apply_calibration, distribution_prob_up, fit_calibration
 
 log = logging.getLogger(__name__)
 PRED_SEGMENTS = ("val", "test")
@@ -195,7 +195,8 @@ def write_seed_spread(results: list[TrainResult], live_dir: str | Path) -> None:
 def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
                  extra: dict[str, Any] | None = None, task: str = "regression") -> tuple[Model, dict[str, tuple]]:
     """Fit one model on ``ds``'s train rows (early-stopping on val) and forecast val and test:
-    returns (model, {segment: (row indices, (n, H) forecasts, (n, H, 3) class probabilities or None)})."""
+    returns (model, {segment: (row indices, (n, H) forecasts, (n, H, 3) class probabilities or None,
+    (n, H) std of the model's own distribution or None)})."""
     spec = models.get(name)
     lookback = (extra or {}).get("lookback", 1)
     model = models.create(name, block, horizons=ds.horizons, seed=seed, task=task, **(extra or {}))
@@ -216,9 +217,12 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
         rows, data = segment_data(ds, seg, spec.input_kind, lookback)
         if model.classifier:
             proba = model.predict_proba(data.X)
-            forecasts[seg] = (rows, model.expected_return(proba), proba)
+            forecasts[seg] = (rows, model.expected_return(proba), proba, None)
+        elif model.distribution:  # its own predictive distribution: the mean is the forecast
+            mean, std = model.predict_dist(data.X)
+            forecasts[seg] = (rows, mean, None, std)
         else:
-            forecasts[seg] = (rows, model.predict(data.X), None)
+            forecasts[seg] = (rows, model.predict(data.X), None, None)
     return model, forecasts
 
 
@@ -246,15 +250,16 @@ def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, see
     members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
     for rows, job, (model, fc) in zip(by_symbol, jobs, fits, strict=True):
         members[job[1]] = model
-        for seg, (r, pred, proba) in fc.items():
-            parts[seg].append((rows[r], pred, proba))
+        for seg, (r, pred, proba, std) in fc.items():
+            parts[seg].append((rows[r], pred, proba, std))
     forecasts = {}
     for seg, chunks in parts.items():
         rows = np.concatenate([c[0] for c in chunks])
         order = np.argsort(rows, kind="stable")
         pred = np.concatenate([c[1] for c in chunks])[order]
         proba = None if chunks[0][2] is None else np.concatenate([c[2] for c in chunks])[order]
-        forecasts[seg] = (rows[order], pred, proba)
+        std = None if chunks[0][3] is None else np.concatenate([c[3] for c in chunks])[order]
+        forecasts[seg] = (rows[order], pred, proba, std)
     log.info("%s: %d per-symbol models", name, len(members))
     return PerSymbolModel(name, members), forecasts
 
@@ -293,7 +298,7 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
             model, forecasts = _fit_per_symbol(ds, name, blocks.get(name), seed=seed, extra=extra, task=task, fan=fan)
         else:
             model, forecasts = fit_forecast(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
-        vrows, vpred, _ = forecasts["val"]
+        vrows, vpred, _, _ = forecasts["val"]
         seed_ic = None
         if model.symbols is not None:  # a model per symbol
             if _seeds(model.first) > 1:
@@ -309,13 +314,25 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
                                                        "lookback": lookback if spec.input_kind == "sequence" else None},
                     portable=True)  # PyTorch models: plus their ONNX export, which bundles forecast with
         frames = []
-        for seg, (rows, pred, proba) in forecasts.items():
+        for seg, (rows, pred, proba, own_std) in forecasts.items():
             std, prob = apply_calibration(cal, pred, ds.vol[rows])
+            if own_std is not None:  # a distributional model reports its own (see alphafactory.uncertainty)
+                std, prob = own_std, distribution_prob_up(pred, own_std, model.dist_df)
             frames.append(long_predictions(ds.keys.iloc[rows], ds.horizons, pred, std, prob, seg, name, proba))
         secs = time.perf_counter() - t0
         log.info("%s: done in %.1f s", name, secs)
         results.append(TrainResult(name, model, pd.concat(frames, ignore_index=True), secs, seed_ic))
     return results
+
+
+def _network_loss(model: Model) -> str:
+    """The name of the shared trainer's loss for ``model``: cross-entropy, the negative
+    log-likelihood of its distribution's head, or the MSE, of targets scaled by their train std."""
+    if model.classifier:
+        return "log loss"
+    if model.distribution:
+        return f"NLL {model.distribution} (target / train std)"
+    return "MSE (target / train std)"
 
 
 def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
@@ -338,14 +355,13 @@ def log_curves(results: list[TrainResult], live_dir: str | Path) -> None:
             if "members" in hist:  # seed-averaged network: each member's curves, split "<split> seed <s>"
                 curves = {("all", f"{k.removesuffix('_loss')} seed {m['seed']}"): v
                           for m in hist["members"] for k, v in m.items() if k.endswith("_loss")}
-                loss = "log loss" if r.model.classifier else "MSE (target / train std)"
+                loss = _network_loss(r.model)
             elif all(isinstance(v, dict) for v in hist.values()):  # per horizon: {"h1": {"train": [...], "val": [...]}}
                 curves = {(h, split): v for h, per in hist.items() for split, v in per.items()}
                 loss = "log loss" if r.model.classifier else "MSE"
             else:  # one network for all horizons: {"train_loss": [...], "val_loss": [...], "best_epoch": [k]}
                 curves = {("all", k.removesuffix("_loss")): v for k, v in hist.items() if k != "best_epoch"}
-                # the trainer's loss: cross-entropy, or the MSE of targets scaled by their train std
-                loss = "log loss" if r.model.classifier else "MSE (target / train std)"
+                loss = _network_loss(r.model)
             records = [{"model": r.name, "horizon": h, "split": split, "step": i + 1, loss: float(x)}
                        for (h, split), v in curves.items() if len(v) > 1 for i, x in enumerate(v)]
             if records:

@@ -10,6 +10,11 @@ Every model gets the same treatment, so uncertainty never depends on a family's 
 
 Val rows are out of sample for every base model (they only early-stopped on them); the stacking
 ensemble is calibrated on its out-of-fold val forecasts (see ``blend``).
+
+A model that forecasts its own distribution (a ``Forecaster`` with a ``distribution``, e.g.
+``deepar``, or any network under ``neural.trainer.quantiles``) reports that instead: ``yhat_std`` is its predictive std and ``prob_up`` its
+P(return > 0) under its head (:func:`distribution_prob_up`), nothing calibrated on val. The
+calibration above is still fit and saved for it, so the two can be compared.
 """
 from __future__ import annotations
 
@@ -79,3 +84,19 @@ def apply_calibration(cal: Calibration, yhat: np.ndarray, vol: np.ndarray) -> tu
     s = np.asarray(cal.alpha)[None, :] * z + np.asarray(cal.beta)[None, :]
     prob = 1.0 / (1.0 + np.exp(-s))
     return std, prob
+
+
+def distribution_prob_up(mean: np.ndarray, std: np.ndarray, df: float | None = None) -> np.ndarray:
+    """P(return > 0) under a predictive distribution of mean ``mean`` and std ``std`` (same
+    shapes): Gaussian (``df`` None; a quantile network's: through its median and the std of its
+    outermost quantiles), or Student-t with ``df`` > 2 degrees of freedom (its scale is
+    ``std * sqrt((df - 2) / df)``). A zero std gives 1 above 0, 0 below, 0.5 at 0."""
+    from scipy import special  # only for a distributional model: loading a bundle does not import scipy
+
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if df is None:
+            z = mean / std
+            return np.where(std > 0, special.ndtr(z), np.where(mean > 0, 1.0, np.where(mean < 0, 0.0, 0.5)))
+        t = mean / (std * np.sqrt((df - 2.0) / df))
+        return np.where(std > 0, special.stdtr(df, t), np.where(mean > 0, 1.0, np.where(mean < 0, 0.0, 0.5)))

@@ -130,8 +130,11 @@ def oracle_share_status(oracle_row: dict[str, float]) -> tuple[bool, str]:
 
 
 def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, horizon: int) -> dict[str, float]:
-    """Coverage of yhat ± k·yhat_std and the Brier score of prob_up on the scored rows, for
-    models that carry uncertainty (baselines do not)."""
+    """Coverage of yhat ± k·yhat_std, the Brier score of prob_up and the CRPS of the Gaussian
+    N(yhat, yhat_std²) (``crps``, closed form) on the scored rows, for models that carry
+    uncertainty (baselines do not). yhat_std is a distributional model's own (``deepar``), the
+    volatility scale for the others (:mod:`alphafactory.uncertainty`), so ``crps`` beside the
+    coverage shows which is the better-calibrated, sharper uncertainty."""
     if "yhat_std" not in preds.columns:
         return {}
     p = preds[(preds["model"] == model) & (preds["horizon"] == horizon)]
@@ -141,6 +144,7 @@ def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, hor
     cover = metrics.interval_coverage(p["y"].to_numpy(), p["yhat"].to_numpy(), p["yhat_std"].to_numpy())
     out = {k: v for k, v in cover.items() if k.startswith("cover_")}
     out["brier"] = metrics.brier_score(p["y"].to_numpy(), p["prob_up"].to_numpy())
+    out["crps"] = metrics.crps_gaussian(p["y"].to_numpy(), p["yhat"].to_numpy(), p["yhat_std"].to_numpy())
     return out
 
 

@@ -891,6 +891,31 @@ def interval_coverage(
     return out
 
 
+def crps_gaussian(y: ArrayLike, yhat: ArrayLike, yhat_std: ArrayLike) -> float:
+    """Mean continuous ranked probability score of the Gaussian N(yhat, yhat_std²) forecasts,
+    in closed form (Gneiting & Raftery 2007): ``std * (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi))``
+    with ``z = (y - yhat) / std``; a zero std scores ``|y - yhat|``. Lower is better, in the units
+    of y; it rewards a sharp distribution only where it is also calibrated.
+
+    Args:
+        y: (n,) realised values, finite.
+        yhat: (n,) predicted means.
+        yhat_std: (n,) predicted standard deviations, >= 0.
+    """
+    y = _as_1d(y, "y")
+    yhat = _as_1d(yhat, "yhat")
+    std = _as_1d(yhat_std, "yhat_std")
+    _same_length(y=y, yhat=yhat, yhat_std=std)
+    if (std < 0).any():
+        raise ValueError(f"yhat_std must be >= 0, got minimum {float(std.min())!r}")
+    err = y - yhat
+    pos = std > 0
+    z = np.where(pos, err / np.where(pos, std, 1.0), 0.0)
+    crps = np.where(pos, std * (z * (2.0 * norm.cdf(z) - 1.0) + 2.0 * norm.pdf(z) - 1.0 / math.sqrt(math.pi)),
+                    np.abs(err))
+    return float(np.mean(crps))
+
+
 def _prob(prob_up: ArrayLike) -> np.ndarray:
     p = _as_1d(prob_up, "prob_up")
     if ((p < 0) | (p > 1)).any():

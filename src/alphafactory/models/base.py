@@ -126,6 +126,11 @@ class Forecaster(ABC):
     tasks: ClassVar[tuple[str, ...]] = TASKS
     lookback: int | None = None
     symbols: tuple[str, ...] | None = None
+    # A forecaster that predicts its own distribution (``predict_dist``): its head, "gaussian" or
+    # "student_t" (with ``dist_df`` degrees of freedom); None: point forecasts only, whose
+    # uncertainty is the volatility scale of alphafactory.uncertainty.
+    distribution: str | None = None
+    dist_df: float | None = None
     horizons: tuple[int, ...]
     task: str
     meta_: dict[str, Any]
@@ -179,6 +184,21 @@ class Forecaster(ABC):
     def expected_return(self, proba: np.ndarray, symbols: Any = None) -> np.ndarray:
         """(n, H, 3) class probabilities → (n, H) sum_k P(k) · mean train target of class k."""
         return np.einsum("nhk,hk->nh", proba, self.class_returns_)
+
+    def predict_dist(self, X: Any, symbols: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """A forecaster with a ``distribution`` only: (mean, std), each (n, H) float64, of its
+        predictive distribution per horizon (the mean is ``predict``'s forecast)."""
+        self._check_fitted()
+        if self.distribution is None:
+            raise ValueError(f"model {self.name!r} forecasts no distribution: predict_dist is undefined "
+                             "(its yhat_std is the volatility scale, alphafactory.uncertainty)")
+        mean, std = self._predict_dist(X)
+        shape = (len(X), len(self.horizons))
+        return np.asarray(mean, np.float64).reshape(shape), np.asarray(std, np.float64).reshape(shape)
+
+    def _predict_dist(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std), each (n, H); only for a forecaster with a ``distribution``."""
+        raise NotImplementedError
 
 
 class Model(Forecaster):

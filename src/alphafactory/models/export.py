@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from alphafactory.models import dist
 from alphafactory.models.base import CLIP, standardize
 from alphafactory.models.persist import version
 from alphafactory.models.portable import ONNX_FILE, ONNX_INFO, import_onnxruntime
@@ -69,7 +70,9 @@ def export_onnx(model: Any, path: Path, *, like: Path | None = None, opset: int 
     optimizes it when it loads it): ~0.1 s instead of 3 to 10 s of tracing. The same check
     runs, and a graph that fails it or does not fit is exported afresh."""
     model._check_fitted()
-    net = PortableNet(model.nets_, model.mean_, model.std_, model.y_scale_, model.classifier).eval()
+    net = PortableNet(model.nets_, model.mean_, model.std_, model.y_scale_, model.classifier,
+                      distribution=model.distribution, df=model.dist_df,
+                      quantiles=model.trainer.quantiles if model.distribution == "quantile" else ()).eval()
     shape = (model.lookback, model.n_features_) if model.input_kind == "sequence" else (model.n_features_,)
     if like is not None and _swap_weights(like, path, net):
         try:
@@ -79,11 +82,25 @@ def export_onnx(model: Any, path: Path, *, like: Path | None = None, opset: int 
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             net, (torch.zeros((2, *shape)),), dynamo=True, opset_version=opset, optimize=False,
-            verbose=False, input_names=["x"], output_names=["y"],
+            verbose=False, input_names=["x"], output_names=output_names(model),
             dynamic_shapes=({0: torch.export.Dim("batch")},))
         program.save(str(path))
     _strip_provenance(path)
     return _check_export(model, path, shape, check_rows, opset)
+
+
+def output_names(model: Any) -> list[str]:
+    """The graph's outputs: ``y`` (the forecast, a distribution's mean; class probabilities),
+    and ``y_std`` (the std of a distribution) for a model with a ``distribution``."""
+    return ["y", "y_std"] if model.distribution else ["y"]
+
+
+def _reference(model: Any, batch: np.ndarray) -> list[np.ndarray]:
+    """What each output of the graph must equal: the PyTorch model's, on CPU (as ONNX Runtime
+    here: no TF32 convs)."""
+    if model.distribution:
+        return list(model._predict_dist(batch, torch.device("cpu")))
+    return [model._predict(batch, torch.device("cpu"))]
 
 
 def _check_export(model: Any, path: Path, shape: tuple[int, ...], check_rows: int, opset: int,
@@ -94,17 +111,24 @@ def _check_export(model: Any, path: Path, shape: tuple[int, ...], check_rows: in
     x = (model.mean_ + 3.0 * model.std_ * rng.standard_normal((check_rows, *shape))).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
     worst, scale = 0.0, 0.0
+    names = output_names(model)
+    if [o.name for o in session.get_outputs()] != names:
+        raise ValueError(f"{model.name}: the ONNX export has outputs {[o.name for o in session.get_outputs()]}, "
+                         f"expected {names}")
     for batch in (x, x[:1]):
-        ref = model._predict(batch, torch.device("cpu"))  # as ONNX Runtime here: no TF32 convs
-        got = session.run(None, {"x": batch})[0]
-        if got.shape != ref.shape:
-            raise ValueError(f"{model.name}: the ONNX export gives shape {got.shape}, PyTorch {ref.shape}")
-        worst = max(worst, float(np.abs(got - ref).max()))
-        scale = max(scale, float(np.abs(ref).max()))
+        for ref, got in zip(_reference(model, batch), session.run(None, {"x": batch}), strict=True):
+            if got.shape != ref.shape:
+                raise ValueError(f"{model.name}: the ONNX export gives shape {got.shape}, PyTorch {ref.shape}")
+            worst = max(worst, float(np.abs(got - ref).max()))
+            scale = max(scale, float(np.abs(ref).max()))
     if not worst <= ONNX_RTOL * scale:
         raise ValueError(f"{model.name}: ONNX Runtime and PyTorch forecasts differ by up to {worst:.3g} "
                          f"(largest forecast {scale:.3g}); expected at most {ONNX_RTOL:g} of it")
-    return {"file": path.name, "opset": opset, "input": ["batch", *shape],
+    head = {"head": model.distribution, "df": model.dist_df}
+    if model.distribution == "quantile":
+        head["quantiles"] = list(model.trainer.quantiles)
+    extra = {"outputs": names, "distribution": head} if model.distribution else {}  # a point forecaster's: as it was
+    return {"file": path.name, "opset": opset, "input": ["batch", *shape], **extra,
             "output": ["batch", len(model.horizons), *([3] if model.classifier else [])],
             "graph": f"reused from {os.path.relpath(reused, path.parent)}" if reused else "traced",
             "check": {"rows": check_rows, "max_abs_diff": float(f"{worst:.1e}"), "max_abs": float(f"{scale:.3g}")},
@@ -137,7 +161,8 @@ class PortableNet(nn.Module):
     several as the ``ModuleList`` ``nets`` (``nets.0.*``, ``nets.1.*``, ...)."""
 
     def __init__(self, net: nn.Module | list[nn.Module], mean: np.ndarray, std: np.ndarray,
-                 y_scale: np.ndarray, classifier: bool) -> None:
+                 y_scale: np.ndarray, classifier: bool, distribution: str | None = None,
+                 df: float | None = None, quantiles: tuple[float, ...] = ()) -> None:
         super().__init__()
         nets = list(net) if isinstance(net, (list, tuple, nn.ModuleList)) else [net]
         if len(nets) == 1:
@@ -145,16 +170,25 @@ class PortableNet(nn.Module):
         else:
             self.nets = nn.ModuleList(nets)
         self.classifier = classifier
+        self.distribution, self.df, self.quantiles = distribution, df, tuple(quantiles)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         self.register_buffer("y_scale", torch.as_tensor(y_scale, dtype=torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) or (B, L, F) raw features
-        z = standardize(x, self.mean, self.std, CLIP, xp=torch)  # as NeuralModel._scale
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        z = standardize(x, self.mean, self.std, CLIP, xp=torch)  # x: (B, F) or (B, L, F) raw; as NeuralModel._scale
         nets = [self.net] if hasattr(self, "net") else list(self.nets)
-        ys = [net(z) for net in nets]  # k × (B, H) forecasts, or (B, H * 3) logits
+        ys = [net(z) for net in nets]  # k × (B, H) forecasts, (B, H * 3) logits, or (B, 2H) distributions
         if self.classifier:  # average probabilities, not logits
             return _average([torch.softmax(y.reshape(y.shape[0], -1, 3), dim=-1) for y in ys])  # (B, H, 3)
+        if self.distribution:  # (mean, std) (B, H) each; k members: their mixture (trainer.mixture)
+            ms = [dist.quantile_mean_std(y, self.quantiles) if self.quantiles else dist.mean_std(y, self.df)
+                  for y in ys]
+            mean = _average([m for m, _ in ms])
+            if len(ms) == 1:
+                return mean * self.y_scale, ms[0][1] * self.y_scale
+            second = _average([s * s + m * m for m, s in ms])
+            return mean * self.y_scale, torch.sqrt(torch.clamp(second - mean * mean, min=0.0)) * self.y_scale
         return _average(ys) * self.y_scale  # (B, H)
 
 

@@ -34,6 +34,7 @@ class PerSymbolModel(Forecaster):
         self.name, self.family, self.input_kind = first.name, first.family, first.input_kind
         super().__init__(horizons=first.horizons, task=first.task)
         self.lookback = getattr(first, "lookback", None)  # sequence models: bars per window
+        self.distribution, self.dist_df = first.distribution, first.dist_df
         self.members = dict(members)
         self.symbols = tuple(sorted(self.members))
         self.meta_: dict[str, Any] = {}
@@ -77,6 +78,14 @@ class PerSymbolModel(Forecaster):
     def predict_proba(self, X: Any, symbols: Any = None) -> np.ndarray:
         """Classification only: (n, H, 3) class probabilities; row i by the model of ``symbols[i]``."""
         return self._apply("predict_proba", X, symbols, (len(self.horizons), 3))
+
+    def predict_dist(self, X: Any, symbols: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std), each (n, H), of a distributional family; row i by the model of ``symbols[i]``."""
+        mean, std = (np.full((len(X), len(self.horizons)), np.nan) for _ in range(2))
+        for s, idx in self._groups(symbols, len(X)).items():
+            part = X.take(idx) if hasattr(X, "take") and not isinstance(X, np.ndarray) else np.asarray(X)[idx]
+            mean[idx], std[idx] = self.members[s].predict_dist(part)
+        return mean, std
 
     def expected_return(self, proba: np.ndarray, symbols: Any = None) -> np.ndarray:
         """(n, H, 3) class probabilities → (n, H), row i under the class returns of the model of

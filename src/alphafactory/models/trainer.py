@@ -21,7 +21,7 @@ from alphafactory.config import Interval, from_dict, to_dict
 from alphafactory.dataset import Windows
 from alphafactory.errors import ConfigError
 from alphafactory.io import Directory
-from alphafactory.models import export
+from alphafactory.models import dist, export
 from alphafactory.models.base import CLIP, XY, Model, standardize
 from alphafactory.progress import progress
 
@@ -38,10 +38,17 @@ class TrainerConfig:
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
     threads: Annotated[int, Interval(ge=1)] = 2  # CPU threads for torch
     seeds: Annotated[int, Interval(ge=1)] = 1  # networks per model, seeds seed .. seed+seeds-1; forecasts their mean
+    # quantile levels a regression network forecasts, trained by the pinball loss (empty: off);
+    # its yhat_std and prob_up are then its own (models.dist, "quantile")
+    quantiles: tuple[Annotated[float, Interval(gt=0, lt=1)], ...] = ()
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"neural.trainer.device: got {self.device!r}, expected auto, cpu, cuda or cuda:<n>")
+        q = list(self.quantiles)
+        if q and (q != sorted(set(q)) or 0.5 not in q or len(q) < 3):
+            raise ConfigError(f"neural.trainer.quantiles: got {q}; expected increasing levels in (0, 1), "
+                              "0.5 among them (the forecast) and one on each side (the spread), e.g. [0.1, 0.5, 0.9]")
 
 
 def select_device(name: str) -> torch.device:
@@ -146,6 +153,9 @@ class NeuralModel(Model):
     """Base for PyTorch families: feature scaling fit on train rows only, per-horizon target
     scaling, the shared trainer, and state-dict artifacts. Subclasses implement ``build``.
     Classification: the network has 3 logits per horizon, trained with cross-entropy.
+    A family whose ``distribution`` is a head of :mod:`alphafactory.models.dist` (``deepar``)
+    has 2 outputs per horizon (mean, raw scale), trained by that head's negative
+    log-likelihood; ``predict`` is the mean, ``predict_dist`` gives (mean, std).
 
     Seed averaging (``neural.trainer.seeds`` = k > 1): k networks, seeds ``seed .. seed+k-1``,
     each built, trained and early-stopped by the same rule on the same data (``nets_``); the
@@ -165,6 +175,16 @@ class NeuralModel(Model):
         self.lookback = int(lookback)
         self.trainer = trainer if isinstance(trainer, TrainerConfig) else from_dict(
             TrainerConfig, trainer, "neural.trainer")
+        if self.trainer.quantiles and (self.classifier or type(self).distribution is not NeuralModel.distribution):
+            why = "train.task classification" if self.classifier else f"its own {self.distribution} head"
+            raise ConfigError(f"neural.trainer.quantiles: {list(self.trainer.quantiles)} with {self.name}, which has "
+                              f"{why}; quantiles need a regression network without one (quantiles: [])")
+
+    @property
+    def distribution(self) -> str | None:
+        """``quantile`` under ``neural.trainer.quantiles`` (regression), else None; a family with
+        its own head (``deepar``) overrides this."""
+        return "quantile" if self.trainer.quantiles and not self.classifier else None
 
     def build(self, n_features: int, n_outputs: int) -> nn.Module:
         raise NotImplementedError
@@ -190,14 +210,31 @@ class NeuralModel(Model):
 
     @property
     def n_outputs(self) -> int:
-        return len(self.horizons) * (3 if self.classifier else 1)
+        if self.distribution == "quantile":
+            return len(self.horizons) * len(self.trainer.quantiles)
+        return len(self.horizons) * (3 if self.classifier else 2 if self.distribution else 1)
 
-    def _fit(self, train: XY, val: XY) -> None:
-        rows = self._train_rows(train.X)
+    def loss_fn(self) -> Any:
+        """The training loss of the network's outputs against the scaled targets (B, H)."""
+        if self.classifier:
+            return masked_cross_entropy
+        if self.distribution == "quantile":
+            return dist.pinball_loss(self.trainer.quantiles)
+        if self.distribution:
+            return dist.nll_loss(self.distribution, self.dist_df)
+        return masked_mse
+
+    def _fit_scaler(self, X: Any) -> np.ndarray:
+        """Set the feature scaling (``mean_``, ``std_``) from the train rows of X; returns them (n, F)."""
+        rows = self._train_rows(X)
         self.mean_ = np.nanmean(rows, axis=0).astype(np.float32)
         std = np.nanstd(rows, axis=0).astype(np.float32)
         self.mean_ = np.nan_to_num(self.mean_)
         self.std_ = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0).astype(np.float32)
+        return rows
+
+    def _fit(self, train: XY, val: XY) -> None:
+        rows = self._fit_scaler(train.X)
         if self.classifier:  # class indices are not scaled
             self.y_scale_ = np.ones(len(self.horizons), np.float32)
         else:
@@ -214,7 +251,7 @@ class NeuralModel(Model):
             seed_everything(seed)
             net = self.build(n_features, self.n_outputs)
             hist = fit_network(net, train_s, val_s, self.trainer, seed,
-                               loss_fn=masked_cross_entropy if self.classifier else masked_mse,
+                               loss_fn=self.loss_fn(),
                                desc=self.name if k == 1 else f"{self.name} seed {seed} ({i + 1}/{k})")
             net.to("cpu")
             self.nets_.append(net)
@@ -229,7 +266,8 @@ class NeuralModel(Model):
         return self.nets_[0]
 
     def _member_outputs(self, X: Any, device: torch.device | None = None) -> list[np.ndarray]:
-        """Each member's forecast (n, H), or class probabilities (n, H, 3) float64."""
+        """Each member's forecast (n, H), class probabilities (n, H, 3) float64, or for a
+        distribution (n, H, 2): its mean and std."""
         device = device or select_device(self.trainer.device)
         Xs, outs = self._scale(X), []
         for net in self.nets_:
@@ -239,13 +277,27 @@ class NeuralModel(Model):
             if self.classifier:  # logits (n, H * 3) → probabilities (n, H, 3)
                 outs.append(torch.softmax(torch.as_tensor(out, dtype=torch.float64).reshape(len(out), -1, 3),
                                           -1).numpy())
+            elif self.distribution:  # (n, 2H) or (n, H * Q) → mean, std in target units (float32, as ONNX)
+                mean, std = self.mean_std(torch.as_tensor(out))
+                outs.append(np.stack([mean.numpy() * self.y_scale_, std.numpy() * self.y_scale_], -1))
             else:
                 outs.append(out * self.y_scale_)
         return outs
 
+    def mean_std(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A distributional network's outputs → (mean, std), each (B, H), in scaled target units."""
+        if self.distribution == "quantile":
+            return dist.quantile_mean_std(out, self.trainer.quantiles)
+        return dist.mean_std(out, self.dist_df)
+
     def _predict(self, X: Any, device: torch.device | None = None) -> np.ndarray:
         outs = self._member_outputs(X, device)
+        if self.distribution:
+            return mixture(outs)[0]
         return outs[0] if len(outs) == 1 else np.mean(np.stack(outs), axis=0)
+
+    def _predict_dist(self, X: Any, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return mixture(self._member_outputs(X, device))
 
     def predict_members(self, X: Any) -> np.ndarray:
         """(k, n, H) float64: each seed member's forecast (a classifier's expected return under
@@ -254,6 +306,8 @@ class NeuralModel(Model):
         outs = self._member_outputs(X)
         if self.classifier:
             return np.stack([self.expected_return(np.asarray(p, np.float64)) for p in outs])
+        if self.distribution:
+            outs = [o[..., 0] for o in outs]
         return np.stack([np.asarray(o, np.float64).reshape(len(X), len(self.horizons)) for o in outs])
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
@@ -283,3 +337,15 @@ class NeuralModel(Model):
     def _export(self, directory: Path, *, like: Path | None = None, where: Path | None = None) -> Path:
         """The forward pass as ONNX (:func:`alphafactory.models.export.write_export`)."""
         return export.write_export(self, directory, like=like, where=where)
+
+
+def mixture(outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), each (n, H), of the equal-weight mixture of k members' (n, H, 2) means and
+    stds (one member: its own, unchanged): the mean of the means, and
+    ``sqrt(mean(std² + mean²) - mean²)`` (within-member plus between-member variance)."""
+    if len(outs) == 1:
+        return outs[0][..., 0], outs[0][..., 1]
+    o = np.stack(outs).astype(np.float64)  # (k, n, H, 2)
+    mean = o[..., 0].mean(0)
+    var = (o[..., 1] ** 2 + o[..., 0] ** 2).mean(0) - mean ** 2
+    return mean, np.sqrt(np.maximum(var, 0.0))

@@ -541,16 +541,18 @@ def _forecast(X: np.ndarray, rows: np.ndarray, keys: pd.DataFrame, vol: np.ndarr
               bundle: Bundle) -> pd.DataFrame:
     """Every model's and the blender's forecasts from the feature rows ``X[rows]`` (n,), whose
     symbol and timestamp are ``keys`` and trailing volatility ``vol``."""
-    components, probas = {}, {}
+    components, probas, stds = {}, {}, {}
     symbols = keys["symbol"].to_numpy()
     for name, model in bundle.models.items():
         data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
         if model.classifier:  # (n, H, 3) class probabilities; the forecast is their expected return
             probas[name] = model.predict_proba(data, symbols)
             components[name] = model.expected_return(probas[name], symbols)
+        elif model.distribution:  # its own predictive distribution: the mean, and its std (n, H) each
+            components[name], stds[name] = model.predict_dist(data, symbols)
         else:
             components[name] = model.predict(data, symbols)  # (n, H)
-    return _assemble(keys, vol, components, bundle, probas)
+    return _assemble(keys, vol, components, bundle, probas, stds)
 
 
 def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
@@ -561,21 +563,26 @@ def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
 
 
 def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndarray],
-              bundle: Bundle, probas: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+              bundle: Bundle, probas: dict[str, np.ndarray] | None = None,
+              stds: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Long (n * H) rows: keys x horizons, the blend methods' forecasts, the components.
 
     keys: (n,) symbol, timestamp; vol: (n,) trailing volatility; components: (n, H) per model;
-    probas: (n, H, 3) class probabilities per model (classification task), mixed by the blender."""
+    probas: (n, H, 3) class probabilities per model (classification task), mixed by the blender;
+    stds: (n, H) per model that forecasts its own distribution: its yhat_std, which the blender
+    reads instead of the volatility scale (as the training stage wrote it for the blend stage)."""
     n, H = len(keys), len(bundle.horizons)
     horizons = np.asarray(bundle.horizons, np.int64)
     # The members' forecasts as the blender reads them, (n, H, M) arrays: the rows are aligned
     # already (one per forecast bar), so no long table is built and pivoted back (what
     # Stacker.predict does on the pipeline's predictions; the same numbers, a test checks it).
     members = bundle.blender.members
-    cal = [apply_calibration(bundle.calibration[m], components[m], vol) for m in members]  # (std, prob)
+    stds = stds or {}
+    member_std = [stds[m] if m in stds else apply_calibration(bundle.calibration[m], components[m], vol)[0]
+                  for m in members]  # (n, H) each
     classes = bool(probas) and all(m in probas for m in members)
     blended = bundle.blender.predict_arrays(
-        np.stack([components[m] for m in members], axis=-1), np.stack([std for std, _ in cal], axis=-1),
+        np.stack([components[m] for m in members], axis=-1), np.stack(member_std, axis=-1),
         np.stack([probas[m] for m in members], axis=2) if classes else None)
     primary = blended[bundle.primary]
     others = [m for m in bundle.blender.cfg.methods if m != bundle.primary]

@@ -61,6 +61,9 @@ class OnnxModel(Forecaster):
         self.lookback = int(manifest.get("init", {}).get("lookback", 1))
         if self.classifier:
             self.class_returns_ = np.asarray(manifest["class_returns"], np.float64)
+        head = info.get("distribution")  # a distributional family's graph: outputs y (mean) and y_std
+        if head is not None:
+            self.distribution, self.dist_df = head["head"], head.get("df")
         self.input_shape = tuple(info["input"][1:])
         want = (self.lookback, int(manifest["state"]["n_features"])) if self.input_kind == "sequence" \
             else (int(manifest["state"]["n_features"]),)
@@ -76,13 +79,22 @@ class OnnxModel(Forecaster):
         self.meta_ = manifest.get("meta", {})
         self.fitted_ = True
 
-    def _predict(self, X: Any) -> np.ndarray:
+    def _run(self, X: Any) -> list[np.ndarray]:
+        """Every output of the graph for the rows of X: [y] or, for a distribution, [y, y_std]."""
         n = len(X)
         out = []
         for s in range(0, n, BATCH):
             batch = np.ascontiguousarray(X[s:s + BATCH], dtype=np.float32)  # lazy Windows too
             if batch.shape[1:] != self.input_shape:
                 raise ValueError(f"{self.name}: input rows of shape {batch.shape[1:]}, expected {self.input_shape}")
-            out.append(self.session_.run(None, {"x": batch})[0])
+            out.append(self.session_.run(None, {"x": batch}))
         tail = (len(self.horizons), 3) if self.classifier else (len(self.horizons),)
-        return np.concatenate(out) if out else np.zeros((0, *tail), np.float32)
+        k = 2 if self.distribution else 1
+        return [np.concatenate([o[i] for o in out]) if out else np.zeros((0, *tail), np.float32) for i in range(k)]
+
+    def _predict(self, X: Any) -> np.ndarray:
+        return self._run(X)[0]
+
+    def _predict_dist(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = self._run(X)
+        return mean, std
