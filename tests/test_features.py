@@ -281,6 +281,41 @@ def test_rolling_kernel_is_pandas_rolling(how: str) -> None:
         features._roll_kernel(x, start, end, 2, "median")
 
 
+def _toy_panel(x: np.ndarray, starts: np.ndarray) -> features._Panel:
+    """A panel whose five bar columns are all x, with symbols starting at rows ``starts``."""
+    codes = np.searchsorted(starts, np.arange(len(x)), side="right") - 1
+    panel = object.__new__(features._Panel)
+    with np.errstate(all="ignore"):
+        panel._setup(codes, x, x, x, x, x, np.zeros(len(x), "datetime64[ns]"), None)
+    return panel
+
+
+def test_rolling_extremes_and_corr_are_pandas_rolling() -> None:
+    """The panel's rolling max/min (by doubling, memoised across windows) and correlation are
+    ``Series.rolling(indexer, min_periods=w).max()/.min()/.corr()`` bit for bit: NaN, +-inf,
+    constant runs, symbol-clipped windows, windows that are and are not powers of two."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 1, 700)
+    x[[5, 50, 51, 300]] = np.nan
+    x[[80, 81, 500]] = [np.inf, -np.inf, np.inf]
+    x[100:140] = 3.25
+    y = rng.normal(0, 1, 700)
+    y[[7, 81, 600]] = [np.nan, np.inf, np.nan]
+    y[120:160] = -1.0
+    starts = np.array([0, 230, 231, 470])  # 4 symbols, one with a single bar
+    panel = _toy_panel(x, starts)
+    for w in (1, 2, 3, 5, 8, 21, 60, 64):
+        bounds = panel.windows(w)
+        for how in ("max", "min"):
+            for key in (None, "x"):  # memoised ladder and fresh ladder
+                got = panel.roll(x, w, how, key)
+                want = getattr(pd.Series(x).rolling(bounds, min_periods=w), how)().to_numpy()
+                np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"{how}, w={w}")
+        want = pd.Series(x).rolling(bounds, min_periods=w).corr(pd.Series(y)).to_numpy()
+        got = features._roll_corr_kernel(x, y, bounds.start, bounds.end, w)
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"corr, w={w}")
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0 / 21, 1.0 / 14, 2.0 / 27])
 def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
     """The panel's direct call of pandas' EWM kernel is ``Series.ewm(alpha, adjust=True).sum()``
