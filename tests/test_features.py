@@ -330,3 +330,33 @@ def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
     assert features._ewm_sum_kernel(np.zeros(0), alpha).shape == (0,)
     with pytest.raises(ValueError, match="alpha"):
         features._ewm_sum_kernel(x, 0.0)
+
+
+def test_float64_storage_is_the_float32_table_unrounded(daily_bars: pd.DataFrame,
+                                                       daily_features: pd.DataFrame) -> None:
+    """features.dtype=float64 stores the same float64 computation without the final rounding:
+    rounded to float32 it is the default table bit for bit, except the cross-sectional features
+    (ranked and demeaned from the stored values); the dataset and the tree models keep it."""
+    from alphafactory.dataset import assemble, feature_dtype
+    from alphafactory.models.base import float_matrix
+
+    wide = compute_features(daily_bars, FeatureConfig(dtype="float64"))
+    cols = feature_cols(wide)
+    assert cols == feature_cols(daily_features)
+    assert set(wide[cols].dtypes) == {np.dtype(np.float64)} and set(daily_features[cols].dtypes) == {np.dtype(np.float32)}
+    own = [c for c in cols if not c.startswith("cs_")]
+    cs = [c for c in cols if c.startswith("cs_")]
+    assert len(cs) == 22  # 11 default sources, ranked and demeaned
+    narrowed = wide[own].astype(np.float32)
+    np.testing.assert_array_equal(narrowed.to_numpy().view(np.int32), daily_features[own].to_numpy().view(np.int32))
+    np.testing.assert_allclose(wide[cs], daily_features[cs], rtol=1e-5, atol=1e-6)
+    assert (wide[cols].to_numpy() != narrowed.reindex(columns=cols).to_numpy()).any()  # really unrounded
+    # consumers: the dataset's X and the tree models keep the stored type
+    with pytest.raises(ValueError, match="float16"):
+        feature_dtype(wide.astype({cols[0]: np.float16}), cols)
+    labels = wide[KEYS].assign(y_h1=0.0, cls_h1=0.0, vol=0.01)
+    segments = wide[KEYS].assign(segment="train")
+    for frame, want in ((wide, np.float64), (daily_features, np.float32)):
+        ds = assemble(frame, labels, segments, (1,))
+        assert ds.X.dtype == want and float_matrix(ds.X).dtype == want
+    assert float_matrix(np.zeros((2, 2), np.int64)).dtype == np.float32

@@ -1,14 +1,14 @@
 """Causal per-bar features of an OHLCV panel.
 
 ``compute_features`` turns the long "bars" panel (``symbol, timestamp, open, high, low, close,
-volume``, sorted by (symbol, timestamp)) into one row of float32 features per bar. Every feature
-at row t uses only bars of the same symbol at or before t; cross-sectional features also use other
-symbols' values at the same timestamp t, never later ones.
+volume``, sorted by (symbol, timestamp)) into one row of float32 (``features.dtype``) features
+per bar. Every feature at row t uses only bars of the same symbol at or before t; cross-sectional
+features also use other symbols' values at the same timestamp t, never later ones.
 
 How it stays fast: each rolling/EWM statistic is one C-level pass over the whole concatenated
 panel, not a per-symbol Python loop. Rolling windows are clipped at each symbol's first row (and
 are NaN until full); EWMs subtract the state carried over from the previous symbol. Feature
-groups run on a few threads (the numeric kernels release the GIL) and write float32 columns
+groups run on a few threads (the numeric kernels release the GIL) and write their columns
 straight into the output buffers. Every feature declares the bar index (within its symbol) from
 which it is defined; ``warmup_bars`` is the largest of these, so downstream code can drop the rows
 with ``bar index < warmup_bars(cfg)`` and be left with no NaN. A forecast reads only the last
@@ -85,6 +85,9 @@ class FeatureConfig:
     mtf_scales: aggregation scales in bars for daily (or slower) bars, e.g. week=5, month=21.
     mtf_days: aggregation scales in sessions for intraday bars (converted with bars per day).
     cs_features: feature names to rank / demean across symbols; empty = a default key set.
+    dtype: storage type of the feature columns. The features are computed in float64 either
+        way; float32 (the default) halves the table in memory and on disk, and is what the
+        models fit on anyway (XGBoost, CatBoost and the networks are float32 inside).
     symbol_batch: symbols per batch of the featurize stage (0: all in one), each batch one piece
         of work for the ``compute`` fan-out (:func:`compute_features_batched`). The exponentially
         weighted means run over a batch's whole array, so their last bits depend on the batch
@@ -105,6 +108,7 @@ class FeatureConfig:
     mtf_days: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 5)
     cs_features: Annotated[tuple[str, ...], Unique()] = ()
     symbol_batch: Annotated[int, Interval(ge=0)] = 0
+    dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self) -> None:
         check(self, "features")  # also when built directly (the audit, tests), not only from params
@@ -497,19 +501,20 @@ def _div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
 
 
 class _Out:
-    """Collects float32 feature columns, masking each one's warm-up rows (pos < fd).
+    """Collects feature columns of ``dtype``, masking each one's warm-up rows (pos < fd).
 
-    Columns are written straight into (_CHUNK, n) float32 buffers (row i of a buffer = one
+    Columns are written straight into (_CHUNK, n) ``dtype`` buffers (row i of a buffer = one
     feature), so no per-feature array is kept and the frame is assembled without a copy.
     ``rows``: keep only these rows of each (len(pos),) column (None: all).
     """
 
-    def __init__(self, pos: np.ndarray, warm: int, rows: np.ndarray | None = None) -> None:
+    def __init__(self, pos: np.ndarray, warm: int, dtype: str, rows: np.ndarray | None = None) -> None:
+        self.dtype = np.dtype(dtype)
         self.rows = rows
         self.pos = pos if rows is None else pos[rows]
         self.n = len(self.pos)
         self.warm = warm
-        self.cols: dict[str, np.ndarray] = {}  # name -> (n,) float32 row of a chunk
+        self.cols: dict[str, np.ndarray] = {}  # name -> (n,) row of a chunk
         self.fd: dict[str, int] = {}
         self._chunks: list[np.ndarray] = []
         self._used = _CHUNK
@@ -520,14 +525,14 @@ class _Out:
         assert fd <= self.warm, f"{name}: defined from bar {fd} > warmup {self.warm}"
         if self._used == _CHUNK:
             # np.empty pages are only touched (and counted in RSS) once written.
-            self._chunks.append(np.empty((_CHUNK, self.n), dtype=np.float32))
+            self._chunks.append(np.empty((_CHUNK, self.n), dtype=self.dtype))
             self._used = 0
         row = self._chunks[-1][self._used]
         self._used += 1
         if self.rows is not None:
             x = x[self.rows]
         with np.errstate(over="ignore", invalid="ignore"):
-            np.copyto(row, x, casting="unsafe")  # float64 -> float32; overflow becomes inf
+            np.copyto(row, x, casting="unsafe")  # float64 -> float32: overflow becomes inf
         inf = np.isinf(row)
         if inf.any():
             row[inf] = np.nan
@@ -539,7 +544,7 @@ class _Out:
         self.fd[name] = fd
 
     def frame(self, index: pd.Index, take: np.ndarray | None = None) -> pd.DataFrame:
-        """(n, n_features) frame over the chunks: a few float32 blocks, no copy; or only the
+        """(n, n_features) frame over the chunks: a few blocks, no copy; or only the
         rows ``take`` of them (a copy), labelled with ``index``."""
         names = list(self.cols)
         parts = []
@@ -951,7 +956,7 @@ def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Ou
     def one(name: str) -> tuple[np.ndarray, np.ndarray]:
         x = cols[name]
         if cell is not None:
-            grid = np.full((n_ts, p.n_symbols), np.nan, dtype=np.float32)  # (T, S)
+            grid = np.full((n_ts, p.n_symbols), np.nan, dtype=x.dtype)  # (T, S)
             grid.ravel()[cell] = x
             rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy().ravel()[cell]
         else:
@@ -1056,7 +1061,8 @@ def compute_features(
         session features and replace the week/month aggregates).
     n_jobs: threads computing feature groups concurrently (the numeric kernels release the GIL);
         the result does not depend on it.
-    Returns (n, 2 + n_features): ``symbol, timestamp`` then float32 features, same rows and index
+    Returns (n, 2 + n_features): ``symbol, timestamp`` then the features as ``cfg.dtype``, same
+    rows and index
     as ``bars``. NaN only in each symbol's first ``warmup_bars(cfg, freq)`` bars; never inf.
     Cross-sectional features (``cs_rank_*``, ``cs_demean_*``) appear only with >= 2 symbols.
     tail: return only each symbol's last ``tail`` rows (what a forecast from the last bar
@@ -1092,7 +1098,7 @@ def compute_features(
     # Fixed group order (FEATURE_GROUPS), one output per group: the columns come out in the same
     # order whatever the order of cfg.groups or of thread completion.
     groups = [g for g in FEATURE_GROUPS if g in cfg.groups and g in _GROUP_FUNCS]
-    outs = {g: _Out(p.pos, warm, need) for g in groups}
+    outs = {g: _Out(p.pos, warm, cfg.dtype, need) for g in groups}
 
     def run(group: str) -> None:
         _GROUP_FUNCS[group](p, cfg, outs[group])
@@ -1108,7 +1114,7 @@ def compute_features(
         p.full._memo.clear()
     parts = [outs[g] for g in groups]
     if with_cs:
-        cs = _Out(p.pos if need is None else p.pos[need], warm)
+        cs = _Out(p.pos if need is None else p.pos[need], warm, cfg.dtype)
         _cross_sectional(p, cfg, cs, parts, need, n_jobs)
         parts.append(cs)
 
@@ -1156,6 +1162,6 @@ def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequ
     if "cross_sectional" not in cfg.groups:
         return feats
     p = _Panel(bars, freq)
-    cs = _Out(p.pos, warmup_bars(cfg, freq))
+    cs = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
     _cross_sectional(p, cfg, cs, [_Columns(feats)], None)
     return pd.concat([feats, cs.frame(bars.index)], axis=1)
