@@ -281,6 +281,41 @@ def test_rolling_kernel_is_pandas_rolling(how: str) -> None:
         features._roll_kernel(x, start, end, 2, "median")
 
 
+def _toy_panel(x: np.ndarray, starts: np.ndarray) -> features._Panel:
+    """A panel whose five bar columns are all x, with symbols starting at rows ``starts``."""
+    codes = np.searchsorted(starts, np.arange(len(x)), side="right") - 1
+    panel = object.__new__(features._Panel)
+    with np.errstate(all="ignore"):
+        panel._setup(codes, x, x, x, x, x, np.zeros(len(x), "datetime64[ns]"), None)
+    return panel
+
+
+def test_rolling_extremes_and_corr_are_pandas_rolling() -> None:
+    """The panel's rolling max/min (by doubling, memoised across windows) and correlation are
+    ``Series.rolling(indexer, min_periods=w).max()/.min()/.corr()`` bit for bit: NaN, +-inf,
+    constant runs, symbol-clipped windows, windows that are and are not powers of two."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(0, 1, 700)
+    x[[5, 50, 51, 300]] = np.nan
+    x[[80, 81, 500]] = [np.inf, -np.inf, np.inf]
+    x[100:140] = 3.25
+    y = rng.normal(0, 1, 700)
+    y[[7, 81, 600]] = [np.nan, np.inf, np.nan]
+    y[120:160] = -1.0
+    starts = np.array([0, 230, 231, 470])  # 4 symbols, one with a single bar
+    panel = _toy_panel(x, starts)
+    for w in (1, 2, 3, 5, 8, 21, 60, 64):
+        bounds = panel.windows(w)
+        for how in ("max", "min"):
+            for key in (None, "x"):  # memoised ladder and fresh ladder
+                got = panel.roll(x, w, how, key)
+                want = getattr(pd.Series(x).rolling(bounds, min_periods=w), how)().to_numpy()
+                np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"{how}, w={w}")
+        want = pd.Series(x).rolling(bounds, min_periods=w).corr(pd.Series(y)).to_numpy()
+        got = features._roll_corr_kernel(x, y, bounds.start, bounds.end, w)
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64), err_msg=f"corr, w={w}")
+
+
 @pytest.mark.parametrize("alpha", [1.0, 0.5, 2.0 / 21, 1.0 / 14, 2.0 / 27])
 def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
     """The panel's direct call of pandas' EWM kernel is ``Series.ewm(alpha, adjust=True).sum()``
@@ -295,3 +330,33 @@ def test_ewm_sum_kernel_is_pandas_ewm(alpha: float) -> None:
     assert features._ewm_sum_kernel(np.zeros(0), alpha).shape == (0,)
     with pytest.raises(ValueError, match="alpha"):
         features._ewm_sum_kernel(x, 0.0)
+
+
+def test_float64_storage_is_the_float32_table_unrounded(daily_bars: pd.DataFrame,
+                                                       daily_features: pd.DataFrame) -> None:
+    """features.dtype=float64 stores the same float64 computation without the final rounding:
+    rounded to float32 it is the default table bit for bit, except the cross-sectional features
+    (ranked and demeaned from the stored values); the dataset and the tree models keep it."""
+    from alphafactory.dataset import assemble, feature_dtype
+    from alphafactory.models.base import float_matrix
+
+    wide = compute_features(daily_bars, FeatureConfig(dtype="float64"))
+    cols = feature_cols(wide)
+    assert cols == feature_cols(daily_features)
+    assert set(wide[cols].dtypes) == {np.dtype(np.float64)} and set(daily_features[cols].dtypes) == {np.dtype(np.float32)}
+    own = [c for c in cols if not c.startswith("cs_")]
+    cs = [c for c in cols if c.startswith("cs_")]
+    assert len(cs) == 22  # 11 default sources, ranked and demeaned
+    narrowed = wide[own].astype(np.float32)
+    np.testing.assert_array_equal(narrowed.to_numpy().view(np.int32), daily_features[own].to_numpy().view(np.int32))
+    np.testing.assert_allclose(wide[cs], daily_features[cs], rtol=1e-5, atol=1e-6)
+    assert (wide[cols].to_numpy() != narrowed.reindex(columns=cols).to_numpy()).any()  # really unrounded
+    # consumers: the dataset's X and the tree models keep the stored type
+    with pytest.raises(ValueError, match="float16"):
+        feature_dtype(wide.astype({cols[0]: np.float16}), cols)
+    labels = wide[KEYS].assign(y_h1=0.0, cls_h1=0.0, vol=0.01)
+    segments = wide[KEYS].assign(segment="train")
+    for frame, want in ((wide, np.float64), (daily_features, np.float32)):
+        ds = assemble(frame, labels, segments, (1,))
+        assert ds.X.dtype == want and float_matrix(ds.X).dtype == want
+    assert float_matrix(np.zeros((2, 2), np.int64)).dtype == np.float32

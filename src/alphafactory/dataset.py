@@ -46,8 +46,8 @@ class Windows:
 class Dataset:
     """Rows sorted by (symbol, timestamp), one per bar that has features.
 
-    X: (n, F) float32 features; Y: (n, H) float32 targets (NaN where the label is missing);
-    segment: (n,) str in {train, val, test, purged}; vol: (n,) trailing 1-bar volatility at
+    X: (n, F) features as stored (float32, or float64 with ``features.dtype``); Y: (n, H) float32
+    targets (NaN where the label is missing); segment: (n,) str in {train, val, test, purged}; vol: (n,) trailing 1-bar volatility at
     each row's time (the label stage's ``vol``, used to scale forecast uncertainty); C: (n, H)
     float32 class indices 0/1/2 (SHORT/NEUTRAL/LONG, the label stage's ``cls_h`` + 1), NaN where
     unlabelled: the targets of the classification task.
@@ -111,13 +111,24 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
     if df.empty:
         raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
     fnames = [c for c in features.columns if c not in KEYS]
-    X = np.ascontiguousarray(df[fnames].to_numpy(np.float32))
+    X = np.ascontiguousarray(df[fnames].to_numpy(feature_dtype(features, fnames)))  # as stored
     Y = df[ycols].to_numpy(np.float32)
     return Dataset(
         keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
     )
+
+
+def feature_dtype(frame: pd.DataFrame, columns: list[str]) -> np.dtype:
+    """The one dtype of the feature columns ``columns`` of ``frame`` (float32 or float64, as
+    ``features.dtype`` stored them; float32 if there are none); ValueError naming the dtypes
+    otherwise."""
+    dtypes = {np.dtype(frame.dtypes[c]) for c in columns} if columns else {np.dtype(np.float32)}
+    if len(dtypes) != 1 or not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}:
+        raise ValueError(f"feature columns: got dtypes {sorted(map(str, dtypes))}, expected all float32 "
+                         "or all float64 (features.dtype)")
+    return dtypes.pop()
 
 
 def drop_warmup(frame: pd.DataFrame, warmup: int) -> pd.DataFrame:

@@ -1,14 +1,14 @@
 """Causal per-bar features of an OHLCV panel.
 
 ``compute_features`` turns the long "bars" panel (``symbol, timestamp, open, high, low, close,
-volume``, sorted by (symbol, timestamp)) into one row of float32 features per bar. Every feature
-at row t uses only bars of the same symbol at or before t; cross-sectional features also use other
-symbols' values at the same timestamp t, never later ones.
+volume``, sorted by (symbol, timestamp)) into one row of float32 (``features.dtype``) features
+per bar. Every feature at row t uses only bars of the same symbol at or before t; cross-sectional
+features also use other symbols' values at the same timestamp t, never later ones.
 
 How it stays fast: each rolling/EWM statistic is one C-level pass over the whole concatenated
 panel, not a per-symbol Python loop. Rolling windows are clipped at each symbol's first row (and
 are NaN until full); EWMs subtract the state carried over from the previous symbol. Feature
-groups run on a few threads (the numeric kernels release the GIL) and write float32 columns
+groups run on a few threads (the numeric kernels release the GIL) and write their columns
 straight into the output buffers. Every feature declares the bar index (within its symbol) from
 which it is defined; ``warmup_bars`` is the largest of these, so downstream code can drop the rows
 with ``bar index < warmup_bars(cfg)`` and be left with no NaN. A forecast reads only the last
@@ -85,6 +85,9 @@ class FeatureConfig:
     mtf_scales: aggregation scales in bars for daily (or slower) bars, e.g. week=5, month=21.
     mtf_days: aggregation scales in sessions for intraday bars (converted with bars per day).
     cs_features: feature names to rank / demean across symbols; empty = a default key set.
+    dtype: storage type of the feature columns. The features are computed in float64 either
+        way; float32 (the default) halves the table in memory and on disk, and is what the
+        models fit on anyway (XGBoost, CatBoost and the networks are float32 inside).
     symbol_batch: symbols per batch of the featurize stage (0: all in one), each batch one piece
         of work for the ``compute`` fan-out (:func:`compute_features_batched`). The exponentially
         weighted means run over a batch's whole array, so their last bits depend on the batch
@@ -105,6 +108,7 @@ class FeatureConfig:
     mtf_days: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 5)
     cs_features: Annotated[tuple[str, ...], Unique()] = ()
     symbol_batch: Annotated[int, Interval(ge=0)] = 0
+    dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self) -> None:
         check(self, "features")  # also when built directly (the audit, tests), not only from params
@@ -217,6 +221,20 @@ def _roll_kernel(x: np.ndarray, start: np.ndarray, end: np.ndarray, min_periods:
     return out
 
 
+def _roll_corr_kernel(x: np.ndarray, y: np.ndarray, start: np.ndarray, end: np.ndarray,
+                      min_periods: int) -> np.ndarray:
+    """(n,) float64 rolling Pearson correlation of x and y over the windows
+    ``start[i] <= j < end[i]``, as ``pd.Series(x).rolling(indexer, min_periods).corr(
+    pd.Series(y))`` computes it: each side NaN where the other is (``x + 0 * y``), inf read as
+    NaN, then pandas' ``roll_corr`` kernel (tests/test_features.py checks it bit for bit)."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        xs, ys = xs + 0 * ys, ys + 0 * xs
+        xs = np.where(np.isinf(xs), np.nan, xs)
+        ys = np.where(np.isinf(ys), np.nan, ys)
+        return _window_agg.roll_corr(xs, ys, start, end, min_periods)
+
+
 def _ewm_sum_kernel(x: np.ndarray, alpha: float) -> np.ndarray:
     """(n,) ``pd.Series(x).ewm(alpha=alpha, adjust=True).sum()``, through the pandas kernel it
     calls (one window over the whole array, center of mass (1 - alpha) / alpha, as pandas
@@ -277,21 +295,47 @@ class _Panel:
         self.new_symbol = new  # (n,) True on each symbol's first bar
         self.starts = np.flatnonzero(new)  # (n_symbols,) first row of each symbol
         self.seg = np.cumsum(new) - 1  # (n,) symbol block id 0..n_symbols-1
-        self.pos = np.arange(n) - self.starts[self.seg]  # (n,) bar index within the symbol
         self.n_symbols = len(self.starts)
+        self.lengths = np.diff(np.append(self.starts, n))  # (n_symbols,) bars of each symbol
+        self.row_start = self.per_row(self.starts)  # (n,) first row of the row's symbol
+        self.pos = np.arange(n) - self.row_start  # (n,) bar index within the symbol
+        self._early: dict[int, np.ndarray] = {}
         self.o, self.h, self.l, self.c, self.v, self.ts = o, h, l, c, v, ts
         self.logc = np.log(self.c)
         self.r = self.logc - self.lag(self.logc, 1)  # (n,) 1-bar log return, NaN on first bars
         self._memo: dict[tuple, Any] = {}
-        self._windows: dict[int, BaseIndexer] = {}
+        self._windows: dict[int | str, Any] = {}  # w -> bounds; "end" -> (n,) window ends
         self._decay: dict[float, np.ndarray] = {}
+
+    def per_row(self, a: np.ndarray) -> np.ndarray:
+        """(n,) the per-symbol values a, (n_symbols,) (or (k, n_symbols)), repeated over each
+        symbol's rows: ``a[..., seg]``, as a block copy rather than a gather."""
+        return np.repeat(a, self.lengths, axis=-1)
+
+    def time_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, times): ``pd.factorize(ts, sort=False)``, (n,) and (n_times,), memoised."""
+        if "times" not in self._memo:
+            self._memo["times"] = pd.factorize(self.ts, sort=False)
+        return self._memo["times"]
+
+    def by_time(self, f: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """(n,) ``f(ts)`` for an elementwise f of the timestamps, evaluated once per distinct
+        timestamp (a panel of S aligned symbols has S times fewer)."""
+        codes, times = self.time_codes()
+        return f(times)[codes]
+
+    def early(self, k: int) -> np.ndarray:
+        """Sorted row indices with bar index pos < k (each symbol's first k bars)."""
+        if k not in self._early:
+            self._early[k] = np.flatnonzero(self.pos < k)
+        return self._early[k]
 
     def lag(self, x: np.ndarray, k: int) -> np.ndarray:
         """x shifted k >= 1 bars forward in time within each symbol (NaN for pos < k)."""
         out = np.empty(self.n, dtype=np.float64)
         out[:k] = np.nan
         out[k:] = x[:-k]
-        out[self.pos < k] = np.nan
+        out[self.early(k)] = np.nan
         return out
 
     def roll(self, x: np.ndarray, w: int, how: str, key: str | None = None) -> np.ndarray:
@@ -304,29 +348,63 @@ class _Panel:
         memo = (key, w, how)
         if key is not None and memo in self._memo:
             return self._memo[memo]
-        bounds = self.windows(w)
-        out = _roll_kernel(x, bounds.start, bounds.end, w, how)
+        if how in ("max", "min"):
+            out = self._extreme(x, w, how, key)
+        else:
+            bounds = self.windows(w)
+            out = _roll_kernel(x, bounds.start, bounds.end, w, how)
         out.flags.writeable = False  # shared through the memo
         if key is not None:
             self._memo[memo] = out
         return out
 
-    def corr(self, x: np.ndarray, y: np.ndarray, w: int) -> np.ndarray:
-        """Trailing rolling Pearson correlation over w bars; 0 where either side is constant."""
-        window = pd.Series(x, copy=False).rolling(self.windows(w), min_periods=w)
-        out = window.corr(pd.Series(y, copy=False)).to_numpy()
-        sx = self.roll(x, w, "std")
-        sy = self.roll(y, w, "std")
-        return np.where((sx == 0) | (sy == 0), 0.0, out)  # NaN kept where sx or sy is NaN
+    def _extreme(self, x: np.ndarray, w: int, how: str, key: str | None) -> np.ndarray:
+        """(n,) rolling max or min over w bars, as pandas' ``roll_max``/``roll_min`` give it
+        (NaN where the window is clipped or holds a NaN or inf), by doubling: m_s[i], the
+        extreme of x[i-s+1..i], gives m_2s[i] = f(m_s[i], m_s[i-s]), and the w-bar extreme is
+        f(m_s[i], m_s[i-w+s]) for the largest power of two s <= w. A max or min is one of the
+        values, so any order of comparisons gives the same bits; f propagates NaN as pandas'
+        min_periods=w does. The m_s of a keyed series are memoised, so windows share them
+        (5, 10, 20, 60: 5 passes of f, plus one per window, instead of a deque per window)."""
+        f = np.maximum if how == "max" else np.minimum
+        ladder = self._memo.setdefault((key, how, "ladder"), {}) if key is not None else {}
+        if 1 not in ladder:
+            values = np.asarray(x, dtype=np.float64)
+            ladder[1] = np.where(np.isinf(values), np.nan, values)
+        s = 1
+        while 2 * s <= w:
+            if 2 * s not in ladder:
+                m = ladder[s].copy()  # rows i < 2s - 1 are never read unmasked
+                f(ladder[s][s:], ladder[s][:-s], out=m[s:])
+                ladder[2 * s] = m
+            s *= 2
+        m = ladder[s]
+        out = m.copy()
+        if w > s:
+            f(m[w - s:], m[: s - w], out=out[w - s:])
+        out[self.early(w - 1)] = np.nan
+        return out
+
+    def corr(self, x: np.ndarray, y: np.ndarray, w: int, kx: str | None = None,
+             ky: str | None = None) -> np.ndarray:
+        """Trailing rolling Pearson correlation over w bars; 0 where either side is constant.
+        kx, ky: memo keys of x and y for their rolling std (see :meth:`roll`)."""
+        bounds = self.windows(w)
+        out = _roll_corr_kernel(x, y, bounds.start, bounds.end, w)
+        sx = self.roll(x, w, "std", kx)
+        sy = self.roll(y, w, "std", ky)
+        out[(sx == 0) | (sy == 0)] = 0.0  # NaN kept where sx or sy is NaN
+        return out
 
     def windows(self, w: int) -> BaseIndexer:
         """Trailing w-bar windows clipped at each symbol's first row (then shorter than w, so
         ``min_periods=w`` makes them NaN). Clipping also resets pandas' running sums at every
         symbol, so no value depends on another symbol's bars, even through rounding."""
         if w not in self._windows:
-            end = np.arange(1, self.n + 1, dtype=np.int64)
-            start = np.maximum(end - w, self.starts[self.seg])
-            self._windows[w] = _FixedBounds(start=start, end=end)
+            if "end" not in self._windows:
+                self._windows["end"] = np.arange(1, self.n + 1, dtype=np.int64)
+            end = self._windows["end"]
+            self._windows[w] = _FixedBounds(start=np.maximum(end - w, self.row_start), end=end)
         return self._windows[w]
 
     def ewm(self, of: Callable[[_Panel], np.ndarray], alpha: float, min_obs: int,
@@ -344,17 +422,16 @@ class _Panel:
         if key is not None and memo in self._memo:
             return self._memo[memo]
         if self.full is None:
-            x = of(self)
-            valid = ~np.isnan(x)
-            num = self._ew_sum(np.where(valid, x, 0.0), alpha)
-            den = self._ew_sum(valid.astype(np.float64), alpha)
-            csum = np.cumsum(valid)
-            count = csum - (csum[self.starts] - valid[self.starts])[self.seg]  # valid values so far
+            x0, v0, count, pattern = self._series(of)
+            num = self._ew_sum(x0, alpha)
+            if (pattern, alpha) not in self._memo:  # series with the same NaNs share den
+                self._memo[pattern, alpha] = self._ew_sum(v0, alpha)
+            den = self._memo[pattern, alpha]
         else:
             x0, v0, earlier, count = self._history(of)
             if alpha not in self._weights:  # (width,) (1 - alpha) ** (bars before the suffix - 1)
                 self._weights[alpha] = np.power(1.0 - alpha, np.arange(self._width - 1, -1, -1.0))
-            carried = (earlier @ self._weights[alpha])[:, self.seg]  # (2, n): sums as of the bar before
+            carried = self.per_row(earlier @ self._weights[alpha])  # (2, n): sums as of the bar before
             num = self._ew_sum(x0, alpha) + self._decay[alpha] * carried[0]
             den = self._ew_sum(v0, alpha) + self._decay[alpha] * carried[1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -364,6 +441,21 @@ class _Panel:
             self._memo[memo] = out
         return out
 
+    def _series(self, of: Callable[[_Panel], np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, bytes]:
+        """The series ``of`` split for :meth:`ewm`, (n,) each: its values with NaN as 0, its
+        validity as 0/1, the valid values so far in the symbol; and its NaN pattern as bytes
+        (a memo key of the EW sums of the validity). Memoised per ``of`` (several EWMs smooth
+        the same series)."""
+        memo = ("series", of)
+        if memo not in self._memo:
+            x = of(self)
+            valid = ~np.isnan(x)
+            csum = np.cumsum(valid)
+            count = csum - self.per_row(csum[self.starts] - valid[self.starts])
+            self._memo[memo] = (np.where(valid, x, 0.0), valid.astype(np.float64), count,
+                                np.packbits(valid).tobytes())
+        return self._memo[memo]
+
     def _ew_sum(self, x: np.ndarray, alpha: float) -> np.ndarray:
         s = _ewm_sum_kernel(x, alpha)
         carry = np.zeros(self.n_symbols)
@@ -372,7 +464,7 @@ class _Panel:
             log_beta = math.log1p(-alpha) if alpha < 1 else -np.inf
             with np.errstate(invalid="ignore"):
                 self._decay[alpha] = np.exp((self.pos + 1.0) * log_beta)
-        return s - self._decay[alpha] * carry[self.seg]
+        return s - self._decay[alpha] * self.per_row(carry)
 
     def _history(self, of: Callable[[_Panel], np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -386,7 +478,7 @@ class _Panel:
             valid = ~np.isnan(x)
             csum = np.cumsum(valid)
             starts = self.full.starts
-            count = csum[self.at] - (csum[starts] - valid[starts])[self.seg]
+            count = csum[self.at] - self.per_row(csum[starts] - valid[starts])
             x0, v0 = np.where(valid, x, 0.0), valid.astype(np.float64)
             earlier = np.zeros((2, self.n_symbols * self._width))
             earlier[0, self._grid_at] = x0[self._before]
@@ -403,23 +495,26 @@ class _Panel:
 def _div(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
     """num / den with ``fill`` where den == 0 (a degenerate range or dispersion), NaN kept."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den == 0, fill, num / den)
+        out = np.divide(num, den)
+    out[den == 0] = fill  # in place: one pass fewer than np.where over the (n,) arrays
+    return out
 
 
 class _Out:
-    """Collects float32 feature columns, masking each one's warm-up rows (pos < fd).
+    """Collects feature columns of ``dtype``, masking each one's warm-up rows (pos < fd).
 
-    Columns are written straight into (_CHUNK, n) float32 buffers (row i of a buffer = one
+    Columns are written straight into (_CHUNK, n) ``dtype`` buffers (row i of a buffer = one
     feature), so no per-feature array is kept and the frame is assembled without a copy.
     ``rows``: keep only these rows of each (len(pos),) column (None: all).
     """
 
-    def __init__(self, pos: np.ndarray, warm: int, rows: np.ndarray | None = None) -> None:
+    def __init__(self, pos: np.ndarray, warm: int, dtype: str, rows: np.ndarray | None = None) -> None:
+        self.dtype = np.dtype(dtype)
         self.rows = rows
         self.pos = pos if rows is None else pos[rows]
         self.n = len(self.pos)
         self.warm = warm
-        self.cols: dict[str, np.ndarray] = {}  # name -> (n,) float32 row of a chunk
+        self.cols: dict[str, np.ndarray] = {}  # name -> (n,) row of a chunk
         self.fd: dict[str, int] = {}
         self._chunks: list[np.ndarray] = []
         self._used = _CHUNK
@@ -430,14 +525,14 @@ class _Out:
         assert fd <= self.warm, f"{name}: defined from bar {fd} > warmup {self.warm}"
         if self._used == _CHUNK:
             # np.empty pages are only touched (and counted in RSS) once written.
-            self._chunks.append(np.empty((_CHUNK, self.n), dtype=np.float32))
+            self._chunks.append(np.empty((_CHUNK, self.n), dtype=self.dtype))
             self._used = 0
         row = self._chunks[-1][self._used]
         self._used += 1
         if self.rows is not None:
             x = x[self.rows]
         with np.errstate(over="ignore", invalid="ignore"):
-            np.copyto(row, x, casting="unsafe")  # float64 -> float32; overflow becomes inf
+            np.copyto(row, x, casting="unsafe")  # float64 -> float32: overflow becomes inf
         inf = np.isinf(row)
         if inf.any():
             row[inf] = np.nan
@@ -449,7 +544,7 @@ class _Out:
         self.fd[name] = fd
 
     def frame(self, index: pd.Index, take: np.ndarray | None = None) -> pd.DataFrame:
-        """(n, n_features) frame over the chunks: a few float32 blocks, no copy; or only the
+        """(n, n_features) frame over the chunks: a few blocks, no copy; or only the
         rows ``take`` of them (a copy), labelled with ``index``."""
         names = list(self.cols)
         parts = []
@@ -625,7 +720,7 @@ def _volume(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         std = p.roll(lv, w, "std", "lv")
         out.add(f"volume_z_{w}", _div(lv - mean, std, 0.0), w - 1)
         out.add(f"volume_ratio_{w}", _div(p.v, p.roll(p.v, w, "mean", "v"), 1.0), w - 1)
-        out.add(f"volume_ret_corr_{w}", p.corr(absr, lv, w), w)
+        out.add(f"volume_ret_corr_{w}", p.corr(absr, lv, w, ky="lv"), w)
     ws = sorted(cfg.windows)
     for a, b in zip(ws[:-1], ws[1:], strict=True):
         trend = p.roll(lv, a, "mean", "lv") - p.roll(lv, b, "mean", "lv")
@@ -662,9 +757,9 @@ def _moments(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
             out.add(f"skew_{w}", np.where(flat, 0.0, p.roll(p.r, w, "skew")), w)
         if w >= 4:
             out.add(f"kurt_{w}", np.where(flat, 0.0, p.roll(p.r, w, "kurt")), w)
-        out.add(f"autocorr_{w}", p.corr(p.r, r_prev, w), w + 1)
-        out.add(f"ret_max_{w}", p.roll(p.r, w, "max"), w)
-        out.add(f"ret_min_{w}", p.roll(p.r, w, "min"), w)
+        out.add(f"autocorr_{w}", p.corr(p.r, r_prev, w, kx="r"), w + 1)
+        out.add(f"ret_max_{w}", p.roll(p.r, w, "max", "r"), w)
+        out.add(f"ret_min_{w}", p.roll(p.r, w, "min", "r"), w)
 
 
 def _range_position(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
@@ -674,10 +769,11 @@ def _range_position(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add(f"drawdown_{w}", p.logc - np.log(p.roll(p.c, w, "max", "c")), w - 1)
 
 
-def _calendar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
-    days = p.ts.astype("datetime64[D]")
-    months = p.ts.astype("datetime64[M]")
-    years = p.ts.astype("datetime64[Y]")
+def _calendar_of(ts: np.ndarray, intraday: bool) -> dict[str, np.ndarray]:
+    """The calendar features that depend on the timestamp alone, (len(ts),) each."""
+    days = ts.astype("datetime64[D]")
+    months = ts.astype("datetime64[M]")
+    years = ts.astype("datetime64[Y]")
     d_int = days.astype(np.int64)
     dow = (d_int + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
     month0 = months.astype(np.int64) % 12  # 0 = January
@@ -688,20 +784,30 @@ def _calendar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     doy0 = (days - y_start).astype(np.int64)
     diy = ((years + np.timedelta64(1, "Y")).astype("datetime64[D]") - y_start).astype(np.int64)
     cyc = {"dow": (dow, 7.0), "month": (month0, 12.0), "dom": (dom0, dim), "doy": (doy0, diy)}
-    out.add("dow", dow, 0)
-    out.add("month", month0 + 1, 0)
-    out.add("dom", dom0 + 1, 0)
+    cols = {"dow": dow, "month": month0 + 1, "dom": dom0 + 1}
     for name, (k, period) in cyc.items():
         angle = _TWO_PI * k / period
-        out.add(f"{name}_sin", np.sin(angle), 0)
-        out.add(f"{name}_cos", np.cos(angle), 0)
+        cols[f"{name}_sin"] = np.sin(angle)
+        cols[f"{name}_cos"] = np.cos(angle)
+    if intraday:
+        tod = (ts - days.astype("datetime64[ns]")).astype(np.int64) / 86400e9  # [0, 1)
+        cols["tod_frac"] = tod
+        cols["tod_sin"] = np.sin(_TWO_PI * tod)
+        cols["tod_cos"] = np.cos(_TWO_PI * tod)
+    return cols
+
+
+def _calendar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    codes, times = p.time_codes()
+    cols = _calendar_of(times, p.bpd is not None)  # once per distinct timestamp
+    for name in ("dow", "month", "dom", "dow_sin", "dow_cos", "month_sin", "month_cos",
+                 "dom_sin", "dom_cos", "doy_sin", "doy_cos"):
+        out.add(name, cols[name][codes], 0)
     dt = p.ts.astype(np.int64).astype(np.float64) / 1e9
     out.add("bar_gap", (dt - p.lag(dt, 1)) / p.freq.bar_seconds, 1)  # in median bar spacings
-    if p.bpd is not None:
-        tod = (p.ts - days.astype("datetime64[ns]")).astype(np.int64) / 86400e9  # [0, 1)
-        out.add("tod_frac", tod, 0)
-        out.add("tod_sin", np.sin(_TWO_PI * tod), 0)
-        out.add("tod_cos", np.cos(_TWO_PI * tod), 0)
+    for name in ("tod_frac", "tod_sin", "tod_cos"):
+        if name in cols:
+            out.add(name, cols[name][codes], 0)
 
 
 def _period_runs(p: _Panel, period_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -720,7 +826,7 @@ class _Periods:
     totals are taken from the whole history."""
 
     def __init__(self, p: _Panel, period_of: Callable[[np.ndarray], np.ndarray]) -> None:
-        start, gid = _period_runs(p, period_of(p.ts))
+        start, gid = _period_runs(p, p.by_time(period_of))
         self.open = p.o[start][gid]
         self.high = p.seg_cum(p.h, "cummax", gid)  # highest high so far in the period
         self.low = p.seg_cum(p.l, "cummin", gid)
@@ -728,7 +834,7 @@ class _Periods:
         self.index = np.arange(p.n) - start[gid]  # bars since the period opened
         q = p if p.full is None else p.full
         if q is not p:
-            start, gid = _period_runs(q, period_of(q.ts))
+            start, gid = _period_runs(q, q.by_time(period_of))
         last = np.append(start[1:] - 1, q.n - 1)
         has_prev = np.zeros(len(start), dtype=bool)
         has_prev[1:] = q.seg[start[1:]] == q.seg[start[:-1]]
@@ -826,26 +932,33 @@ def _cs_sources(cfg: FeatureConfig, available: dict[str, np.ndarray]) -> list[st
 
 
 def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Out],
-                     rows: np.ndarray | None) -> None:
+                     rows: np.ndarray | None, n_jobs: int = 1) -> None:
     """Percentile rank in (0, 1] and difference from the mean across the symbols at each
     timestamp, of key features already computed in ``sources`` (on the ``rows`` of ``p``, all the
-    rows of every timestamp they hold; None: all rows)."""
+    rows of every timestamp they hold; None: all rows). The features are ranked on ``n_jobs``
+    threads (pandas' rank kernels release the GIL), and added in a fixed order."""
     cols = {name: row for src in sources for name, row in src.cols.items()}
     fds = {name: fd for src in sources for name, fd in src.fd.items()}
     names = _cs_sources(cfg, cols)
     if not names:
         return
-    ts, seg = (p.ts, p.seg) if rows is None else (p.ts[rows], p.seg[rows])
-    ts_code, uniq = pd.factorize(ts, sort=False)
+    if rows is None:
+        seg = p.seg
+        ts_code, uniq = p.time_codes()
+    else:
+        seg = p.seg[rows]
+        ts_code, uniq = pd.factorize(p.ts[rows], sort=False)
     n_ts = len(uniq)
     # Aligned panels rank fastest on a dense (time, symbol) grid; ragged ones by groupby.
-    wide_ok = n_ts * p.n_symbols <= _DENSE_GRID_MAX * len(ts)
-    for name in names:
+    wide_ok = n_ts * p.n_symbols <= _DENSE_GRID_MAX * len(ts_code)
+    cell = ts_code * p.n_symbols + seg if wide_ok else None  # (n,) flat index into the grid
+
+    def one(name: str) -> tuple[np.ndarray, np.ndarray]:
         x = cols[name]
-        if wide_ok:
-            grid = np.full((n_ts, p.n_symbols), np.nan, dtype=np.float32)  # (T, S)
-            grid[ts_code, seg] = x
-            rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy()[ts_code, seg]
+        if cell is not None:
+            grid = np.full((n_ts, p.n_symbols), np.nan, dtype=x.dtype)  # (T, S)
+            grid.ravel()[cell] = x
+            rank = pd.DataFrame(grid, copy=False).rank(axis=1, pct=True).to_numpy().ravel()[cell]
         else:
             rank = pd.Series(x, copy=False).groupby(ts_code).rank(pct=True).to_numpy()
         xd = x.astype(np.float64)
@@ -854,8 +967,13 @@ def _cross_sectional(p: _Panel, cfg: FeatureConfig, out: _Out, sources: list[_Ou
         cnt = np.bincount(ts_code, weights=valid, minlength=n_ts)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = tot / cnt
-        out.add(f"cs_rank_{name}", rank, fds[name])
-        out.add(f"cs_demean_{name}", xd - mean[ts_code], fds[name])
+        return rank, xd - mean[ts_code]
+
+    with ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        results = map(one, names) if n_jobs == 1 else pool.map(one, names)  # in order of names
+        for name, (rank, demeaned) in zip(names, results, strict=True):
+            out.add(f"cs_rank_{name}", rank, fds[name])
+            out.add(f"cs_demean_{name}", demeaned, fds[name])
 
 
 _GROUP_FUNCS: dict[str, Callable[[_Panel, FeatureConfig, _Out], None]] = {
@@ -943,7 +1061,8 @@ def compute_features(
         session features and replace the week/month aggregates).
     n_jobs: threads computing feature groups concurrently (the numeric kernels release the GIL);
         the result does not depend on it.
-    Returns (n, 2 + n_features): ``symbol, timestamp`` then float32 features, same rows and index
+    Returns (n, 2 + n_features): ``symbol, timestamp`` then the features as ``cfg.dtype``, same
+    rows and index
     as ``bars``. NaN only in each symbol's first ``warmup_bars(cfg, freq)`` bars; never inf.
     Cross-sectional features (``cs_rank_*``, ``cs_demean_*``) appear only with >= 2 symbols.
     tail: return only each symbol's last ``tail`` rows (what a forecast from the last bar
@@ -979,7 +1098,7 @@ def compute_features(
     # Fixed group order (FEATURE_GROUPS), one output per group: the columns come out in the same
     # order whatever the order of cfg.groups or of thread completion.
     groups = [g for g in FEATURE_GROUPS if g in cfg.groups and g in _GROUP_FUNCS]
-    outs = {g: _Out(p.pos, warm, need) for g in groups}
+    outs = {g: _Out(p.pos, warm, cfg.dtype, need) for g in groups}
 
     def run(group: str) -> None:
         _GROUP_FUNCS[group](p, cfg, outs[group])
@@ -995,8 +1114,8 @@ def compute_features(
         p.full._memo.clear()
     parts = [outs[g] for g in groups]
     if with_cs:
-        cs = _Out(p.pos if need is None else p.pos[need], warm)
-        _cross_sectional(p, cfg, cs, parts, need)
+        cs = _Out(p.pos if need is None else p.pos[need], warm, cfg.dtype)
+        _cross_sectional(p, cfg, cs, parts, need, n_jobs)
         parts.append(cs)
 
     rows = bars if keep is None else bars.iloc[keep]
@@ -1043,6 +1162,6 @@ def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequ
     if "cross_sectional" not in cfg.groups:
         return feats
     p = _Panel(bars, freq)
-    cs = _Out(p.pos, warmup_bars(cfg, freq))
+    cs = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
     _cross_sectional(p, cfg, cs, [_Columns(feats)], None)
     return pd.concat([feats, cs.frame(bars.index)], axis=1)

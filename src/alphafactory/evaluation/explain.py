@@ -32,7 +32,7 @@ from alphafactory import models
 from alphafactory.compute import FanOut, single_threaded_blas
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
-from alphafactory.models.base import Model
+from alphafactory.models.base import Model, float_matrix
 from alphafactory.progress import progress
 
 log = logging.getLogger(__name__)
@@ -120,13 +120,13 @@ def _contributions(est: Any, X: np.ndarray) -> np.ndarray:
 def shap_values(model: Model, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact tree SHAP of a tree model (see ``supports_shap``).
 
-    X: (n, F) float32 features. Returns (phi, base): phi (n, H, F) contributions per horizon and
+    X: (n, F) float32 (or float64) features. Returns (phi, base): phi (n, H, F) contributions per horizon and
     feature, base (n, H) expected values; ``phi.sum(-1) + base == model.predict(X)`` up to
     float rounding.
     """
     if not supports_shap(model):
         raise ValueError(f"model {model.name!r} has no native tree SHAP; use permutation_importance")
-    X = np.asarray(X, np.float32)
+    X = float_matrix(X)
     parts = [_contributions(e, X) for e in progress(model.estimators_, desc=f"{model.name} SHAP",
                                                      unit="horizon")]  # H x (n, F + 1)
     stacked = np.stack(parts, axis=1)  # (n, H, F + 1)
@@ -213,7 +213,7 @@ def _shuffled_scores(job: tuple[Model, np.ndarray, np.ndarray, np.ndarray, np.nd
     (model, X, Y, the group's column indices, (seeds, n) row permutations). Returns the (seeds, H)
     ICs and MSEs of the forecasts with the group's columns permuted by each permutation."""
     model, X, Y, cols, perms = job
-    X = np.array(X, dtype=np.float32, copy=True)  # shuffled in place below
+    X = float_matrix(X).copy()  # shuffled in place below
     mask = ~np.isnan(Y)
     original = X[..., cols].copy()  # (n, k) or (n, L, k)
     ics, mses = [], []
@@ -229,7 +229,7 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
                            n_seeds: int = 3, seed: int = 0, fan: FanOut | None = None) -> pd.DataFrame:
     """Drop in test IC (and rise in MSE) when each group of feature columns is shuffled across rows.
 
-    X: (n, F) or (n, L, F) float32 model inputs (shuffled along axis 0, one feature column at a
+    X: (n, F) or (n, L, F) float32 (or float64) model inputs (shuffled along axis 0, one feature column at a
     time for every window step together); Y: (n, H) realised targets, NaN where unlabelled;
     groups: label -> feature column indices shuffled together; fan: where the groups' shuffles
     run (:mod:`alphafactory.compute`; None: here). The permutations are drawn here, in group
@@ -240,7 +240,7 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
     ``ic_drop_std`` its spread over seeds (ddof=1, NaN for one seed), ``mse_rise`` the relative
     increase of MSE (0.01 = +1 %).
     """
-    X = np.asarray(X, dtype=np.float32)
+    X = float_matrix(X)
     Y = np.asarray(Y, np.float64)
     if len(X) != len(Y) or Y.ndim != 2:
         raise ValueError(f"X has {len(X)} rows and Y shape {Y.shape}; expected Y (n, H) with n = {len(X)}")

@@ -60,6 +60,13 @@ def standardize(x: Any, mean: Any, std: Any, clip: float | None, xp: Any = np) -
     return z if clip is None else xp.clip(z, -clip, clip)
 
 
+def float_matrix(X: Any) -> np.ndarray:
+    """X as a float32 array, or float64 if it is float64 (``features.dtype: float64``: the tree
+    libraries then bin, and LightGBM splits, on the unrounded values)."""
+    X = np.asarray(X)
+    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class XY:
     """A training segment. X: (n, F) float32, or (n, L, F) windows for sequence models;
@@ -299,7 +306,7 @@ class PerHorizonModel(Model):
         return None
 
     def _fit(self, train: XY, val: XY) -> None:
-        X, Xv = np.asarray(train.X, np.float32), np.asarray(val.X, np.float32)
+        X, Xv = float_matrix(train.X), float_matrix(val.X)
         self.estimators_, self.history_ = [], {}
         for j, h in enumerate(self.horizons):
             m, mv = ~np.isnan(train.Y[:, j]), ~np.isnan(val.Y[:, j])
@@ -314,7 +321,7 @@ class PerHorizonModel(Model):
             self.history_[f"h{h}"] = hist
 
     def _predict(self, X: Any) -> np.ndarray:
-        X = np.asarray(X, np.float32)
+        X = float_matrix(X)
         return np.stack([self._predict_one(e, X) for e in self.estimators_], axis=1)
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
