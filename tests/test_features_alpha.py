@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
-from test_features import ALL_GROUPS, KEYS, changed_features, check_causal, feature_cols, make_bars
 
 from alphafactory.features import FeatureConfig, compute_features, compute_features_batched
+from test_features import ALL_GROUPS, KEYS, changed_features, check_causal, feature_cols, hourly_timestamps, make_bars
 
 WINDOWS = (5, 12)
 ALPHA = FeatureConfig(groups=("kbar", "price_ratio", "rolling_ops", "price_volume", "up_down", "volume_ops"),
@@ -164,8 +164,6 @@ LOG1P_VOLUME = ("logvolume_chg_", "volume_z_", "volume_ret_corr_", "volume_trend
 def test_features_are_scale_free(daily: bool) -> None:
     """A symbol's prices x100 and volumes x1000 change no feature (every group, daily and
     intraday bars); with volumes of order 1 only the log(1 + volume) columns move."""
-    from test_features import hourly_timestamps
-
     stamps = pd.bdate_range("2019-01-01", periods=200) if daily else hourly_timestamps(40)
     bars = make_bars(stamps, n_symbols=3, seed=11)
     full = compute_features(bars, ALL_GROUPS)
@@ -211,3 +209,21 @@ def test_cs_normalize(how: str) -> None:
 def test_cs_normalize_config() -> None:
     with pytest.raises(ValueError, match="cs_normalize"):
         FeatureConfig(cs_normalize="minmax")
+
+
+def test_serving_needs_the_cross_section(caplog: pytest.LogCaptureFixture) -> None:
+    """A bundle with cs_normalize refuses a one-symbol request and warns on absent symbols."""
+    from types import SimpleNamespace
+
+    from alphafactory.errors import InputError
+    from alphafactory.serving.inference import _check_panel
+
+    bundle = SimpleNamespace(symbols=["S00", "S01", "S02"], models={},
+                             features=FeatureConfig(groups=("returns",), cs_normalize="zscore"))
+    bars = make_bars(pd.bdate_range("2020-01-01", periods=5), n_symbols=2, seed=0)
+    with pytest.raises(InputError, match="cs_normalize: zscore"):
+        _check_panel(bars[bars["symbol"] == "S00"], bundle)
+    _check_panel(bars, bundle)
+    assert "S02" in caplog.text and "cs_normalize" in caplog.text
+    plain = SimpleNamespace(symbols=bundle.symbols, models={}, features=FeatureConfig(groups=("returns",)))
+    _check_panel(bars[bars["symbol"] == "S00"], plain)  # without cs_normalize one symbol is fine
