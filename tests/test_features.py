@@ -9,9 +9,10 @@ from alphafactory import features
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import infer_frequency
 from alphafactory.evaluation.audit import perturb_after
-from alphafactory.features import FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
+from alphafactory.features import DEFAULT_GROUPS, FEATURE_GROUPS, FeatureConfig, compute_features, warmup_bars
 
 KEYS = ["symbol", "timestamp"]
+ALL_GROUPS = FeatureConfig(groups=FEATURE_GROUPS)  # the causality checks cover every group
 
 
 def make_bars(timestamps: pd.DatetimeIndex, n_symbols: int, seed: int) -> pd.DataFrame:
@@ -157,7 +158,8 @@ def test_matches_per_symbol_pandas(daily_bars: pd.DataFrame, daily_features: pd.
 
 
 def test_daily_causal(daily_bars: pd.DataFrame) -> None:
-    check_causal(daily_bars, FeatureConfig(), cut_fracs=(0.15, 0.42, 0.77))
+    check_contract(daily_bars, compute_features(daily_bars, ALL_GROUPS), ALL_GROUPS, min_features=350)
+    check_causal(daily_bars, ALL_GROUPS, cut_fracs=(0.15, 0.42, 0.77))
 
 
 def test_intraday(intraday_bars: pd.DataFrame) -> None:
@@ -170,7 +172,7 @@ def test_intraday(intraday_bars: pd.DataFrame) -> None:
                  "mtf_vol_ratio_5d"):
         assert name in cols, name
     assert not any(c.startswith(("wtd_", "mtd_")) for c in cols)
-    check_causal(intraday_bars, cfg, cut_fracs=(0.3, 0.61))
+    check_causal(intraday_bars, ALL_GROUPS, cut_fracs=(0.3, 0.61))
 
 
 def test_ragged_panel() -> None:
@@ -181,7 +183,7 @@ def test_ragged_panel() -> None:
     bars = pd.concat(parts, ignore_index=True)
     feats = compute_features(bars, FeatureConfig())
     check_contract(bars, feats, FeatureConfig(), min_features=150)
-    check_causal(bars, FeatureConfig(), cut_fracs=(0.4,))
+    check_causal(bars, ALL_GROUPS, cut_fracs=(0.4,))
 
 
 def test_flat_prices_and_zero_volume(daily_bars: pd.DataFrame) -> None:
@@ -192,8 +194,8 @@ def test_flat_prices_and_zero_volume(daily_bars: pd.DataFrame) -> None:
     halted = (bars["symbol"] == "S01").to_numpy() & (pos >= 100) & (pos < 190)
     bars.loc[halted, ["open", "high", "low", "close"]] = 42.0
     bars.loc[halted, "volume"] = 0.0
-    feats = compute_features(bars, FeatureConfig())
-    check_contract(bars, feats, FeatureConfig(), min_features=150)
+    feats = compute_features(bars, ALL_GROUPS)
+    check_contract(bars, feats, ALL_GROUPS, min_features=350)
     assert feats.loc[halted, "vol_cc_60"].iloc[-1] == 0 and feats.loc[halted, "skew_60"].iloc[-1] == 0
 
 
@@ -240,7 +242,7 @@ def test_config_errors() -> None:
                          FeatureConfig(cs_features=("rsi_99",)))
     cfg = from_dict(FeatureConfig, {"windows": [3, 7], "macd": [[3, 8, 4]]}, "features")
     assert cfg.windows == (3, 7) and cfg.macd == ((3, 8, 4),)
-    assert set(FeatureConfig().groups) == set(FEATURE_GROUPS)
+    assert FeatureConfig().groups == DEFAULT_GROUPS and set(DEFAULT_GROUPS) < set(FEATURE_GROUPS)
 
 
 def test_bad_bars(daily_bars: pd.DataFrame) -> None:

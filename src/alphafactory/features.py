@@ -55,7 +55,18 @@ FEATURE_GROUPS: tuple[str, ...] = (
     "calendar",
     "multi_timeframe",
     "cross_sectional",
+    # Alpha158-class operators (scale-free: prices over the close, volumes over their own scale);
+    # not in FeatureConfig's default groups.
+    "kbar",
+    "price_ratio",
+    "rolling_ops",
+    "price_volume",
+    "up_down",
+    "volume_ops",
 )
+# The default ``features.groups``: every group but the Alpha158-class ones.
+DEFAULT_GROUPS: tuple[str, ...] = FEATURE_GROUPS[: FEATURE_GROUPS.index("cross_sectional") + 1]
+CS_NORMALIZE: tuple[str, ...] = ("none", "zscore", "rank")
 
 BAR_COLUMNS: tuple[str, ...] = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 
@@ -92,9 +103,14 @@ class FeatureConfig:
         of work for the ``compute`` fan-out (:func:`compute_features_batched`). The exponentially
         weighted means run over a batch's whole array, so their last bits depend on the batch
         the symbol is in: a result of this key, not of where the batches run.
+    cs_normalize: none | zscore | rank: every feature (but the calendar group's, the same for
+        every symbol) replaced by its cross-sectional z-score (population std; 0 where all
+        symbols agree) or percentile rank in (0, 1] among the symbols at its timestamp. It reads
+        only that timestamp's rows, so it is causal; at serving time it ranks across the
+        symbols of the request (:func:`_cs_normalize`).
     """
 
-    groups: Annotated[tuple[Literal[FEATURE_GROUPS], ...], Unique()] = FEATURE_GROUPS
+    groups: Annotated[tuple[Literal[FEATURE_GROUPS], ...], Unique()] = DEFAULT_GROUPS
     # A window of 1 bar has no dispersion (std, skew, Bollinger width are undefined).
     windows: Annotated[tuple[Annotated[int, Interval(ge=2)], ...], NonEmpty(), Unique()] = (5, 10, 20, 60)
     return_lags: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], Unique()] = (1, 2, 3, 5, 10)
@@ -109,6 +125,7 @@ class FeatureConfig:
     cs_features: Annotated[tuple[str, ...], Unique()] = ()
     symbol_batch: Annotated[int, Interval(ge=0)] = 0
     dtype: Literal["float32", "float64"] = "float32"
+    cs_normalize: Literal[CS_NORMALIZE] = "none"
 
     def __post_init__(self) -> None:
         check(self, "features")  # also when built directly (the audit, tests), not only from params
@@ -143,7 +160,7 @@ def _group_warmups(cfg: FeatureConfig, bpd: int | None) -> dict[str, int]:
         mtf = max(_MONTH_BARS, w_max, 2 * max(cfg.mtf_scales)) if cfg.mtf_scales else _MONTH_BARS
     else:
         mtf = max([2 * bpd] + [max(s, w_max) for _, s in _day_scales(cfg, bpd)])
-    return {
+    warm = {
         "returns": max(w_max, 1 + max(cfg.return_lags, default=0)),
         "volatility": w_max,
         "atr": max(cfg.atr_periods, default=0),
@@ -161,6 +178,8 @@ def _group_warmups(cfg: FeatureConfig, bpd: int | None) -> dict[str, int]:
         "multi_timeframe": mtf,
         "cross_sectional": 0,  # inherits the warm-up of the features it ranks
     }
+    warm.update(_alpha_warmups(cfg))
+    return warm
 
 
 def warmup_bars(cfg: FeatureConfig, freq: FrequencyInfo | None = None) -> int:
@@ -995,6 +1014,217 @@ _GROUP_FUNCS: dict[str, Callable[[_Panel, FeatureConfig, _Out], None]] = {
 }
 
 
+# --------------------------------------------------------------------------------------------
+# Alpha158-class operators (the public formulas of qlib's Alpha158 set, written here): every
+# price level is divided by the bar's close and every volume statistic by a volume, so they are
+# free of the price and volume scale. Own groups, not in the default ``features.groups``.
+# --------------------------------------------------------------------------------------------
+
+_QTL_UP, _QTL_DOWN = 0.8, 0.2  # QTLU / QTLD quantiles of the close
+
+
+def _alpha_warmups(cfg: FeatureConfig) -> dict[str, int]:
+    """First bar index of every feature of the Alpha158-class groups (see ``_group_warmups``)."""
+    w_max = max(cfg.windows)
+    return {"kbar": 0, "price_ratio": 1, "rolling_ops": w_max, "price_volume": w_max,
+            "up_down": w_max, "volume_ops": w_max}
+
+
+def _roll_quantile(p: _Panel, x: np.ndarray, w: int, q: float) -> np.ndarray:
+    """(n,) trailing w-bar quantile q (linear interpolation), pandas' rolling kernel."""
+    bounds = p.windows(w)
+    return _window_agg.roll_quantile(np.asarray(x, np.float64), bounds.start, bounds.end, w, q, "linear")
+
+
+def _roll_rank(p: _Panel, x: np.ndarray, w: int) -> np.ndarray:
+    """(n,) percentile rank in (0, 1] of x[t] among its trailing w bars (ties: average rank),
+    pandas' ``rolling(w).rank(pct=True)`` kernel."""
+    bounds = p.windows(w)
+    return _window_agg.roll_rank(np.asarray(x, np.float64), bounds.start, bounds.end, w, True, "average", True)
+
+
+_ARG_BLOCK = 1 << 16  # windows per argmax block: bounds the temporaries of a long panel
+
+
+def _bars_since_extreme(p: _Panel, x: np.ndarray, w: int, how: str) -> np.ndarray:
+    """(n,) bars since the trailing w-bar maximum (``how="max"``) or minimum of x, 0..w-1; on
+    ties the earliest one. NaN where the window would reach into the previous symbol (pos < w-1).
+
+    A strided (n - w + 1, w) view of the whole panel (no copy), reduced in blocks of windows;
+    windows that straddle two symbols are computed and then masked."""
+    out = np.full(p.n, np.nan)
+    if p.n < w:
+        return out
+    view = np.lib.stride_tricks.sliding_window_view(np.asarray(x, np.float64), w)  # (n - w + 1, w)
+    arg = np.argmax if how == "max" else np.argmin
+    for a in range(0, len(view), _ARG_BLOCK):
+        out[w - 1 + a: w - 1 + a + _ARG_BLOCK] = (w - 1) - arg(view[a: a + _ARG_BLOCK], axis=1)
+    out[p.pos < w - 1] = np.nan
+    return out
+
+
+def _time_regression(p: _Panel, y: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slope, r2, resid), each (n,): least squares of y on time over the trailing w bars,
+    time in bars; resid is y[t] minus the fitted line at t. r2 is 0 in a flat window.
+
+    The time axis is the bar index within the symbol (``pos``), so the sums stay small and no
+    window mixes symbols; the centred time has the same spread w (w^2 - 1) / 12 in every window."""
+    t = p.pos.astype(np.float64)
+    sum_y = p.roll(y, w, "sum")
+    sum_ty = p.roll(t * y, w, "sum")
+    t_mean = t - (w - 1) / 2.0  # mean time of the window ending at t
+    sxx = w * (w * w - 1) / 12.0
+    sxy = sum_ty - t_mean * sum_y
+    slope = sxy / sxx
+    syy = p.roll(y, w, "var") * (w - 1)
+    r2 = _div(sxy * sxy, sxx * syy, 0.0)
+    resid = y - (sum_y / w + slope * (w - 1) / 2.0)
+    return slope, np.clip(r2, 0.0, 1.0), resid
+
+
+def _kbar(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """The bar's shape: body, wicks and shift over the open (KMID, KLEN, KUP, KLOW, KSFT) and
+    over the range (KMID2, KUP2, KLOW2, KSFT2; 0 where high == low)."""
+    rng = p.h - p.l
+    top, bottom = np.maximum(p.o, p.c), np.minimum(p.o, p.c)
+    shift = 2.0 * p.c - p.h - p.l
+    out.add("kmid", (p.c - p.o) / p.o, 0)
+    out.add("klen", rng / p.o, 0)
+    out.add("kmid2", _div(p.c - p.o, rng, 0.0), 0)
+    out.add("kup", (p.h - top) / p.o, 0)
+    out.add("kup2", _div(p.h - top, rng, 0.0), 0)
+    out.add("klow", (bottom - p.l) / p.o, 0)
+    out.add("klow2", _div(bottom - p.l, rng, 0.0), 0)
+    out.add("ksft", shift / p.o, 0)
+    out.add("ksft2", _div(shift, rng, 0.0), 0)
+
+
+def _price_ratio(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """Open, high, low of this bar and open, high, low, close of the previous bar, each divided
+    by this bar's close (OPEN0, HIGH0, LOW0 and their lag-1 versions)."""
+    for name, x in (("open", p.o), ("high", p.h), ("low", p.l)):
+        out.add(f"{name}_0", x / p.c, 0)
+    for name, x in (("open", p.o), ("high", p.h), ("low", p.l), ("close", p.c)):
+        out.add(f"{name}_1", p.lag(x, 1) / p.c, 1)
+
+
+def _rolling_ops(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """Rolling operators of the close over each window w, levels over the current close: ROC, MA,
+    STD, BETA / RSQR / RESI (regression on time), MAX (high), MIN (low), QTLU / QTLD, RANK,
+    IMAX / IMIN / IMXD (bars since the high / low, over w). RSV is ``stoch_k_{w}`` (group stochastic)."""
+    for w in cfg.windows:
+        out.add(f"roc_{w}", p.lag(p.c, w) / p.c, w)
+        out.add(f"ma_{w}", p.roll(p.c, w, "mean", "c") / p.c, w - 1)
+        out.add(f"std_{w}", p.roll(p.c, w, "std", "c") / p.c, w - 1)
+        slope, r2, resid = _time_regression(p, p.c, w)
+        out.add(f"beta_{w}", slope / p.c, w - 1)
+        out.add(f"rsqr_{w}", r2, w - 1)
+        out.add(f"resi_{w}", resid / p.c, w - 1)
+        out.add(f"max_{w}", p.roll(p.h, w, "max", "h") / p.c, w - 1)
+        out.add(f"min_{w}", p.roll(p.l, w, "min", "l") / p.c, w - 1)
+        out.add(f"qtlu_{w}", _roll_quantile(p, p.c, w, _QTL_UP) / p.c, w - 1)
+        out.add(f"qtld_{w}", _roll_quantile(p, p.c, w, _QTL_DOWN) / p.c, w - 1)
+        out.add(f"rank_{w}", _roll_rank(p, p.c, w), w - 1)
+        since_high = _bars_since_extreme(p, p.h, w, "max")
+        since_low = _bars_since_extreme(p, p.l, w, "min")
+        out.add(f"imax_{w}", since_high / w, w - 1)
+        out.add(f"imin_{w}", since_low / w, w - 1)
+        out.add(f"imxd_{w}", (since_low - since_high) / w, w - 1)  # > 0: the high came after the low
+
+
+def _price_volume(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """CORR: correlation of the close with log(1 + volume); CORD: of the 1-bar log return with
+    the 1-bar change of log(1 + volume); over each window (0 where either side is constant)."""
+    lv = np.log1p(p.v)
+    dlv = lv - p.lag(lv, 1)
+    for w in cfg.windows:
+        out.add(f"corr_{w}", p.corr(p.c, lv, w), w - 1)
+        out.add(f"cord_{w}", p.corr(p.r, dlv, w), w)
+
+
+def _signed_share(p: _Panel, d: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(up, down): the shares of sum |d| over w bars in the rises and in the falls of d (0.5
+    each where d is 0 throughout)."""
+    total = p.roll(np.abs(d), w, "sum")
+    up = _div(p.roll(np.where(np.isnan(d), np.nan, np.maximum(d, 0.0)), w, "sum"), total, 0.5)
+    down = _div(p.roll(np.where(np.isnan(d), np.nan, np.maximum(-d, 0.0)), w, "sum"), total, 0.5)
+    return up, down
+
+
+def _up_down(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """CNTP / CNTN / CNTD: shares of rising and falling bars (and their difference); SUMP / SUMN
+    / SUMD: shares of the absolute close changes in the rises and falls (an RSI with a simple
+    mean), over each window."""
+    d = p.c - p.lag(p.c, 1)
+    rise = np.where(np.isnan(d), np.nan, (d > 0).astype(np.float64))
+    fall = np.where(np.isnan(d), np.nan, (d < 0).astype(np.float64))
+    for w in cfg.windows:
+        cntp, cntn = p.roll(rise, w, "mean"), p.roll(fall, w, "mean")
+        out.add(f"cntp_{w}", cntp, w)
+        out.add(f"cntn_{w}", cntn, w)
+        out.add(f"cntd_{w}", cntp - cntn, w)
+        sump, sumn = _signed_share(p, d, w)
+        out.add(f"sump_{w}", sump, w)
+        out.add(f"sumn_{w}", sumn, w)
+        out.add(f"sumd_{w}", sump - sumn, w)
+
+
+def _volume_ops(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """VMA / VSTD: the w-bar mean and std of the volume over this bar's volume (1 and 0 on a
+    zero-volume bar); WVMA: coefficient of variation of |simple return| * volume; VSUMP / VSUMN
+    / VSUMD: shares of the absolute volume changes in the rises and falls of volume."""
+    ar_v = np.abs(np.expm1(p.r)) * p.v  # NaN on first bars
+    dv = p.v - p.lag(p.v, 1)
+    for w in cfg.windows:
+        out.add(f"vma_{w}", _div(p.roll(p.v, w, "mean", "v"), p.v, 1.0), w - 1)
+        out.add(f"vstd_{w}", _div(p.roll(p.v, w, "std", "v"), p.v, 0.0), w - 1)
+        out.add(f"wvma_{w}", _div(p.roll(ar_v, w, "std"), p.roll(ar_v, w, "mean"), 0.0), w)
+        vsump, vsumn = _signed_share(p, dv, w)
+        out.add(f"vsump_{w}", vsump, w)
+        out.add(f"vsumn_{w}", vsumn, w)
+        out.add(f"vsumd_{w}", vsump - vsumn, w)
+
+
+_GROUP_FUNCS.update({
+    "kbar": _kbar,
+    "price_ratio": _price_ratio,
+    "rolling_ops": _rolling_ops,
+    "price_volume": _price_volume,
+    "up_down": _up_down,
+    "volume_ops": _volume_ops,
+})
+
+
+def _cs_normalize(parts: list[_Out | _Columns], ts: np.ndarray, how: str, skip: Any = None) -> None:
+    """Replace, in place, every (n,) column of ``parts`` (``_Out`` or ``_Columns``; but
+    those of ``skip``, the calendar group's) by its cross-sectional z-score or percentile rank
+    among the rows at the same timestamp ``ts`` (n,). NaN stays NaN and is left out of the
+    statistics; a z-score is 0 where the timestamp's values are all equal (one symbol included)."""
+    ts_code, uniq = pd.factorize(ts, sort=False)
+    n_ts = len(uniq)
+    for part in parts:
+        if part is skip:
+            continue
+        for name, x in part.cols.items():
+            xd = x.astype(np.float64)
+            valid = ~np.isnan(xd)
+            if how == "rank":
+                z = pd.Series(xd, copy=False).groupby(ts_code).rank(pct=True).to_numpy()
+            else:
+                cnt = np.bincount(ts_code, weights=valid, minlength=n_ts)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.bincount(ts_code, weights=np.where(valid, xd, 0.0), minlength=n_ts) / cnt
+                    dev = xd - mean[ts_code]
+                    std = np.sqrt(np.bincount(ts_code, weights=np.where(valid, dev * dev, 0.0),
+                                              minlength=n_ts) / cnt)
+                z = _div(dev, std[ts_code], 0.0)
+            z = np.where(valid, z, np.nan)
+            if isinstance(part, _Out):
+                np.copyto(x, z, casting="unsafe")  # into its buffer (features.dtype)
+            else:
+                part.cols[name] = z.astype(x.dtype)
+
+
 def _check_bars(bars: pd.DataFrame) -> None:
     """Raise ValueError unless ``bars`` follows the bars-panel contract."""
     if not isinstance(bars, pd.DataFrame):
@@ -1117,6 +1347,8 @@ def compute_features(
         cs = _Out(p.pos if need is None else p.pos[need], warm, cfg.dtype)
         _cross_sectional(p, cfg, cs, parts, need, n_jobs)
         parts.append(cs)
+    if cfg.cs_normalize != "none":
+        _cs_normalize(parts, p.ts if need is None else p.ts[need], cfg.cs_normalize, skip=outs.get("calendar"))
 
     rows = bars if keep is None else bars.iloc[keep]
     keys = pd.DataFrame(
@@ -1155,13 +1387,22 @@ def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequ
     if freq is None:
         freq = infer_frequency(bars)
     ends = np.r_[starts[1:], len(bars)]
-    own = dataclasses.replace(cfg, groups=tuple(g for g in cfg.groups if g != "cross_sectional"))
+    own = dataclasses.replace(cfg, groups=tuple(g for g in cfg.groups if g != "cross_sectional"),
+                              cs_normalize="none")  # across the whole panel, below
     first = range(0, len(starts), cfg.symbol_batch)  # first symbol of each batch
     jobs = [(bars.iloc[starts[i]:ends[min(i + cfg.symbol_batch, len(starts)) - 1]], own, freq) for i in first]
     feats = pd.concat((fan or FanOut()).map(_features_job, jobs, desc="featurize", unit="batch"))
-    if "cross_sectional" not in cfg.groups:
-        return feats
     p = _Panel(bars, freq)
-    cs = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
-    _cross_sectional(p, cfg, cs, [_Columns(feats)], None)
-    return pd.concat([feats, cs.frame(bars.index)], axis=1)
+    if "cross_sectional" in cfg.groups:
+        cs = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
+        _cross_sectional(p, cfg, cs, [_Columns(feats)], None)
+        feats = pd.concat([feats, cs.frame(bars.index)], axis=1)
+    if cfg.cs_normalize != "none":
+        cols = _Columns(feats)
+        if "calendar" in cfg.groups:  # left as they are: drop their names
+            calendar = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
+            _calendar(p, cfg, calendar)
+            cols.cols = {c: x for c, x in cols.cols.items() if c not in calendar.cols}
+        _cs_normalize([cols], p.ts, cfg.cs_normalize)
+        feats = feats.assign(**cols.cols)
+    return feats

@@ -389,6 +389,17 @@ def _check_panel(bars: pd.DataFrame, bundle: Bundle) -> None:
         log.warning("bars: %d training symbol(s) absent: %s; cross-sectional features rank across "
                     "the symbols present, so forecasts differ from a run on the full panel",
                     len(absent), absent[:10])
+    # features.cs_normalize is applied to the request's cross-section (compute_features): it
+    # needs one, and equals the pipeline's features only with the training symbols all present.
+    how = bundle.features.cs_normalize
+    if how != "none" and len(present) < 2:
+        raise InputError(f"bars: {len(present)} symbol(s); this bundle normalises every feature across the "
+                         f"symbols at each timestamp (features.cs_normalize: {how}), so a request needs the "
+                         f"cross-section: send the bars of all {len(bundle.symbols)} training symbols together")
+    if how != "none" and absent:
+        log.warning("bars: %d training symbol(s) absent: %s; features.cs_normalize: %s normalises across the "
+                    "symbols present, so forecasts differ from a run on the full panel", len(absent),
+                    absent[:10], how)
 
 
 def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None = None, *,
