@@ -32,6 +32,7 @@ import argparse
 import os
 import re
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,8 +69,34 @@ def stage_order(repo: Path, env: dict, target: str | None) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", out)
 
 
+def _kill_tree(proc: subprocess.Popen, ps: psutil.Process) -> None:
+    try:
+        for p in ps.children(recursive=True):
+            p.kill()
+    except psutil.Error:
+        pass
+    proc.kill()
+
+
+def _watch(proc: subprocess.Popen, ps: psutil.Process, max_rss: float) -> tuple[float, str]:
+    """Sample the summed RSS of ``proc``'s tree until it exits: (peak GiB, '' or why it was stopped)."""
+    peak_tree = 0.0
+    while proc.poll() is None:
+        try:
+            tree = [ps, *ps.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree if p.is_running())
+        except psutil.Error:
+            rss = 0
+        peak_tree = max(peak_tree, rss / GIB)
+        if peak_tree > max_rss:
+            _kill_tree(proc, ps)
+            return peak_tree, f"stopped at {peak_tree:.1f} GiB (--max-rss-gib {max_rss:g})"
+        time.sleep(0.2)
+    return peak_tree, ""
+
+
 def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float, float, float, str]:
-    """(wall s, peak single-process RSS GiB, peak tree RSS GiB, error or '') of ``dvc repro -s``."""
+    """(wall s, peak single-process RSS GiB, peak tree RSS GiB, error or '') of ``dvc repro -f -s``."""
     # a fresh wrapper per stage, so that its RUSAGE_CHILDREN max is this stage's alone
     wrapper = (
         "import resource, subprocess, sys\n"
@@ -81,21 +108,11 @@ def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float,
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak_tree, killed = 0.0, ""
-    while proc.poll() is None:
-        try:
-            tree = [ps, *ps.children(recursive=True)]
-            rss = sum(p.memory_info().rss for p in tree if p.is_running())
-        except psutil.Error:
-            rss = 0
-        peak_tree = max(peak_tree, rss / GIB)
-        if peak_tree > max_rss:
-            for p in ps.children(recursive=True):
-                p.kill()
-            proc.kill()
-            killed = f"stopped at {peak_tree:.1f} GiB (--max-rss-gib {max_rss:g})"
-            break
-        time.sleep(0.2)
+    try:
+        peak_tree, killed = _watch(proc, ps, max_rss)
+    except BaseException:  # Ctrl-C or SIGTERM: leave no stage running behind us
+        _kill_tree(proc, ps)
+        raise
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     lines = err.strip().splitlines()
@@ -112,6 +129,8 @@ def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float,
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C: the running stage is killed and the temporary clone removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--symbols", default="100,500,2000,5000", help="comma-separated universe sizes")
     ap.add_argument("--bars", type=int, default=2520, help="daily bars per symbol")
