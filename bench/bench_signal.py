@@ -1,6 +1,6 @@
 """Planted-signal benchmark: how much of the oracle's IC each model recovers, old vs new defaults.
 
-    python bench/bench_signal.py [--signal mixed] [--symbols 60] [--bars 2500] [--strength 0.1]
+    python bench/bench_signal.py [--signal mixed] [--symbols 60] [--bars 2500] [--strength 0.05]
         [--models ridge,lightgbm,xgboost,catboost] [--settings old,new] [--groups returns,volume,...]
 
 Panel: ``make_synthetic`` (daily, ``--symbols`` x ``--bars``, seed ``--seed``, planted signal
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--signal", default="mixed")
     ap.add_argument("--symbols", type=int, default=60)
     ap.add_argument("--bars", type=int, default=2500)
-    ap.add_argument("--strength", type=float, default=0.1)
+    ap.add_argument("--strength", type=float, default=0.05)  # data.synthetic.signal_strength default
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--horizons", default="1", help="comma-separated label horizons (default 1)")
     ap.add_argument("--models", default="ridge,lightgbm,xgboost,catboost")
