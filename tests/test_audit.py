@@ -115,3 +115,18 @@ def test_audit_config_errors() -> None:
     with pytest.raises(ValueError, match="audit checks: got \\['causalty'\\]"):
         audit.AuditConfig(checks=("causalty",)).validate()
     assert cli.main(["audit", "--quick", "--params", "/nonexistent/params.yaml"]) == 2
+    with pytest.raises(ValueError, match="audit signal: got 'nonlinear'"):
+        audit.AuditConfig(signal="nonlinear").validate()
+
+
+def test_audit_signal_panel_carries_the_chosen_kind() -> None:
+    from alphafactory.data.synthetic import SyntheticConfig, make_synthetic
+
+    cfg = audit.AuditConfig(symbols=5, bars=400, signal="mixed")
+    bars, oracle = audit.synthetic_panel(cfg, 0.1, 3, (1, 5))
+    want_bars, want = make_synthetic(SyntheticConfig(symbols=5, bars=400, seed=3, signal_strength=0.1,
+                                                     signal="mixed"), (1, 5))
+    np.testing.assert_allclose(bars["close"].to_numpy(), want_bars["close"].to_numpy(), rtol=1e-12)
+    np.testing.assert_allclose(oracle["yhat"].to_numpy(), want["yhat"].to_numpy(), rtol=1e-12)
+    _, linear = audit.synthetic_panel(audit.AuditConfig(symbols=5, bars=400), 0.1, 3, (1, 5))
+    assert not np.allclose(linear["yhat"].to_numpy(), oracle["yhat"].to_numpy())

@@ -201,3 +201,24 @@ def test_feature_selection_is_refitted_on_each_folds_train_rows(panel, monkeypat
     assert out["ridge"]["h1"]["mean"]["ic"] > 0.5  # ridge on "knows" alone still finds it
     plain = cross_validate(ds, labels, folds, cfg, blocks={}, seed=0)
     assert not any("selected" in s for s in plain["_folds"].values())
+
+
+def test_fold_scores_use_the_raw_return_under_a_normalised_target():
+    """score_fold scores against ds.R (ret_h) when the target Y is normalised."""
+    import pandas as pd
+
+    from alphafactory.dataset import Dataset
+    from alphafactory.evaluation.cv import score_fold
+
+    rng = np.random.default_rng(0)
+    n_t, syms = 200, ["A", "B", "C"]
+    keys = pd.DataFrame({"symbol": np.repeat(syms, n_t),
+                         "timestamp": np.tile(pd.bdate_range("2020-01-01", periods=n_t), 3)})
+    ret = rng.standard_normal((len(keys), 1)).astype(np.float32)
+    ds = Dataset(keys=keys, X=np.zeros((len(keys), 1), np.float32), Y=rng.standard_normal((len(keys), 1)).astype(np.float32),
+                 feature_names=["f"], horizons=(1,), segment=np.full(len(keys), "test"),
+                 sym_codes=np.repeat(np.arange(3), n_t), vol=np.ones(len(keys)), R=ret)
+    preds = keys.assign(model="m", horizon=1, yhat=ret[:, 0] + rng.standard_normal(len(keys)))
+    got = score_fold(preds, ds)["m"]["h1"]
+    assert got["ic"] == pytest.approx(np.corrcoef(preds["yhat"], ret[:, 0])[0, 1], rel=1e-5)
+    assert got["ic"] > 0.5

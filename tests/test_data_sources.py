@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from alphafactory.config import from_dict
+from alphafactory.data import synthetic
 from alphafactory.data.frequency import infer_frequency
 from alphafactory.data.sources import DEFAULT_PATH, DataConfig, SyntheticConfig, load_bars, load_bundled, load_file
-from alphafactory.data.synthetic import make_synthetic, oracle_from_bars
+from alphafactory.data.synthetic import SIGNALS, make_synthetic, oracle_from_bars, planted_ic
 from alphafactory.data.validate import BAR_COLUMNS, validate_bars
 from alphafactory.errors import ConfigError, DataValidationError
 
@@ -398,6 +399,83 @@ def test_synthetic_oracle_is_causal() -> None:
     past = (oracle["timestamp"] <= cut).to_numpy()
     np.testing.assert_array_equal(again.loc[past, "yhat"].to_numpy(), rebuilt.loc[past, "yhat"].to_numpy())
     assert not np.allclose(again.loc[~past, "yhat"], rebuilt.loc[~past, "yhat"])  # the test can fail
+
+
+HARDER = [k for k in SIGNALS if k != "linear"]
+
+
+@pytest.mark.parametrize("kind", HARDER)
+def test_synthetic_signal_kinds_oracle_ic_at_planted_strength(kind: str) -> None:
+    n, t = 50, 2000
+    cfg = SyntheticConfig(symbols=n, bars=t, seed=3, signal_strength=0.1, signal=kind)
+    bars, oracle = make_synthetic(cfg, (1, 5))
+    want = planted_ic(cfg)
+    assert 0.09 < want < 0.11, want  # drift/mixed: 0.1 up to the partial cycle of the strength
+    for h in (1, 5):
+        y = oracle.loc[oracle.horizon == h, "yhat"].to_numpy().reshape(n, t)
+        fwd = _forward(bars, h, n, t)
+        ok = ~np.isnan(fwd)
+        ic = np.corrcoef(y[ok], fwd[ok])[0, 1]
+        if h == 1:  # 1 / sqrt(100k rows) = 0.003 sampling sd (plus the market factor)
+            assert abs(ic - want) < 0.025, (kind, ic, want)
+        else:
+            assert ic > 0.02, (kind, h, ic)
+        slope = np.polyfit(y[ok], fwd[ok], 1)[0]  # the true conditional mean: slope 1
+        assert 0.8 < slope < 1.2, (kind, h, slope)
+
+
+def test_synthetic_signal_kinds_differ_from_linear() -> None:
+    base = dict(symbols=8, bars=400, seed=4, signal_strength=0.1)
+    _, lin = make_synthetic(SyntheticConfig(**base), (1,))
+    for kind in HARDER:
+        if kind != "drift":
+            _, o = make_synthetic(SyntheticConfig(**base, signal=kind), (1,))
+            r = np.corrcoef(o.yhat, lin.yhat)[0, 1]
+            assert abs(r) < 0.9, (kind, r)
+    # drift: the linear signal times a strength known from the bar's position alone
+    _, o = make_synthetic(SyntheticConfig(**base, signal="drift"), (1,))
+    ratio = o.yhat.to_numpy().reshape(8, 400)[:, 1:] / lin.yhat.to_numpy().reshape(8, 400)[:, 1:]
+    np.testing.assert_allclose(ratio, np.broadcast_to(synthetic.drift_factor(np.arange(1, 400)), ratio.shape),
+                               rtol=1e-9)
+    assert ratio.min() < 0.75 and ratio.max() > 1.2  # 400 bars: half of a 750-bar cycle
+    # cross-sectional: the signal behind the oracle sums to 0 over symbols at every bar
+    cfg = SyntheticConfig(**base, signal="cross_sectional")
+    _, o = make_synthetic(cfg, (1,))
+    sbar = synthetic._params(cfg, synthetic._rngs(cfg.seed)[0]).sbar
+    per_sym = o.yhat.to_numpy().reshape(8, 400) / sbar[:, None]
+    np.testing.assert_allclose(per_sym.sum(axis=0), 0.0, atol=1e-12)
+    assert np.abs(per_sym).max() > 1e-4
+    # interaction: no forecast where the volume shock is ordinary, so many exact zeros
+    _, o = make_synthetic(SyntheticConfig(**base, signal="interaction"), (1,))
+    assert 0.5 < (o.yhat == 0.0).mean() < 0.8
+
+
+def test_synthetic_cross_sectional_needs_two_symbols() -> None:
+    with pytest.raises(ConfigError, match="data.synthetic.signal"):
+        make_synthetic(SyntheticConfig(symbols=1, bars=300, signal="mixed"))
+    with pytest.raises(ConfigError, match="signal"):
+        from_dict(SyntheticConfig, {"signal": "nonlinear"}, "data.synthetic")
+
+
+@pytest.mark.parametrize("kind", HARDER)
+def test_synthetic_signal_kinds_oracle_is_causal(kind: str) -> None:
+    cfg = SyntheticConfig(symbols=6, bars=300, seed=5, signal_strength=0.2, signal=kind)
+    hs = (1, 2, 7)
+    bars, oracle = make_synthetic(cfg, hs)
+    rebuilt = oracle_from_bars(bars, cfg, hs)
+    np.testing.assert_allclose(rebuilt["yhat"], oracle["yhat"], rtol=0, atol=1e-12)
+    cut = bars["timestamp"].unique()[150]
+    later = (bars["timestamp"] > cut).to_numpy()
+    rng = np.random.default_rng(0)
+    changed = bars.copy()
+    f = np.exp(rng.normal(0, 0.05, later.sum()))
+    for c in ("open", "high", "low", "close"):
+        changed.loc[later, c] = changed.loc[later, c] * f
+    changed.loc[later, "volume"] *= np.exp(rng.normal(0, 1, later.sum()))
+    again = oracle_from_bars(changed, cfg, hs)
+    past = (oracle["timestamp"] <= cut).to_numpy()
+    np.testing.assert_array_equal(again.loc[past, "yhat"].to_numpy(), rebuilt.loc[past, "yhat"].to_numpy())
+    assert not np.allclose(again.loc[~past, "yhat"], rebuilt.loc[~past, "yhat"])
 
 
 def test_synthetic_hourly() -> None:

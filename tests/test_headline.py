@@ -175,3 +175,21 @@ def test_deflated_sharpe_counts_every_trial_and_uses_their_spread():
     assert t["dsr"] < sel["dsr"] and t["psr"] == sel["psr"]
     with pytest.raises(ValueError, match="extra_trials"):
         evaluate(preds, labels, 252.0, EvaluateConfig(), extra_trials=-1)
+
+
+def test_ic_and_trading_score_the_raw_return_under_a_normalised_target():
+    """label.normalize trains on y != ret: ICs, direction and trading against ret; MAE/RMSE/R²
+    against y (the forecast's units)."""
+    preds, labels = scored_panel()
+    raw = evaluate(preds, labels, 252.0, EvaluateConfig(), ensembles=("ensemble",)).metrics
+    rng = np.random.default_rng(4)
+    scrambled = labels.assign(y_h1=rng.standard_normal(len(labels)))  # a target unrelated to ret
+    ev = evaluate(preds, scrambled, 252.0, EvaluateConfig(), ensembles=("ensemble",)).metrics
+    for m in ("good", "weak", "ensemble"):
+        for k in ("ic", "rank_ic", "ic_se", "dir_acc", "cs_ic_mean", "sharpe", "ls_sharpe"):
+            if k in raw[m]["h1"]:
+                assert ev[m]["h1"][k] == pytest.approx(raw[m]["h1"][k], nan_ok=True), (m, k)
+        assert ev[m]["h1"]["rmse"] != pytest.approx(raw[m]["h1"]["rmse"])
+        p = preds[(preds.model == m)].merge(scrambled, on=["symbol", "timestamp"])
+        assert ev[m]["h1"]["rmse"] == pytest.approx(float(np.sqrt(np.mean((p.yhat - p.y_h1) ** 2))))
+    assert raw["good"]["h1"]["ic"] > 0.3

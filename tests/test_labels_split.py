@@ -26,7 +26,7 @@ def test_forward_log_return_and_end_time(bars):
 
 
 def test_normalised_target_and_classes(bars):
-    cfg = LabelConfig(horizons=(5,), normalize=True, class_threshold=0.5, vol_window=20)
+    cfg = LabelConfig(horizons=(5,), normalize="vol", class_threshold=0.5, vol_window=20)
     lab = make_labels(bars, cfg)
     ok = lab["y_h5"].notna()
     np.testing.assert_allclose(lab.loc[ok, "y_h5"], lab.loc[ok, "ret_h5"] / (lab.loc[ok, "vol"] * np.sqrt(5)))
@@ -36,6 +36,44 @@ def test_normalised_target_and_classes(bars):
     # trailing vol at t uses returns up to t only: the first vol_window bars have none
     first = lab.groupby("symbol").head(20)
     assert first["vol"].isna().all()
+
+
+def test_cross_sectional_targets(bars):
+    raw = make_labels(bars, LabelConfig(horizons=(1, 5)))
+    for h in (1, 5):
+        np.testing.assert_array_equal(raw[f"y_h{h}"].to_numpy(), raw[f"ret_h{h}"].to_numpy())
+    z = make_labels(bars, LabelConfig(horizons=(1, 5), normalize="cs_zscore"))
+    r = make_labels(bars, LabelConfig(horizons=(1, 5), normalize="cs_rank"))
+    for h in (1, 5):
+        ret = z[f"ret_h{h}"]
+        np.testing.assert_array_equal(ret.to_numpy(), raw[f"ret_h{h}"].to_numpy())  # raw return kept
+        n = ret.notna().groupby(z["timestamp"]).transform("sum")
+        ok = ret.notna() & (n >= 2)
+        g = z.loc[ok].groupby("timestamp")[f"y_h{h}"]
+        np.testing.assert_allclose(g.mean(), 0.0, atol=1e-9)
+        np.testing.assert_allclose(g.std(ddof=0), 1.0, rtol=1e-9)
+        # the z-score is an affine map of the raw return within a timestamp
+        want = ret[ok] - ret[ok].groupby(z.loc[ok, "timestamp"]).transform("mean")
+        assert np.corrcoef(want, z.loc[ok, f"y_h{h}"])[0, 1] > 0.5
+        assert z.loc[~ok, f"y_h{h}"].isna().all()
+        gr = r.loc[ok].groupby("timestamp")[f"y_h{h}"]
+        np.testing.assert_allclose(gr.mean(), 0.0, atol=1e-12)
+        assert r.loc[ok, f"y_h{h}"].between(-0.5, 0.5).all()
+        # same order within each timestamp as the raw return
+        rk = ret[ok].groupby(z.loc[ok, "timestamp"]).rank()
+        np.testing.assert_array_equal(rk.to_numpy(), r.loc[ok, f"y_h{h}"].groupby(z.loc[ok, "timestamp"]).rank().to_numpy())
+        # classes stay those of the raw return
+        np.testing.assert_array_equal(z[f"cls_h{h}"].to_numpy(), raw[f"cls_h{h}"].to_numpy())
+
+
+def test_label_normalize_old_boolean_is_a_clear_error():
+    for old, new in ((False, "none"), (True, "vol")):
+        with pytest.raises(ConfigError, match=f"label.normalize: got {str(old).lower()}, the old boolean form.*"
+                                              f"{'false is now none, true is vol'}"):
+            from_dict(LabelConfig, {"normalize": old}, "label")
+        assert from_dict(LabelConfig, {"normalize": new}, "label").normalize == new
+    with pytest.raises(ConfigError, match="label.normalize"):
+        from_dict(LabelConfig, {"normalize": "rank"}, "label")
 
 
 def test_label_config_errors():

@@ -50,7 +50,9 @@ class Dataset:
     targets (NaN where the label is missing); segment: (n,) str in {train, val, test, purged}; vol: (n,) trailing 1-bar volatility at
     each row's time (the label stage's ``vol``, used to scale forecast uncertainty); C: (n, H)
     float32 class indices 0/1/2 (SHORT/NEUTRAL/LONG, the label stage's ``cls_h`` + 1), NaN where
-    unlabelled: the targets of the classification task.
+    unlabelled: the targets of the classification task; R: (n, H) float32 raw forward log
+    returns (``ret_h``, what CV scores against; equal to Y under ``label.normalize: none``), None
+    when the labels carry none.
     """
 
     keys: pd.DataFrame
@@ -62,6 +64,7 @@ class Dataset:
     sym_codes: np.ndarray = field(repr=False)
     vol: np.ndarray = field(repr=False)
     C: np.ndarray | None = field(default=None, repr=False)
+    R: np.ndarray | None = field(default=None, repr=False)
 
     def rows(self, segment: str) -> np.ndarray:
         return np.flatnonzero(self.segment == segment)
@@ -91,7 +94,7 @@ class Dataset:
         return Dataset(keys=self.keys.iloc[rows].reset_index(drop=True), X=self.X[rows], Y=self.Y[rows],
                        feature_names=self.feature_names, horizons=self.horizons, segment=self.segment[rows],
                        sym_codes=self.sym_codes[rows], vol=self.vol[rows],
-                       C=None if self.C is None else self.C[rows])
+                       C=None if self.C is None else self.C[rows], R=None if self.R is None else self.R[rows])
 
 
 def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
@@ -105,7 +108,9 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
             f"labels lack {missing}: the label stage was run with other horizons than {list(horizons)}"
         )
     ccols = [f"cls_h{h}" for h in horizons]
-    lab = labels[KEYS + ycols + ccols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
+    rcols = [f"ret_h{h}" for h in horizons]
+    rcols = rcols if all(c in labels.columns for c in rcols) else []
+    lab = labels[KEYS + ycols + ccols + rcols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
     df = features.merge(lab, on=KEYS, how="inner", validate="1:1")
     df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
     if df.empty:
@@ -117,6 +122,7 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
         keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
+        R=df[rcols].to_numpy(np.float32) if rcols else None,
     )
 
 

@@ -3,25 +3,52 @@
 For a bar at time t and horizon h the label is ``log(close[t+h] / close[t])`` of the same symbol;
 ``end_h{h}`` records the timestamp of bar t+h. The last h bars of each symbol have no h-label and
 keep NaN: they are dropped for that horizon downstream, never filled.
+
+Training target ``y_h{h}`` (``label.normalize``); the raw return ``ret_h{h}`` is always kept, and
+every test metric of IC, direction and trading is scored against it:
+
+* ``none``: the raw forward log return (``y == ret``).
+* ``vol``: ``ret / (vol_t sqrt(h))``, with ``vol_t`` the trailing volatility known at t.
+* ``cs_zscore``: per timestamp, ``(ret - mean) / sd`` over the symbols labelled at that
+  timestamp (ddof 0): only the part of the return relative to the cross-section is left.
+* ``cs_rank``: per timestamp, the centred rank ``(rank - 0.5) / n - 0.5`` in (-0.5, 0.5) over the
+  n labelled symbols (ties share their average rank): the heavy tails are gone too.
+
+The cross-sectional targets use other symbols' returns over the same window (t, t+h], never a
+later one, so the label window and its purge are unchanged. A timestamp with fewer than 2
+labelled symbols (or all returns equal) has no cross-sectional target (NaN). Under a normalised
+target a model's forecast ``yhat`` is in the target's units: a vol-scaled return, or a relative
+score whose sign says above/below the cross-section, not a return; evaluate scores the IC, the
+rank IC, the direction and the trading books against the raw return all the same.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 
 from alphafactory.config import Interval, NonEmpty, Unique
+from alphafactory.errors import ConfigError
+
+NORMALIZE: tuple[str, ...] = ("none", "vol", "cs_zscore", "cs_rank")  # label.normalize choices
 
 
 @dataclass(frozen=True)
 class LabelConfig:
     horizons: Annotated[tuple[Annotated[int, Interval(ge=1)], ...], NonEmpty(), Unique()] = (1, 5, 20)  # bars ahead
-    normalize: bool = False  # divide the target by trailing volatility * sqrt(h)
+    # training target (module docstring); bool only to name the old form in an error
+    normalize: Literal[NORMALIZE] | bool = "none"
     # dead zone of the 3-class label, in units of vol * sqrt(h)
     class_threshold: Annotated[float, Interval(ge=0)] = 0.5
     vol_window: Annotated[int, Interval(ge=2)] = 20  # bars of trailing 1-bar log returns used for the volatility
+
+    def validate(self) -> None:
+        if isinstance(self.normalize, bool):
+            raise ConfigError(
+                f"label.normalize: got {str(self.normalize).lower()}, the old boolean form; expected one of "
+                f"{list(NORMALIZE)} (false is now none, true is vol)")
 
 
 KEYS = ["symbol", "timestamp"]  # the row key of every panel table (bars, features, labels, forecasts)
@@ -44,11 +71,32 @@ def _shift_within(values: np.ndarray, sym_codes: np.ndarray, k: int) -> np.ndarr
     return out
 
 
+def _target(fwd: np.ndarray, scale: np.ndarray, ts: np.ndarray, mode: str) -> np.ndarray:
+    """(n,) training target from the raw forward returns ``fwd`` (n,), the vol scale (n,) and the
+    rows' timestamps (n,); see the module docstring."""
+    if mode == "none":
+        return fwd
+    if mode == "vol":
+        return fwd / scale
+    if mode not in ("cs_zscore", "cs_rank"):
+        raise ValueError(f"label.normalize: got {mode!r}, expected one of {list(NORMALIZE)}")
+    frame = pd.DataFrame({"ts": ts, "y": fwd})
+    by = frame.groupby("ts", sort=False)["y"]
+    n = by.transform("count").to_numpy(np.float64)
+    if mode == "cs_zscore":
+        sd = by.transform("std").to_numpy() * np.sqrt(np.maximum(n - 1.0, 0.0) / np.maximum(n, 1.0))  # ddof 0
+        out = (fwd - by.transform("mean").to_numpy()) / np.where(sd > 0, sd, np.nan)
+    else:
+        rank = by.rank(method="average").to_numpy()
+        out = np.where(by.transform("nunique").to_numpy() > 1, (rank - 0.5) / n - 0.5, np.nan)
+    return np.where(n >= 2, out, np.nan)
+
+
 def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
     """Labels for a bars panel sorted by (symbol, timestamp).
 
     Returns one row per bar: ``symbol, timestamp, vol`` and, per horizon h, ``ret_h{h}`` (raw
-    forward log return), ``y_h{h}`` (training target: raw or vol-normalised), ``cls_h{h}``
+    forward log return), ``y_h{h}`` (training target, ``label.normalize``), ``cls_h{h}``
     (-1 SHORT / 0 NEUTRAL / 1 LONG, NaN where no label) and ``end_h{h}`` (timestamp of bar t+h).
     """
     codes = pd.factorize(bars["symbol"])[0]
@@ -64,7 +112,7 @@ def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
     for h in cfg.horizons:
         fwd = _shift_within(logc, codes, h) - logc
         scale = vol * np.sqrt(h)
-        y = fwd / scale if cfg.normalize else fwd
+        y = _target(fwd, scale, ts, cfg.normalize)
         cls = np.where(fwd > cfg.class_threshold * scale, 1.0,
                        np.where(fwd < -cfg.class_threshold * scale, -1.0, 0.0))
         cls[np.isnan(fwd) | np.isnan(scale)] = np.nan

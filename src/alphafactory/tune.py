@@ -167,18 +167,17 @@ class Scorer:
         hs = ds.horizons if self.horizon is None else (self.horizon,)
         if self.horizon is not None and self.horizon not in ds.horizons:
             raise ConfigError(f"tune.horizon: got {self.horizon}, expected one of label.horizons {list(ds.horizons)}")
-        truth = ds.keys.assign(**{f"y_h{h}": ds.Y[:, j] for j, h in enumerate(ds.horizons)})
+        # scored against the raw return ret_h<k>, whatever label.normalize trains on (as evaluate)
         scores = []
         for h in hs:
-            p = preds[preds["horizon"] == h][KEYS + ["yhat"]]
-            t = p.merge(truth[KEYS + [f"y_h{h}"]], on=KEYS).rename(columns={f"y_h{h}": "y"}).dropna()
+            p = preds[preds["horizon"] == h][KEYS + ["yhat"]].merge(ds.keys[KEYS], on=KEYS)
+            t = p.merge(rets[KEYS + [f"ret_h{h}"]], on=KEYS).rename(columns={f"ret_h{h}": "y"}).dropna()
             if self.metric in ("ic", "rank_ic"):
                 v = metrics.regression_metrics(t["y"].to_numpy(), t["yhat"].to_numpy())[self.metric]
             elif self.metric == "icir":
                 v = metrics.cross_sectional_ic(t[["timestamp", "y", "yhat"]], self.min_symbols)["icir"]
             else:
-                r = t[KEYS + ["yhat"]].merge(rets[KEYS + [f"ret_h{h}"]], on=KEYS).rename(columns={f"ret_h{h}": "y"})
-                v = metrics.trading_metrics(r.dropna(), h, self.periods_per_year, self.cost_bps,
+                v = metrics.trading_metrics(t, h, self.periods_per_year, self.cost_bps,
                                             threshold=self.threshold)["sharpe"]
             scores.append(float(v) if v is not None and np.isfinite(v) else 0.0)  # undefined (constant forecast): no skill
         return float(np.mean(scores))

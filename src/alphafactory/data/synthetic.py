@@ -41,12 +41,38 @@ Every quantity in ``s_{i,t}`` is a function of bars 0..t only, given the model's
 ``sigma`` from the GARCH recursion on past ``z``, ``v`` from the log volume. :func:`oracle_from_bars`
 recomputes the oracle from the bars alone, which is how the tests check causality.
 
+Signal kinds (``signal``)
+-------------------------
+``linear`` is the signal above. The others replace ``s_{i,t}``; each has mean 0 and pooled
+variance 1 (weighted by ``sigmabar_i^2``, as ``mu`` is), so the 1-bar oracle's pooled IC is still
+``S`` (drift, mixed: see :func:`planted_ic`), and each is a function of bars 0..t::
+
+    cross_sectional  (s_i - mean_j s_j) / c_lin            the linear signal relative to the
+                                                           cross-section's mean (market part gone)
+    interaction      a_i * v_i 1{|v_i| > 1} / c_gate       reversal only on unusual volume, its
+                                                           sign set by the volume surprise's
+    regime           g_t (w z_{i,t} + w v_{i,t}), w = sqrt(1/2), g_t = -1 when the market is
+                     turbulent (mean_j log(sigma_{j,t} / sigmabar_j) > 0: GARCH volatility, a
+                     function of shocks up to t-1), +1 when calm: this bar's move continues in a
+                     calm market and reverses in a turbulent one
+    drift            lambda_t s_{i,t}, lambda_t = (1 + 0.9 sin(2 pi t / 750)) / sqrt(1 + 0.9^2 / 2),
+                     a strength that drifts between 0.1x and 1.9x its mean over a 750-bar cycle
+    mixed            lambda_t (sqrt(.4) (a_i - mean_j a_j) / c_rev + sqrt(.35) interaction
+                     + sqrt(.25) g_t v_{i,t}): three mutually uncorrelated parts
+
+``c_*`` are the exact standard deviations (from the market loadings ``rho`` and ``sigmabar``,
+or ``E[v^2 1{|v| > 1}]`` for the gate), so the planted strength holds in population.
+
 Oracle
 ------
 For horizon h, ``yhat_{i,t}(h) = E[log(close_{t+h} / close_t) | bars up to t]
 = k sigmabar_i sum_{j=1..h} sqrt(d_{p(t+j)}) E_t[s_{i,t+j-1}]`` exactly, with ``E_t[s_{t}] = s_t``,
 ``E_t[s_{t+m}] = -w_r (z_t + ... + z_{t-4+m}) / sqrt(5)`` for 1 <= m <= 4 (the reversal window
 still holds m..4 known shocks; future shocks and volume shocks have mean 0) and 0 for m >= 5.
+For the other kinds only the reversal window carries known shocks forward (demeaned for
+cross_sectional and mixed, times ``lambda_{t+m}`` for drift and mixed); the interaction and
+regime parts multiply a shock of the bar itself by something known before it, so their
+expectation one bar ahead is 0 (:func:`_expected_signals`).
 The oracle is given for every bar, including the last h bars whose forward return is not observed.
 """
 from __future__ import annotations
@@ -77,6 +103,15 @@ LOGVOL_ON_SIGMA = 1.0
 LOGVOL_ON_ABSZ = 0.4
 LOGVOL_SHOCK_SD = 0.35
 RANGE_SCALE = 0.5
+# signal kinds (data.synthetic.signal), see "Signal kinds" in the module docstring
+SIGNALS: tuple[str, ...] = ("linear", "cross_sectional", "interaction", "regime", "drift", "mixed")
+VOLUME_GATE = 1.0  # interaction: |volume shock| above which the reversal switches on
+DRIFT_PERIOD = 750  # drift: bars per cycle of the signal's strength (~3 years of daily bars)
+DRIFT_AMPLITUDE = 0.9  # drift: strength swings between 0.1x and 1.9x its mean (before scaling)
+REGIME_THRESHOLD = 0.0  # regime: mean log(sigma / sigmabar) over symbols above which "turbulent"
+W_REGIME_RETURN = math.sqrt(0.5)  # regime kind: weights of this bar's shock and volume shock
+W_REGIME_VOLUME = math.sqrt(0.5)
+MIXED_WEIGHTS = (math.sqrt(0.4), math.sqrt(0.35), math.sqrt(0.25))  # mixed: cs, interaction, regime
 DAILY_VOL_RANGE = (0.01, 0.03)  # unconditional daily volatility of a symbol
 RHO_RANGE = (0.3, 0.7)  # loading of a symbol's shock on the market shock
 
@@ -99,8 +134,12 @@ class SyntheticConfig:
     seed: int = 7
     signal_strength: Annotated[float, Interval(ge=0, lt=1)] = 0.05  # a correlation
     start: str = "2015-01-02"
+    signal: Literal[SIGNALS] = "linear"  # kind of planted signal (module docstring)
 
     def validate(self) -> None:
+        if self.signal in ("cross_sectional", "mixed") and self.symbols < 2:
+            raise ConfigError(f"data.synthetic.signal: {self.signal!r} is relative to the cross-section, "
+                              f"so it needs data.synthetic.symbols >= 2, got {self.symbols}")
         try:
             pd.Timestamp(self.start)
         except ValueError as e:
@@ -174,21 +213,123 @@ def _timestamps(cfg: SyntheticConfig) -> np.ndarray:
     return ts.ravel()[: cfg.bars]
 
 
-def _oracle(zs: np.ndarray, s: np.ndarray, sbar: np.ndarray, k: float, sqrt_d: np.ndarray,
+def _gate(v: np.ndarray) -> np.ndarray:
+    """The volume shock where it is unusual (|v| > VOLUME_GATE), else 0: odd, so mean 0."""
+    return np.where(np.abs(v) > VOLUME_GATE, v, 0.0)
+
+
+# sd of a * _gate(v) for independent unit-variance a and v ~ N(0, 1):
+# E[v^2 1{|v| > c}] = 2 (c phi(c) + Q(c)), phi the normal density, Q its upper tail.
+GATE_SD = math.sqrt(2.0 * (VOLUME_GATE * math.exp(-0.5 * VOLUME_GATE**2) / math.sqrt(2.0 * math.pi)
+                           + 0.5 * math.erfc(VOLUME_GATE / math.sqrt(2.0))))
+
+
+def drift_factor(t: np.ndarray) -> np.ndarray:
+    """Strength multiplier of bar index ``t`` (drift and mixed kinds): a sinusoid with mean
+    square 1 over whole cycles, a deterministic function of the bar's position, so known at t."""
+    return ((1.0 + DRIFT_AMPLITUDE * np.sin(2.0 * math.pi * np.asarray(t, np.float64) / DRIFT_PERIOD))
+            / math.sqrt(1.0 + 0.5 * DRIFT_AMPLITUDE**2))
+
+
+def _demean(x: np.ndarray) -> np.ndarray:
+    """(R, N) minus its cross-sectional (row) mean."""
+    return x - x.mean(axis=1, keepdims=True)
+
+
+def _cs_norm(rho: np.ndarray, sbar: np.ndarray, offdiag_weight: float) -> float:
+    """sd that makes a demeaned signal unit-variance, pooled with the weights sbar^2 of mu.
+
+    The signal x has Var(x_i) = 1 and Cov(x_i, x_j) = offdiag_weight rho_i rho_j (i != j); then
+    Var(x_i - mean x) = C_ii - 2 mean_j C_ij + mean C. With N = 1 there is no cross-section."""
+    c = offdiag_weight * np.outer(rho, rho)
+    np.fill_diagonal(c, 1.0)
+    var = np.diag(c) - 2.0 * c.mean(axis=1) + c.mean()
+    return float(math.sqrt(max(float(np.sum(sbar**2 * var) / np.sum(sbar**2)), 1e-300)))
+
+
+@dataclass(frozen=True)
+class _SignalConsts:
+    """Constants of the signal of one config: kind and the two cross-sectional normalisers."""
+
+    kind: str
+    cs_lin: float  # sd of the demeaned linear signal
+    cs_rev: float  # sd of the demeaned reversal a
+
+
+def _signal_consts(kind: str, par: _Params) -> _SignalConsts:
+    return _SignalConsts(kind, _cs_norm(par.rho, par.sbar, W_REVERSAL**2), _cs_norm(par.rho, par.sbar, 1.0))
+
+
+def _signal(c: _SignalConsts, a: np.ndarray, v: np.ndarray, z: np.ndarray, regime: np.ndarray,
+            lam: np.ndarray) -> np.ndarray:
+    """The signal s of rows of bars, each (R, N) except regime and lam (R, 1).
+
+    a: 5-bar reversal -(z_t + .. + z_{t-4}) / sqrt(5); v: volume shock; z: this bar's shock;
+    regime: mean over symbols of log(sigma_t / sigmabar) (a function of shocks up to t-1);
+    lam: drift_factor(t). Every kind has pooled (sbar^2-weighted) variance lam^2 and mean 0."""
+    if c.kind == "linear":
+        return W_REVERSAL * a + W_VOLUME * v
+    if c.kind == "cross_sectional":
+        return _demean(W_REVERSAL * a + W_VOLUME * v) / c.cs_lin
+    if c.kind == "interaction":
+        return a * _gate(v) / GATE_SD
+    sign = np.where(regime > REGIME_THRESHOLD, -1.0, 1.0)  # turbulent: reversal; calm: momentum
+    if c.kind == "regime":
+        return sign * (W_REGIME_RETURN * z + W_REGIME_VOLUME * v)
+    if c.kind == "drift":
+        return lam * (W_REVERSAL * a + W_VOLUME * v)
+    w_cs, w_int, w_reg = MIXED_WEIGHTS  # three mutually uncorrelated unit-variance parts
+    return lam * (w_cs * _demean(a) / c.cs_rev + w_int * a * _gate(v) / GATE_SD + w_reg * sign * v)
+
+
+def _expected_signals(c: _SignalConsts, zs: np.ndarray, s: np.ndarray) -> list[np.ndarray]:
+    """[E_t s_t, E_t s_{t+1}, .., E_t s_{t+4}], each (T, N); E_t s_{t+m} = 0 for m >= 5.
+
+    Only the reversal window carries known shocks forward: the volume shocks, this bar's shock
+    times a regime sign set by earlier shocks, and the gated interaction (mean 0 given the past)
+    have expectation 0 one bar ahead and beyond."""
+    n_t = zs.shape[0]
+    if c.kind in ("interaction", "regime"):
+        return [s] + [np.zeros_like(s)] * (REVERSAL_WINDOW - 1)
+    known = [-_rolling_sum(zs, REVERSAL_WINDOW - m) / math.sqrt(REVERSAL_WINDOW)
+             for m in range(1, REVERSAL_WINDOW)]  # E_t a_{t+m}
+    if c.kind == "linear":  # the expression of the original generator, bit for bit
+        return [s] + [-W_REVERSAL / math.sqrt(REVERSAL_WINDOW) * _rolling_sum(zs, REVERSAL_WINDOW - m)
+                      for m in range(1, REVERSAL_WINDOW)]
+    if c.kind == "cross_sectional":
+        return [s] + [_demean(W_REVERSAL * e) / c.cs_lin for e in known]
+    lam = [drift_factor(np.arange(n_t) + m)[:, None] for m in range(1, REVERSAL_WINDOW)]
+    if c.kind == "drift":
+        return [s] + [lm * W_REVERSAL * e for lm, e in zip(lam, known, strict=True)]
+    return [s] + [lm * MIXED_WEIGHTS[0] * _demean(e) / c.cs_rev for lm, e in zip(lam, known, strict=True)]
+
+
+def planted_ic(cfg: SyntheticConfig) -> float:
+    """Population pooled correlation of the 1-bar oracle with the 1-bar return on this config.
+
+    ``signal_strength`` for every kind but drift and mixed, whose strength multiplier has mean
+    square L over the panel's bars (1 over whole cycles): then ``k sqrt(L) / sqrt(k^2 L + 1)``."""
+    k = _signal_coef(cfg.signal_strength)
+    if cfg.signal not in ("drift", "mixed"):
+        return float(cfg.signal_strength)
+    sqrt_d = _profiles(cfg.freq)[0]
+    t = np.arange(cfg.bars - 1)  # mu_{t+1} carries drift_factor(t)
+    d = sqrt_d[(t + 1) % len(sqrt_d)] ** 2
+    mean_sq = float(np.sum(d * drift_factor(t) ** 2) / np.sum(d))
+    return float(k * math.sqrt(mean_sq) / math.sqrt(k * k * mean_sq + 1.0))
+
+
+def _oracle(es: list[np.ndarray], sbar: np.ndarray, k: float, sqrt_d: np.ndarray,
             horizons: tuple[int, ...]) -> np.ndarray:
     """Exact E_t[log close_{t+h} - log close_t] for each horizon.
 
-    zs: (T, N) recovered shocks (row 0 zero); s: (T, N) signal; sbar: (N,); sqrt_d: (B,)
-    per-position sqrt variance profile. Returns (T, N, H) float64.
+    es: [E_t s_{t+m} for m = 0..REVERSAL_WINDOW-1], each (T, N) (see :func:`_expected_signals`);
+    sbar: (N,); sqrt_d: (B,) per-position sqrt variance profile. Returns (T, N, H) float64.
     """
-    n_t = zs.shape[0]
-    # es[m] = E_t[s_{t+m}], (T, N): the reversal window ending at t+m still holds the known
-    # shocks z_t..z_{t+m-4}; unknown shocks and volume shocks have mean 0.
-    es = [s] + [-W_REVERSAL / math.sqrt(REVERSAL_WINDOW) * _rolling_sum(zs, REVERSAL_WINDOW - m)
-                for m in range(1, REVERSAL_WINDOW)]
+    n_t = es[0].shape[0]
     pos = np.arange(n_t)
-    out = np.empty((n_t, zs.shape[1], len(horizons)))
-    acc = np.zeros_like(zs)
+    out = np.empty((n_t, es[0].shape[1], len(horizons)))
+    acc = np.zeros_like(es[0])
     done = 0
     for hi, h in enumerate(horizons):  # horizons sorted: accumulate the sum over j
         for j in range(done + 1, min(h, REVERSAL_WINDOW) + 1):
@@ -247,9 +388,6 @@ def make_synthetic(cfg: SyntheticConfig,
     zs = z.copy()
     zs[0] = 0.0  # bar 0: not observable from bars (no previous close), kept out of the signal
 
-    s = W_REVERSAL * (-_rolling_sum(zs, REVERSAL_WINDOW) / math.sqrt(REVERSAL_WINDOW)) + W_VOLUME * v
-    s[0] = 0.0
-
     # GARCH(1,1): the only recursion; a loop over time on arrays of all symbols.
     omega = par.sbar**2 * (1.0 - GARCH_ALPHA - GARCH_GAMMA)
     sig = np.empty((n_t, n))
@@ -258,6 +396,12 @@ def make_synthetic(cfg: SyntheticConfig,
     for t in range(1, n_t):
         sig[t] = np.sqrt(s2)
         s2 = omega + (GARCH_ALPHA * zs[t] ** 2 + GARCH_GAMMA) * s2
+
+    consts = _signal_consts(cfg.signal, par)
+    regime = np.log(sig / par.sbar[None, :]).mean(axis=1, keepdims=True)  # (T, 1), known at t-1
+    s = _signal(consts, -_rolling_sum(zs, REVERSAL_WINDOW) / math.sqrt(REVERSAL_WINDOW), v, zs,
+                regime, drift_factor(np.arange(n_t))[:, None])
+    s[0] = 0.0
 
     scale = sqrt_d[pos][:, None] * sig  # (T, N) conditional sd of the 1-bar return
     mu = np.zeros((n_t, n))
@@ -286,7 +430,7 @@ def make_synthetic(cfg: SyntheticConfig,
         "open": col(log_open), "high": col(log_high), "low": col(log_low),
         "close": col(log_close), "volume": col(log_volume),
     }).astype({"symbol": str})
-    yhat = _oracle(zs, s, par.sbar, k, sqrt_d, horizons)
+    yhat = _oracle(_expected_signals(consts, zs, s), par.sbar, k, sqrt_d, horizons)
     return bars, _long_oracle(yhat, names, ts, horizons)
 
 
@@ -318,6 +462,7 @@ def oracle_from_bars(bars: pd.DataFrame, cfg: SyntheticConfig,
     log_close = np.log(bars["close"].to_numpy(np.float64)).reshape(n, n_t).T  # (T, N)
     log_volume = np.log(bars["volume"].to_numpy(np.float64)).reshape(n, n_t).T
 
+    consts = _signal_consts(cfg.signal, par)
     omega = par.sbar**2 * (1.0 - GARCH_ALPHA - GARCH_GAMMA)
     zs = np.zeros((n_t, n))
     s = np.zeros((n_t, n))
@@ -330,8 +475,10 @@ def oracle_from_bars(bars: pd.DataFrame, cfg: SyntheticConfig,
              - LOGVOL_ON_SIGMA * np.log(sig / par.sbar)
              - LOGVOL_ON_ABSZ * np.abs(zs[t])) / LOGVOL_SHOCK_SD
         a = -zs[max(1, t - REVERSAL_WINDOW + 1): t + 1].sum(axis=0) / math.sqrt(REVERSAL_WINDOW)
-        s[t] = W_REVERSAL * a + W_VOLUME * v
+        regime = np.log(sig / par.sbar)[None, :].mean(axis=1, keepdims=True)  # (1, 1)
+        s[t] = _signal(consts, a[None, :], v[None, :], zs[t][None, :], regime,
+                       drift_factor(np.array([t]))[:, None])[0]
         s2 = omega + (GARCH_ALPHA * zs[t] ** 2 + GARCH_GAMMA) * s2
     ts = bars["timestamp"].to_numpy("datetime64[ns]")[:n_t]
-    yhat = _oracle(zs, s, par.sbar, k, sqrt_d, horizons)
+    yhat = _oracle(_expected_signals(consts, zs, s), par.sbar, k, sqrt_d, horizons)
     return _long_oracle(yhat, names, ts, horizons)

@@ -33,7 +33,11 @@ noise       A pure-noise panel (``signal_strength`` 0, oracle 0): every model's 
             |test IC| / SE <= 3 at every horizon.
 signal      Planted signal: the stacking ensemble's test IC over the oracle's IC on the same rows,
             at the shortest horizon (where the signal strength is defined), >= ``min_share``
-            (0.75). Every model's IC and share at every horizon is reported.
+            (0.75). Every model's IC and share at every horizon is reported. ``signal`` (CLI
+            ``--signal``) picks the kind of planted signal (``data.synthetic.signal``: linear,
+            cross_sectional, interaction, regime, drift, mixed); the noise panel is the same for
+            all. The permuted and innovation checks run on that panel too, against the raw
+            return whatever ``label.normalize`` trains on.
 innovation  On the planted-signal fit, every model's |IC(forecast, y - oracle)| / SE <= 3: a model
             that predicts the innovation sees the future, whatever its IC against y.
 
@@ -67,7 +71,7 @@ from alphafactory.blend import BlendConfig, Stacker
 from alphafactory.config import from_dict, load_params, section, to_dict
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
 from alphafactory.data.sources import DataConfig, load_bars
-from alphafactory.data.synthetic import SyntheticConfig
+from alphafactory.data.synthetic import SIGNALS, SyntheticConfig
 from alphafactory.dataset import assemble, drop_warmup
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation import metrics
@@ -99,6 +103,7 @@ class AuditConfig:
     symbols: int = 30
     bars: int = 1500
     signal_strength: float = 0.1
+    signal: str = "linear"  # kind of the planted signal (data.synthetic.signal)
     seed: int = 7
     horizons: tuple[int, ...] | None = None
     cuts: int = 3  # cut points of the causality check
@@ -121,6 +126,8 @@ class AuditConfig:
             raise ConfigError(f"audit symbols: got {self.symbols}, expected >= 3 (cross-sectional features)")
         if self.bars < 400:
             raise ConfigError(f"audit bars: got {self.bars}, expected >= 400 (warm-up, segments, folds)")
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"audit signal: got {self.signal!r}, expected one of {list(SIGNALS)}")
         if not 0.0 < self.signal_strength < 1.0:
             raise ConfigError(f"audit signal_strength: got {self.signal_strength}, expected 0 < x < 1")
         if self.cuts < 1:
@@ -196,7 +203,8 @@ class Settings:
 def synthetic_panel(cfg: AuditConfig, strength: float, seed: int,
                     horizons: tuple[int, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(bars, oracle) of a synthetic daily panel through the prepare stage's ``load_bars``."""
-    syn = SyntheticConfig(symbols=cfg.symbols, bars=cfg.bars, seed=seed, signal_strength=strength)
+    syn = SyntheticConfig(symbols=cfg.symbols, bars=cfg.bars, seed=seed, signal_strength=strength,
+                          signal=cfg.signal)
     bars, oracle = load_bars(DataConfig(source="synthetic", synthetic=syn, min_bars=cfg.bars), horizons=horizons)
     assert oracle is not None  # the synthetic source always has one
     return bars, oracle
@@ -326,7 +334,7 @@ def ics_on_test_rows(preds: pd.DataFrame, labels: pd.DataFrame,
         if table.empty:
             raise ValueError(f"audit: no labelled test rows that every model forecast at horizon {h}")
         ts = table["timestamp"].to_numpy()
-        y = table["y"].to_numpy()
+        y = table["ret"].to_numpy()  # the raw return, whatever label.normalize trains on
         innov = y - table["oracle"].to_numpy()
         for m in dict.fromkeys(preds["model"]):
             f = table[m].to_numpy()
@@ -694,6 +702,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bars", type=int, default=None, help="bars per symbol (default 1500)")
     parser.add_argument("--strength", type=float, default=None, help="planted signal IC (default 0.1)")
     parser.add_argument("--seed", type=int, default=None, help="panel seed (default 7)")
+    parser.add_argument("--signal", choices=SIGNALS, default=None,
+                        help="kind of planted signal of the signal panel (default linear; docs/data.md)")
+    parser.add_argument("--min-share", type=float, default=None,
+                        help="ensemble/oracle IC share the signal check needs (default 0.75)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads of every fit (default: as in params; --quick: 1)")
     parser.add_argument("--out", default=None, help="write the JSON report here")
@@ -703,7 +715,8 @@ def run(args: argparse.Namespace) -> int:
     """`alphafactory audit`: print the table; exit 0 only if every check passed."""
     over: dict[str, Any] = {k: v for k, v in {
         "models": args.models, "horizons": args.horizons, "symbols": args.symbols, "bars": args.bars,
-        "signal_strength": args.strength, "seed": args.seed, "threads": args.threads}.items() if v is not None}
+        "signal_strength": args.strength, "seed": args.seed, "threads": args.threads,
+        "signal": args.signal, "min_share": args.min_share}.items() if v is not None}
     over.update(checks=tuple(args.checks), inject_leak=args.inject_leak)
     cfg = quick_config(**over) if args.quick else AuditConfig(**over)
     if args.params and not Path(args.params).is_file():

@@ -167,7 +167,9 @@ def score_fold(preds: pd.DataFrame, ds: Dataset) -> dict[str, dict[str, dict[str
     each horizon is scored on the labelled rows that every model forecast, so the figures of one
     fold are comparable across models."""
     ycols = {h: f"y_h{h}" for h in ds.horizons}
-    truth = pd.DataFrame(ds.Y, columns=list(ycols.values())).assign(**{k: ds.keys[k].to_numpy() for k in KEYS})
+    # the raw forward return when the dataset has it: figures mean the same whatever label.normalize is
+    raw = ds.Y if ds.R is None else ds.R
+    truth = pd.DataFrame(raw, columns=list(ycols.values())).assign(**{k: ds.keys[k].to_numpy() for k in KEYS})
     classes = None  # classification task: class indices 0/1/2 per horizon, scored with the probabilities
     if ds.C is not None and all(c in preds.columns for c in PROBA_COLUMNS):
         classes = pd.DataFrame(ds.C, columns=list(ycols.values()), index=pd.MultiIndex.from_frame(ds.keys[KEYS]))

@@ -14,6 +14,14 @@ Walk-forward models (the backtest stage's ``<name>_wf``, refitted every few test
 like every other model, on the same rows; ``_models`` lists them under ``walk_forward``, and the
 headline puts the best of them beside its single fit. They are selection candidates: a
 walk-forward refit is one more strategy tried, so it counts in the deflated Sharpe's trials.
+
+Raw returns, whatever the training target: every IC (pooled, rank, cross-sectional, rolling),
+the direction accuracy and every trading book score ``yhat`` against the raw forward log return
+``ret_h{h}``. Under ``label.normalize`` other than ``none`` a forecast is a score in the target's
+units (vol-scaled, or relative to the cross-section), so only MAE/RMSE/R² and the calibration of
+``yhat_std``/``prob_up`` are against the target ``y`` (the units the models and the blend were fit
+in); the sign strategy trades the score's sign (above/below the cross-section for the cs
+targets), ``evaluate.threshold`` is in the score's units, and the quantile book uses ranks only.
 """
 from __future__ import annotations
 
@@ -83,9 +91,16 @@ def scored_rows(preds: pd.DataFrame, labels: pd.DataFrame, horizon: int) -> pd.D
 
 def score(table: pd.DataFrame, model: str, horizon: int, periods_per_year: float,
           cfg: EvaluateConfig) -> dict[str, float]:
-    """All test figures of one model at one horizon."""
-    out = metrics.regression_metrics(table["y"].to_numpy(), table[model].to_numpy())
-    pooled = table[["timestamp", "y"]].assign(yhat=table[model])
+    """All test figures of one model at one horizon.
+
+    The IC, rank IC, direction, cross-sectional IC and trading figures score ``yhat`` against
+    the raw forward return ``ret``, whatever ``label.normalize`` is; ``mae``, ``rmse`` and ``r2``
+    against the training target ``y``, in ``yhat``'s own units (``y == ret`` with ``none``)."""
+    out = metrics.regression_metrics(table["ret"].to_numpy(), table[model].to_numpy())
+    if not np.array_equal(table["y"].to_numpy(), table["ret"].to_numpy()):  # a normalised target
+        err = metrics.regression_metrics(table["y"].to_numpy(), table[model].to_numpy())
+        out.update({k: err[k] for k in ("mae", "rmse", "r2")})
+    pooled = table[["timestamp"]].assign(y=table["ret"], yhat=table[model])
     out["ic_se"] = metrics.ic_standard_error(pooled, horizon)
     out["ic_t"] = _ratio(out["ic"], out["ic_se"])
     # the rank IC is the Pearson IC of the ranks: the same date-block bootstrap, ranks held fixed
@@ -96,7 +111,7 @@ def score(table: pd.DataFrame, model: str, horizon: int, periods_per_year: float
     out.update(metrics.trading_metrics(trade, horizon, periods_per_year, cfg.cost_bps,
                                        threshold=cfg.threshold, quantile=cfg.ls_quantile))
     if table["symbol"].nunique() >= cfg.min_symbols_cs:
-        cs = metrics.cross_sectional_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[model]),
+        cs = metrics.cross_sectional_ic(table[["timestamp"]].assign(y=table["ret"], yhat=table[model]),
                                         min_symbols=cfg.min_symbols_cs, horizon=horizon,
                                         periods_per_year=periods_per_year)
         out.update({f"cs_{k}": v for k, v in cs.items()})
@@ -276,7 +291,7 @@ def plot_tables(table: pd.DataFrame, models: list[str], horizon: int, cfg: Evalu
         cum.append(pd.DataFrame({"timestamp": book.index, "model": m, "kind": kind,
                                  "cumulative_return": np.cumprod(1.0 + book["net"].to_numpy()) - 1.0}))
         # constant forecasts (zero, train_mean, buy_and_hold) have no IC; rows before the first full window neither
-        ic = metrics.rolling_ic(table[["timestamp"]].assign(y=table["y"], yhat=table[m]), cfg.ic_window).dropna()
+        ic = metrics.rolling_ic(table[["timestamp"]].assign(y=table["ret"], yhat=table[m]), cfg.ic_window).dropna()
         roll.append(pd.DataFrame({"timestamp": ic.index, "model": m, "kind": kind, "rolling_ic": ic.to_numpy()}))
     cum, roll = (pd.concat(frames, ignore_index=True) for frames in (cum, roll))
     for frame in (cum, roll):

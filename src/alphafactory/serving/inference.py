@@ -416,8 +416,9 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
         which reproduces the full-history features); more is slower, never less faithful.
     Returns one row per (symbol, forecast bar, horizon), sorted: ``symbol, timestamp, horizon``
     (bars ahead); ``yhat``, ``yhat_std`` and ``prob_up`` of the headline blend method (the
-    stacking ``ensemble``): the forecast h-bar log return (in vol units with
-    ``label.normalize``), its calibrated standard deviation and P(return > 0), calibrated on val
+    stacking ``ensemble``): the forecast in the training target's units
+    (``label.normalize``: the h-bar log return with none, vol units with vol, a relative score
+    across symbols with cs_rank/cs_zscore), its calibrated standard deviation and P(return > 0), calibrated on val
     like the pipeline's (:mod:`alphafactory.uncertainty`); with ``train.task: classification``,
     ``p_short, p_neutral, p_long`` of the headline method; then one ``yhat`` column per component
     (:func:`list_models`: each base model and the other blend methods). A bundle trained with
