@@ -135,6 +135,8 @@ def oracle_share_status(oracle_row: dict[str, float]) -> tuple[bool, str]:
     positive, the test rows are too few or too noisy to show it) the ratio divides by noise and
     can take any value of either sign, so it is null."""
     ic, se = oracle_row.get("ic", float("nan")), oracle_row.get("ic_se", float("nan"))
+    if np.isfinite(ic) and ic != 0 and se == 0:  # every resample gave the same IC: exact, not noise
+        return True, f"defined: the oracle's IC {ic:+.4f} ± 0 (the same in every resample)"
     t = _ratio(ic, se)
     if not np.isfinite(t):
         return False, f"null: the oracle's IC has no standard error (IC {ic:.4f})"
