@@ -324,6 +324,108 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_run_gives_the_same_result
     assert victim not in now and pids[victim] not in now.values()
 
 
+def _signal_dataset(n_sym: int = 4, n_bars: int = 1500, seed: int = 7):
+    """A pooled panel with a linear and an interaction signal (IC ~0.3), classes for the
+    classification task: train 60 %, val 20 %, test 20 % of each symbol's bars."""
+    from alphafactory.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_sym * n_bars, 6)).astype(np.float32)
+    signal = 0.3 * X[:, 0] + 0.3 * np.tanh(X[:, 1] * X[:, 2])
+    Y = np.stack([signal + rng.normal(size=len(X)) for _ in HORIZONS], 1).astype(np.float32)
+    C = np.where(Y > 0.4, 2.0, np.where(Y < -0.4, 0.0, 1.0)).astype(np.float32)
+    pos = np.tile(np.arange(n_bars), n_sym)
+    seg = np.where(pos < 0.6 * n_bars, "train", np.where(pos < 0.8 * n_bars, "val", "test"))
+    keys = pd.DataFrame({"symbol": np.repeat([f"S{i}" for i in range(n_sym)], n_bars),
+                         "timestamp": np.tile(pd.date_range("2000-01-01", periods=n_bars, freq="D").to_numpy(), n_sym)})
+    return Dataset(keys=keys, X=X, Y=Y, feature_names=[f"f{i}" for i in range(6)], horizons=HORIZONS, segment=seg,
+                   sym_codes=np.repeat(np.arange(n_sym), n_bars), vol=np.full(len(X), 0.01), C=C)
+
+
+BOOST = {"lightgbm": {"n_estimators": 400, "early_stopping_rounds": 20, "num_threads": 1},
+         "xgboost": {"n_estimators": 400, "early_stopping_rounds": 20, "nthread": 1}}
+
+
+def _test_ic(res, ds) -> dict[int, float]:
+    p = res.predictions[res.predictions["segment"] == "test"]
+    truth = ds.keys.assign(**{f"y{h}": ds.Y[:, j] for j, h in enumerate(ds.horizons)})
+    out = {}
+    for h in ds.horizons:
+        t = p[p["horizon"] == h].merge(truth, on=KEYS)
+        out[h] = float(np.corrcoef(t["yhat"], t[f"y{h}"])[0, 1])
+    return out
+
+
+@pytest.mark.slow
+def test_distributed_boosters_on_the_cluster_forecast_as_one_machine(cluster, tmp_path):
+    """boosting.<m>.distributed: true trains one booster over both workers (lightgbm.dask,
+    xgboost.dask; rows split between them), early-stopped on val: its test IC is within 0.02 of
+    the single-machine fit's on the same data, its forecasts correlate > 0.95 with them, and it
+    is saved in the native format the single-machine model is, loading back to the same forecasts."""
+    from dask.distributed import get_task_stream
+
+    address, client = cluster
+    ds = _signal_dataset()
+    names = ("lightgbm", "xgboost")
+    here = fit_models(ds, names, BOOST, tmp_path / "here", seed=3)
+    dist_blocks = {k: {**b, "distributed": True} for k, b in BOOST.items()}
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        there = fit_models(ds, names, dist_blocks, tmp_path / "there", seed=3, fan=fan)
+    assert len({t["worker"] for t in stream.data}) == 2  # both workers trained
+    rows = []
+    for a, b in zip(here, there, strict=True):
+        ic_a, ic_b = _test_ic(a, ds), _test_ic(b, ds)
+        pa, pb = (r.predictions[r.predictions["segment"] == "test"]["yhat"].to_numpy() for r in (a, b))
+        for h in ds.horizons:
+            rows.append(f"{a.name:9s} h{h}: single-machine IC {ic_a[h]:+.4f}, distributed {ic_b[h]:+.4f}, "
+                        f"difference {ic_b[h] - ic_a[h]:+.4f}")
+            assert abs(ic_b[h] - ic_a[h]) < 0.02, rows[-1]
+            assert ic_b[h] > 0.2
+        assert np.corrcoef(pa, pb)[0, 1] > 0.95
+        stopped = [len(v["val"]) for v in b.model.history_.values()]
+        assert all(n < 400 for n in stopped), stopped  # early-stopped on val, not run to n_estimators
+        files = sorted(p.name for p in (tmp_path / "there" / a.name).iterdir())
+        assert files == sorted(p.name for p in (tmp_path / "here" / a.name).iterdir())
+        loaded = models.load(tmp_path / "there" / a.name)
+        np.testing.assert_allclose(loaded.predict(ds.X[-50:]), b.model.predict(ds.X[-50:]), rtol=1e-6)
+    print("\n" + "\n".join(rows))  # the IC differences, in the test output (pytest -s)
+
+
+@pytest.mark.slow
+def test_distributed_lightgbm_classifier_on_the_cluster(cluster, tmp_path):
+    address, _ = cluster
+    ds = _signal_dataset(n_bars=800)
+    block = {"lightgbm": {**BOOST["lightgbm"], "distributed": True}}
+    here = fit_models(ds, ("lightgbm",), BOOST, tmp_path / "here", seed=3, task="classification")[0]
+    with fan_out(ComputeConfig(cluster=address)) as fan:
+        there = fit_models(ds, ("lightgbm",), block, tmp_path / "there", seed=3, task="classification", fan=fan)[0]
+    proba = there.model.predict_proba(ds.X[-100:])
+    np.testing.assert_allclose(proba.sum(axis=2), 1.0, rtol=1e-6)
+    ic_a, ic_b = _test_ic(here, ds), _test_ic(there, ds)
+    assert all(abs(ic_b[h] - ic_a[h]) < 0.03 for h in HORIZONS), (ic_a, ic_b)
+
+
+def test_distributed_without_a_cluster_is_one_clear_error(tmp_path):
+    import yaml
+
+    ds = _signal_dataset(n_sym=1, n_bars=200)
+    block = {"xgboost": {**BOOST["xgboost"], "distributed": True}}
+    with pytest.raises(ConfigError, match=r"^boosting.xgboost.distributed: true trains on a Dask cluster, but "
+                                          r"compute.cluster is null; expected compute.cluster: local"):
+        fit_models(ds, ("xgboost",), block, tmp_path, seed=0)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["boosting"]["lightgbm"]["distributed"] is False  # the default
+    params["boosting"]["lightgbm"]["distributed"] = True
+    with pytest.raises(ConfigError, match=r"^boosting.lightgbm.distributed: true trains on a Dask cluster"):
+        check_params(params)
+    params["train"]["scope"] = "per_symbol"
+    params["compute"]["cluster"] = "local"
+    with pytest.raises(ConfigError, match=r"^boosting.lightgbm.distributed: true with train.scope per_symbol"):
+        check_params(params)
+    params["train"]["scope"] = "pooled"
+    assert "lightgbm" in check_params(params)
+
+
 def test_fan_out_in_process_keeps_item_order():
     assert FanOut().map(str, range(5)) == ["0", "1", "2", "3", "4"]
 
