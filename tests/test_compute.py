@@ -31,6 +31,7 @@ from alphafactory.split import SplitConfig, make_folds
 from alphafactory.train import fit_models
 from conftest import random_bars
 from test_per_symbol import dataset as per_symbol_dataset
+from test_tune import files  # noqa: F401  (a fixture: the tune stage's inputs)
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")
@@ -199,9 +200,9 @@ def test_per_symbol_fits_on_the_cluster_match_in_process(cluster, tmp_path):
     for a, b in zip(here, there, strict=True):
         pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
     # the saved models (written by the driver from what the workers returned): the same bytes
-    files = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*") if p.is_file())
-    assert len(files) > 8
-    for f in files:
+    saved = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*") if p.is_file())
+    assert len(saved) > 8
+    for f in saved:
         assert (tmp_path / "there" / f).read_bytes() == (tmp_path / "here" / f).read_bytes(), f
     X, syms = ds.X[-20:], ds.keys["symbol"].to_numpy()[-20:]
     np.testing.assert_array_equal(models.load(tmp_path / "there" / "lightgbm").predict(X, syms),
@@ -384,8 +385,8 @@ def test_distributed_boosters_on_the_cluster_forecast_as_one_machine(cluster, tm
         assert np.corrcoef(pa, pb)[0, 1] > 0.95
         stopped = [len(v["val"]) for v in b.model.history_.values()]
         assert all(n < 400 for n in stopped), stopped  # early-stopped on val, not run to n_estimators
-        files = sorted(p.name for p in (tmp_path / "there" / a.name).iterdir())
-        assert files == sorted(p.name for p in (tmp_path / "here" / a.name).iterdir())
+        saved = sorted(p.name for p in (tmp_path / "there" / a.name).iterdir())
+        assert saved == sorted(p.name for p in (tmp_path / "here" / a.name).iterdir())
         loaded = models.load(tmp_path / "there" / a.name)
         np.testing.assert_allclose(loaded.predict(ds.X[-50:]), b.model.predict(ds.X[-50:]), rtol=1e-6)
     print("\n" + "\n".join(rows))  # the IC differences, in the test output (pytest -s)
@@ -424,6 +425,65 @@ def test_distributed_without_a_cluster_is_one_clear_error(tmp_path):
         check_params(params)
     params["train"]["scope"] = "pooled"
     assert "lightgbm" in check_params(params)
+
+
+@pytest.mark.slow
+def test_backtest_refit_blocks_on_the_cluster_match_in_process(cluster, tmp_path):
+    """The walk-forward blocks, one piece of work each, on both workers: the forecasts (ridge and
+    LightGBM) and the block spans of the in-process run, byte for byte."""
+    from dask.distributed import get_task_stream
+
+    from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
+    from alphafactory.split import refit_blocks
+    from test_backtest import EMBARGO, break_panel
+
+    labels, test, feats, _, _ = break_panel(flip=True)
+    cfg = BacktestConfig(models=("ridge", "lightgbm"), retrain_every=60, val_frac=0.2)
+    table = refit_blocks(labels, test, HORIZONS, EMBARGO, cfg.retrain_every, cfg.window_bars)
+    ds = assemble(feats, labels, labels[KEYS].assign(segment="purged"), HORIZONS)
+    address, client = cluster
+    here = walk_forward(ds, labels, table, cfg, blocks=LGB, seed=2, workdir=tmp_path)
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        there = walk_forward(ds, labels, table, cfg, blocks=LGB, seed=2, fan=fan)
+    assert table["fold"].nunique() >= 4 and len(_workers(stream)) == 2
+    pd.testing.assert_frame_equal(here[0], there[0], check_exact=True)
+    assert json.dumps(here[1], sort_keys=True) == json.dumps(there[1], sort_keys=True)
+    assert set(here[0]["model"]) == {"ridge_wf", "lightgbm_wf"}
+
+
+@pytest.mark.slow
+def test_tune_trials_on_the_cluster_share_one_study(cluster, files, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
+    """The tune stage's trials as one task per worker on one SQLite study (a relative path: the
+    workers' working directories are their own): n_trials trials (one more at most in a race),
+    each number once, the seeded startup trials equal to the in-process run's, point by point and
+    value by value, and the callbacks see every trial here, in trial order."""
+    from dask.distributed import get_task_stream
+
+    from alphafactory.tune import create_study, optimize_on_cluster
+    from test_tune import load, run_study, spec_for
+
+    address, client = cluster
+    n, startup = 6, 4
+    folds = load(files[1])
+    spec = spec_for(folds, n, startup)
+    monkeypatch.chdir(tmp_path)
+    storage = "sqlite:///study.db"
+    study = create_study(spec, storage, "s", resume=False)
+    seen = []
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        optimize_on_cluster(fan, study, folds, storage, callbacks=(lambda st, t: seen.append(t.number),))
+    assert len(_workers(stream)) == 2  # both workers ran trials
+    done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert n <= len(done) <= n + 1 and len({t.number for t in done}) == len(done)
+    assert seen == sorted(t.number for t in study.get_trials() if t.state.is_finished())
+    single = run_study(folds, n, startup)
+
+    def startup_values(st):
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in st.get_trials()
+                      if t.system_attrs.get("fixed_params"))
+
+    assert len(startup_values(single)) == startup
+    assert startup_values(study) == startup_values(single)
 
 
 def test_fan_out_in_process_keeps_item_order():
