@@ -309,8 +309,33 @@ def _sampler(spec: StudySpec, worker: int) -> optuna.samplers.TPESampler:
                                       constant_liar=True)
 
 
+def shared_storage(url: str) -> str | optuna.storages.BaseStorage:
+    """The storage a worker shares a study through. A SQLite file: an RDB storage whose every
+    transaction is ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite recipe). SQLite ignores the
+    ``SELECT ... FOR UPDATE`` with which Optuna hands a waiting (enqueued) trial to one worker, so
+    without it two workers can both take the same startup trial ("Cannot tell a COMPLETE trial");
+    serialised transactions make the hand-over atomic. Any other URL (PostgreSQL) as it is."""
+    if not url.startswith("sqlite:"):
+        return url
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+    @event.listens_for(storage.engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # pysqlite's own BEGIN (deferred) off: the one below instead
+
+    @event.listens_for(storage.engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    storage.engine.dispose()  # the connections opened before the hooks: closed, reopened with them
+    return storage
+
+
 def load_study(storage: str, name: str, worker: int) -> tuple[optuna.Study, StudySpec]:
     """Join an existing study as worker ``worker`` (its sampler seed)."""
+    storage = shared_storage(storage)
     try:
         attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
     except KeyError:
