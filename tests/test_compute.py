@@ -1,7 +1,10 @@
 """The ``compute`` section: the stages' fan-out gives the in-process results, byte for byte, on a
 real Dask cluster (a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started
-here with the CLIs), also when a worker is killed mid-stage; an unreachable scheduler is one
-clear error naming its address; in process, Dask is never imported."""
+here with the CLIs), also when a worker is killed mid-stage (cv folds, per-symbol fits,
+permutation importance, featurize batches, backtest's refit blocks; tune's trials: its seeded
+startup trials); an unreachable scheduler is one clear error naming its address; in process, Dask
+is never imported. ``distributed: true`` boosters train over both workers and forecast close to
+one machine (the IC differences are printed: ``pytest -s``)."""
 from __future__ import annotations
 
 import json
@@ -527,3 +530,37 @@ def test_the_pipeline_on_the_cluster_reruns_nothing_then_writes_the_same_bytes(p
     finally:
         sh(repo, "git", "checkout", "--", ".")
         sh(repo, "dvc", "checkout", "-q")
+
+
+@pytest.mark.slow
+def test_the_boosting_stage_trains_distributed_on_the_cluster(project, cluster):
+    """`dvc repro train@boosting` with both boosters distributed on the cluster: the stage runs,
+    its models are the native files a bundle reads, and they forecast like the in-process ones."""
+    import yaml
+
+    from pipeline_utils import ran_stages, sh
+
+    repo, _ = project
+    address, _ = cluster
+    before = pd.read_parquet(repo / "data/preds/boosting.parquet")
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["compute"] = {**params.get("compute", {}), "cluster": address}
+        for n in ("lightgbm", "xgboost"):
+            params["boosting"][n]["distributed"] = True
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = sh(repo, "dvc", "repro", "train@boosting")
+        assert {"check_params", "train@boosting"} <= ran_stages(out), out
+        after = pd.read_parquet(repo / "data/preds/boosting.parquet")
+        both = before.merge(after, on=["symbol", "timestamp", "segment", "model", "horizon"], suffixes=("", "_d"))
+        assert len(both) == len(before) == len(after)
+        for n, suffix in (("lightgbm", ".txt"), ("xgboost", ".ubj")):
+            dist = models.load(repo / "models/boosting" / n)
+            assert sorted(p.suffix for p in (repo / "models/boosting" / n).iterdir() if p.name.startswith("h")) == \
+                [suffix] * len(dist.horizons)
+            m = both[(both["model"] == n) & (both["segment"] == "test")]
+            assert not np.array_equal(m["yhat"], m["yhat_d"]), n  # really refitted, on the cluster
+            assert np.corrcoef(m["yhat"], m["yhat_d"])[0, 1] > 0.8, n
+    finally:
+        sh(repo, "git", "checkout", "--", ".")
+        sh(repo, "dvc", "checkout", "-q", "-f")
