@@ -6,6 +6,7 @@ bookkeeping file."""
 import pandas as pd
 
 from alphafactory import dataset, stage
+from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
 from alphafactory.evaluation.cv import refit_inputs
@@ -27,10 +28,11 @@ def main() -> None:
     # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
     ds = dataset.assemble(pd.read_parquet(args.features), labels, labels[dataset.KEYS].assign(segment="purged"),
                           dataset.horizons_of(labels))
-    with scratch_dir(args.preds) as work:  # block models: next to the output, not in the system temp dir
+    # block models: next to the output, not in the system temp dir; the blocks: fanned out (compute)
+    with scratch_dir(args.preds) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
         preds, spans = walk_forward(ds, labels, table, cfg, blocks=blocks, seed=train.seed, extra=extra,
                                     task=train.task, scope=train.scope, select=train.select,
-                                    workdir=work)
+                                    workdir=work, fan=fan)
     write_json(spans, args.blocks)  # bookkeeping (rows, dates), not metrics
     write_parquet(preds, args.preds)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from alphafactory import stage
+from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.cv import CVConfig, refit_inputs
 from alphafactory.evaluation.evaluate import EvaluateConfig
@@ -28,10 +29,15 @@ def dvclive_callbacks(live_dir: str, lives: list):
         def log(study, trial) -> None:
             if trial.value is None:
                 return
+            # the best of the trials up to this one: under a cluster, the trials are logged after
+            # they all ran (in trial order), and the study's best is then the final one
+            upto = [t for t in study.get_trials(deepcopy=False)
+                    if t.state.name == "COMPLETE" and t.number <= trial.number]
+            best = max(upto, key=lambda t: t.value)
             live.step = trial.number
             live.log_metric("cv_score", trial.value)
-            live.log_metric("best_cv_score", study.best_value)
-            live.log_params({"best": study.best_params})
+            live.log_metric("best_cv_score", best.value)
+            live.log_params({"best": best.params})
             live.make_summary()
 
         return (log,)
@@ -63,11 +69,12 @@ def main() -> None:
                   "periods_per_year": read_json(args.info)["frequency"]["periods_per_year"]}
         storage = cfg.storage or f"sqlite:///{db}"
         lives: list = []
-        with scratch_dir(out / "summary.json") as work:
+        # the trials: on the compute cluster's workers, if one is set (tune.optimize_on_cluster)
+        with scratch_dir(out / "summary.json") as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
             summary, trials, applied = run_tuning(
                 cfg, ds, labels, pd.read_parquet(args.folds), blocks=blocks, extra=extra, train_seed=train.seed,
                 task=train.task, scope=train.scope, val_frac=section(params, "cv", CVConfig).val_frac,
-                scorer=scorer, storage=storage, workdir=work, callbacks=dvclive_callbacks(args.live, lives))
+                scorer=scorer, storage=storage, workdir=work, callbacks=dvclive_callbacks(args.live, lives), fan=fan)
         for live in lives:
             live.end()
         if cfg.storage:  # a shared server: keep a copy of the studies in the stage's own output

@@ -1,7 +1,10 @@
 """The ``compute`` section: the stages' fan-out gives the in-process results, byte for byte, on a
 real Dask cluster (a ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, started
-here with the CLIs), also when a worker is killed mid-stage; an unreachable scheduler is one
-clear error naming its address; in process, Dask is never imported."""
+here with the CLIs), also when a worker is killed mid-stage (cv folds, per-symbol fits,
+permutation importance, featurize batches, backtest's refit blocks; tune's trials: its seeded
+startup trials); an unreachable scheduler is one clear error naming its address; in process, Dask
+is never imported. ``distributed: true`` boosters train over both workers and forecast close to
+one machine (the IC differences are printed: ``pytest -s``)."""
 from __future__ import annotations
 
 import json
@@ -31,6 +34,7 @@ from alphafactory.split import SplitConfig, make_folds
 from alphafactory.train import fit_models
 from conftest import random_bars
 from test_per_symbol import dataset as per_symbol_dataset
+from test_tune import files  # noqa: F401  (a fixture: the tune stage's inputs)
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).parent / "dask")
@@ -199,9 +203,9 @@ def test_per_symbol_fits_on_the_cluster_match_in_process(cluster, tmp_path):
     for a, b in zip(here, there, strict=True):
         pd.testing.assert_frame_equal(a.predictions, b.predictions, check_exact=True)
     # the saved models (written by the driver from what the workers returned): the same bytes
-    files = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*") if p.is_file())
-    assert len(files) > 8
-    for f in files:
+    saved = sorted(p.relative_to(tmp_path / "here") for p in (tmp_path / "here").rglob("*") if p.is_file())
+    assert len(saved) > 8
+    for f in saved:
         assert (tmp_path / "there" / f).read_bytes() == (tmp_path / "here" / f).read_bytes(), f
     X, syms = ds.X[-20:], ds.keys["symbol"].to_numpy()[-20:]
     np.testing.assert_array_equal(models.load(tmp_path / "there" / "lightgbm").predict(X, syms),
@@ -324,6 +328,176 @@ def test_a_worker_killed_mid_stage_is_replaced_and_the_run_gives_the_same_result
     assert victim not in now and pids[victim] not in now.values()
 
 
+def _signal_dataset(n_sym: int = 4, n_bars: int = 1500, seed: int = 7):
+    """A pooled panel with a linear and an interaction signal (IC ~0.3), classes for the
+    classification task: train 60 %, val 20 %, test 20 % of each symbol's bars."""
+    from alphafactory.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_sym * n_bars, 6)).astype(np.float32)
+    signal = 0.3 * X[:, 0] + 0.3 * np.tanh(X[:, 1] * X[:, 2])
+    Y = np.stack([signal + rng.normal(size=len(X)) for _ in HORIZONS], 1).astype(np.float32)
+    C = np.where(Y > 0.4, 2.0, np.where(Y < -0.4, 0.0, 1.0)).astype(np.float32)
+    pos = np.tile(np.arange(n_bars), n_sym)
+    seg = np.where(pos < 0.6 * n_bars, "train", np.where(pos < 0.8 * n_bars, "val", "test"))
+    keys = pd.DataFrame({"symbol": np.repeat([f"S{i}" for i in range(n_sym)], n_bars),
+                         "timestamp": np.tile(pd.date_range("2000-01-01", periods=n_bars, freq="D").to_numpy(), n_sym)})
+    return Dataset(keys=keys, X=X, Y=Y, feature_names=[f"f{i}" for i in range(6)], horizons=HORIZONS, segment=seg,
+                   sym_codes=np.repeat(np.arange(n_sym), n_bars), vol=np.full(len(X), 0.01), C=C)
+
+
+BOOST = {"lightgbm": {"n_estimators": 400, "early_stopping_rounds": 20, "num_threads": 1},
+         "xgboost": {"n_estimators": 400, "early_stopping_rounds": 20, "nthread": 1}}
+
+
+def _test_ic(res, ds) -> dict[int, float]:
+    p = res.predictions[res.predictions["segment"] == "test"]
+    truth = ds.keys.assign(**{f"y{h}": ds.Y[:, j] for j, h in enumerate(ds.horizons)})
+    out = {}
+    for h in ds.horizons:
+        t = p[p["horizon"] == h].merge(truth, on=KEYS)
+        out[h] = float(np.corrcoef(t["yhat"], t[f"y{h}"])[0, 1])
+    return out
+
+
+@pytest.mark.slow
+def test_distributed_boosters_on_the_cluster_forecast_as_one_machine(cluster, tmp_path):
+    """boosting.<m>.distributed: true trains one booster over both workers (lightgbm.dask,
+    xgboost.dask; rows split between them), early-stopped on val: its test IC is within 0.02 of
+    the single-machine fit's on the same data, its forecasts correlate > 0.95 with them, and it
+    is saved in the native format the single-machine model is, loading back to the same forecasts;
+    a second distributed fit on the same cluster gives the same XGBoost forecasts, bit for bit,
+    and LightGBM forecasts of the same IC within 0.02 (not the same bits: see models/distributed.py)."""
+    from dask.distributed import get_task_stream
+
+    address, client = cluster
+    ds = _signal_dataset()
+    names = ("lightgbm", "xgboost")
+    here = fit_models(ds, names, BOOST, tmp_path / "here", seed=3)
+    dist_blocks = {k: {**b, "distributed": True} for k, b in BOOST.items()}
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        there = fit_models(ds, names, dist_blocks, tmp_path / "there", seed=3, fan=fan)
+        again = fit_models(ds, names, dist_blocks, tmp_path / "again", seed=3, fan=fan)
+    assert len({t["worker"] for t in stream.data}) == 2  # both workers trained
+    xgb_there, xgb_again = there[1].predictions, again[1].predictions
+    pd.testing.assert_frame_equal(xgb_there, xgb_again, check_exact=True)  # XGBoost: the same booster
+    # LightGBM: the Dask interface ranks the machines in the scheduler's order, which varies from
+    # run to run, and a machine's rank decides which features it bins on its own rows: close only
+    ic1, ic2 = _test_ic(there[0], ds), _test_ic(again[0], ds)
+    assert all(abs(ic1[h] - ic2[h]) < 0.02 for h in HORIZONS), (ic1, ic2)
+    rows = []
+    for a, b in zip(here, there, strict=True):
+        ic_a, ic_b = _test_ic(a, ds), _test_ic(b, ds)
+        pa, pb = (r.predictions[r.predictions["segment"] == "test"]["yhat"].to_numpy() for r in (a, b))
+        for h in ds.horizons:
+            rows.append(f"{a.name:9s} h{h}: single-machine IC {ic_a[h]:+.4f}, distributed {ic_b[h]:+.4f}, "
+                        f"difference {ic_b[h] - ic_a[h]:+.4f}")
+            assert abs(ic_b[h] - ic_a[h]) < 0.02, rows[-1]
+            assert ic_b[h] > 0.2
+        assert np.corrcoef(pa, pb)[0, 1] > 0.95
+        stopped = [len(v["val"]) for v in b.model.history_.values()]
+        assert all(n < 400 for n in stopped), stopped  # early-stopped on val, not run to n_estimators
+        saved = sorted(p.name for p in (tmp_path / "there" / a.name).iterdir())
+        assert saved == sorted(p.name for p in (tmp_path / "here" / a.name).iterdir())
+        loaded = models.load(tmp_path / "there" / a.name)
+        np.testing.assert_allclose(loaded.predict(ds.X[-50:]), b.model.predict(ds.X[-50:]), rtol=1e-6)
+    print("\n" + "\n".join(rows))  # the IC differences, in the test output (pytest -s)
+
+
+@pytest.mark.slow
+def test_distributed_lightgbm_classifier_on_the_cluster(cluster, tmp_path):
+    address, _ = cluster
+    ds = _signal_dataset(n_bars=800)
+    block = {"lightgbm": {**BOOST["lightgbm"], "distributed": True}}
+    here = fit_models(ds, ("lightgbm",), BOOST, tmp_path / "here", seed=3, task="classification")[0]
+    with fan_out(ComputeConfig(cluster=address)) as fan:
+        there = fit_models(ds, ("lightgbm",), block, tmp_path / "there", seed=3, task="classification", fan=fan)[0]
+    proba = there.model.predict_proba(ds.X[-100:])
+    np.testing.assert_allclose(proba.sum(axis=2), 1.0, rtol=1e-6)
+    ic_a, ic_b = _test_ic(here, ds), _test_ic(there, ds)
+    assert all(abs(ic_b[h] - ic_a[h]) < 0.03 for h in HORIZONS), (ic_a, ic_b)
+
+
+def test_distributed_without_a_cluster_is_one_clear_error(tmp_path):
+    import yaml
+
+    ds = _signal_dataset(n_sym=1, n_bars=200)
+    block = {"xgboost": {**BOOST["xgboost"], "distributed": True}}
+    with pytest.raises(ConfigError, match=r"^boosting.xgboost.distributed: true trains on a Dask cluster, but "
+                                          r"compute.cluster is null; expected compute.cluster: local"):
+        fit_models(ds, ("xgboost",), block, tmp_path, seed=0)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["boosting"]["lightgbm"]["distributed"] is False  # the default
+    params["boosting"]["lightgbm"]["distributed"] = True
+    with pytest.raises(ConfigError, match=r"^boosting.lightgbm.distributed: true trains on a Dask cluster"):
+        check_params(params)
+    params["train"]["scope"] = "per_symbol"
+    params["compute"]["cluster"] = "local"
+    with pytest.raises(ConfigError, match=r"^boosting.lightgbm.distributed: true with train.scope per_symbol"):
+        check_params(params)
+    params["train"]["scope"] = "pooled"
+    assert "lightgbm" in check_params(params)
+
+
+@pytest.mark.slow
+def test_backtest_refit_blocks_on_the_cluster_match_in_process(cluster, tmp_path):
+    """The walk-forward blocks, one piece of work each, on both workers: the forecasts (ridge and
+    LightGBM) and the block spans of the in-process run, byte for byte."""
+    from dask.distributed import get_task_stream
+
+    from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
+    from alphafactory.split import refit_blocks
+    from test_backtest import EMBARGO, break_panel
+
+    labels, test, feats, _, _ = break_panel(flip=True)
+    cfg = BacktestConfig(models=("ridge", "lightgbm"), retrain_every=60, val_frac=0.2)
+    table = refit_blocks(labels, test, HORIZONS, EMBARGO, cfg.retrain_every, cfg.window_bars)
+    ds = assemble(feats, labels, labels[KEYS].assign(segment="purged"), HORIZONS)
+    address, client = cluster
+    here = walk_forward(ds, labels, table, cfg, blocks=LGB, seed=2, workdir=tmp_path)
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        there = walk_forward(ds, labels, table, cfg, blocks=LGB, seed=2, fan=fan)
+    assert table["fold"].nunique() >= 4 and len(_workers(stream)) == 2
+    pd.testing.assert_frame_equal(here[0], there[0], check_exact=True)
+    assert json.dumps(here[1], sort_keys=True) == json.dumps(there[1], sort_keys=True)
+    assert set(here[0]["model"]) == {"ridge_wf", "lightgbm_wf"}
+
+
+@pytest.mark.slow
+def test_tune_trials_on_the_cluster_share_one_study(cluster, files, tmp_path, monkeypatch):  # noqa: F811 (the fixture)
+    """The tune stage's trials as one task per worker on one SQLite study (a relative path: the
+    workers' working directories are their own): n_trials trials (one more at most in a race),
+    each number once, the seeded startup trials equal to the in-process run's, point by point and
+    value by value, and the callbacks see every trial here, in trial order."""
+    from dask.distributed import get_task_stream
+
+    from alphafactory.tune import create_study, optimize_on_cluster
+    from test_tune import load, run_study, spec_for
+
+    address, client = cluster
+    n, startup = 6, 4
+    folds = load(files[1])
+    spec = spec_for(folds, n, startup)
+    monkeypatch.chdir(tmp_path)
+    storage = "sqlite:///study.db"
+    study = create_study(spec, storage, "s", resume=False)
+    seen = []
+    with get_task_stream(client=client) as stream, fan_out(ComputeConfig(cluster=address)) as fan:
+        optimize_on_cluster(fan, study, folds, storage, callbacks=(lambda st, t: seen.append(t.number),))
+    assert len(_workers(stream)) == 2  # both workers ran trials
+    done = [t for t in study.get_trials() if t.state.name in ("COMPLETE", "PRUNED")]
+    assert n <= len(done) <= n + 1 and len({t.number for t in done}) == len(done)
+    assert seen == sorted(t.number for t in study.get_trials() if t.state.is_finished())
+    single = run_study(folds, n, startup)
+
+    def startup_values(st):
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in st.get_trials()
+                      if t.system_attrs.get("fixed_params"))
+
+    assert len(startup_values(single)) == startup
+    assert startup_values(study) == startup_values(single)
+
+
 def test_fan_out_in_process_keeps_item_order():
     assert FanOut().map(str, range(5)) == ["0", "1", "2", "3", "4"]
 
@@ -356,3 +530,37 @@ def test_the_pipeline_on_the_cluster_reruns_nothing_then_writes_the_same_bytes(p
     finally:
         sh(repo, "git", "checkout", "--", ".")
         sh(repo, "dvc", "checkout", "-q")
+
+
+@pytest.mark.slow
+def test_the_boosting_stage_trains_distributed_on_the_cluster(project, cluster):
+    """`dvc repro train@boosting` with both boosters distributed on the cluster: the stage runs,
+    its models are the native files a bundle reads, and they forecast like the in-process ones."""
+    import yaml
+
+    from pipeline_utils import ran_stages, sh
+
+    repo, _ = project
+    address, _ = cluster
+    before = pd.read_parquet(repo / "data/preds/boosting.parquet")
+    try:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["compute"] = {**params.get("compute", {}), "cluster": address}
+        for n in ("lightgbm", "xgboost"):
+            params["boosting"][n]["distributed"] = True
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = sh(repo, "dvc", "repro", "train@boosting")
+        assert {"check_params", "train@boosting"} <= ran_stages(out), out
+        after = pd.read_parquet(repo / "data/preds/boosting.parquet")
+        both = before.merge(after, on=["symbol", "timestamp", "segment", "model", "horizon"], suffixes=("", "_d"))
+        assert len(both) == len(before) == len(after)
+        for n, suffix in (("lightgbm", ".txt"), ("xgboost", ".ubj")):
+            dist = models.load(repo / "models/boosting" / n)
+            assert sorted(p.suffix for p in (repo / "models/boosting" / n).iterdir() if p.name.startswith("h")) == \
+                [suffix] * len(dist.horizons)
+            m = both[(both["model"] == n) & (both["segment"] == "test")]
+            assert not np.array_equal(m["yhat"], m["yhat_d"]), n  # really refitted, on the cluster
+            assert np.corrcoef(m["yhat"], m["yhat_d"])[0, 1] > 0.8, n
+    finally:
+        sh(repo, "git", "checkout", "--", ".")
+        sh(repo, "dvc", "checkout", "-q", "-f")

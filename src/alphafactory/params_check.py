@@ -40,7 +40,7 @@ def check_params(params: dict[str, Any]) -> list[str]:
     ``params``; return the names of the enabled models, each built from its params block (which
     checks its hyperparameters) without training."""
     from alphafactory import models
-    from alphafactory.train import family_inputs
+    from alphafactory.train import distributed, family_inputs
 
     unknown = sorted(set(params) - set(SECTIONS) - set(FAMILIES))
     if unknown:
@@ -60,7 +60,19 @@ def check_params(params: dict[str, Any]) -> list[str]:
             models.create(name, blocks.get(name), horizons=horizons, seed=train.seed, task=train.task,
                           **(extra or {}))
             enabled.append(name)
+            if distributed(blocks.get(name)):
+                _check_distributed(f"{family}.{name}", train.scope, configs["compute"])
     return enabled
+
+
+def _check_distributed(key: str, scope: str, compute: ComputeConfig) -> None:
+    """``<key>.distributed: true`` trains the pooled model on the compute cluster: it needs one."""
+    from alphafactory.models.distributed import need_client
+
+    if scope != "pooled":
+        raise ConfigError(f"{key}.distributed: true with train.scope {scope}; expected train.scope: pooled "
+                          "(per_symbol fans the symbols' fits out instead)")
+    need_client(compute.cluster, key)
 
 
 def _check_task(key: str, names: tuple[str, ...], task: str) -> None:

@@ -192,14 +192,28 @@ def write_seed_spread(results: list[TrainResult], live_dir: str | Path) -> None:
         write_json(spread, Path(live_dir) / SEED_IC_FILE)
 
 
+def distributed(block: dict[str, Any] | None) -> bool:
+    """Whether a params block asks for distributed training (``boosting.<m>.distributed: true``)."""
+    return (block or {}).get("distributed") is True
+
+
+def single_machine(blocks: dict[str, Any]) -> dict[str, Any]:
+    """``blocks`` with ``distributed`` off: the refits of cv, backtest and tune fan out by fold
+    (block, trial) instead, each fit on one worker, so their results never depend on the cluster."""
+    return {k: {**b, "distributed": False} if distributed(b) else b for k, b in blocks.items()}
+
+
 def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
-                 extra: dict[str, Any] | None = None, task: str = "regression") -> tuple[Model, dict[str, tuple]]:
+                 extra: dict[str, Any] | None = None, task: str = "regression",
+                 client: Any = None) -> tuple[Model, dict[str, tuple]]:
     """Fit one model on ``ds``'s train rows (early-stopping on val) and forecast val and test:
     returns (model, {segment: (row indices, (n, H) forecasts, (n, H, 3) class probabilities or None,
-    (n, H) std of the model's own distribution or None)})."""
+    (n, H) std of the model's own distribution or None)}).
+    client: the Dask client a ``distributed: true`` block trains on (:mod:`alphafactory.models.distributed`)."""
     spec = models.get(name)
     lookback = (extra or {}).get("lookback", 1)
-    model = models.create(name, block, horizons=ds.horizons, seed=seed, task=task, **(extra or {}))
+    on_cluster = {"client": client} if distributed(block) else {}  # only the families with the key take it
+    model = models.create(name, block, horizons=ds.horizons, seed=seed, task=task, **(extra or {}), **on_cluster)
     _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
     _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
     if len(train.Y) == 0 or len(val.Y) == 0:
@@ -278,7 +292,8 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
     the feature columns are first chosen on ``ds``'s train rows only (once, for every model and
     every symbol: :func:`alphafactory.feature_select.select_dataset`), and each model is fitted
     on, and records in its manifest (``meta.features``, ``meta.selection``), those columns.
-    fan: where the per-symbol fits run (:mod:`alphafactory.compute`; None: in this process)."""
+    fan: where the per-symbol fits run (:mod:`alphafactory.compute`; None: in this process), and
+    the cluster a pooled ``distributed: true`` booster trains on (None, or in process: an error)."""
     if task not in TASKS:
         raise ValueError(f"train.task: got {task!r}, expected one of {list(TASKS)}")
     if scope not in SCOPES:
@@ -295,9 +310,14 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
         log.info("%s: fitting (%s) on %d train rows, val for early stopping/scoring", name, scope,
                  len(ds.rows("train")))
         if scope == "per_symbol":
+            if distributed(blocks.get(name)):
+                raise ConfigError(f"{spec.family}.{name}.distributed: true with train.scope per_symbol; expected "
+                                  "train.scope: pooled (per_symbol fans the symbols' fits out instead)")
             model, forecasts = _fit_per_symbol(ds, name, blocks.get(name), seed=seed, extra=extra, task=task, fan=fan)
         else:
-            model, forecasts = fit_forecast(ds, name, blocks.get(name), seed=seed, extra=extra, task=task)
+            client = (fan or FanOut()).client if distributed(blocks.get(name)) else None
+            model, forecasts = fit_forecast(ds, name, blocks.get(name), seed=seed, extra=extra, task=task,
+                                            client=client)
         vrows, vpred, _, _ = forecasts["val"]
         seed_ic = None
         if model.symbols is not None:  # a model per symbol

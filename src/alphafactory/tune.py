@@ -43,6 +43,7 @@ import optuna
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.compute import FanOut
 from alphafactory.config import Interval, Unique, to_dict
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
@@ -307,8 +308,33 @@ def _sampler(spec: StudySpec, worker: int) -> optuna.samplers.TPESampler:
                                       constant_liar=True)
 
 
+def shared_storage(url: str) -> str | optuna.storages.BaseStorage:
+    """The storage a worker shares a study through. A SQLite file: an RDB storage whose every
+    transaction is ``BEGIN IMMEDIATE`` (SQLAlchemy's pysqlite recipe). SQLite ignores the
+    ``SELECT ... FOR UPDATE`` with which Optuna hands a waiting (enqueued) trial to one worker, so
+    without it two workers can both take the same startup trial ("Cannot tell a COMPLETE trial");
+    serialised transactions make the hand-over atomic. Any other URL (PostgreSQL) as it is."""
+    if not url.startswith("sqlite:"):
+        return url
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+    @event.listens_for(storage.engine, "connect")
+    def _no_implicit_begin(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # pysqlite's own BEGIN (deferred) off: the one below instead
+
+    @event.listens_for(storage.engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    storage.engine.dispose()  # the connections opened before the hooks: closed, reopened with them
+    return storage
+
+
 def load_study(storage: str, name: str, worker: int) -> tuple[optuna.Study, StudySpec]:
     """Join an existing study as worker ``worker`` (its sampler seed)."""
+    storage = shared_storage(storage)
     try:
         attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
     except KeyError:
@@ -362,6 +388,35 @@ def optimize(study: optuna.Study, spec: StudySpec, folds: Folds, *, timeout: flo
                        callbacks=[stop, show, *callbacks], catch=())
 
 
+def _optimize_as_worker(job: tuple[str, str, int, Folds, float | None]) -> int:
+    """One cluster task of :func:`optimize_on_cluster`: join the study as worker ``job[2]`` and run
+    its trials until the study holds its ``n_trials``. ``job``: (storage, study, worker, folds, timeout)."""
+    storage, name, worker, folds, timeout = job
+    study, spec = load_study(storage, name, worker)
+    optimize(study, spec, folds, timeout=timeout)
+    return worker
+
+
+def optimize_on_cluster(fan: FanOut, study: optuna.Study, folds: Folds, storage: str, *,
+                        timeout: float | None = None, callbacks: tuple[Callable, ...] = ()) -> None:
+    """Run the trials of ``study`` on the ``compute`` cluster: one task per worker, each what
+    ``alphafactory tune-worker --worker k`` does (k = 1..n_workers: its own sampler seed) on the
+    same storage, the fold data carried by the task. ``callbacks`` then see every finished trial
+    in trial order, here. The seeded startup trials are the in-process ones, point by point and
+    value by value, whatever the number of workers; the TPE trials after them depend on it (as
+    with ``tune-worker``). The workers must reach ``storage``: a SQLite file is made absolute,
+    so workers on this machine share it; workers on other machines need ``tune.storage`` on a
+    database server (PostgreSQL)."""
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        storage = f"sqlite:///{Path(storage.removeprefix('sqlite:///')).resolve()}"  # a worker's cwd is its own
+    jobs = [(storage, study.study_name, w, folds, timeout) for w in range(1, fan.workers + 1)]
+    fan.map(_optimize_as_worker, jobs, desc=f"tune {study.study_name}", unit="worker")
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    for trial in sorted(done, key=lambda t: t.number):
+        for cb in callbacks:
+            cb(study, trial)
+
+
 def _rmtree(path: Path) -> None:
     import shutil
 
@@ -413,14 +468,15 @@ def summary(study: optuna.Study, spec: StudySpec, importance: bool = True) -> di
 def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: pd.DataFrame, *,
                blocks: dict[str, Any], extra: dict[str, dict[str, Any] | None], train_seed: int, task: str,
                scope: str, val_frac: float, scorer: dict[str, Any], storage: str, workdir: Path,
-               callbacks: Callable[[str], tuple[Callable, ...]] = lambda model: ()
+               callbacks: Callable[[str], tuple[Callable, ...]] = lambda model: (), fan: FanOut | None = None
                ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, Any]]]:
     """Tune every model of ``cfg.models`` in turn (one study each, ``<cfg.study>-<model>``).
 
     ds: the development data (:func:`development_data`); folds_table: the split stage's folds;
     blocks, extra: the hand-set params block per model and constructor arguments per family (as
     the cv stage reads them); scorer: :class:`Scorer` fields; callbacks(model): extra Optuna
-    callbacks (dvclive). Returns (summary for metrics/tune, the trials of every study with a
+    callbacks (dvclive); fan: under a cluster, the trials run on its workers
+    (:func:`optimize_on_cluster`), else in this process. Returns (summary for metrics/tune, the trials of every study with a
     ``model`` column, the params the training stages apply: ``{model: best params}`` when
     ``cfg.apply``, else empty)."""
     from alphafactory.models import create
@@ -445,7 +501,10 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
                          startup_trials=cfg.startup_trials, tune_seed=cfg.seed, data_hash=h)
         study = create_study(spec, storage, f"{cfg.study}-{name}", cfg.resume)
         t0 = time.perf_counter()
-        optimize(study, spec, folds, timeout=cfg.timeout, workdir=workdir / name, callbacks=callbacks(name))
+        if fan is not None and fan.client is not None:
+            optimize_on_cluster(fan, study, folds, storage, timeout=cfg.timeout, callbacks=callbacks(name))
+        else:
+            optimize(study, spec, folds, timeout=cfg.timeout, workdir=workdir / name, callbacks=callbacks(name))
         per_model[name] = summary(study, spec)
         seconds = time.perf_counter() - t0  # logged, not written: summary.json stays byte-identical on a rerun
         tables.append(trials_table(study).assign(model=name))

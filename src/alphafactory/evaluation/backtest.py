@@ -39,12 +39,12 @@ from typing import Annotated, Any, Literal
 import pandas as pd
 
 from alphafactory import models
+from alphafactory.compute import FanOut
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.cv import FAMILIES, check_base_models, fold_segments, segment_spans
 from alphafactory.feature_select import SelectConfig
-from alphafactory.progress import progress
 from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
 
@@ -71,17 +71,52 @@ class BacktestConfig:
                               "expected null (a training window length applies to window 'rolling' only)")
 
 
+@dataclass(frozen=True)
+class _BlockJob:
+    """One refit block, a piece of work that may run on another process (:mod:`alphafactory.compute`)."""
+
+    bid: int
+    ds: Dataset  # the whole panel, its segment that of this block (train, val, test, purged)
+    by_family: dict[str, list[str]]
+    blocks: dict[str, Any]
+    extra: dict[str, dict[str, Any]] | None
+    seed: int
+    task: str
+    scope: str
+    select: SelectConfig | None
+    workdir: str
+
+
+def _run_block(job: _BlockJob) -> tuple[int, list[pd.DataFrame], float]:
+    """Refit every model on one block's train rows and forecast its test rows: (block id, the
+    forecasts of each model, seconds). The block's models are fitted in a temporary directory of
+    ``job.workdir`` (on a worker without that directory, of its own temp directory), deleted after."""
+    t0 = time.perf_counter()
+    preds = []
+    parent = job.workdir if Path(job.workdir).is_dir() else None
+    with tempfile.TemporaryDirectory(prefix=f"block{job.bid}-", dir=parent) as tmp:
+        for family, names in job.by_family.items():
+            results = fit_models(job.ds, tuple(names), job.blocks, tmp, seed=job.seed,
+                                 extra=(job.extra or {}).get(family), task=job.task, scope=job.scope,
+                                 select=job.select)  # train.select: refitted on each block's train rows
+            preds += [r.predictions[r.predictions["segment"] == "test"] for r in results]
+    return job.bid, preds, time.perf_counter() - t0
+
+
 def walk_forward(ds: Dataset, labels: pd.DataFrame, blocks_table: pd.DataFrame, cfg: BacktestConfig, *,
                  blocks: dict[str, Any], seed: int, extra: dict[str, dict[str, Any]] | None = None,
                  task: str = "regression", scope: str = "pooled", select: SelectConfig | None = None,
-                 workdir: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
+                 workdir: str | Path | None = None, fan: FanOut | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, dict[str, Any]]]:
     """Refit ``cfg.models`` before every block of ``blocks_table`` and forecast the block.
 
     ds: the whole panel (its ``segment`` is replaced per block); labels: the label stage's table
     (for ``end_h{max horizon}``); blocks_table: :func:`alphafactory.split.refit_blocks` output;
     blocks: params block per model name; extra: constructor arguments per family; task, scope:
     ``train.task``, ``train.scope``; workdir: an existing directory to fit the block models in (the
-    caller deletes it), else a temporary one.
+    caller deletes it), else a temporary one; fan: where the blocks' refits run
+    (:mod:`alphafactory.compute`; None: one after the other here), each block one piece of work,
+    the forecasts identical whatever the number of workers.
 
     Returns (forecasts, spans): the long forecasts of every block's test rows (columns of
     :func:`alphafactory.train.long_predictions`, models named ``<name>_wf``), and per block
@@ -103,29 +138,27 @@ def walk_forward(ds: Dataset, labels: pd.DataFrame, blocks_table: pd.DataFrame, 
     ids = sorted(int(b) for b in blocks_table["fold"].unique())
     if not ids:
         raise ValueError("backtest: the refit blocks table has no rows")
-    preds, spans = [], {}
+    preds, spans, jobs = [], {}, []
+    for bid in ids:  # every block's rows first: a short one fails before any fit
+        seg = fold_segments(ds, blocks_table[blocks_table["fold"] == bid], label_end, cfg.val_frac)
+        span = segment_spans(dataclasses.replace(ds, segment=seg), seg)
+        short = [f"{span[f'{p}_rows']} {p}" for p in ("train", "val") if span[f"{p}_rows"] < MIN_ROWS]
+        if short:
+            raise ValueError(f"backtest: refit block {bid} has {', '.join(short)} rows with features, "
+                             f"expected >= {MIN_ROWS} each (a larger backtest.window_bars or val_frac)")
+        spans[f"block{bid}"] = span  # no seconds in it: the file must come out byte-identical
+        jobs.append((bid, seg))
     with contextlib.ExitStack() as stack:
         tmp = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-backtest-")))
-        for bid in progress(ids, desc="refit blocks", unit="block"):
-            t0 = time.perf_counter()
-            seg = fold_segments(ds, blocks_table[blocks_table["fold"] == bid], label_end, cfg.val_frac)
-            block_ds = dataclasses.replace(ds, segment=seg)
-            span = segment_spans(block_ds, seg)
-            short = [f"{span[f'{p}_rows']} {p}" for p in ("train", "val") if span[f"{p}_rows"] < MIN_ROWS]
-            if short:
-                raise ValueError(f"backtest: refit block {bid} has {', '.join(short)} rows with features, "
-                                 f"expected >= {MIN_ROWS} each (a larger backtest.window_bars or val_frac)")
-            for family, names in by_family.items():
-                results = fit_models(block_ds, tuple(names), blocks, tmp / f"block{bid}", seed=seed,
-                                     extra=(extra or {}).get(family), task=task, scope=scope,
-                                     select=select)  # train.select: refitted on each block's train rows
-                preds += [r.predictions[r.predictions["segment"] == "test"] for r in results]
-            spans[f"block{bid}"] = span  # no seconds in it: the file must come out byte-identical
+        work = [_BlockJob(bid, dataclasses.replace(ds, segment=seg), by_family, blocks, extra, seed, task, scope,
+                          select, str(tmp)) for bid, seg in jobs]
+        for bid, block_preds, secs in (fan or FanOut()).map(_run_block, work, desc="refit blocks", unit="block"):
+            preds += block_preds
+            span = spans[f"block{bid}"]
             log.info("backtest block %d/%d: fit on %d train + %d val rows (%s..%s), forecast %d rows %s..%s, "
                      "%.1f s", bid + 1, len(ids), span["train_rows"], span["val_rows"], span["train_start"][:10],
-                     span["val_end"][:10], span["test_rows"], span["test_start"][:10], span["test_end"][:10],
-                     time.perf_counter() - t0)
+                     span["val_end"][:10], span["test_rows"], span["test_start"][:10], span["test_end"][:10], secs)
     out = pd.concat(preds, ignore_index=True)
     out["model"] = out["model"] + SUFFIX
     out = out.sort_values(["model", "symbol", "timestamp", "horizon"], kind="stable").reset_index(drop=True)

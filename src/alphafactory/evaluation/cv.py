@@ -50,7 +50,7 @@ from alphafactory.evaluation import metrics
 from alphafactory.feature_select import SelectConfig, select_dataset
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.split import ROLES
-from alphafactory.train import TrainConfig, family_inputs, fit_models
+from alphafactory.train import TrainConfig, family_inputs, fit_models, single_machine
 from alphafactory.uncertainty import MIN_ROWS
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,13 @@ def check_base_models(key: str, names: Iterable[str]) -> None:
 def refit_inputs(params: dict[str, Any], train: TrainConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """What a refit stage passes to :func:`alphafactory.train.fit_models` for any model of
     :data:`FAMILIES`: the params block per model name, and the constructor arguments per family
-    (as the training stages read them, ``train``: the ``TrainConfig``)."""
+    (as the training stages read them, ``train``: the ``TrainConfig``). A refit is one piece of
+    work on one worker: ``distributed`` is off in every block (:func:`~alphafactory.train.single_machine`)."""
     blocks, extra = {}, {}
     for family in FAMILIES:
         _, b, extra[family] = family_inputs(params, family, train)
         blocks.update(b)
-    return blocks, extra
+    return single_machine(blocks), extra
 
 
 def fold_segments(ds: Dataset, fold: pd.DataFrame, label_end: np.ndarray, val_frac: float) -> np.ndarray:

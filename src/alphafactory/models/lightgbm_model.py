@@ -11,6 +11,7 @@ import lightgbm as lgb
 from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel, predict_threads
+from alphafactory.models.distributed import need_client, train_lightgbm
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class LightGBMParams:
     lambda_l2: Annotated[float, Interval(ge=0)] = 10.0
     early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
     num_threads: Annotated[int, Interval(ge=1)] = 2
+    distributed: bool = False  # train on the compute cluster (lightgbm.dask), rows split over its workers
 
 
 def _advance(bar):
@@ -63,11 +65,22 @@ class LightGBMModel(PerHorizonModel):
     packages = ("lightgbm",)
     suffix = ".txt"
 
+    def __init__(self, params=None, *, client=None, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.client = client  # a dask.distributed Client: where ``distributed: true`` trains
+
     def _rounds(self):
-        return self.params.n_estimators
+        return None if self.params.distributed else self.params.n_estimators
 
     def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
+        if p.distributed:
+            return train_lightgbm(
+                need_client(self.client, "boosting.lightgbm"),
+                {"learning_rate": p.learning_rate, "num_leaves": p.num_leaves, "min_child_samples": p.min_child_samples,
+                 "colsample_bytree": p.feature_fraction, "subsample": p.bagging_fraction,
+                 "subsample_freq": p.bagging_freq, "reg_lambda": p.lambda_l2, "random_state": seed},
+                X, y, Xv, yv, p.n_estimators, p.early_stopping_rounds, self.classifier)
         params = {
             "learning_rate": p.learning_rate, "num_leaves": p.num_leaves,
             "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,

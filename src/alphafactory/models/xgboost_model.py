@@ -10,6 +10,7 @@ import xgboost as xgb
 from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.distributed import need_client, train_xgboost
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class XGBoostParams:
     early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
     nthread: Annotated[int, Interval(ge=1)] = 2
     device: str = "cpu"  # "cuda" on a GPU machine
+    distributed: bool = False  # train on the compute cluster (xgboost.dask), rows split over its workers
 
 
 class _Advance(xgb.callback.TrainingCallback):
@@ -46,24 +48,31 @@ class XGBoostModel(PerHorizonModel):
     packages = ("xgboost",)
     suffix = ".ubj"
 
+    def __init__(self, params=None, *, client=None, **kwargs) -> None:
+        super().__init__(params, **kwargs)
+        self.client = client  # a dask.distributed Client: where ``distributed: true`` trains
+
     def _rounds(self):
-        return self.params.n_estimators
+        return None if self.params.distributed else self.params.n_estimators
 
     def _fit_one(self, X, y, Xv, yv, seed, bar=None):
         p = self.params
-        dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
-        curves: dict = {}
         task = ({"objective": "multi:softprob", "num_class": 3, "eval_metric": "mlogloss"} if self.classifier
                 else {"objective": "reg:squarederror", "eval_metric": "rmse"})
-        booster = xgb.train(
-            {**task, "eta": p.learning_rate, "max_depth": p.max_depth,
-             "min_child_weight": p.min_child_weight, "subsample": p.subsample,
-             "colsample_bytree": p.colsample_bytree, "lambda": p.reg_lambda, "nthread": p.nthread,
-             "seed": seed, "tree_method": "hist", "device": p.device},
-            dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
-            early_stopping_rounds=p.early_stopping_rounds, evals_result=curves, verbose_eval=False,
-            callbacks=[_Advance(bar)] if bar is not None and not bar.disable else None,
-        )
+        params = {**task, "eta": p.learning_rate, "max_depth": p.max_depth, "min_child_weight": p.min_child_weight,
+                  "subsample": p.subsample, "colsample_bytree": p.colsample_bytree, "lambda": p.reg_lambda,
+                  "nthread": p.nthread, "seed": seed, "tree_method": "hist", "device": p.device}
+        if p.distributed:
+            booster, curves = train_xgboost(need_client(self.client, "boosting.xgboost"), params, X, y, Xv, yv,
+                                            p.n_estimators, p.early_stopping_rounds)
+        else:
+            dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
+            curves = {}
+            booster = xgb.train(
+                params, dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
+                early_stopping_rounds=p.early_stopping_rounds, evals_result=curves, verbose_eval=False,
+                callbacks=[_Advance(bar)] if bar is not None and not bar.disable else None,
+            )
         # Keep only the trees up to the best iteration, so saved and in-memory models agree.
         booster = booster[: booster.best_iteration + 1]
         if self.classifier:
