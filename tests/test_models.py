@@ -29,6 +29,9 @@ FAST = {
     # smaller N-HiTS learn the signal from ~270 rows instead of overfitting them
     "patchtst": {"patch_len": 4, "stride": 3, "head_dim": 8, "d_model": 32},
     "nhits": {"hidden": 16},
+    # one layer and a wider head: the default's 2 layers and head_dim 1 overfit ~270 rows
+    "itransformer": {"layers": 1, "head_dim": 8},
+    "nbeats": {"hidden": 16, "blocks": 1},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
 
