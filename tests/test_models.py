@@ -32,7 +32,7 @@ FAST = {
     "nhits": {"hidden": 16},
     # one layer and a wider head: the default's 2 layers and head_dim 1 overfit ~270 rows
     "itransformer": {"layers": 1, "head_dim": 8},
-    "nbeats": {"hidden": 16, "blocks": 1},
+    "nbeats": {"hidden": 16, "blocks": 1, "channels": 16},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
 

@@ -42,13 +42,15 @@ class NBEATSParams:
     stacks: Annotated[tuple[Literal[STACK_TYPES], ...], NonEmpty()] = ("trend", "seasonality")
     blocks: Annotated[int, Interval(ge=1)] = 3  # blocks per stack
     share_weights: bool = True  # one set of block weights per stack
-    channels: Annotated[int, Interval(ge=1)] = 16  # features projected to this many channels per bar
+    # features projected to this many channels per bar; 4 and dropout 0.1: best val loss on the
+    # bundled data (0.327; 16 channels without dropout overfit from the first epoch, 0.397)
+    channels: Annotated[int, Interval(ge=1)] = 4
     hidden: Annotated[int, Interval(ge=1)] = 64  # width of each block's FC stack
     layers: Annotated[int, Interval(ge=1)] = 2  # FC layers per block
     theta: Annotated[int, Interval(ge=1)] = 8  # generic: coefficients of each learned basis
     degree: Annotated[int, Interval(ge=0)] = 2  # trend: polynomial degree
     harmonics: Annotated[int, Interval(ge=1)] = 2  # seasonality: Fourier harmonics
-    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.0
+    dropout: Annotated[float, Interval(ge=0, lt=1)] = 0.1
 
 
 def trend_basis(t: torch.Tensor, degree: int) -> torch.Tensor:
