@@ -23,3 +23,16 @@ def test_relative_links_resolve():
             if not target.startswith(("http://", "https://", "mailto:")) and not (doc.parent / target).exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_models_table_lists_the_registry():
+    """docs/models.md's table has one row per registered base model and ensemble, with the
+    registry's family, input kind, tasks and params block."""
+    from alphafactory import models
+
+    text = (ROOT / "docs/models.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (\w+) \| (\w+) \| ([\w, ]+) \| `([\w.]+)` \|", text, re.M)
+    want = [(s.name, s.family, s.input_kind, ", ".join(s.tasks), f"{s.family}.{s.name}")
+            for s in sorted(models.REGISTRY.values(), key=lambda s: (s.family, s.name))]
+    want += [(e.name, e.family, e.input_kind, ", ".join(e.tasks), e.params) for e in models.ENSEMBLES.values()]
+    assert rows == want

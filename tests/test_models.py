@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from alphafactory import models
@@ -34,6 +35,9 @@ FAST = {
     # kernels scaled to the 8-bar window (the defaults, up to 39 bars, are for 32): classification
     # IC 0.14 with the defaults, 0.20 with these
     "inceptiontime": {"kernel_sizes": (3, 5, 7)},
+    # one layer and a wider head: the default's 2 layers and head_dim 1 overfit ~270 rows
+    "itransformer": {"layers": 1, "head_dim": 8},
+    "nbeats": {"hidden": 16, "blocks": 1, "channels": 16},
 }
 TRAINER = {"epochs": 15, "batch_size": 32, "lr": 3e-3, "patience": 5}
 
@@ -473,3 +477,104 @@ def test_a_models_import_error_is_raised_when_its_class_is_needed():
         _ = spec.cls
     with pytest.raises(ValueError, match="importing alphafactory.models.base did not register it"):
         _ = models.ModelSpec("ghost", "boosting", "tabular", ("regression",), "alphafactory.models.base").cls
+
+
+# -- ensembles: the blend methods the registry lists beside the base models ----------------------
+
+ENSEMBLE_CASES = [(n, t) for n in models.ENSEMBLES for t in models.ENSEMBLES[n].tasks]
+
+
+def test_ensembles_are_the_blend_methods_and_not_base_models():
+    from alphafactory.blend import METHODS, BlendConfig
+
+    assert tuple(models.ENSEMBLES) == METHODS == BlendConfig().methods == ("ensemble", "voting", "blending", "caruana")
+    assert not set(models.ENSEMBLES) & set(models.REGISTRY)
+    for spec in models.ENSEMBLES.values():
+        assert (spec.family, spec.input_kind, spec.params, spec.module) == \
+               ("ensemble", "forecasts", "blend", "alphafactory.blend")
+        assert spec.tasks and set(spec.tasks) <= {"regression", "classification"} and spec.summary
+        with pytest.raises(ValueError, match=rf"model '{spec.name}' is an ensemble of the blend stage "
+                                             r"\(enable it in blend.methods\), not a base model"):
+            models.create(spec.name)
+
+
+def member_forecasts(task: str, n_ts: int = 300, n_sym: int = 4, seed: int = 0):
+    """Long val/test forecasts of three members (one informative, one noise, one half-scaled
+    signal) at horizons 1 and 3, as the train stages write them (class probabilities for
+    classification), and the labels frame the blend stage reads."""
+    from alphafactory.labels import PROBA_COLUMNS
+
+    rng = np.random.default_rng(seed)
+    ts = pd.bdate_range("2021-01-01", periods=n_ts)
+    idx = pd.MultiIndex.from_product([[f"S{i}" for i in range(n_sym)], ts], names=["symbol", "timestamp"])
+    seg = np.where(idx.get_level_values("timestamp") < ts[n_ts // 2], "val", "test")
+    frames, labels = [], {"symbol": idx.get_level_values(0), "timestamp": idx.get_level_values(1)}
+    for h in HORIZONS:
+        sig = rng.normal(0, 0.01, len(idx))
+        labels[f"y_h{h}"] = sig + rng.normal(0, 0.01, len(idx))
+        for name, f in {"good": sig, "noise": rng.normal(0, 0.01, len(idx)), "half": 0.5 * sig}.items():
+            cols = {"symbol": idx.get_level_values(0), "timestamp": idx.get_level_values(1), "segment": seg,
+                    "model": name, "horizon": h, "yhat": f, "yhat_std": 0.01, "prob_up": 0.5}
+            if task == "classification":
+                logits = np.stack([-f, np.zeros_like(f), f], 1) * 200
+                P = np.exp(logits - logits.max(1, keepdims=True))
+                P /= P.sum(1, keepdims=True)
+                cols.update({c: P[:, k] for k, c in enumerate(PROBA_COLUMNS)})
+            frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(labels)
+
+
+@pytest.mark.parametrize("name, task", ENSEMBLE_CASES, ids=[f"{n}-{t}" for n, t in ENSEMBLE_CASES])
+def test_ensemble_conformance(name, task, tmp_path):
+    """Each blend method alone (blend.methods: [name]), for each task it lists: one forecast per
+    test row and horizon, finite, learning from the informative member; the same seed gives the
+    same forecasts; save then load gives identical ones; a prefix of the test rows is forecast
+    as in the full call; classification: the class probabilities are a distribution."""
+    from alphafactory.blend import BlendConfig, Stacker
+    from alphafactory.config import from_dict
+    from alphafactory.labels import PROBA_COLUMNS
+
+    preds, labels = member_forecasts(task)
+    cfg = from_dict(BlendConfig, {"methods": [name]}, "blend")
+
+    def fit() -> Stacker:
+        return Stacker(cfg, ["good", "noise", "half"], HORIZONS, seed=3).fit(preds, labels)
+
+    st = fit()
+    test = st.predict(preds, "test")
+    n_test = (preds["segment"] == "test").sum() // (3 * len(HORIZONS))
+    assert set(test["model"]) == {name} and len(test) == n_test * len(HORIZONS)
+    assert np.isfinite(test[["yhat", "yhat_std", "prob_up"]].to_numpy()).all()
+    y = labels.set_index(["symbol", "timestamp"])
+    for h, g in test.groupby("horizon"):
+        truth = y[f"y_h{h}"].reindex(pd.MultiIndex.from_frame(g[["symbol", "timestamp"]]))
+        assert np.corrcoef(g["yhat"], truth)[0, 1] > 0.4, (name, h)  # the good member alone: ~0.7
+    if task == "classification":
+        P = test[list(PROBA_COLUMNS)].to_numpy()
+        assert (P >= 0).all() and np.allclose(P.sum(1), 1.0)
+    else:
+        assert not set(PROBA_COLUMNS) & set(test.columns)
+    pd.testing.assert_frame_equal(fit().predict(preds, "test"), test)
+    st.save(tmp_path / "blend")
+    pd.testing.assert_frame_equal(Stacker.load(tmp_path / "blend").predict(preds, "test"), test)
+    cut = preds["timestamp"] <= preds.loc[preds["segment"] == "test", "timestamp"].median()
+    early = st.predict(preds[cut], "test")
+    key = ["symbol", "timestamp", "horizon"]
+    merged = early.merge(test, on=key, suffixes=("", "_all"))
+    assert len(merged) == len(early) > 0
+    np.testing.assert_array_equal(merged["yhat"], merged["yhat_all"])
+
+
+def test_cli_lists_base_models_and_ensembles(capsys):
+    from alphafactory import cli
+
+    assert cli.main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows if r["kind"] == "base"] == \
+           [s.name for s in sorted(models.REGISTRY.values(), key=lambda s: (s.family, s.name))]
+    assert [(r["name"], r["family"], r["params"], tuple(r["tasks"])) for r in rows if r["kind"] == "ensemble"] == \
+           [(n, "ensemble", "blend", s.tasks) for n, s in models.ENSEMBLES.items()]
+    assert {r["params"] for r in rows if r["name"] in ("tft", "lightgbm")} == {"neural.tft", "boosting.lightgbm"}
+    assert cli.main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert all(n in text for n in [*models.REGISTRY, *models.ENSEMBLES])

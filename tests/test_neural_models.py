@@ -1,7 +1,8 @@
 """Behaviour particular to single neural families (the registry-wide checks are in test_models.py):
 the transformer's causal mask, PatchTST's patching, N-HiTS's interpolation basis, TimesNet's
-periods, InceptionTime's shortcuts, DeepAR's likelihoods and own std, and the validation of each
-family's params."""
+periods, InceptionTime's shortcuts, DeepAR's likelihoods and own std, TFT's variable selection
+and interpretable attention, iTransformer's attention across variates, N-BEATS's bases and
+stacks, and the validation of each family's params."""
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,11 @@ from alphafactory.errors import ConfigError
 from alphafactory.models import dist, export
 from alphafactory.models.deepar import DeepARNet, DeepARParams
 from alphafactory.models.inceptiontime import InceptionTimeNet, InceptionTimeParams
+from alphafactory.models.itransformer import ITransformerNet, ITransformerParams
+from alphafactory.models.nbeats import NBEATSNet, NBEATSParams
 from alphafactory.models.nhits import NHITSNet, NHITSParams, interpolation_basis
 from alphafactory.models.patchtst import PatchTSTNet, PatchTSTParams, patch_layout
+from alphafactory.models.tft import TFTNet, TFTParams
 from alphafactory.models.timesnet import TimesBlock, TimesNetParams, top_periods
 from alphafactory.models.transformer import TransformerNet, TransformerParams
 
@@ -111,11 +115,108 @@ def test_nhits_coarse_stack_gives_a_linear_term_structure():
     ("inceptiontime", {"kernel_sizes": []}, r"neural.inceptiontime.kernel_sizes: got \[\]"),
     ("deepar", {"df": 2.0}, r"neural.deepar.df: got 2.0, expected > 2"),
     ("deepar", {"head": "laplace"}, r"neural.deepar.head: got 'laplace'"),
+    ("tft", {"d_model": 10, "heads": 4}, r"neural.tft.d_model: got 10 with heads 4"),
+    ("itransformer", {"d_model": 30, "heads": 4}, r"neural.itransformer.d_model: got 30 with heads 4"),
+    ("nbeats", {"stacks": ["trend", "wavelet"]}, r"neural.nbeats.stacks.*'wavelet'"),
+    ("nbeats", {"stacks": []}, r"neural.nbeats.stacks: got \[\]"),
 ])
 def test_bad_params_are_errors_naming_the_value(name, params, match):
     with pytest.raises(ConfigError, match=match):
         models.create(name, params, horizons=(1, 5))
 
+
+def test_tft_selects_variables_and_attends_to_past_bars_only():
+    """Variable selection weights are a distribution over the features at each bar; the
+    interpretable attention (heads averaged) is a distribution over the window's bars; a feature
+    changed after bar k leaves the selection weights of bars before k as they were."""
+    torch.manual_seed(0)
+    L, n_feat = 10, 5
+    net = TFTNet(n_feat, 2, TFTParams()).eval()
+    x = torch.randn(4, L, n_feat)
+    with torch.no_grad():
+        v, a = net.variable_weights(x), net.attention(x)
+    assert v.shape == (4, L, n_feat) and a.shape == (4, L)
+    torch.testing.assert_close(v.sum(-1), torch.ones(4, L))
+    torch.testing.assert_close(a.sum(-1), torch.ones(4))
+    assert (v >= 0).all() and (a >= 0).all()
+    assert v.std(-1).min() > 0 and a.std(-1).min() > 0  # not uniform: weights depend on the inputs
+    x2 = x.clone()
+    x2[:, 6:, 2] += 3.0
+    with torch.no_grad():
+        v2 = net.variable_weights(x2)
+    torch.testing.assert_close(v2[:, :6], v[:, :6], rtol=0, atol=1e-6)
+    assert (v2[:, 6:] - v[:, 6:]).abs().max() > 1e-3
+    with torch.no_grad():  # the first bar reaches the forecast (through the LSTM and the attention)
+        x3 = x.clone()
+        x3[:, 0] += 1.0
+        assert (net(x3) - net(x)).abs().max() > 1e-4
+
+
+def test_tft_attention_heads_share_one_value_map():
+    net = TFTNet(3, 1, TFTParams(d_model=8, heads=4))
+    assert net.attn.v.weight.shape == (2, 8)  # d_model / heads values, one map for every head
+    assert net.attn.q.weight.shape == net.attn.k.weight.shape == (8, 8)  # a query and a key map per head
+
+
+def test_itransformer_attends_across_variates_and_is_permutation_equivariant():
+    """A token is one feature's window: permuting the features permutes the encoded tokens, and
+    changing one feature's series moves every token (attention mixes the variates)."""
+    torch.manual_seed(0)
+    L, n_feat = 12, 5
+    net = ITransformerNet(n_feat, 2, ITransformerParams(), lookback=L).eval()
+    x = torch.randn(3, L, n_feat)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    with torch.no_grad():
+        tok = net.tokens(x)
+        assert tok.shape == (3, n_feat, 32)
+        torch.testing.assert_close(net.tokens(x[:, :, perm]), tok[:, perm], rtol=0, atol=1e-5)
+        x2 = x.clone()
+        x2[:, :, 1] = torch.randn(3, L)
+        moved = (net.tokens(x2) - tok).abs().amax(dim=(0, 2))
+    assert (moved > 1e-3).all(), moved  # every variate's token, not only feature 1's
+    with pytest.raises(ValueError, match="window of 11 bars, expected the lookback 12"):
+        net(torch.zeros(1, 11, n_feat))
+
+
+def test_nbeats_trend_stack_forecasts_a_polynomial_of_the_horizon():
+    """Interpretable N-BEATS: a degree-1 trend stack's forecast is linear in h, and the stack
+    forecasts add up to the forecast."""
+    torch.manual_seed(0)
+    horizons = (1, 2, 4, 7, 10)
+    net = NBEATSNet(3, horizons, NBEATSParams(stacks=("trend", "seasonality"), degree=1), lookback=6).eval()
+    with torch.no_grad():
+        x = torch.randn(8, 6, 3)
+        parts, out = net.stack_forecasts(x), net(x)
+    assert parts.shape == (2, 8, len(horizons))
+    torch.testing.assert_close(parts.sum(0), out)
+    h = torch.tensor(horizons, dtype=torch.float32)
+    trend = parts[0]
+    slope = (trend[:, -1] - trend[:, 0]) / (h[-1] - h[0])
+    torch.testing.assert_close(trend, trend[:, :1] + slope[:, None] * (h - h[0]), rtol=0, atol=1e-5)
+    assert (parts[1] - parts[1].mean(1, keepdim=True)).abs().max() > 1e-4  # seasonality is not linear
+
+
+def test_nbeats_shared_weights_and_generic_stacks():
+    shared = NBEATSNet(4, (1, 5), NBEATSParams(stacks=("trend", "seasonality"), blocks=3), lookback=8)
+    own = NBEATSNet(4, (1, 5), NBEATSParams(stacks=("generic",), blocks=3, share_weights=False), lookback=8)
+    assert len(shared.blocks) == 2 and len(shared.schedule) == 6  # one set of weights per stack
+    assert len(own.blocks) == 3 and own.blocks[0].basis_f.out_features == 2  # learned basis to the horizons
+    assert own(torch.randn(5, 8, 4)).shape == (5, 2)
+
+
+def test_nbeats_generic_exports_to_onnx(tmp_path):
+    """The conformance suite exports the default (interpretable) N-BEATS; the generic one too."""
+    import numpy as np
+
+    from alphafactory.models.base import XY
+
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((200, 8, 4)).astype(np.float32), rng.standard_normal((200, 2)).astype(np.float32)
+    m = models.create("nbeats", {"stacks": ["generic"], "share_weights": False, "hidden": 16}, horizons=(1, 5),
+                      lookback=8, trainer={"epochs": 1, "device": "cpu"}).fit(XY(X[:150], Y[:150]),
+                                                                               XY(X[150:], Y[150:]))
+    info = export.export_onnx(m, tmp_path / "g.onnx")
+    assert info["check"]["max_abs_diff"] <= 1e-4 * info["check"]["max_abs"]
 
 
 def test_onnx_export_bytes_depend_on_the_model_only(tmp_path):

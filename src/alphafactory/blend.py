@@ -38,9 +38,10 @@ from alphafactory.errors import ConfigError
 from alphafactory.io import Directory, atomic_dir
 from alphafactory.labels import KEYS, PROBA_COLUMNS
 from alphafactory.models.linear import ridge_solve
+from alphafactory.models.registry import ENSEMBLES
 from alphafactory.uncertainty import Calibration, apply_calibration, fit_calibration
 
-METHODS = ("ensemble", "voting", "blending", "caruana")
+METHODS = tuple(ENSEMBLES)  # ("ensemble", "voting", "blending", "caruana"): the registry lists them
 MIN_VAL_ROWS = 50  # labelled val rows to fit a combiner on (and per out-of-fold block's training rows)
 log = logging.getLogger("alphafactory")
 

@@ -11,7 +11,7 @@ import sys
 
 # subcommand → (module, help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS = {
-    "models": ("alphafactory.cli", "list the registered model families"),
+    "models": ("alphafactory.cli", "list the registered model families and ensembles"),
     "predict": ("alphafactory.serving.inference", "forecast from raw bars with a trained bundle"),
     "tune-worker": ("alphafactory.tune", "join a tune study (SQLite or PostgreSQL storage) and run its trials"),
     "audit": ("alphafactory.evaluation.audit", "leakage audit: causality, purged splits, permuted/noise/planted-signal fits"),
@@ -25,19 +25,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`alphafactory models`: name, family, input kind and tasks of every registered model."""
+    """`alphafactory models`: name, family, input kind, tasks and params block of every registered
+    base model, then of every ensemble (a blend method, which combines the base models' forecasts)."""
     import json
 
     from alphafactory import models
 
-    rows = [{"name": s.name, "family": s.family, "input_kind": s.input_kind, "tasks": list(s.tasks)}
+    rows = [{"name": s.name, "kind": "base", "family": s.family, "input_kind": s.input_kind, "tasks": list(s.tasks),
+             "params": f"{s.family}.{s.name}"}
             for s in sorted(models.REGISTRY.values(), key=lambda s: (s.family, s.name))]
+    rows += [{"name": e.name, "kind": "ensemble", "family": e.family, "input_kind": e.input_kind,
+              "tasks": list(e.tasks), "params": e.params, "summary": e.summary} for e in models.ENSEMBLES.values()]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<16}{'family':<12}{'input':<10}tasks")
+    print(f"{'name':<16}{'family':<12}{'input':<11}{'tasks':<28}params")
     for r in rows:
-        print(f"{r['name']:<16}{r['family']:<12}{r['input_kind']:<10}{', '.join(r['tasks'])}")
+        print(f"{r['name']:<16}{r['family']:<12}{r['input_kind']:<11}{', '.join(r['tasks']):<28}{r['params']}")
     return 0
 
 

@@ -11,6 +11,10 @@ needed (``ModelSpec.cls``, hence :func:`create` and :func:`load`). An import err
 never swallowed. A module whose registrations cannot be read that way (computed arguments,
 ``register`` used other than as a top-level class decorator) is imported at discovery instead, and
 a decorator whose arguments differ from what discovery read raises an error when it runs.
+
+:data:`ENSEMBLES` lists the blend stage's methods (stacking, voting, blending, Caruana) beside
+the base models, so that listings, docs and tests cover them; they are configured by the
+``blend`` section and run by :mod:`alphafactory.blend`, never created as base models here.
 """
 from __future__ import annotations
 
@@ -48,6 +52,34 @@ class ModelSpec:
 
 
 REGISTRY: dict[str, ModelSpec] = {}
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """A blend method of the blend stage (:mod:`alphafactory.blend`), listed beside the base models.
+    It is not a :class:`Model`: it combines the base models' val forecasts and is configured by
+    the ``blend`` section (``blend.methods`` enables it), so :func:`create` refuses its name."""
+
+    name: str
+    tasks: tuple[str, ...]
+    summary: str  # one line, for `alphafactory models` and docs/models.md
+    family: str = "ensemble"
+    input_kind: str = "forecasts"  # the base models' forecasts, not features
+    params: str = "blend"  # its params block
+    module: str = "alphafactory.blend"
+
+
+# The blend methods, in the order the blend stage runs them (blend.METHODS is this order). Every
+# method combines expected-return forecasts, a classifier's too, and mixes class probabilities.
+ENSEMBLES: dict[str, EnsembleSpec] = {e.name: e for e in (
+    EnsembleSpec("ensemble", ("regression", "classification"),
+                 "stacking: a meta-learner (blend.meta: ridge or CatBoost) on the members' val forecasts"),
+    EnsembleSpec("voting", ("regression", "classification"), "the plain mean of the members"),
+    EnsembleSpec("blending", ("regression", "classification"),
+                 "non-negative weights summing to 1 that minimise val MSE"),
+    EnsembleSpec("caruana", ("regression", "classification"),
+                 "greedy forward selection with replacement on val MSE (Caruana et al. 2004)"),
+)}
 
 
 def _check(name: Any, family: Any, input_kind: Any, tasks: Any) -> tuple[str, ...]:
@@ -148,6 +180,8 @@ def discover() -> None:
             importlib.import_module(module)  # registers itself; an import error is raised here
             continue
         for spec in specs:
+            if spec.name in ENSEMBLES:
+                raise ValueError(f"model name {spec.name!r} ({module}) is the name of a blend method")
             if spec.name in REGISTRY:
                 raise ValueError(f"model name {spec.name!r} registered twice "
                                  f"({REGISTRY[spec.name].module} and {module})")
@@ -155,6 +189,9 @@ def discover() -> None:
 
 
 def get(name: str) -> ModelSpec:
+    if name in ENSEMBLES and name not in REGISTRY:
+        raise ValueError(f"model {name!r} is an ensemble of the blend stage (enable it in blend.methods), "
+                         f"not a base model; base models: {sorted(REGISTRY)}")
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models: {sorted(REGISTRY)}")
     return REGISTRY[name]
@@ -165,4 +202,4 @@ def create(name: str, params: dict[str, Any] | None = None, **kwargs: Any) -> Mo
     return get(name).cls(params, **kwargs)
 
 
-__all__ = ["REGISTRY", "ModelSpec", "register", "get", "create"]
+__all__ = ["REGISTRY", "ENSEMBLES", "ModelSpec", "EnsembleSpec", "register", "get", "create"]
