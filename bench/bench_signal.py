@@ -1,7 +1,7 @@
 """Planted-signal benchmark: how much of the oracle's IC each model recovers, old vs new defaults.
 
     python bench/bench_signal.py [--signal mixed] [--symbols 60] [--bars 2500] [--strength 0.05]
-        [--models ridge,lightgbm,xgboost,catboost] [--settings old,new] [--groups returns,volume,...]
+        [--models ridge,lightgbm,xgboost,catboost] [--settings old,new,cs_zscore] [--groups returns,volume,...]
 
 Panel: ``make_synthetic`` (daily, ``--symbols`` x ``--bars``, seed ``--seed``, planted signal
 ``--signal`` of population IC ``--strength``; see docs/data.md), the pipeline's features
@@ -12,6 +12,7 @@ train stage does (its params.yaml block, early stopping on val), once per settin
 * ``old``: the boosting blocks and ``label.normalize`` of ``--old-params`` (default: the values
   before issue 17, written below in ``OLD``);
 * ``new``: those of ``params.yaml`` (this checkout's defaults);
+* ``cs_zscore``: params.yaml with ``label.normalize: cs_zscore``, the target for wide universes;
 * any ``name:key=value;key=value`` given with ``--setting`` (e.g.
   ``--setting 'lr1:lightgbm.learning_rate=0.1;label.normalize=cs_rank'``), on top of params.yaml.
 
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--horizons", default="1", help="comma-separated label horizons (default 1)")
     ap.add_argument("--models", default="ridge,lightgbm,xgboost,catboost")
-    ap.add_argument("--settings", default="old,new", help="which of old,new to run (empty: none)")
+    ap.add_argument("--settings", default="old,new,cs_zscore",
+                    help="which of old,new,cs_zscore to run (empty: none)")
     ap.add_argument("--setting", action="append", default=[], help="name:key=value;key=value (repeatable)")
     ap.add_argument("--groups", default="", help="feature groups (default: features.groups of params.yaml)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -194,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             settings.append(("old", apply(params, OLD)))
         elif name == "new":
             settings.append(("new", params))
+        elif name == "cs_zscore":
+            settings.append(("cs_zscore", apply(params, {"label.normalize": "cs_zscore"})))
         else:
-            sys.exit(f"--settings: got {name!r}, expected old and/or new (use --setting for others)")
+            sys.exit(f"--settings: got {name!r}, expected old, new or cs_zscore (use --setting for others)")
     settings += [(n, apply(params, o)) for n, o in map(parse_setting, args.setting)]
     t0 = time.perf_counter()
     bars, oracle, feats, planted = build(args, params)
