@@ -99,3 +99,11 @@ def test_per_symbol_side_by_side_gives_the_same_forecasts_and_bytes(tmp_path):
     for f in files:
         assert (tmp_path / "two" / f).read_bytes() == (tmp_path / "one" / f).read_bytes(), f
     assert two[0].model.first.params.num_threads == 2  # restored after the 1-thread fit
+
+
+def test_per_symbol_side_by_side_names_a_symbol_without_val_rows(tmp_path):
+    """An error in a fit on a worker process reaches the stage as the one-line ConfigError."""
+    ds = dataset()
+    ds.segment[(ds.keys["symbol"] == "S2").to_numpy() & (ds.segment == "val")] = "purged"
+    with pytest.raises(ValueError, match="symbol 'S2'"):
+        fit_models(ds, ("lightgbm",), THREADED, tmp_path, seed=1, scope="per_symbol", fan=FanOut())
