@@ -246,9 +246,11 @@ def split_threads(name: str, block: dict[str, Any] | None, n_fits: int, fan: Fan
     A model of T threads per fit (its ``threads_param``) runs P = min(T, n_fits, cores) fits at
     once with T // P threads each, so the machine runs the T threads it was given. Small fits
     (one symbol's few thousand rows) spend much of each round waiting for their threads to meet,
-    so P one-thread fits side by side finish sooner than P two-thread fits one after the other;
-    the boosters are the same (LightGBM deterministic, XGBoost hist and CatBoost give the same
-    trees whatever the threads, tests/test_per_symbol.py checks). One process (and the block
+    so P one-thread fits side by side finish sooner than P two-thread fits one after the other.
+    The boosters were the same in every check (deterministic LightGBM, XGBoost hist and CatBoost
+    grew the same trees on 1 and 2 threads: tests/test_per_symbol.py, and bench_boosting.py
+    compares all 198 fits of its 22 tickers); a library whose trees depended on the thread count
+    would make side-by-side forecasts differ in the last bits. One process (and the block
     unchanged) under a Dask cluster (its workers are the side by side), with ``fan`` None (a
     caller that is itself one piece of a fan-out, e.g. a cv fold) and for models without threads."""
     key = models.get(name).cls.threads_param
@@ -256,7 +258,8 @@ def split_threads(name: str, block: dict[str, Any] | None, n_fits: int, fan: Fan
         return 1, block, {}
     spec = models.get(name)
     threads = int(getattr(from_dict(spec.cls.Params, block, f"{spec.family}.{name}"), key))
-    processes = min(threads, n_fits, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = min(threads, n_fits, cores)
     if processes < 2:
         return 1, block, {}
     return processes, {**(block or {}), key: threads // processes}, {key: threads}
