@@ -27,11 +27,19 @@ Setups (each fits all three families on all three horizons, then forecasts test)
   ``models.create(name, params.yaml boosting block, horizons=(1, 4, 24), seed=train.seed)``,
   ``fit(XY(train), XY(val))`` on the pooled rows of ``assign_segments`` (same cut timestamps for
   every ticker, purged by the 24-bar label, ``split.embargo`` bars dropped after each cut).
-* ``ours per-ticker``: the same registered models and segments, fitted ticker by ticker (to
-  separate the effect of pooling from that of the hyperparameters); timed on
-  ``--per-ticker-tickers`` tickers and extrapolated.
+* ``ours per_symbol``: the same registered models and segments under ``train.scope:
+  per_symbol``, through the library path of the ``train@boosting`` stage
+  (``train.fit_models(..., scope="per_symbol", fan=FanOut())``: one model per ticker and family,
+  saved in native formats to a temporary directory, val and test forecasts, the uncertainty
+  calibration), to separate the effect of pooling from that of the hyperparameters. In process
+  the stage runs the symbols side by side, ``num_threads`` (2) one-thread fits at once on local
+  processes (``train.split_threads``); timed on ``--per-symbol-tickers`` tickers (all 22 by
+  default). ``ours per_symbol, one at a time`` (``--serial-repeats``, default 1; 0 leaves it
+  out): the same with ``fan=None``, every fit on this process with its 2 threads, as a ``cv``
+  fold runs them.
 
 The timed span of a setup is fitting plus test forecasts (data generation is shared and untimed).
+CPU seconds count this process and its worker processes (``psutil``).
 
 Quality is scored on the same rows for every setup: the test rows (ours, i.e. after the embargo;
 a subset of the reference's test rows, checked) of the tickers that every setup fitted. For each
@@ -51,7 +59,9 @@ timings would measure the neighbours' load. Run with ``OMP_WAIT_POLICY=active`` 
 OpenMP default on an idle machine. Both setups run under the same policy.
 
 Prints markdown tables with the load average (the machine is shared); exits with status 1 if ours
-pooled misses ``--target`` seconds for 22 tickers or is worse than the reference beyond noise.
+pooled misses ``--target`` seconds for 22 tickers or is worse than the reference beyond noise, or
+if ours per_symbol misses ``--per-symbol-target`` seconds or ``--per-symbol-speedup`` times the
+reference's wall time (timed in the same run), both for 22 tickers.
 """
 from __future__ import annotations
 
@@ -160,8 +170,22 @@ class FamilyStats:
 
     def add(self, fam: str, wall0: float, cpu0: float, trees: list[int]) -> None:
         self.wall[fam] += time.perf_counter() - wall0
-        self.cpu[fam] += time.process_time() - cpu0
+        self.cpu[fam] += cpu_seconds() - cpu0
         self.trees[fam] += trees
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its live worker processes."""
+    import psutil
+
+    total = time.process_time()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.NoSuchProcess:  # exited between the listing and the read
+            continue
+        total += t.user + t.system
+    return total
 
 
 def fit_reference(panel: Panel, tickers: list[int], seed: int, stats: FamilyStats) -> Preds:
@@ -196,7 +220,7 @@ def fit_reference(panel: Panel, tickers: list[int], seed: int, stats: FamilyStat
                 ).fit(Xtr, ytr, eval_set=(Xva, yva)),
             }
             for fam in FAMILIES:
-                t0, c0 = time.perf_counter(), time.process_time()
+                t0, c0 = time.perf_counter(), cpu_seconds()
                 est = fits[fam]()
                 out[fam][te, j] = est.predict(Xte)  # sklearn APIs predict at the best iteration
                 stats.add(fam, t0, c0, [_trees(fam, est)])
@@ -211,7 +235,7 @@ def _fit_ours(panel: Panel, rows: np.ndarray, blocks: dict, seed: int, out: Pred
 
     tr, va, te = (rows[panel.segment[rows] == s] for s in ("train", "val", "test"))
     for fam in FAMILIES:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         m = models.create(fam, blocks[fam], horizons=HORIZONS, seed=seed)
         m.fit(XY(panel.X[tr], panel.Y[tr]), XY(panel.X[va], panel.Y[va]))
         out[fam][te] = m.predict(panel.X[te])
@@ -237,12 +261,34 @@ def fit_pooled(panel: Panel, blocks: dict, seed: int, stats: FamilyStats) -> Pre
     return out
 
 
-def fit_per_ticker(panel: Panel, tickers: list[int], blocks: dict, seed: int,
-                   stats: FamilyStats) -> Preds:
-    """The same registered models, one per ticker and family."""
+def fit_per_symbol(panel: Panel, tickers: list[int], blocks: dict, seed: int, stats: FamilyStats,
+                   fan: object | None) -> Preds:
+    """``train.scope: per_symbol`` the way the train@boosting stage runs it: ``fit_models`` on a
+    Dataset of ``tickers``' rows, one family at a time (to time each), into a scratch directory.
+    fan: a ``compute.FanOut`` (in process: symbols side by side) or None (one at a time)."""
+    import tempfile
+
+    from alphafactory.dataset import Dataset
+    from alphafactory.train import fit_models
+
+    rows = np.flatnonzero(np.isin(panel.sym, tickers))
+    keys = pd.DataFrame({"symbol": np.char.add("T", panel.sym[rows].astype("U2")),
+                         "timestamp": panel.tcode[rows]})
+    ds = Dataset(keys=keys, X=panel.X[rows], Y=panel.Y[rows],
+                 feature_names=[f"f{i}" for i in range(panel.X.shape[1])], horizons=HORIZONS,
+                 segment=panel.segment[rows], sym_codes=pd.factorize(keys["symbol"])[0],
+                 vol=np.ones(len(rows)))
+    where = pd.MultiIndex.from_frame(keys)
     out = {f: np.full(panel.Y.shape, np.nan) for f in FAMILIES}
-    for t in tickers:
-        _fit_ours(panel, np.flatnonzero(panel.sym == t), blocks, seed, out, stats)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in FAMILIES:
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            (res,) = fit_models(ds, (fam,), blocks, tmp, seed=seed, scope="per_symbol", fan=fan)
+            stats.add(fam, t0, c0, [_trees(fam, e) for m in res.model.members.values() for e in m.estimators_])
+            test = res.predictions[res.predictions["segment"] == "test"]
+            at = where.get_indexer(pd.MultiIndex.from_frame(test[["symbol", "timestamp"]]))
+            col = np.searchsorted(HORIZONS, test["horizon"].to_numpy())
+            out[fam][rows[at], col] = test["yhat"].to_numpy()
     return out
 
 
@@ -335,10 +381,10 @@ def timed(name: str, tickers: int, repeats: int, fit: Callable[[FamilyStats], Pr
     run = Run(name, tickers, [], [], FamilyStats(), {})
     for i in range(repeats):
         load = os.getloadavg()[0]
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         run.preds = fit(run.stats)
         run.wall.append(time.perf_counter() - t0)
-        run.cpu.append(time.process_time() - c0)
+        run.cpu.append(cpu_seconds() - c0)
         print(f"{name}: repeat {i + 1}/{repeats}: {run.wall[-1]:.1f} s wall, {run.cpu[-1]:.1f} s CPU "
               f"on {tickers} tickers (1-min load average before: {load:.2f})", file=sys.stderr, flush=True)
     return run
@@ -351,24 +397,30 @@ def _fmt(x: float, se: float | None = None, nd: int = 4) -> str:
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref-tickers", type=int, default=3, help="tickers the reference is timed on")
-    ap.add_argument("--per-ticker-tickers", type=int, default=3,
-                    help="tickers the ours per-ticker variant is timed on")
+    ap.add_argument("--per-symbol-tickers", type=int, default=N_TICKERS,
+                    help="tickers ours per_symbol is timed on")
     ap.add_argument("--ref-repeats", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of ours (pooled and per-ticker)")
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of ours (pooled and per_symbol)")
+    ap.add_argument("--serial-repeats", type=int, default=1,
+                    help="repeats of ours per_symbol one fit at a time (0: not run)")
     ap.add_argument("--signal", type=float, default=0.1, help="planted 1-bar IC of the synthetic panel")
     ap.add_argument("--block", type=int, default=35,
                     help="bootstrap block, in test timestamps (35 = 5 sessions)")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     ap.add_argument("--target", type=float, default=60.0,
                     help="wall seconds allowed to ours pooled on 22 tickers")
+    ap.add_argument("--per-symbol-target", type=float, default=60.0,
+                    help="wall seconds allowed to ours per_symbol on 22 tickers")
+    ap.add_argument("--per-symbol-speedup", type=float, default=6.0,
+                    help="least reference / ours per_symbol wall-time ratio, 22 tickers each")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = ap.parse_args()
-    for key in ("ref_tickers", "per_ticker_tickers"):
+    for key in ("ref_tickers", "per_symbol_tickers"):
         v = getattr(args, key)
         if not 1 <= v <= N_TICKERS:
             ap.error(f"--{key.replace('_', '-')}: got {v}, expected 1..{N_TICKERS}")
-    for key in ("ref_repeats", "repeats", "block", "boot"):
-        if getattr(args, key) < 1:
+    for key in ("ref_repeats", "repeats", "block", "boot", "serial_repeats"):
+        if getattr(args, key) < (0 if key == "serial_repeats" else 1):
             ap.error(f"--{key.replace('_', '-')}: got {getattr(args, key)}, expected >= 1")
     if not 0.0 <= args.signal < 1.0:
         ap.error(f"--signal: got {args.signal}, expected 0 <= x < 1 (it is a correlation)")
@@ -384,10 +436,10 @@ def main() -> int:
     import xgboost  # noqa: F401
 
     from alphafactory.config import load_params
-    from alphafactory.stage import family_section
+    from alphafactory.train import family_section
 
     params = load_params(args.params)
-    _, blocks, _ = family_section(params, "boosting", "boosting")
+    _, blocks, _ = family_section(params, "boosting")
     seed = int((params.get("train") or {}).get("seed", 42))
     load0 = os.getloadavg()
     t0 = time.perf_counter()
@@ -395,13 +447,21 @@ def main() -> int:
     print(f"panel: {len(panel.Y):,} rows x {panel.X.shape[1]} features in "
           f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
-    ref_t, pt_t = list(range(args.ref_tickers)), list(range(args.per_ticker_tickers))
+    ref_t, pt_t = list(range(args.ref_tickers)), list(range(args.per_symbol_tickers))
     ref = timed("reference", len(ref_t), args.ref_repeats,
                 lambda st: fit_reference(panel, ref_t, seed, st))
     pooled = timed("ours pooled", N_TICKERS, args.repeats, lambda st: fit_pooled(panel, blocks, seed, st))
-    per = timed("ours per-ticker", len(pt_t), args.repeats,
-                lambda st: fit_per_ticker(panel, pt_t, blocks, seed, st))
+    from alphafactory.compute import FanOut
+
+    per = timed("ours per_symbol", len(pt_t), args.repeats,
+                lambda st: fit_per_symbol(panel, pt_t, blocks, seed, st, FanOut()))
     runs = [ref, pooled, per]
+    if args.serial_repeats:
+        serial = timed("ours per_symbol, one at a time", len(pt_t), args.serial_repeats,
+                       lambda st: fit_per_symbol(panel, pt_t, blocks, seed, st, None))
+        runs.append(serial)
+        if not all(np.array_equal(serial.preds[f], per.preds[f], equal_nan=True) for f in FAMILIES):
+            sys.exit("ours per_symbol: side by side and one at a time gave different forecasts")
     load1 = os.getloadavg()
 
     # Scored rows: ours test rows (after the embargo) of the tickers every setup fitted.
@@ -496,7 +556,20 @@ def main() -> int:
     print("quality: ours pooled is " + (f"worse than the reference beyond noise (dIC < -2 SE) at h = {worse}"
                                          if worse else "not worse than the reference beyond noise "
                                          "(dIC > -2 SE) at every horizon"))
-    return 0 if ok_time and not worse else 1
+    ps22 = per.per_22(statistics.median(per.wall))
+    ok_ps = ps22 <= args.per_symbol_target
+    ok_speed = ref22_wall / ps22 >= args.per_symbol_speedup
+    how = "" if per.tickers == N_TICKERS else f" (extrapolated from {per.tickers})"
+    print(f"ours per_symbol: {ps22:.1f} s wall ({per.per_22(statistics.median(per.cpu)):.1f} s CPU) for "
+          f"{N_TICKERS} tickers{how}, target <= {args.per_symbol_target:.0f} s: {'met' if ok_ps else 'MISSED'}; "
+          f"speed-up over the reference {ref22_wall / ps22:.1f}x wall, target >= {args.per_symbol_speedup:g}x: "
+          f"{'met' if ok_speed else 'MISSED'}")
+    if args.serial_repeats:
+        s22 = serial.per_22(statistics.median(serial.wall))
+        print(f"ours per_symbol, one at a time: {s22:.1f} s wall for {N_TICKERS} tickers{how} "
+              f"({ref22_wall / s22:.1f}x the reference); side by side is {s22 / ps22:.2f}x faster, "
+              "forecasts identical")
+    return 0 if ok_time and not worse and ok_ps and ok_speed else 1
 
 
 if __name__ == "__main__":

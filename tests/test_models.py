@@ -13,7 +13,7 @@ from alphafactory import models
 from alphafactory.dataset import Windows
 from alphafactory.errors import NotFittedError
 from alphafactory.models import export, registry
-from alphafactory.models.base import XY, Model
+from alphafactory.models.base import XY, Model, PerHorizonModel
 from alphafactory.serving import onnx_runtime
 
 HORIZONS = (1, 3)
@@ -298,6 +298,44 @@ def assert_future_blind(predict, X: np.ndarray, rows: np.ndarray, cut: int, sequ
 
 def future_cut(rows: np.ndarray) -> int:
     return int(rows[len(rows) // 2])  # mid-panel: the rows of a symbol on either side of it
+
+
+BINNED = [(n, t) for n, t in CASES if issubclass(models.get(n).cls, PerHorizonModel)]
+BINS_ONCE = {"lightgbm", "xgboost", "random_forest"}  # the families with a _bin
+
+
+@pytest.mark.parametrize("name, task", BINNED, ids=[f"{n}-{t}" for n, t in BINNED])
+def test_bin_once_forecasts_as_binning_each_horizon(name, task, monkeypatch):
+    """A per-horizon model bins (train X, val X) once and sets each fully labelled horizon's
+    labels on those bins; a horizon with a missing label bins its own rows. Its forecasts are
+    those of one model per horizon (each binning its own data, with the seed + j the model
+    gives horizon j), bit for bit."""
+    rng = np.random.default_rng(3)
+    n, horizons = 300, (1, 2, 5)
+    X = rng.normal(size=(n, N_FEAT)).astype(np.float32)
+    R = np.stack([(0.3 + 0.2 * j) * X[:, j] + rng.normal(0, 1, n) for j in range(3)], 1).astype(np.float32)
+    R[7, 2] = np.nan  # a train row without the h5 label: h5 takes the per-horizon path
+    Y = classes(R) if task == "classification" else R
+    tr, va, te = np.arange(180), np.arange(180, 240), np.arange(240, n)
+    cls = models.get(name).cls
+    seen = []  # per _fit_one call: whether it got the shared bins
+    fit_one = cls._fit_one
+    def spy(self, *a, binned=None, **kw):
+        seen.append(binned is not None)
+        return fit_one(self, *a, binned=binned, **kw)
+    monkeypatch.setattr(cls, "_fit_one", spy)
+
+    def fit(cols, h, seed):
+        m = models.create(name, FAST.get(name, {}), horizons=h, seed=seed, task=task)
+        return m.fit(XY(X[tr], Y[tr][:, cols], R=R[tr][:, cols]), XY(X[va], Y[va][:, cols], R=R[va][:, cols]))
+
+    together = fit([0, 1, 2], horizons, 11)
+    assert seen == ([True, True, False] if name in BINS_ONCE else [False] * 3)
+    for j, h in enumerate(horizons):
+        alone = fit([j], (h,), 11 + j)
+        np.testing.assert_array_equal(together.predict(X[te])[:, j], alone.predict(X[te])[:, 0], err_msg=f"h{h}")
+        if task == "classification":
+            np.testing.assert_array_equal(together.predict_proba(X[te])[:, j], alone.predict_proba(X[te])[:, 0])
 
 
 def test_future_rows_do_not_change_earlier_predictions(fitted):

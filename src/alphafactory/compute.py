@@ -7,7 +7,10 @@ Dask backend)::
     with fan_out(section(params, "compute", ComputeConfig)) as fan:
         results = fan.map(fit_one_fold, folds)   # results[i] is fit_one_fold(folds[i])
 
-* ``cluster: null`` (the default): a plain loop in this process; Dask is not imported.
+* ``cluster: null`` (the default): a plain loop in this process; Dask is not imported. A
+  caller that splits its threads between pieces of work (``train.scope: per_symbol``: a model
+  of T threads per fit runs T symbols at once, one thread each) asks ``map(..., processes=T)``
+  for that many local worker processes instead.
 * ``cluster: local``: a ``LocalCluster`` of ``workers`` processes of ``threads_per_worker``
   threads each, started for the stage and closed after it.
 * ``cluster: tcp://host:8786``: the scheduler of an existing cluster (``dask scheduler`` /
@@ -115,12 +118,16 @@ class FanOut:
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], *, desc: str | None = None,
-            unit: str = "item") -> list[R]:
+            unit: str = "item", processes: int = 1) -> list[R]:
         """``fn`` applied to each item, results in the order of ``items`` (a progress bar
         ``desc`` over them, if given). ``fn`` must be a module-level function and the items
         picklable (they travel to the workers); an exception raised by ``fn`` is raised here,
-        with its type."""
+        with its type. processes: in process (``cluster: null``), run the items on that many
+        local worker processes (joblib's loky) instead of one after the other, for a caller that
+        has split its threads between them (the per-symbol fits); ignored on a cluster."""
         items = list(items)
+        if self.cfg is None and processes > 1 and len(items) > 1:
+            return _local_map(fn, items, min(processes, len(items)), desc, unit)
         if self.cfg is None or len(items) <= 1:
             return [_call((fn, x)) for x in (progress(items, desc=desc, unit=unit) if desc else items)]
         import joblib
@@ -133,6 +140,20 @@ class FanOut:
             if desc:
                 results = progress(results, desc=f"{desc} ({self.workers} workers)", total=len(items), unit=unit)
             return list(results)
+
+
+def _local_map(fn: Callable[[T], R], items: list[T], processes: int, desc: str | None, unit: str) -> list[R]:
+    """``[fn(x) for x in items]`` on ``processes`` loky worker processes of this machine (kept
+    warm between calls, so a stage pays their start once), results in the order of ``items``."""
+    import joblib
+
+    # loky, not fork: a forked child of a process whose OpenMP pool has started can deadlock
+    par = joblib.Parallel(n_jobs=processes, backend="loky", batch_size=1, pre_dispatch="all",
+                          return_as="generator")
+    results = par(joblib.delayed(_call)((fn, x)) for x in items)
+    if desc:
+        results = progress(results, desc=f"{desc} ({processes} processes)", total=len(items), unit=unit)
+    return list(results)
 
 
 def _connect(cfg: ComputeConfig, stack: contextlib.ExitStack) -> Any:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from alphafactory import models
 from alphafactory.compute import FanOut
-from alphafactory.config import Interval
+from alphafactory.config import Interval, from_dict
 from alphafactory.dataset import Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.metrics import regression_metrics
@@ -240,27 +241,62 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     return model, forecasts
 
 
-def _fit_symbol(job: tuple[Dataset, str, str, dict[str, Any] | None, int, dict[str, Any] | None, str]
-                ) -> tuple[Model, dict[str, tuple]]:
+def _fit_symbol(job: tuple[Dataset, str, str, dict[str, Any] | None, int, dict[str, Any] | None, str,
+                             dict[str, int]]) -> tuple[Model, dict[str, tuple]]:
     """One symbol's fit (a piece of work that may run on another process): ``job`` is
-    (that symbol's rows of the dataset, symbol, model name, params block, seed, extra, task)."""
-    sub, sym, name, block, seed, extra, task = job
+    (that symbol's rows of the dataset, symbol, model name, params block, seed, extra, task,
+    params to restore on the fitted model: the configured threads of :func:`split_threads`)."""
+    sub, sym, name, block, seed, extra, task, restore = job
     try:
-        return fit_forecast(sub, name, block, seed=seed, extra=extra, task=task)
+        model, forecasts = fit_forecast(sub, name, block, seed=seed, extra=extra, task=task)
     except ConfigError as e:  # e.g. a class missing from this symbol's train rows
         raise ConfigError(f"train.scope per_symbol, symbol {sym!r}: {e}") from e
+    if restore:  # the manifest records the configured threads, not this fit's share of them
+        model.params = replace(model.params, **restore)
+    return model, forecasts
+
+
+def split_threads(name: str, block: dict[str, Any] | None, n_fits: int, fan: FanOut | None
+                  ) -> tuple[int, dict[str, Any] | None, dict[str, int]]:
+    """How to run ``n_fits`` fits of model ``name`` side by side in this machine's processes:
+    (processes, the params block each fit gets, params to restore on the fitted models).
+
+    A model of T threads per fit (its ``threads_param``) runs P = min(T, n_fits, cores) fits at
+    once with T // P threads each, so the machine runs the T threads it was given. Small fits
+    (one symbol's few thousand rows) spend much of each round waiting for their threads to meet,
+    so P one-thread fits side by side finish sooner than P two-thread fits one after the other.
+    The boosters were the same in every check (deterministic LightGBM, XGBoost hist and CatBoost
+    grew the same trees on 1 and 2 threads: tests/test_per_symbol.py, and bench_boosting.py
+    compares all 198 fits of its 22 tickers); a library whose trees depended on the thread count
+    would make side-by-side forecasts differ in the last bits. One process (and the block
+    unchanged) under a Dask cluster (its workers are the side by side), with ``fan`` None (a
+    caller that is itself one piece of a fan-out, e.g. a cv fold) and for models without threads."""
+    key = models.get(name).cls.threads_param
+    if fan is None or fan.cfg is not None or key is None or n_fits < 2:
+        return 1, block, {}
+    spec = models.get(name)
+    threads = int(getattr(from_dict(spec.cls.Params, block, f"{spec.family}.{name}"), key))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = min(threads, n_fits, cores)
+    if processes < 2:
+        return 1, block, {}
+    return processes, {**(block or {}), key: threads // processes}, {key: threads}
 
 
 def _fit_per_symbol(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: int,
                     extra: dict[str, Any] | None, task: str, fan: FanOut | None = None
                     ) -> tuple[PerSymbolModel, dict[str, tuple]]:
     """One model per symbol, each on that symbol's rows; forecasts gathered back into ``ds`` rows.
-    fan: where the symbols' fits run (None: one after the other here); every symbol's model has
-    the same seed, so the models do not depend on where or in which order they are fitted."""
+    fan: where the symbols' fits run (None: one after the other here; in process: side by side
+    on local processes, :func:`split_threads`); every symbol's model has the same seed, so the
+    models do not depend on where or in which order they are fitted."""
     symbols = ds.keys["symbol"].to_numpy()
     by_symbol = [np.flatnonzero(ds.sym_codes == code) for code in np.unique(ds.sym_codes)]
-    jobs = [(ds.subset(rows), str(symbols[rows[0]]), name, block, seed, extra, task) for rows in by_symbol]
-    fits = (fan or FanOut()).map(_fit_symbol, jobs, desc=f"{name} per symbol", unit="symbol")
+    processes, fit_block, restore = split_threads(name, block, len(by_symbol), fan)
+    jobs = [(ds.subset(rows), str(symbols[rows[0]]), name, fit_block, seed, extra, task, restore)
+            for rows in by_symbol]
+    fits = (fan or FanOut()).map(_fit_symbol, jobs, desc=f"{name} per symbol", unit="symbol",
+                                 processes=processes)
     members, parts = {}, {seg: [] for seg in PRED_SEGMENTS}
     for rows, job, (model, fc) in zip(by_symbol, jobs, fits, strict=True):
         members[job[1]] = model

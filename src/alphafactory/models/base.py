@@ -215,6 +215,9 @@ class Model(Forecaster):
     tasks: ClassVar[tuple[str, ...]] = ("regression",)
     Params: ClassVar[type]  # frozen dataclass of hyperparameters
     packages: ClassVar[tuple[str, ...]] = ()  # recorded in the manifest
+    # the Params field holding the threads one fit uses (num_threads, nthread, thread_count), for
+    # callers that run several fits side by side and split the threads between them; None: none
+    threads_param: ClassVar[str | None] = None
 
     def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
                  seed: int = 0, task: str = "regression") -> None:
@@ -278,16 +281,28 @@ def predict_threads(n_rows: int, threads: int) -> int:
 class PerHorizonModel(Model):
     """A model fitted as one estimator per horizon (gradient boosting libraries), each on the
     rows where that horizon has a label and early-stopped on the same horizon of ``val``.
-    For classification ``_fit_one`` gets class indices and ``_predict_one`` returns (n, 3)."""
+    For classification ``_fit_one`` gets class indices and ``_predict_one`` returns (n, 3).
+
+    Bin once: a family whose library bins (quantizes) the features before it trees them can
+    return that binned form of (train X, val X) from ``_bin``; it is built once per fit and
+    handed to ``_fit_one`` (``binned=``) for every horizon whose train and val rows are all
+    labelled, which then only sets that horizon's labels on it. The bins depend on X alone, so
+    the boosters are those of binning each horizon's rows anew (tests/test_models.py checks)."""
 
     suffix: ClassVar[str] = ".bin"
 
     @abstractmethod
     def _fit_one(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray,
-                 seed: int, bar: Any = None) -> tuple[Any, dict[str, list[float]]]:
+                 seed: int, bar: Any = None, binned: Any = None) -> tuple[Any, dict[str, list[float]]]:
         """Return (estimator, {"train": curve, "val": curve}). ``bar``: this horizon's progress
         bar (total ``_rounds()``) when the family has rounds, for the library's callback to
-        advance once a round unless ``bar.disable``; None otherwise."""
+        advance once a round unless ``bar.disable``; None otherwise. ``binned``: what ``_bin``
+        returned for these very X and Xv (set y and yv on it instead of binning again), or None."""
+
+    def _bin(self, X: np.ndarray, Xv: np.ndarray) -> Any:
+        """The library's binned form of train ``X`` (n, F) and val ``Xv`` (m, F), reused by every
+        fully labelled horizon; None (the default): each ``_fit_one`` bins its own rows."""
+        return None
 
     def _rounds(self) -> int | None:
         """Rounds (trees) per horizon, the total of each horizon's progress bar; None: no bar."""
@@ -308,13 +323,22 @@ class PerHorizonModel(Model):
     def _fit(self, train: XY, val: XY) -> None:
         X, Xv = float_matrix(train.X), float_matrix(val.X)
         self.estimators_, self.history_ = [], {}
+        shared: list[Any] = []  # [the binned (X, Xv)] once built: only if some horizon is fully labelled
         for j, h in enumerate(self.horizons):
             m, mv = ~np.isnan(train.Y[:, j]), ~np.isnan(val.Y[:, j])
             if m.sum() == 0 or mv.sum() == 0:
                 raise ValueError(f"{self.name}: horizon {h} has no labelled rows in train or val")
+            full = bool(m.all() and mv.all())
+            if full and not shared:
+                shared.append(self._bin(X, Xv))
+            binned = shared[0] if full else None
             rounds = self._rounds()
             with progress(desc=f"{self.name} h{h}", total=rounds, unit="round") if rounds else nullcontext() as bar:
-                est, hist = self._fit_one(X[m], train.Y[m, j], Xv[mv], val.Y[mv, j], self.seed + j, bar)
+                if binned is None:
+                    est, hist = self._fit_one(X[m], train.Y[m, j], Xv[mv], val.Y[mv, j], self.seed + j, bar)
+                else:
+                    y, yv = (np.ascontiguousarray(a.Y[:, j]) for a in (train, val))  # a column: strided
+                    est, hist = self._fit_one(X, y, Xv, yv, self.seed + j, bar, binned=binned)
                 if bar is not None and not bar.disable and bar.n < rounds:
                     bar.set_postfix_str(f"{bar.postfix}, early stop", refresh=False)
             self.estimators_.append(est)

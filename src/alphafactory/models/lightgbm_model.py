@@ -2,6 +2,7 @@
 saved as LightGBM text."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -38,19 +39,45 @@ def _advance(bar):
     return callback
 
 
+def save_text(booster: lgb.Booster, path: Path, num_threads: int, num_iteration: int | None = None) -> None:
+    """LightGBM text, recording the configured ``num_threads`` in its parameters section rather
+    than the threads the fit ran with: fits run side by side with fewer threads each
+    (:func:`alphafactory.train.split_threads`) grow the same trees and so save the same bytes."""
+    text = booster.model_to_string(num_iteration=num_iteration)
+    text = re.sub(r"^\[num_threads: \d+\]$", f"[num_threads: {num_threads}]", text, count=1, flags=re.M)
+    path.write_bytes(text.encode())
+
+
+def bin_datasets(X, Xv) -> tuple[lgb.Dataset, lgb.Dataset]:
+    """(train, val) LightGBM Datasets of ``X`` (n, F) and ``Xv`` (m, F) for
+    :func:`train_booster` to reuse for every horizon: binned on the first training that uses
+    them (val with train's bins), labels set per horizon. The bins depend on X alone (and on
+    dataset parameters that are the same for every horizon of a model), so the boosters are
+    those of Datasets built anew per horizon."""
+    dtrain = lgb.Dataset(X, free_raw_data=False)
+    return dtrain, lgb.Dataset(Xv, reference=dtrain)
+
+
 def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
-                  callbacks: list | None = None, bar=None) -> tuple[lgb.Booster, dict[str, list[float]]]:
+                  callbacks: list | None = None, bar=None,
+                  binned: tuple[lgb.Dataset, lgb.Dataset] | None = None) -> tuple[lgb.Booster, dict[str, list[float]]]:
     """Train one deterministic LightGBM booster, regression (L2) or 3-class (multi log loss), on
     (X, y), scoring train and val after every round. Returns (booster, {"train", "val"} curves).
     Shared by ``lightgbm`` and ``random_forest`` (``boosting: rf`` in ``params``). ``bar``: a
-    progress bar advanced once a round (see :class:`~alphafactory.models.base.PerHorizonModel`)."""
+    progress bar advanced once a round (see :class:`~alphafactory.models.base.PerHorizonModel`).
+    ``binned``: :func:`bin_datasets` of these X and Xv, whose labels are set to y and yv."""
     metric = "multi_logloss" if classifier else "l2"
     if bar is not None and not bar.disable:
         callbacks = [*(callbacks or []), _advance(bar)]
     objective = {"objective": "multiclass", "num_class": 3} if classifier else {"objective": "regression"}
     curves: dict = {}
-    dtrain = lgb.Dataset(X, y, free_raw_data=False)
-    dval = lgb.Dataset(Xv, yv, reference=dtrain)
+    if binned is None:
+        dtrain = lgb.Dataset(X, y, free_raw_data=False)
+        dval = lgb.Dataset(Xv, yv, reference=dtrain)
+    else:
+        dtrain, dval = binned
+        dtrain.set_label(y)
+        dval.set_label(yv)
     booster = lgb.train(
         {**objective, **params, "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric},
         dtrain, num_boost_round=rounds, valid_sets=[dtrain, dval], valid_names=["train", "val"],
@@ -64,6 +91,7 @@ class LightGBMModel(PerHorizonModel):
     Params = LightGBMParams
     packages = ("lightgbm",)
     suffix = ".txt"
+    threads_param = "num_threads"
 
     def __init__(self, params=None, *, client=None, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -72,7 +100,10 @@ class LightGBMModel(PerHorizonModel):
     def _rounds(self):
         return None if self.params.distributed else self.params.n_estimators
 
-    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
+    def _bin(self, X, Xv):
+        return None if self.params.distributed else bin_datasets(X, Xv)  # distributed: the workers bin
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):
         p = self.params
         if p.distributed:
             return train_lightgbm(
@@ -88,7 +119,7 @@ class LightGBMModel(PerHorizonModel):
             "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
         }
         return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier,
-                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)], bar)
+                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)], bar, binned)
 
     def _predict_one(self, est, X):
         # num_threads always passed: LightGBM sets it as the calling thread's OpenMP default
@@ -99,7 +130,7 @@ class LightGBMModel(PerHorizonModel):
         return int(est.best_iteration)
 
     def _save_one(self, est, path: Path):
-        est.save_model(str(path), num_iteration=est.best_iteration or None)
+        save_text(est, path, self.params.num_threads, est.best_iteration or None)
 
     def _load_one(self, path: Path):
         return lgb.Booster(model_file=str(path))

@@ -23,7 +23,7 @@ import lightgbm as lgb
 from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel, predict_threads
-from alphafactory.models.lightgbm_model import train_booster
+from alphafactory.models.lightgbm_model import bin_datasets, save_text, train_booster
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,15 @@ class RandomForestModel(PerHorizonModel):
     Params = RandomForestParams
     packages = ("lightgbm",)
     suffix = ".txt"
+    threads_param = "num_threads"
 
     def _rounds(self):
         return self.params.n_estimators
 
-    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
+    def _bin(self, X, Xv):
+        return bin_datasets(X, Xv)
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):
         p = self.params
         params = {
             "boosting": "rf", "num_leaves": p.num_leaves, "max_depth": p.max_depth,
@@ -56,13 +60,13 @@ class RandomForestModel(PerHorizonModel):
             "bagging_fraction": p.bagging_fraction, "bagging_freq": 1, "lambda_l2": p.lambda_l2,
             "num_threads": p.num_threads, "seed": seed,
         }
-        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier, bar=bar)
+        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier, bar=bar, binned=binned)
 
     def _predict_one(self, est, X):
         return est.predict(X, num_threads=predict_threads(len(X), self.params.num_threads))
 
     def _save_one(self, est, path: Path):
-        est.save_model(str(path))
+        save_text(est, path, self.params.num_threads)
 
     def _load_one(self, path: Path):
         return lgb.Booster(model_file=str(path))

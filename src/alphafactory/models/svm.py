@@ -104,7 +104,7 @@ class SVMModel(PerHorizonModel):
     packages = ("scikit-learn",)
     suffix = ".npz"
 
-    def _fit_one(self, X, y, Xv, yv, seed, bar=None):  # no rounds, no bar
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):  # no rounds, no bar, no bins
         _, state = fit_svr(X, y, self.params, seed)
         hist = {"train": [mse(predict_arrays(state, X), y)], "val": [mse(predict_arrays(state, Xv), yv)]}
         return state, hist

@@ -47,6 +47,7 @@ class XGBoostModel(PerHorizonModel):
     Params = XGBoostParams
     packages = ("xgboost",)
     suffix = ".ubj"
+    threads_param = "nthread"
 
     def __init__(self, params=None, *, client=None, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -55,7 +56,15 @@ class XGBoostModel(PerHorizonModel):
     def _rounds(self):
         return None if self.params.distributed else self.params.n_estimators
 
-    def _fit_one(self, X, y, Xv, yv, seed, bar=None):
+    def _bin(self, X, Xv):
+        # Plain DMatrix, as for one horizon: training bins it (the hist quantiles, from X alone) and
+        # keeps the bins in it, so the next horizon's booster reuses them; a QuantileDMatrix gave
+        # the same forecasts here but goes through another sketch, so it is not used.
+        if self.params.distributed:  # the workers bin their own rows
+            return None
+        return xgb.DMatrix(X, nthread=self.params.nthread), xgb.DMatrix(Xv, nthread=self.params.nthread)
+
+    def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):
         p = self.params
         task = ({"objective": "multi:softprob", "num_class": 3, "eval_metric": "mlogloss"} if self.classifier
                 else {"objective": "reg:squarederror", "eval_metric": "rmse"})
@@ -66,7 +75,12 @@ class XGBoostModel(PerHorizonModel):
             booster, curves = train_xgboost(need_client(self.client, "boosting.xgboost"), params, X, y, Xv, yv,
                                             p.n_estimators, p.early_stopping_rounds)
         else:
-            dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
+            if binned is None:
+                dtrain, dval = xgb.DMatrix(X, y, nthread=p.nthread), xgb.DMatrix(Xv, yv, nthread=p.nthread)
+            else:  # this model's bins of X and Xv, shared by its horizons (PerHorizonModel._bin)
+                dtrain, dval = binned
+                dtrain.set_label(y)
+                dval.set_label(yv)
             curves = {}
             booster = xgb.train(
                 params, dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
