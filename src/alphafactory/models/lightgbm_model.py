@@ -12,7 +12,6 @@ import lightgbm as lgb
 from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel, predict_threads
-from alphafactory.models.distributed import need_client, train_lightgbm
 
 
 @dataclass(frozen=True)
@@ -106,6 +105,9 @@ class LightGBMModel(PerHorizonModel):
     def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):
         p = self.params
         if p.distributed:
+            # training-only code: a bundle that serves this model never loads it
+            from alphafactory.models.distributed import need_client, train_lightgbm
+
             return train_lightgbm(
                 need_client(self.client, "boosting.lightgbm"),
                 {"learning_rate": p.learning_rate, "num_leaves": p.num_leaves, "min_child_samples": p.min_child_samples,

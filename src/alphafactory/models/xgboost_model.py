@@ -10,7 +10,6 @@ import xgboost as xgb
 from alphafactory.config import Interval
 from alphafactory.models import register
 from alphafactory.models.base import PerHorizonModel
-from alphafactory.models.distributed import need_client, train_xgboost
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,9 @@ class XGBoostModel(PerHorizonModel):
                   "subsample": p.subsample, "colsample_bytree": p.colsample_bytree, "lambda": p.reg_lambda,
                   "nthread": p.nthread, "seed": seed, "tree_method": "hist", "device": p.device}
         if p.distributed:
+            # training-only code: a bundle that serves this model never loads it
+            from alphafactory.models.distributed import need_client, train_xgboost
+
             booster, curves = train_xgboost(need_client(self.client, "boosting.xgboost"), params, X, y, Xv, yv,
                                             p.n_estimators, p.early_stopping_rounds)
         else:
