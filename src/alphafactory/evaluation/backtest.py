@@ -43,9 +43,8 @@ from alphafactory.compute import FanOut
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.dataset import KEYS, Dataset
 from alphafactory.errors import ConfigError
-from alphafactory.evaluation.cv import FAMILIES, check_base_models, fold_segments, segment_spans
+from alphafactory.evaluation.cv import FAMILIES, RefitSpec, check_base_models, fold_segments, segment_spans
 from alphafactory.feature_select import SelectConfig
-from alphafactory.train import fit_models
 from alphafactory.uncertainty import MIN_ROWS
 
 log = logging.getLogger(__name__)
@@ -77,30 +76,15 @@ class _BlockJob:
 
     bid: int
     ds: Dataset  # the whole panel, its segment that of this block (train, val, test, purged)
-    by_family: dict[str, list[str]]
-    blocks: dict[str, Any]
-    extra: dict[str, dict[str, Any]] | None
-    seed: int
-    task: str
-    scope: str
-    select: SelectConfig | None
-    workdir: str
+    spec: RefitSpec
 
 
 def _run_block(job: _BlockJob) -> tuple[int, list[pd.DataFrame], float]:
     """Refit every model on one block's train rows and forecast its test rows: (block id, the
-    forecasts of each model, seconds). The block's models are fitted in a temporary directory of
-    ``job.workdir`` (on a worker without that directory, of its own temp directory), deleted after."""
+    forecasts of each model, seconds). ``train.select`` is refitted on each block's train rows."""
     t0 = time.perf_counter()
-    preds = []
-    parent = job.workdir if Path(job.workdir).is_dir() else None
-    with tempfile.TemporaryDirectory(prefix=f"block{job.bid}-", dir=parent) as tmp:
-        for family, names in job.by_family.items():
-            results = fit_models(job.ds, tuple(names), job.blocks, tmp, seed=job.seed,
-                                 extra=(job.extra or {}).get(family), task=job.task, scope=job.scope,
-                                 select=job.select)  # train.select: refitted on each block's train rows
-            preds += [r.predictions[r.predictions["segment"] == "test"] for r in results]
-    return job.bid, preds, time.perf_counter() - t0
+    preds = job.spec.fit(job.ds, f"block{job.bid}-", select=job.spec.select)
+    return job.bid, [p[p["segment"] == "test"] for p in preds], time.perf_counter() - t0
 
 
 def walk_forward(ds: Dataset, labels: pd.DataFrame, blocks_table: pd.DataFrame, cfg: BacktestConfig, *,
@@ -151,8 +135,8 @@ def walk_forward(ds: Dataset, labels: pd.DataFrame, blocks_table: pd.DataFrame, 
     with contextlib.ExitStack() as stack:
         tmp = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-backtest-")))
-        work = [_BlockJob(bid, dataclasses.replace(ds, segment=seg), by_family, blocks, extra, seed, task, scope,
-                          select, str(tmp)) for bid, seg in jobs]
+        spec = RefitSpec(by_family, blocks, extra, seed, task, scope, select, str(tmp))
+        work = [_BlockJob(bid, dataclasses.replace(ds, segment=seg), spec) for bid, seg in jobs]
         for bid, block_preds, secs in (fan or FanOut()).map(_run_block, work, desc="refit blocks", unit="block"):
             preds += block_preds
             span = spans[f"block{bid}"]

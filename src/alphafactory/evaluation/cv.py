@@ -218,6 +218,34 @@ def summarise(per_fold: dict[int, dict]) -> dict:
 
 
 @dataclass(frozen=True)
+class RefitSpec:
+    """What every refit of the ``cv`` folds and the ``backtest`` blocks fits, whichever fold or
+    block: the models per family, their params blocks and constructor arguments, and where."""
+
+    by_family: dict[str, list[str]]
+    blocks: dict[str, Any]
+    extra: dict[str, dict[str, Any]] | None
+    seed: int
+    task: str
+    scope: str
+    select: SelectConfig | None
+    workdir: str  # an existing directory on the caller's machine (a worker without it: its own temp dir)
+
+    def fit(self, ds: Dataset, prefix: str, select: SelectConfig | None = None) -> list[pd.DataFrame]:
+        """Fit every model on ``ds``'s train rows (``select``: fitted on them first) in a temporary
+        directory of ``workdir``, deleted after; their predictions (every segment), one frame each."""
+        preds = []
+        parent = self.workdir if Path(self.workdir).is_dir() else None
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as tmp:
+            for family, names in self.by_family.items():
+                results = fit_models(ds, tuple(names), self.blocks, tmp, seed=self.seed,
+                                     extra=(self.extra or {}).get(family), task=self.task, scope=self.scope,
+                                     select=select)
+                preds += [r.predictions for r in results]
+        return preds
+
+
+@dataclass(frozen=True)
 class _FoldJob:
     """Everything one fold's refit needs, so that it can run on another process or machine."""
 
@@ -226,35 +254,21 @@ class _FoldJob:
     fold: pd.DataFrame
     label_end: np.ndarray
     cfg: CVConfig
-    by_family: dict[str, list[str]]
-    blocks: dict[str, Any]
-    extra: dict[str, dict[str, Any]] | None
-    seed: int
-    task: str
-    scope: str
-    select: SelectConfig | None
-    workdir: str
+    spec: RefitSpec
 
 
 def _run_fold(job: _FoldJob) -> tuple[int, dict[str, Any], dict | None, float]:
     """Refit and score one fold: (fold id, its span, its scores or None when skipped, seconds).
-    The fold's models are fitted in a temporary directory of ``job.workdir`` (on a worker without
-    that directory, of its own temp directory) and deleted with it."""
+    The fold's models are fitted in a temporary directory of ``job.spec.workdir``, deleted after."""
     t0 = time.perf_counter()
-    fold_ds, span, _ = fold_dataset(job.ds, job.fold, job.label_end, job.cfg.val_frac, job.scope)
+    fold_ds, span, _ = fold_dataset(job.ds, job.fold, job.label_end, job.cfg.val_frac, job.spec.scope)
     if not span["scored"]:
         return job.fid, span, None, time.perf_counter() - t0
-    fold_ds, selection = select_dataset(fold_ds, job.select, seed=job.seed)  # on the fold's train rows
+    fold_ds, selection = select_dataset(fold_ds, job.spec.select, seed=job.spec.seed)  # on the fold's train rows
     if selection is not None:
         span["selected"] = len(selection.columns)
         span["selected_features"] = selection.columns
-    preds = []
-    parent = job.workdir if Path(job.workdir).is_dir() else None
-    with tempfile.TemporaryDirectory(prefix=f"fold{job.fid}-", dir=parent) as tmp:
-        for family, names in job.by_family.items():
-            results = fit_models(fold_ds, tuple(names), job.blocks, tmp, seed=job.seed,
-                                 extra=(job.extra or {}).get(family), task=job.task, scope=job.scope)
-            preds += [r.predictions for r in results]
+    preds = job.spec.fit(fold_ds, f"fold{job.fid}-")
     p = pd.concat(preds, ignore_index=True)
     return job.fid, span, score_fold(p[p["segment"] == "test"], fold_ds), time.perf_counter() - t0
 
@@ -298,8 +312,8 @@ def cross_validate(ds: Dataset, labels: pd.DataFrame, folds: pd.DataFrame, cfg: 
     with contextlib.ExitStack() as stack:
         tmp = Path(workdir) if workdir is not None else Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="alphafactory-cv-")))
-        jobs = [_FoldJob(fid, ds, folds[folds["fold"] == fid], label_end, cfg, by_family, blocks, extra, seed,
-                         task, scope, select, str(tmp)) for fid in fold_ids]
+        spec = RefitSpec(by_family, blocks, extra, seed, task, scope, select, str(tmp))
+        jobs = [_FoldJob(fid, ds, folds[folds["fold"] == fid], label_end, cfg, spec) for fid in fold_ids]
         fan = fan if fan is not None else FanOut()
         for i, (fid, span, scores, secs) in enumerate(fan.map(_run_fold, jobs, desc="cv folds", unit="fold")):
             spans[f"fold{fid}"] = span

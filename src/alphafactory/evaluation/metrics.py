@@ -848,6 +848,17 @@ def _k_label(k: float) -> str:
     return f"{whole}.{frac.ljust(2, '0')}"
 
 
+def _gaussian_forecasts(y: ArrayLike, yhat: ArrayLike, yhat_std: ArrayLike) -> tuple[np.ndarray, ...]:
+    """(y, yhat, yhat_std) as equal-length 1-D float arrays, the std >= 0 (ValueError otherwise)."""
+    y = _as_1d(y, "y")
+    yhat = _as_1d(yhat, "yhat")
+    std = _as_1d(yhat_std, "yhat_std")
+    _same_length(y=y, yhat=yhat, yhat_std=std)
+    if (std < 0).any():
+        raise ValueError(f"yhat_std must be >= 0, got minimum {float(std.min())!r}")
+    return y, yhat, std
+
+
 def interval_coverage(
     y: ArrayLike,
     yhat: ArrayLike,
@@ -867,12 +878,7 @@ def interval_coverage(
         (``2 * Phi(k) - 1``), with k written with at least two decimals and no rounding
         (``cover_1.00``, ``cover_1.645``, ``cover_1.96``); and ``n``.
     """
-    y = _as_1d(y, "y")
-    yhat = _as_1d(yhat, "yhat")
-    std = _as_1d(yhat_std, "yhat_std")
-    _same_length(y=y, yhat=yhat, yhat_std=std)
-    if (std < 0).any():
-        raise ValueError(f"yhat_std must be >= 0, got minimum {float(std.min())!r}")
+    y, yhat, std = _gaussian_forecasts(y, yhat, yhat_std)
     ks = np.asarray(k, dtype=np.float64)
     if ks.ndim != 1 or ks.size == 0 or not np.all(np.isfinite(ks) & (ks > 0)):
         raise ValueError(f"k must be a non-empty sequence of finite numbers > 0, got {k!r}")
@@ -902,12 +908,7 @@ def crps_gaussian(y: ArrayLike, yhat: ArrayLike, yhat_std: ArrayLike) -> float:
         yhat: (n,) predicted means.
         yhat_std: (n,) predicted standard deviations, >= 0.
     """
-    y = _as_1d(y, "y")
-    yhat = _as_1d(yhat, "yhat")
-    std = _as_1d(yhat_std, "yhat_std")
-    _same_length(y=y, yhat=yhat, yhat_std=std)
-    if (std < 0).any():
-        raise ValueError(f"yhat_std must be >= 0, got minimum {float(std.min())!r}")
+    y, yhat, std = _gaussian_forecasts(y, yhat, yhat_std)
     err = y - yhat
     pos = std > 0
     z = np.where(pos, err / np.where(pos, std, 1.0), 0.0)
