@@ -542,3 +542,24 @@ def test_daily_bars_with_an_offset_keep_their_local_date(tmp_path: Path, fmt: st
     exp = _expected()
     exp["timestamp"] = exp["timestamp"] + pd.Timedelta(hours=1)  # 10:00 Tokyo = 01:00 UTC
     _check(q, exp)
+
+
+@pytest.mark.parametrize("unit", ["ns", "us", "s"])
+def test_naive_datetime_column_missing_and_out_of_range(unit: str) -> None:
+    """Typed naive timestamps (a parquet file, a request body) skip the text parsing, not the
+    checks: a missing one and one past 2262 (which datetime64[s] and [us] can hold) are named."""
+    df = _expected()
+    df["timestamp"] = df["timestamp"].astype(f"datetime64[{unit}]")
+    assert validate_bars(df, "typed.parquet").equals(validate_bars(_expected(), "typed.parquet"))
+    missing = df.copy()
+    missing.loc[2, "timestamp"] = pd.NaT
+    with pytest.raises(DataValidationError, match=r"typed.parquet row 2 .*column 'timestamp'.*missing value"):
+        validate_bars(missing, "typed.parquet")
+    if unit != "ns":
+        late = df.copy()
+        late["timestamp"] = late["timestamp"].to_numpy().copy()
+        vals = late["timestamp"].to_numpy().copy()
+        vals[4] = np.datetime64("2300-01-02", unit)
+        late["timestamp"] = vals
+        with pytest.raises(DataValidationError, match=r"row 4 .*column 'timestamp'.*out of range.*between 1678 and 2262"):
+            validate_bars(late, "typed.parquet")

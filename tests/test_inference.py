@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alphafactory import cli
 from alphafactory.config import load_params, section
 from alphafactory.errors import BundleError, DataValidationError, InputError
-from alphafactory.features import FeatureConfig, compute_features
+from alphafactory.features import FeatureConfig, compute_feature_matrix, compute_features
 from alphafactory.labels import LabelConfig
 from alphafactory.serving.bundle import build_bundle, file_table
 from alphafactory.serving.db import read_predictions, write_predictions
@@ -259,6 +259,13 @@ def test_features_of_the_last_bars_equal_the_full_computation(kind):
         assert got.notna().all().all()
         np.testing.assert_allclose(got.iloc[:, 2:].to_numpy(np.float64), ref.iloc[:, 2:].to_numpy(np.float64),
                                    rtol=1e-6, atol=1e-9, err_msg=f"{kind}, tail={k}")
+        # predict's matrix form: the same numbers, bit for bit, in any column order, for the same rows
+        cols = list(got.columns[2:])[::-1]
+        rows, X, missing = compute_feature_matrix(b, cfg, cols, tail=k)
+        assert missing == [] and X.flags.c_contiguous and X.dtype == got[cols[0]].dtype
+        assert list(b.index[rows]) == list(got.index)
+        np.testing.assert_array_equal(X, got[cols].to_numpy())
+        assert compute_feature_matrix(b, cfg, [*cols[:3], "no_such_feature"], tail=k)[1:] == (None, ["no_such_feature"])
 
 
 def test_trim_history_keeps_whole_cross_sections():

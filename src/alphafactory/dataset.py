@@ -130,7 +130,11 @@ def feature_dtype(frame: pd.DataFrame, columns: list[str]) -> np.dtype:
     """The one dtype of the feature columns ``columns`` of ``frame`` (float32 or float64, as
     ``features.dtype`` stored them; float32 if there are none); ValueError naming the dtypes
     otherwise."""
-    dtypes = {np.dtype(frame.dtypes[c]) for c in columns} if columns else {np.dtype(np.float32)}
+    if not columns:
+        return np.dtype(np.float32)
+    # frame.dtypes[c] builds the whole dtypes Series per call: once, then look the columns up
+    of = frame.dtypes.to_dict()
+    dtypes = {np.dtype(of[c]) for c in columns}
     if len(dtypes) != 1 or not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}:
         raise ValueError(f"feature columns: got dtypes {sorted(map(str, dtypes))}, expected all float32 "
                          "or all float64 (features.dtype)")

@@ -92,6 +92,22 @@ def _target(fwd: np.ndarray, scale: np.ndarray, ts: np.ndarray, mode: str) -> np
     return np.where(n >= 2, out, np.nan)
 
 
+def _trailing_vol(logc: np.ndarray, codes: np.ndarray, window: int) -> np.ndarray:
+    """(n,) trailing volatility known at t: the std of the last ``window`` 1-bar log returns up
+    to t, per symbol (``codes``), NaN before a full window."""
+    r1 = logc - _shift_within(logc, codes, -1)
+    return (
+        pd.Series(r1).groupby(codes).rolling(window, min_periods=window).std()
+        .reset_index(level=0, drop=True).sort_index().to_numpy()
+    )
+
+
+def trailing_vol(bars: pd.DataFrame, cfg: LabelConfig) -> np.ndarray:
+    """``make_labels(bars, cfg)["vol"]``, without the labels (what a forecast's yhat_std reads)."""
+    return _trailing_vol(np.log(bars["close"].to_numpy(np.float64)), pd.factorize(bars["symbol"])[0],
+                         cfg.vol_window)
+
+
 def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
     """Labels for a bars panel sorted by (symbol, timestamp).
 
@@ -102,12 +118,7 @@ def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
     codes = pd.factorize(bars["symbol"])[0]
     logc = np.log(bars["close"].to_numpy(np.float64))
     ts = bars["timestamp"].to_numpy("datetime64[ns]")
-    # Trailing volatility known at t: std of the last vol_window 1-bar log returns up to t.
-    r1 = logc - _shift_within(logc, codes, -1)
-    vol = (
-        pd.Series(r1).groupby(codes).rolling(cfg.vol_window, min_periods=cfg.vol_window).std()
-        .reset_index(level=0, drop=True).sort_index().to_numpy()
-    )
+    vol = _trailing_vol(logc, codes, cfg.vol_window)
     out: dict[str, object] = {"symbol": bars["symbol"].to_numpy(), "timestamp": ts, "vol": vol}
     for h in cfg.horizons:
         fwd = _shift_within(logc, codes, h) - logc

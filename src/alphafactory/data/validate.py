@@ -111,8 +111,12 @@ def _is_blank(raw: pd.Series, na_strings: tuple[str, ...] = ("",)) -> np.ndarray
     """(n_rows,) bool: NaN/None, or a string that after stripping is one of ``na_strings``."""
     blank = raw.isna().to_numpy().copy()  # may be a read-only view
     if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
-        s = raw.astype("string").str.strip().str.lower()
-        blank |= s.isin(na_strings).fillna(False).to_numpy(dtype=bool)
+        # The string test on each distinct value once (a column repeats a few symbols, or
+        # holds distinct numbers: the same work then), mapped back through the codes.
+        codes, uniq = pd.factorize(raw)  # missing values: code -1, already in `blank`
+        s = pd.Series(uniq, dtype=object).astype("string").str.strip().str.lower()
+        hit = s.isin(na_strings).fillna(False).to_numpy(dtype=bool)
+        blank |= (codes >= 0) & hit[np.maximum(codes, 0)] if len(hit) else False
     return blank
 
 
@@ -149,6 +153,14 @@ def _parse_timestamps(df: pd.DataFrame, source_name: str) -> np.ndarray:
     without an offset is an error: the naive ones have no stated time zone.
     """
     raw = df["timestamp"]
+    if pd.api.types.is_datetime64_dtype(raw.dtype):  # naive already (a parquet body): no zone to convert
+        vals = raw.to_numpy()
+        _fail(df, np.isnat(vals), "timestamp", "missing value", "a date/time in every row", source_name)
+        # the bounds in the values' own unit (a coarser one can hold dates past datetime64[ns])
+        lo, hi = (np.datetime64(t.date().isoformat(), "D").astype(vals.dtype) for t in (_TS_MIN, _TS_MAX))
+        _fail(df, (vals < lo) | (vals > hi), "timestamp",
+              "date {value!r} is out of range", "a date between 1678 and 2262", source_name)
+        return vals.astype("datetime64[ns]")
     if pd.api.types.is_datetime64_any_dtype(raw.dtype):
         if isinstance(raw.dtype, pd.DatetimeTZDtype):
             local = raw.dt.tz_localize(None)  # wall time in the values' own zone
@@ -285,11 +297,15 @@ def validate_bars(df: pd.DataFrame, source_name: str, *, min_bars: int = 1) -> p
     h = np.maximum(h, lo)
     o, c = np.clip(o, lo, h), np.clip(c, lo, h)
 
-    keys = pd.DataFrame({"symbol": symbol.to_numpy(), "timestamp": ts})
-    dup = keys.duplicated(keep="first").to_numpy()
+    sym = symbol.to_numpy()
+    # Bars usually come sorted by (symbol, timestamp) with no repeats: checked in a few array
+    # operations; anything else takes the general path (the same messages).
+    ordered = len(sym) < 2 or bool(np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (ts[1:] > ts[:-1]))))
+    dup = np.zeros(len(sym), bool) if ordered else (
+        pd.DataFrame({"symbol": sym, "timestamp": ts}).duplicated(keep="first").to_numpy())
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        same = (keys["symbol"].to_numpy() == keys["symbol"].iat[i]) & (ts == ts[i])
+        same = (sym == sym[i]) & (ts == ts[i])
         j = int(np.flatnonzero(same)[0])
         _fail(df, dup, "timestamp",
               f"duplicate (symbol, timestamp) {{value!r}}, same as "
@@ -306,7 +322,8 @@ def validate_bars(df: pd.DataFrame, source_name: str, *, min_bars: int = 1) -> p
         "open": o, "high": h, "low": lo, "close": c, "volume": vol,
     })
     bars["symbol"] = bars["symbol"].astype(str)
-    bars = bars.sort_values(["symbol", "timestamp"], kind="mergesort", ignore_index=True)
+    if not ordered:
+        bars = bars.sort_values(["symbol", "timestamp"], kind="mergesort", ignore_index=True)
     check_min_bars(bars, min_bars, source_name)
     return bars
 
@@ -322,6 +339,8 @@ def check_min_bars(bars: pd.DataFrame, min_bars: int, source_name: str,
         raise DataValidationError(
             f"{source_name}: no bars left{context}; expected at least {min_bars} per symbol"
         )
+    if min_bars <= 1:  # every symbol present has a bar
+        return
     counts = bars.groupby("symbol", sort=True).size()
     short = counts[counts < min_bars]
     if len(short):

@@ -37,8 +37,8 @@ from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import validate_bars
 from alphafactory.dataset import Windows, feature_dtype
 from alphafactory.errors import BundleError, ConfigError, DataValidationError, InputError
-from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import PROBA_COLUMNS, LabelConfig, make_labels
+from alphafactory.features import FeatureConfig, compute_feature_matrix, compute_features, warmup_bars
+from alphafactory.labels import PROBA_COLUMNS, LabelConfig, trailing_vol
 from alphafactory.models.base import Forecaster
 from alphafactory.serving import bundle as bundle_files
 from alphafactory.serving import onnx_runtime
@@ -359,9 +359,12 @@ def trim_history(bars: pd.DataFrame, keep: int) -> pd.DataFrame:
 
 
 def _check_history(bars: pd.DataFrame, need: int, bundle: Bundle, asof: Any) -> None:
-    counts = bars.groupby("symbol", sort=True).size()
-    short = counts[counts < need]
-    if len(short):
+    sym = bars["symbol"].to_numpy()  # sorted (validate_bars): each symbol's rows are contiguous
+    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]]) if len(sym) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(sym)])
+    if (sizes < need).any():
+        counts = pd.Series(sizes, index=sym[starts])
+        short = counts[counts < need]
         listed = ", ".join(f"{s!r} has {n}" for s, n in short.head(10).items())
         more = f" and {len(short) - 10} more" if len(short) > 10 else ""
         upto = f" up to asof={asof}" if asof is not None else ""
@@ -442,16 +445,11 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
         bars = trim_history(bars, keep)
     # As of the last bar, only each symbol's last `window` rows of features are read: the
     # finite-window features are computed on the bars they depend on only (see compute_features).
-    feats = compute_features(bars, bundle.features, freq=bundle.frequency,
-                             tail=None if all_rows else bundle.window,
-                             n_jobs=1 if len(bars) <= SERIAL_FEATURE_ROWS else 2)
-    missing = [c for c in bundle.feature_columns if c not in feats.columns]
-    if missing:
-        why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
-        raise DataValidationError(f"{source_name}: the features lack {len(missing)} column(s) the models "
-                                  f"were trained on, e.g. {missing[:5]}{why}")
+    n_jobs = 1 if len(bars) <= SERIAL_FEATURE_ROWS else 2
     cols = list(bundle.feature_columns)
     if all_rows:
+        feats = compute_features(bars, bundle.features, freq=bundle.frequency, n_jobs=n_jobs)
+        _check_columns([c for c in cols if c not in feats.columns], source_name)
         # Exactly the featurize stage's cut (drop_warmup), then every row with a full window of
         # its own symbol; X holds the rows past the cut (feature rows the windows read).
         pos = feats.groupby("symbol", sort=False).cumcount().to_numpy()
@@ -461,25 +459,37 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
             raise DataValidationError(f"{source_name}: no bar has {bundle.min_bars} bars of history "
                                       f"(warm-up {bundle.warmup} + lookback {bundle.window})")
         X = _feature_matrix(feats, cols, kept)  # (N, F)
+        del feats  # the feature table (N x F): only X, its copy, is read from here on
         # The label stage's trailing volatility at each bar (known at t): it scales yhat_std.
-        vol = make_labels(bars, bundle.label)["vol"].to_numpy()[kept[rows]]
-        keys = feats[["symbol", "timestamp"]].iloc[kept[rows]].reset_index(drop=True)  # (n,) forecast bars
+        vol = trailing_vol(bars, bundle.label)[kept[rows]]
+        at = kept[rows]  # the forecast bars' rows in `bars`
     else:
-        # Each symbol's last `window` rows (all past the warm-up: _check_history).
-        X = _feature_matrix(feats, cols)  # (n_symbols * window, F)
-        rows = np.arange(bundle.window - 1, len(feats), bundle.window)  # each symbol's last bar
+        # Each symbol's last `window` rows (all past the warm-up: _check_history), as a matrix.
+        feat_rows, X, missing = compute_feature_matrix(bars, bundle.features, cols, freq=bundle.frequency,
+                                                       n_jobs=n_jobs, tail=bundle.window)
+        _check_columns(missing, source_name)  # (n_symbols * window, F)
+        rows = np.arange(bundle.window - 1, len(X), bundle.window)  # each symbol's last bar
         # The label stage's volatility at the last bars, from their last vol_window returns.
         k = bundle.label.vol_window + 1
-        vol = make_labels(bars.take(_tail(bars, k)), bundle.label)["vol"].to_numpy()[k - 1::k]
-        keys = feats[["symbol", "timestamp"]].iloc[rows].reset_index(drop=True)
-    del feats  # the float64 feature table (N x F): only X, its float32 copy, is read from here on
+        vol = trailing_vol(bars.take(_tail(bars, k)), bundle.label)[k - 1::k]
+        at = feat_rows[rows]
+    keys = pd.DataFrame({c: bars[c].to_numpy()[at] for c in ("symbol", "timestamp")})  # (n,) forecast bars
     # The models and the blender run on a batch of whole symbols at a time (the features needed
     # the whole panel: cross-sectional ranks): their working memory (each model's copies of its
     # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
     # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
     out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
-    weekends = bool((bars["timestamp"].dt.day_of_week >= 5).any())  # 7-day daily bars (crypto): calendar days
+    # 7-day daily bars (crypto): calendar days. 1970-01-01, day 0, was a Thursday (weekday 3).
+    days = bars["timestamp"].to_numpy("datetime64[D]").astype(np.int64)
+    weekends = bool(((days + 3) % 7 >= 5).any())
     return add_lineage(out[0] if len(out) == 1 else pd.concat(out, ignore_index=True), bundle, weekends=weekends)
+
+
+def _check_columns(missing: list[str], source_name: str) -> None:
+    if missing:
+        why = " (cross-sectional features need >= 2 symbols)" if any(c.startswith("cs_") for c in missing) else ""
+        raise DataValidationError(f"{source_name}: the features lack {len(missing)} column(s) the models "
+                                  f"were trained on, e.g. {missing[:5]}{why}")
 
 
 def target_timestamps(timestamp: pd.Series | np.ndarray, horizon: np.ndarray,
@@ -493,15 +503,15 @@ def target_timestamps(timestamp: pd.Series | np.ndarray, horizon: np.ndarray,
     Saturday or Sunday: markets that trade every day) steps calendar days instead. Every other frequency steps ``h * bar_seconds`` of wall
     time: exact for weekly bars and for intraday bars within a session; an intraday horizon
     that crosses a session close names a time in the gap rather than the next session's bar."""
-    ts = pd.DatetimeIndex(np.asarray(timestamp, "datetime64[ns]"))
+    ts = np.asarray(timestamp, "datetime64[ns]")
     h = np.asarray(horizon, np.int64)
     if frequency.label == "1D" and not frequency.intraday and not weekends:
-        days = ts.normalize()
+        days = ts.astype("datetime64[D]")  # the bar's date (numpy floors, as normalize() does)
         # numpy's business-day arithmetic; a weekend bar counts from the Friday before: its next bar is Monday
-        target = np.busday_offset(days.to_numpy("datetime64[D]"), h, roll="backward")
-        return (target.astype("datetime64[ns]") + (ts - days).to_numpy()).astype("datetime64[ns]")
+        target = np.busday_offset(days, h, roll="backward")
+        return (target.astype("datetime64[ns]") + (ts - days.astype("datetime64[ns]"))).astype("datetime64[ns]")
     step = np.timedelta64(int(round(frequency.bar_seconds * 1e9)), "ns")
-    return (ts.to_numpy() + h * step).astype("datetime64[ns]")
+    return (ts + h * step).astype("datetime64[ns]")
 
 
 def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) -> pd.DataFrame:
@@ -515,7 +525,9 @@ def add_lineage(preds: pd.DataFrame, bundle: Bundle, *, weekends: bool = False) 
         "bundle_version": np.full(n, bundle.version, dtype=np.int64),
     }
     rest = [c for c in preds.columns if c not in FORECAST_KEYS]
-    return pd.concat([preds[FORECAST_KEYS], pd.DataFrame(lineage, index=preds.index), preds[rest]], axis=1)
+    # one frame from the columns' arrays (no copy of the blocks pd.concat would align)
+    return pd.DataFrame({**{c: preds[c].to_numpy() for c in FORECAST_KEYS}, **lineage,
+                         **{c: preds[c].to_numpy() for c in rest}}, index=preds.index)
 
 
 def _feature_matrix(feats: pd.DataFrame, cols: list[str], take: np.ndarray | None = None) -> np.ndarray:
@@ -607,6 +619,19 @@ def _assemble(keys: pd.DataFrame, vol: np.ndarray, components: dict[str, np.ndar
         **{name: pred.reshape(-1) for name, pred in components.items()},
         **{m: blended[m]["yhat"].reshape(-1) for m in others},
     })
+    return _sorted(out)
+
+
+def _sorted(out: pd.DataFrame) -> pd.DataFrame:
+    """``out`` sorted by FORECAST_KEYS (stable); the rows usually come so already (keys sorted,
+    horizons ascending): then checked in a few array operations instead of sorted."""
+    sym, ts, h = (out[c].to_numpy() for c in FORECAST_KEYS)
+    if len(out) < 2:
+        return out
+    same_sym = sym[1:] == sym[:-1]
+    same_ts = same_sym & (ts[1:] == ts[:-1])
+    if np.all((sym[1:] > sym[:-1]) | (same_sym & (ts[1:] > ts[:-1])) | (same_ts & (h[1:] >= h[:-1]))):
+        return out
     return out.sort_values(FORECAST_KEYS, kind="stable", ignore_index=True)
 
 
