@@ -518,3 +518,29 @@ def test_a_table_written_before_lineage_is_migrated_in_place(tmp_path):
     assert table["target_timestamp"].isna().tolist() == [True, False]
     with pytest.raises(InputError, match=r"predictions lack column\(s\) \['target_timestamp', 'bundle_sha256'"):
         write_predictions(new.drop(columns=["target_timestamp", "bundle_sha256"]), url)
+
+
+def test_freeze_heap_keeps_the_collector_off_the_bundle_and_frees_it_after_a_reload():
+    """serve freezes the heap once the bundle is loaded (a full collection otherwise stalls every
+    thread every few hundred requests); after a reload the old bundle's cycles are freed."""
+    import gc
+    import weakref
+
+    from alphafactory.serving.app import freeze_heap
+
+    class Node:
+        pass
+
+    a = Node()
+    a.self = a  # a reference cycle: only the cyclic collector frees it
+    ref = weakref.ref(a)
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        del a
+        gc.collect()
+        assert ref() is not None  # frozen: the collector does not walk it
+        freeze_heap(collect_frozen=True)  # what Service.reload does after the swap
+        assert ref() is None
+    finally:
+        gc.unfreeze()
