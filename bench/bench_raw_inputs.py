@@ -2,13 +2,14 @@
 
     nice -n 19 python bench/bench_raw_inputs.py [--models lstm,tcn] [--kinds features,raw,both]
         [--panels bundled,synthetic] [--symbols 30] [--horizons 1,5,20] [--threads 2] [--epochs N]
+        [--seed S]
 
 The panels are bench_zoo.py's (``bundled``: the default data; ``synthetic``: ``make_synthetic``
 with ``--symbols`` symbols and params.yaml's ``data.synthetic``), built with the same library
 functions as the prepare/featurize/label/split stages, and the bars they came from are attached
 for the raw windows (``raw_windows.with_bars``, as the train stage does). Each model is fitted
 by ``train.fit_models`` exactly as the train stage does, with params.yaml's blocks and
-``neural.trainer`` (``--epochs`` overrides its epochs), once per ``--kinds`` value of
+``neural.trainer`` (``--epochs`` overrides its epochs, ``--seed`` the seed ``train.seed``), once per ``--kinds`` value of
 ``neural.inputs.kind`` with params.yaml's ``neural.inputs.resolutions``.
 
 Every kind is scored on the same test rows: those with the raw windows' history (252 bars with
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--horizons", default="1,5,20")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, help="neural.trainer.epochs (default params.yaml's)")
+    ap.add_argument("--seed", type=int, help="train.seed (default params.yaml's)")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     horizons = tuple(int(h) for h in args.horizons.split(",") if h)
     st = Settings.from_params(params, horizons).with_threads(args.threads)
+    if args.seed is not None:
+        st = replace(st, seed=args.seed)
     if args.epochs:
         st = replace(st, trainer={**dict(st.trainer or {}), "epochs": args.epochs})
     inputs = dict((params.get("neural") or {}).get("inputs") or {})
