@@ -174,3 +174,22 @@ def test_feature_only_manifest_has_no_inputs_key(tmp_path):
     (r,) = fit_models(ds, ("lstm",), {}, tmp_path, seed=0, extra={"lookback": 8, "trainer": TRAINER, "inputs": None})
     manifest = json.loads((Path(tmp_path) / "lstm" / "manifest.json").read_text())
     assert "inputs" not in manifest["init"] and r.model.inputs == InputsConfig()
+
+
+SEQUENCE = sorted(n for n, s in models.REGISTRY.items() if s.family == "neural" and s.input_kind == "sequence"
+                  and "regression" in s.tasks)
+
+
+@pytest.mark.parametrize("name", SEQUENCE)
+def test_every_sequence_family_trains_and_exports_with_raw_windows(name, tmp_path):
+    """Every registered sequence network reads the (B, L, F + 5R) windows unchanged: it fits,
+    forecasts every test row, and its ONNX export passes the check against PyTorch (in save)."""
+    *_, ds = _panel()
+    extra = {"lookback": 8, "trainer": {"epochs": 1, "batch_size": 256},
+             "inputs": {"kind": "both", "resolutions": [[1, 8], [5, 4]]}}
+    blocks = {"patchtst": {"patch_len": 4, "stride": 3}}  # patches must fit the 8-bar window
+    (r,) = fit_models(ds, (name,), blocks, tmp_path, seed=0, extra=extra)
+    test = r.predictions[r.predictions["segment"] == "test"]
+    assert len(test) and np.isfinite(test["yhat"]).all()
+    onnx = json.loads((tmp_path / name / "onnx.json").read_text())
+    assert onnx["input"] == ["batch", 8, len(ds.feature_names) + 10]
