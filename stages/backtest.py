@@ -5,18 +5,18 @@ go where the evaluate stage scores them beside the single fits, each block's row
 bookkeeping file."""
 import pandas as pd
 
-from alphafactory import dataset, stage
+from alphafactory import dataset, raw_windows, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.backtest import BacktestConfig, walk_forward
 from alphafactory.evaluation.cv import refit_inputs
 from alphafactory.io import scratch_dir, write_json, write_parquet
 from alphafactory.split import SplitConfig, refit_blocks
-from alphafactory.train import TrainConfig
+from alphafactory.train import TrainConfig, wants_bars
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "features", "labels", "segments", "preds", "blocks")
+    args, params = stage.parse(__doc__, "features", "labels", "bars", "segments", "preds", "blocks")
     cfg = section(params, "backtest", BacktestConfig)
     train = section(params, "train", TrainConfig)
     embargo = section(params, "split", SplitConfig).embargo
@@ -28,6 +28,8 @@ def main() -> None:
     # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
     ds = dataset.assemble(pd.read_parquet(args.features), labels, labels[dataset.KEYS].assign(segment="purged"),
                           dataset.horizons_of(labels))
+    if wants_bars(*extra.values()):  # neural.inputs raw/both: raw OHLCV windows of the prepared bars
+        ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     # block models: next to the output, not in the system temp dir; the blocks: fanned out (compute)
     with scratch_dir(args.preds) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
         preds, spans = walk_forward(ds, labels, table, cfg, blocks=blocks, seed=train.seed, extra=extra,

@@ -3,16 +3,16 @@ are refitted on every fold of the split stage with their training-stage hyperpar
 on the fold's test block; per-fold figures, mean and std go to one metrics file, each fold's rows and dates to another."""
 import pandas as pd
 
-from alphafactory import dataset, stage
+from alphafactory import dataset, raw_windows, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.evaluation.cv import CVConfig, cross_validate, refit_inputs
 from alphafactory.io import scratch_dir, write_json
-from alphafactory.train import TrainConfig
+from alphafactory.train import TrainConfig, wants_bars
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "features", "labels", "folds", "metrics", "fold-spans")
+    args, params = stage.parse(__doc__, "features", "labels", "bars", "folds", "metrics", "fold-spans")
     cfg = section(params, "cv", CVConfig)
     train = section(params, "train", TrainConfig)
     blocks, extra = refit_inputs(params, train)
@@ -20,6 +20,8 @@ def main() -> None:
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")
     ds = dataset.assemble(pd.read_parquet(args.features), labels, unassigned, dataset.horizons_of(labels))
+    if wants_bars(*extra.values()):  # neural.inputs raw/both: raw OHLCV windows of the prepared bars
+        ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     # fold models: next to the output, not in the system temp dir; the folds: fanned out (compute)
     with scratch_dir(args.metrics) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
         result = cross_validate(ds, labels, pd.read_parquet(args.folds), cfg, blocks=blocks, seed=train.seed,

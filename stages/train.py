@@ -9,20 +9,31 @@ val and test forecasts.
 """
 import pandas as pd
 
-from alphafactory import dataset, stage
+from alphafactory import dataset, raw_windows, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.io import read_json, write_parquet
-from alphafactory.train import TrainConfig, apply_tuned, family_inputs, fit_models, log_curves, write_seed_spread
+from alphafactory.train import (
+    TrainConfig,
+    apply_tuned,
+    family_inputs,
+    fit_models,
+    log_curves,
+    wants_bars,
+    write_seed_spread,
+)
 
 
 def main() -> None:
     args, params = stage.parse(__doc__, "family", "features", "labels", "segments", "models", "preds", "live",
-                                 "tuned")
+                                 "tuned", "bars")
     train = section(params, "train", TrainConfig)
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
+    # neural.inputs raw/both: the networks also read raw OHLCV windows of the prepared bars
     ds = dataset.load(args.features, args.labels, args.segments)
+    if wants_bars(extra):
+        ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     with fan_out(section(params, "compute", ComputeConfig)) as fan:  # per_symbol: the symbols' fits
         results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
                              extra=extra, select=train.select, fan=fan)

@@ -207,7 +207,7 @@ def test_dvc_stage_declares_what_the_configured_models_read() -> None:
         module = Path("src", *spec.module.split(".")).with_suffix(".py")
         assert any(Path(d) == module or Path(d) in module.parents for d in stage["deps"]), name
         if spec.family == "neural":
-            assert {"train.lookback", "neural.trainer"} <= set(stage["params"])
+            assert {"train.lookback", "neural.trainer", "neural.inputs"} <= set(stage["params"])
     assert "split.embargo" in stage["params"]
 
 

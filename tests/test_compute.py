@@ -155,6 +155,7 @@ def test_an_unreachable_scheduler_fails_the_stage_in_one_line(tmp_path):
     ds, labels, folds = _small_stage_inputs(tmp_path)
     p = subprocess.run([sys.executable, "stages/cv.py", "--params", str(tmp_path / "params.yaml"),
                         "--features", ds, "--labels", labels, "--folds", folds,
+                        "--bars", str(tmp_path / "bars.parquet"),  # read under neural.inputs raw/both only
                         "--metrics", str(tmp_path / "cv.json"), "--fold-spans", str(tmp_path / "spans.json")],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert p.returncode == 2, p.stderr

@@ -121,7 +121,7 @@ def test_dvc_stage_declares_what_the_configured_models_read():
         module = Path("src", *spec.module.split(".")).with_suffix(".py")
         assert any(Path(d) == module or Path(d) in module.parents for d in stage["deps"]), name
         if spec.family == "neural":
-            assert {"train.lookback", "neural.trainer"} <= set(stage["params"])
+            assert {"train.lookback", "neural.trainer", "neural.inputs"} <= set(stage["params"])
 
 
 def test_folds_without_enough_rows_are_skipped_not_scored(panel):
@@ -222,3 +222,20 @@ def test_fold_scores_use_the_raw_return_under_a_normalised_target():
     got = score_fold(preds, ds)["m"]["h1"]
     assert got["ic"] == pytest.approx(np.corrcoef(preds["yhat"], ret[:, 0])[0, 1], rel=1e-5)
     assert got["ic"] > 0.5
+
+
+def test_raw_input_networks_refit_per_fold_on_the_attached_bars(panel):
+    """cv refits a network under ``neural.inputs.kind: raw`` through the same code as the train
+    stage: with the prepared bars attached it scores every fold; without them it is an error."""
+    from alphafactory.raw_windows import with_bars
+
+    labels, folds, ds, _, _ = panel
+    extra = {"neural": {"lookback": 8, "trainer": {"epochs": 1, "batch_size": 128},
+                        "inputs": {"kind": "raw", "resolutions": [[1, 8], [10, 6]]}}}
+    cfg = CVConfig(models=("lstm",))
+    out = cross_validate(with_bars(ds, random_bars(n_symbols=3, n_bars=500, seed=5)), labels, folds, cfg,
+                         blocks={}, seed=0, extra=extra)
+    assert all(out["_folds"][f]["scored"] for f in out["_folds"])
+    assert math.isfinite(out["lstm"]["h1"]["mean"]["ic"])
+    with pytest.raises(ConfigError, match="the raw windows need the prepared bars"):
+        cross_validate(ds, labels, folds, cfg, blocks={}, seed=0, extra=extra)

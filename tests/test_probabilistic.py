@@ -50,6 +50,27 @@ def test_crps_gaussian_is_the_closed_form_of_the_integral():
         metrics.crps_gaussian([0.0], [0.0], [-1.0])
 
 
+def test_pinball_loss_by_hand_and_it_rewards_a_calibrated_std():
+    # y = 1 against quantiles 0, 1, 3 at 0.1, 0.5, 0.9: errors e = 1, 0, -2 →
+    # max(0.1 * 1, -0.9 * 1) = 0.1; 0; max(0.9 * -2, -0.1 * -2) = 0.2; y = -1 against 0, 0, 0:
+    # 0.9 * 1 = 0.9; 0.5 * 1 = 0.5; 0.1 * 1 = 0.1. Mean over the 6 entries: 1.8 / 6.
+    q = np.array([[0.0, 1.0, 3.0], [0.0, 0.0, 0.0]])
+    assert metrics.pinball_loss([1.0, -1.0], q, (0.1, 0.5, 0.9)) == pytest.approx(1.8 / 6)
+    # the Gaussian quantiles of N(0, 1): 0 ± 1.2815516; y = 2: (0.1 * 3.2815516 + 0.5 * 2 + 0.9 * 0.7184484) / 3
+    assert metrics.pinball_gaussian([2.0], [0.0], [1.0]) == pytest.approx(
+        (0.1 * 3.2815516 + 0.5 * 2.0 + 0.9 * 0.7184484) / 3, rel=1e-6)
+    assert metrics.pinball_gaussian([1.0, -2.0], [0.5, 0.0], [0.0, 0.0], (0.5,)) == pytest.approx(0.625)  # |e| / 2
+    # a calibrated forecast beats one with the same mean and its std 3x too narrow or too wide
+    rng = np.random.default_rng(1)
+    y = rng.normal(0, 1.0, 20000)
+    true, narrow, wide = (metrics.pinball_gaussian(y, np.zeros_like(y), np.full_like(y, s)) for s in (1.0, 1 / 3, 3.0))
+    assert true < narrow and true < wide
+    with pytest.raises(ValueError, match=r"levels must be .* in \(0, 1\)"):
+        metrics.pinball_gaussian([0.0], [0.0], [1.0], (0.5, 1.0))
+    with pytest.raises(ValueError, match=r"q has shape \(2, 2\), expected \(2, 3\)"):
+        metrics.pinball_loss([0.0, 1.0], np.zeros((2, 2)), (0.1, 0.5, 0.9))
+
+
 def test_prob_up_of_a_distribution_and_the_mixture_of_seed_members():
     mean, std = np.array([[0.5, -1.0, 0.0]]), np.array([[1.0, 2.0, 0.5]])
     np.testing.assert_allclose(distribution_prob_up(mean, std), stats.norm.cdf(mean / std))
@@ -123,7 +144,9 @@ def test_evaluate_scores_crps_beside_coverage(tmp_path):
         out = calibration_scores(preds, table, name, 1)
         p = table[["symbol", "timestamp", "y"]].merge(preds.query(f"model == '{name}' and horizon == 1"))
         assert out["crps"] == pytest.approx(metrics.crps_gaussian(p["y"], p["yhat"], p["yhat_std"]))
-        assert {"cover_1.00", "cover_1.96", "brier", "crps"} <= set(out)
+        assert out["pinball"] == pytest.approx(metrics.pinball_gaussian(p["y"], p["yhat"], p["yhat_std"],
+                                                                        (0.1, 0.5, 0.9)))
+        assert {"cover_1.00", "cover_1.96", "brier", "crps", "pinball"} <= set(out)
 
 
 def test_a_bundle_forecasts_with_a_distributional_models_own_std(tmp_path):

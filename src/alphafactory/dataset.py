@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,30 +17,41 @@ class Windows:
     Window i covers rows ``ends[i] - lookback + 1 .. ends[i]`` of ``base`` (all of one symbol,
     the last one being the row to forecast), so a window never crosses symbols and never reaches
     past its own row. Materialise a batch with ``windows[idx]``; ``np.asarray`` materialises all.
+
+    ``raw`` (``neural.inputs`` raw or both): the raw OHLCV channels of each window
+    (a :class:`alphafactory.raw_windows.RawSource`), appended to the feature channels per step, or alone when
+    ``features`` is False: ``(n, lookback, F + C)`` or ``(n, lookback, C)``.
     """
 
     base: np.ndarray  # (N, F) float32
     ends: np.ndarray  # (n,) int64 row indices into base
     lookback: int
+    raw: Any = None  # a raw_windows.RawSource, or None
+    features: bool = True
 
     def __len__(self) -> int:
         return len(self.ends)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (len(self.ends), self.lookback, self.base.shape[1])
+        channels = (self.base.shape[1] if self.features else 0) + (0 if self.raw is None else self.raw.cfg.channels)
+        return (len(self.ends), self.lookback, channels)
 
     def __getitem__(self, idx) -> np.ndarray:
         ends = self.ends[idx]
         rows = ends[..., None] + np.arange(-self.lookback + 1, 1)  # (b, L)
-        return self.base[rows]  # (b, L, F)
+        if self.raw is None:
+            return self.base[rows]  # (b, L, F)
+        raw = self.raw.windows(idx, self.lookback).astype(self.base.dtype, copy=False)  # (b, L, C)
+        return np.concatenate([self.base[rows], raw], -1) if self.features else raw
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[np.arange(len(self))]
         return out if dtype is None else out.astype(dtype)
 
     def take(self, idx: np.ndarray) -> Windows:
-        return Windows(self.base, self.ends[idx], self.lookback)
+        return Windows(self.base, self.ends[idx], self.lookback,
+                       None if self.raw is None else self.raw.take(idx), self.features)
 
 
 @dataclass
@@ -52,7 +64,9 @@ class Dataset:
     float32 class indices 0/1/2 (SHORT/NEUTRAL/LONG, the label stage's ``cls_h`` + 1), NaN where
     unlabelled: the targets of the classification task; R: (n, H) float32 raw forward log
     returns (``ret_h``, what CV scores against; equal to Y under ``label.normalize: none``), None
-    when the labels carry none.
+    when the labels carry none. bars, bar_rows: the prepared bars and the row of each row's own
+    bar in them (:func:`alphafactory.raw_windows.with_bars`), for the raw windows of
+    ``neural.inputs``; None without.
     """
 
     keys: pd.DataFrame
@@ -65,6 +79,8 @@ class Dataset:
     vol: np.ndarray = field(repr=False)
     C: np.ndarray | None = field(default=None, repr=False)
     R: np.ndarray | None = field(default=None, repr=False)
+    bars: Any = field(default=None, repr=False)  # a raw_windows.Bars, or None
+    bar_rows: np.ndarray | None = field(default=None, repr=False)
 
     def rows(self, segment: str) -> np.ndarray:
         return np.flatnonzero(self.segment == segment)
@@ -94,7 +110,8 @@ class Dataset:
         return Dataset(keys=self.keys.iloc[rows].reset_index(drop=True), X=self.X[rows], Y=self.Y[rows],
                        feature_names=self.feature_names, horizons=self.horizons, segment=self.segment[rows],
                        sym_codes=self.sym_codes[rows], vol=self.vol[rows],
-                       C=None if self.C is None else self.C[rows], R=None if self.R is None else self.R[rows])
+                       C=None if self.C is None else self.C[rows], R=None if self.R is None else self.R[rows],
+                       bars=self.bars, bar_rows=None if self.bar_rows is None else self.bar_rows[rows])
 
 
 def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,

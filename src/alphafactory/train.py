@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 
-from alphafactory import models
+from alphafactory import models, raw_windows
 from alphafactory.compute import FanOut
 from alphafactory.config import Interval, from_dict
 from alphafactory.dataset import Dataset
@@ -30,6 +30,7 @@ from alphafactory.io import write_json
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
+from alphafactory.raw_windows import InputsConfig
 from alphafactory.uncertainty import apply_calibration, distribution_prob_up, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class TrainConfig:
 
 
 # Keys of a family's params section shared by all its models (not a model's block).
-FAMILY_SHARED: dict[str, tuple[str, ...]] = {"neural": ("trainer",)}
+FAMILY_SHARED: dict[str, tuple[str, ...]] = {"neural": ("trainer", "inputs")}
 
 
 def family_section(params: dict[str, Any], family: str, task: str | None = None
@@ -90,6 +91,12 @@ def family_inputs(params: dict[str, Any], family: str, train: TrainConfig, task:
     return names, blocks, extra
 
 
+def wants_bars(*extras: dict[str, Any] | None) -> bool:
+    """Whether any family's constructor arguments (:func:`family_inputs`) ask for raw OHLCV
+    windows (``neural.inputs.kind`` raw or both), which need the prepared bars."""
+    return any(raw_windows.inputs_config((e or {}).get("inputs")).raw for e in extras)
+
+
 def apply_tuned(names: tuple[str, ...], blocks: dict[str, Any], tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``blocks`` (params block per model) with the tune stage's best params over the hand-set
     values of those of ``names`` (the family's enabled models) it tuned
@@ -114,14 +121,15 @@ class TrainResult:
 
 
 def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int,
-                 task: str = "regression") -> tuple[np.ndarray, XY]:
+                 task: str = "regression", inputs: InputsConfig | None = None) -> tuple[np.ndarray, XY]:
     """(row indices, XY) of one segment in the shape a model of ``input_kind`` consumes.
-    Sequence models only get rows with a full window of their own symbol's history.
+    Sequence models only get rows with a full window of their own symbol's history (and, with
+    raw ``inputs``, the ``inputs.history()`` bars their raw windows read: ``neural.inputs``).
     Classification: Y holds the class indices and R the targets."""
     rows = ds.rows(segment)
     if input_kind == "sequence":
-        rows = ds.window_ends(rows, lookback)
-    X = ds.windows(rows, lookback) if input_kind == "sequence" else ds.X[rows]
+        rows = raw_windows.history_rows(ds, ds.window_ends(rows, lookback), inputs)
+    X = raw_windows.dataset_windows(ds, rows, lookback, inputs) if input_kind == "sequence" else ds.X[rows]
     if task == "classification":
         if ds.C is None:
             raise ValueError("the classification task needs class labels (Dataset.C)")
@@ -215,12 +223,17 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     lookback = (extra or {}).get("lookback", 1)
     on_cluster = {"client": client} if distributed(block) else {}  # only the families with the key take it
     model = models.create(name, block, horizons=ds.horizons, seed=seed, task=task, **(extra or {}), **on_cluster)
-    _, train = segment_data(ds, "train", spec.input_kind, lookback, task)
-    _, val = segment_data(ds, "val", spec.input_kind, lookback, task)
+    inputs = raw_windows.of_model(model)
+    _, train = segment_data(ds, "train", spec.input_kind, lookback, task, inputs)
+    _, val = segment_data(ds, "val", spec.input_kind, lookback, task, inputs)
     if len(train.Y) == 0 or len(val.Y) == 0:
         if spec.input_kind == "sequence" and len(ds.rows("train")) and len(ds.rows("val")):
             # rows exist, but none has a full window of its own symbol's history
             longest = int(ds.keys.groupby("symbol").size().max())
+            if inputs.raw:
+                raise ConfigError(f"neural.inputs.resolutions: {name}'s raw windows read {inputs.history()} bars of "
+                                  f"history, which leaves {len(train.Y)} train and {len(val.Y)} val windows; "
+                                  "expected shorter resolutions or more bars per symbol")
             raise ConfigError(f"train.lookback: got {lookback}, but {name} then has {len(train.Y)} train and "
                               f"{len(val.Y)} val windows (the longest symbol has {longest} rows); "
                               f"expected a lookback shorter than that")
@@ -229,7 +242,7 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
     model.fit(train, val)
     forecasts = {}
     for seg in PRED_SEGMENTS:
-        rows, data = segment_data(ds, seg, spec.input_kind, lookback)
+        rows, data = segment_data(ds, seg, spec.input_kind, lookback, inputs=inputs)
         if model.classifier:
             proba = model.predict_proba(data.X)
             forecasts[seg] = (rows, model.expected_return(proba), proba, None)
@@ -360,7 +373,7 @@ def fit_models(ds: Dataset, names: tuple[str, ...], blocks: dict[str, Any], out_
             if _seeds(model.first) > 1:
                 log.info("%s: per-symbol models: the seed spread of the val IC is not computed", name)
         elif _seeds(model) > 1:
-            _, val = segment_data(ds, "val", spec.input_kind, lookback)
+            _, val = segment_data(ds, "val", spec.input_kind, lookback, inputs=raw_windows.of_model(model))
             seed_ic = seed_spread(model, val.X, val.Y, vpred)
             log.info("%s: val IC over %d seeds: %s", name, model.trainer.seeds, "; ".join(
                 f"{h} {s['ic_mean']:.4f} ± {s['ic_std']:.4f} (min {s['ic_min']:.4f}, max {s['ic_max']:.4f}, "

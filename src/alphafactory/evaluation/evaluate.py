@@ -36,6 +36,8 @@ from alphafactory.evaluation import metrics
 from alphafactory.labels import KEYS, PROBA_COLUMNS
 
 BASELINES = ("zero", "train_mean", "momentum", "buy_and_hold")
+# Quantile levels of the Gaussian N(yhat, yhat_std²) the pinball loss scores (metrics/test.json "pinball")
+PINBALL_LEVELS = (0.1, 0.5, 0.9)
 
 
 @dataclass(frozen=True)
@@ -147,9 +149,12 @@ def oracle_share_status(oracle_row: dict[str, float]) -> tuple[bool, str]:
 
 
 def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, horizon: int) -> dict[str, float]:
-    """Coverage of yhat ± k·yhat_std, the Brier score of prob_up and the CRPS of the Gaussian
-    N(yhat, yhat_std²) (``crps``, closed form) on the scored rows, for models that carry
-    uncertainty (baselines do not). yhat_std is a distributional model's own (``deepar``), the
+    """Coverage of yhat ± k·yhat_std, the Brier score of prob_up, the CRPS of the Gaussian
+    N(yhat, yhat_std²) (``crps``, closed form) and the mean pinball loss of its quantiles at
+    ``PINBALL_LEVELS`` (``pinball``) on the scored rows, for models that carry uncertainty
+    (baselines do not). A quantile network's (``neural.trainer.quantiles``) yhat and yhat_std are
+    its median and the spread of its outer quantiles, so ``pinball`` scores their Gaussian
+    quantiles (its own, recentred symmetrically on the median), not the stored outputs. yhat_std is a distributional model's own (``deepar``), the
     volatility scale for the others (:mod:`alphafactory.uncertainty`), so ``crps`` beside the
     coverage shows which is the better-calibrated, sharper uncertainty."""
     if "yhat_std" not in preds.columns:
@@ -162,6 +167,8 @@ def calibration_scores(preds: pd.DataFrame, table: pd.DataFrame, model: str, hor
     out = {k: v for k, v in cover.items() if k.startswith("cover_")}
     out["brier"] = metrics.brier_score(p["y"].to_numpy(), p["prob_up"].to_numpy())
     out["crps"] = metrics.crps_gaussian(p["y"].to_numpy(), p["yhat"].to_numpy(), p["yhat_std"].to_numpy())
+    out["pinball"] = metrics.pinball_gaussian(p["y"].to_numpy(), p["yhat"].to_numpy(), p["yhat_std"].to_numpy(),
+                                              PINBALL_LEVELS)
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pandas as pd
 
-from alphafactory import models
+from alphafactory import models, raw_windows
 from alphafactory.compute import FanOut, single_threaded_blas
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
@@ -344,6 +344,10 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOu
         model = models.load(path)
         if model.symbols is not None:  # one model per symbol: no one model's features to rank
             log.info("explain: %s: per-symbol models (train.scope: per_symbol) are not explained", model.name)
+            continue
+        if raw_windows.of_model(model).raw:  # its inputs are not only the feature columns explain shuffles
+            log.info("explain: %s: reads raw OHLCV windows (neural.inputs.kind %s): not explained", model.name,
+                     model.inputs.kind)
             continue
         loaded.append((model, path))
     ds = _trained_columns(loaded, ds)

@@ -917,6 +917,46 @@ def crps_gaussian(y: ArrayLike, yhat: ArrayLike, yhat_std: ArrayLike) -> float:
     return float(np.mean(crps))
 
 
+def pinball_loss(y: ArrayLike, q: ArrayLike, levels: Sequence[float]) -> float:
+    """Mean pinball (quantile) loss of the quantile forecasts ``q`` at ``levels``: over rows and
+    levels, ``max(tau * e, (tau - 1) * e)`` with ``e = y - q_tau``. Lower is better, in the units
+    of y; at the median it is half the absolute error, and twice its mean over many levels spread
+    evenly over (0, 1) tends to the CRPS.
+
+    Args:
+        y: (n,) realised values, finite.
+        q: (n, K) forecast quantiles, column k at level ``levels[k]``.
+        levels: (K,) quantile levels, each in (0, 1).
+    """
+    y = _as_1d(y, "y")
+    taus = np.asarray(levels, dtype=np.float64)
+    if taus.ndim != 1 or taus.size == 0 or not np.all((taus > 0) & (taus < 1)):
+        raise ValueError(f"levels must be a non-empty sequence of numbers in (0, 1), got {levels!r}")
+    q = np.asarray(q, dtype=np.float64)
+    if q.shape != (y.size, taus.size):
+        raise ValueError(f"q has shape {q.shape}, expected {(y.size, taus.size)} (rows of y, levels)")
+    e = y[:, None] - q
+    return float(np.mean(np.maximum(taus * e, (taus - 1.0) * e)))
+
+
+def pinball_gaussian(y: ArrayLike, yhat: ArrayLike, yhat_std: ArrayLike,
+                     levels: Sequence[float] = (0.1, 0.5, 0.9)) -> float:
+    """:func:`pinball_loss` of the quantiles ``yhat + yhat_std * Phi^-1(tau)`` of the Gaussian
+    N(yhat, yhat_std²) forecasts at ``levels`` (a zero std: every quantile is yhat).
+
+    Args:
+        y: (n,) realised values, finite.
+        yhat: (n,) predicted means.
+        yhat_std: (n,) predicted standard deviations, >= 0.
+        levels: quantile levels, each in (0, 1).
+    """
+    y, yhat, std = _gaussian_forecasts(y, yhat, yhat_std)
+    taus = np.asarray(levels, dtype=np.float64)
+    if taus.ndim != 1 or taus.size == 0 or not np.all((taus > 0) & (taus < 1)):
+        raise ValueError(f"levels must be a non-empty sequence of numbers in (0, 1), got {levels!r}")
+    return pinball_loss(y, yhat[:, None] + std[:, None] * norm.ppf(taus)[None, :], taus)
+
+
 def _prob(prob_up: ArrayLike) -> np.ndarray:
     p = _as_1d(prob_up, "prob_up")
     if ((p < 0) | (p > 1)).any():

@@ -60,6 +60,7 @@ METRICS: dict[str, tuple[str, str, int]] = {
     "ls_max_drawdown": ("L/S max DD", "pct", -1),
     "brier": ("Brier", "f4", -1),
     "crps": ("CRPS", "e", -1),  # Gaussian N(yhat, yhat_std²), closed form: the uncertainty's score
+    "pinball": ("pinball 10/50/90", "e", -1),  # mean pinball loss of the Gaussian quantiles 0.1, 0.5, 0.9
     "cover_1.00": ("cover ±1σ", "pct", 0),
     "cover_1.96": ("cover ±1.96σ", "pct", 0),
     "oracle_share": ("IC / oracle", "f2", 1),

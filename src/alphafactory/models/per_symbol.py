@@ -34,6 +34,7 @@ class PerSymbolModel(Forecaster):
         self.name, self.family, self.input_kind = first.name, first.family, first.input_kind
         super().__init__(horizons=first.horizons, task=first.task)
         self.lookback = getattr(first, "lookback", None)  # sequence models: bars per window
+        self.inputs = getattr(first, "inputs", None)  # networks: neural.inputs (raw_windows.of_model)
         self.distribution, self.dist_df = first.distribution, first.dist_df
         self.members = dict(members)
         self.symbols = tuple(sorted(self.members))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,7 @@ from alphafactory.io import Directory
 from alphafactory.models import dist, export
 from alphafactory.models.base import CLIP, XY, Model, standardize
 from alphafactory.progress import progress
+from alphafactory.raw_windows import InputsConfig, init_kwargs, inputs_config
 
 
 @dataclass(frozen=True)
@@ -168,11 +170,18 @@ class NeuralModel(Model):
 
     def __init__(self, params: dict[str, Any] | None = None, *, horizons: tuple[int, ...] = (1,),
                  seed: int = 0, task: str = "regression", lookback: int = 32,
-                 trainer: TrainerConfig | dict | None = None) -> None:
+                 trainer: TrainerConfig | dict | None = None,
+                 inputs: InputsConfig | dict | None = None) -> None:
         super().__init__(params, horizons=horizons, seed=seed, task=task)
         if self.input_kind == "sequence" and lookback < 1:
             raise ValueError(f"{self.name}: lookback {lookback}, expected >= 1")
         self.lookback = int(lookback)
+        self.inputs = inputs_config(inputs)  # neural.inputs: features, raw OHLCV windows, or both
+        if self.inputs.raw:
+            if self.input_kind != "sequence":
+                raise ConfigError(f"neural.inputs.kind {self.inputs.kind}: {self.name} reads one bar's features, "
+                                  "not a window; raw windows are for the sequence models (kind: features for it)")
+            self.inputs.check(self.lookback)
         self.trainer = trainer if isinstance(trainer, TrainerConfig) else from_dict(
             TrainerConfig, trainer, "neural.trainer")
         if self.trainer.quantiles and (self.classifier or type(self).distribution is not NeuralModel.distribution):
@@ -190,7 +199,7 @@ class NeuralModel(Model):
         raise NotImplementedError
 
     def _init_kwargs(self) -> dict[str, Any]:
-        return {"lookback": self.lookback, "trainer": to_dict(self.trainer)}
+        return {"lookback": self.lookback, "trainer": to_dict(self.trainer), **init_kwargs(self.inputs)}
 
     # Features are z-scored with train statistics, NaN → 0 (the train mean) and clipped to ±CLIP:
     # base.standardize, the same rule the ONNX export traces.
@@ -198,6 +207,8 @@ class NeuralModel(Model):
         def z(a: np.ndarray) -> np.ndarray:
             return standardize(a, self.mean_, self.std_, CLIP).astype(np.float32)
 
+        if isinstance(X, Windows) and X.raw is not None:  # raw channels: scaled per batch, with the features
+            return _Scaled(X, self.mean_, self.std_)
         if isinstance(X, Windows):
             return Windows(z(X.base), X.ends, X.lookback)
         return z(np.asarray(X, np.float32))
@@ -225,22 +236,29 @@ class NeuralModel(Model):
         return masked_mse
 
     def _fit_scaler(self, X: Any) -> np.ndarray:
-        """Set the feature scaling (``mean_``, ``std_``) from the train rows of X; returns them (n, F)."""
+        """Set the feature scaling (``mean_``, ``std_``, (F,) each) from the train rows of X; returns
+        those rows (n, F). Raw window channels (``neural.inputs``): their statistics over every
+        step of up to ``RAW_SCALER_WINDOWS`` evenly spaced train windows, after the features'."""
+        if isinstance(X, Windows) and X.raw is not None:
+            take = np.unique(np.linspace(0, len(X) - 1, min(len(X), RAW_SCALER_WINDOWS)).astype(np.int64))
+            raw = X.raw.windows(take, X.lookback).reshape(-1, X.raw.cfg.channels)
+            feats = X.base[X.ends] if X.features else np.zeros((len(X), 0), np.float32)
+            m1, s1 = _moments(feats)
+            m2, s2 = _moments(raw)
+            self.mean_, self.std_ = np.concatenate([m1, m2]), np.concatenate([s1, s2])
+            return feats
         rows = self._train_rows(X)
-        self.mean_ = np.nanmean(rows, axis=0).astype(np.float32)
-        std = np.nanstd(rows, axis=0).astype(np.float32)
-        self.mean_ = np.nan_to_num(self.mean_)
-        self.std_ = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0).astype(np.float32)
+        self.mean_, self.std_ = _moments(rows)
         return rows
 
     def _fit(self, train: XY, val: XY) -> None:
-        rows = self._fit_scaler(train.X)
+        self._fit_scaler(train.X)
         if self.classifier:  # class indices are not scaled
             self.y_scale_ = np.ones(len(self.horizons), np.float32)
         else:
             self.y_scale_ = np.nanstd(train.Y, axis=0).astype(np.float32)
             self.y_scale_ = np.where(self.y_scale_ > 0, self.y_scale_, 1.0).astype(np.float32)
-        n_features = rows.shape[-1]
+        n_features = len(self.mean_)  # the features' count, plus the raw channels (neural.inputs)
         self.n_features_ = n_features
         train_s = XY(self._scale(train.X), (train.Y / self.y_scale_).astype(np.float32))
         val_s = XY(self._scale(val.X), (val.Y / self.y_scale_).astype(np.float32))
@@ -269,6 +287,11 @@ class NeuralModel(Model):
         """Each member's forecast (n, H), class probabilities (n, H, 3) float64, or for a
         distribution (n, H, 2): its mean and std."""
         device = device or select_device(self.trainer.device)
+        channels = getattr(X, "shape", (0,))[-1]
+        if self.input_kind == "sequence" and channels != self.n_features_:
+            raise ValueError(f"{self.name}: windows of {channels} channels, expected {self.n_features_} "
+                             f"(neural.inputs.kind {self.inputs.kind}: features"
+                             f"{' + raw OHLCV windows' if self.inputs.raw else ''})")
         Xs, outs = self._scale(X), []
         for net in self.nets_:
             net.to(device)
@@ -337,6 +360,33 @@ class NeuralModel(Model):
     def _export(self, directory: Path, *, like: Path | None = None, where: Path | None = None) -> Path:
         """The forward pass as ONNX (:func:`alphafactory.models.export.write_export`)."""
         return export.write_export(self, directory, like=like, where=where)
+
+
+RAW_SCALER_WINDOWS = 2048  # train windows whose raw channels set their scaling (all steps of each)
+
+
+def _moments(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) (F,) float32 of rows (n, F), NaN skipped; a constant or all-NaN column gets
+    mean 0 / std 1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: mean 0, std 1 below
+        mean = np.nanmean(rows, axis=0).astype(np.float32)
+        std = np.nanstd(rows, axis=0).astype(np.float32)
+    return np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 1e-8), std, 1.0).astype(np.float32)
+
+
+class _Scaled:
+    """Windows with raw channels, scaled per batch on materialisation (``base.standardize``,
+    as the ONNX graph scales its input): ``len`` and ``[idx]`` as :class:`Windows`."""
+
+    def __init__(self, windows: Windows, mean: np.ndarray, std: np.ndarray) -> None:
+        self.windows, self.mean, self.std = windows, mean, std
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        return standardize(self.windows[idx].astype(np.float32), self.mean, self.std, CLIP).astype(np.float32)
 
 
 def mixture(outs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from alphafactory import raw_windows
 from alphafactory.blend import Stacker
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.data.validate import validate_bars
-from alphafactory.dataset import Windows, feature_dtype
+from alphafactory.dataset import feature_dtype
 from alphafactory.errors import BundleError, ConfigError, DataValidationError, InputError
 from alphafactory.features import FeatureConfig, compute_feature_matrix, compute_features, warmup_bars
 from alphafactory.labels import PROBA_COLUMNS, LabelConfig, trailing_vol
@@ -97,8 +98,9 @@ class Bundle:
     @cached_property
     def min_bars(self) -> int:
         """Bars a symbol needs up to the forecast bar: warm-up + lookback (and at least the
-        ``label.vol_window`` returns that scale ``yhat_std``)."""
-        return max(self.warmup + self.window, self.label.vol_window + 1)
+        ``label.vol_window`` returns that scale ``yhat_std``, and the bars of raw OHLCV windows)."""
+        return max(self.warmup + self.window, self.label.vol_window + 1,
+                   raw_windows.history_needed(self.models.values()))
 
 
 def ewm_memory_bars(cfg: FeatureConfig, tol: float = HISTORY_TOL) -> int:
@@ -370,7 +372,8 @@ def _check_history(bars: pd.DataFrame, need: int, bundle: Bundle, asof: Any) -> 
         upto = f" up to asof={asof}" if asof is not None else ""
         raise DataValidationError(
             f"bars: too little history{upto}: {listed}{more}; expected at least {need} bars per "
-            f"symbol (feature warm-up {bundle.warmup} + lookback {bundle.window})")
+            f"symbol (feature warm-up {bundle.warmup} + lookback {bundle.window}"
+            f"{raw_windows.history_note(bundle.models.values())})")
 
 
 def _check_panel(bars: pd.DataFrame, bundle: Bundle) -> None:
@@ -454,7 +457,8 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
         # its own symbol; X holds the rows past the cut (feature rows the windows read).
         pos = feats.groupby("symbol", sort=False).cumcount().to_numpy()
         kept = np.flatnonzero(pos >= bundle.warmup)
-        rows = np.flatnonzero(pos[kept] >= bundle.warmup + bundle.window - 1)  # into X
+        need = max(bundle.warmup + bundle.window, raw_windows.history_needed(bundle.models.values()))
+        rows = np.flatnonzero(pos[kept] >= need - 1)  # into X
         if len(rows) == 0:
             raise DataValidationError(f"{source_name}: no bar has {bundle.min_bars} bars of history "
                                       f"(warm-up {bundle.warmup} + lookback {bundle.window})")
@@ -478,7 +482,10 @@ def predict(bars: pd.DataFrame, bundle: Bundle, asof: str | pd.Timestamp | None 
     # the whole panel: cross-sectional ranks): their working memory (each model's copies of its
     # rows, the blender's long table, the components) is bounded by CHUNK_ROWS, not by the history.
     # Symbols come sorted (validate_bars), so the batches' sorted outputs concatenate sorted.
-    out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle) for sel in _symbol_batches(keys["symbol"])]
+    panel = raw_windows.request_bars(bars, bundle.models.values())  # None unless a model reads raw windows
+    bar_at = None if panel is None else at  # (n,) each forecast bar's row of bars
+    out = [_forecast(X, rows[sel], keys.iloc[sel], vol[sel], bundle, panel, None if bar_at is None else bar_at[sel])
+           for sel in _symbol_batches(keys["symbol"])]
     # 7-day daily bars (crypto): calendar days. 1970-01-01, day 0, was a Thursday (weekday 3).
     days = bars["timestamp"].to_numpy("datetime64[D]").astype(np.int64)
     weekends = bool(((days + 3) % 7 >= 5).any())
@@ -563,13 +570,15 @@ def _symbol_batches(symbols: pd.Series, max_rows: int | None = None) -> list[sli
 
 
 def _forecast(X: np.ndarray, rows: np.ndarray, keys: pd.DataFrame, vol: np.ndarray,
-              bundle: Bundle) -> pd.DataFrame:
+              bundle: Bundle, panel: raw_windows.Bars | None = None, at: np.ndarray | None = None) -> pd.DataFrame:
     """Every model's and the blender's forecasts from the feature rows ``X[rows]`` (n,), whose
-    symbol and timestamp are ``keys`` and trailing volatility ``vol``."""
+    symbol and timestamp are ``keys`` and trailing volatility ``vol`` (``panel``, ``at``: the
+    bars and each row's bar in them, for the raw windows of ``neural.inputs``)."""
     components, probas, stds = {}, {}, {}
     symbols = keys["symbol"].to_numpy()
     for name, model in bundle.models.items():
-        data = Windows(X, rows, model.lookback) if model.input_kind == "sequence" else X[rows]
+        data = raw_windows.sequence_input(X, rows, model.lookback, raw_windows.of_model(model), panel, at) \
+            if model.input_kind == "sequence" else X[rows]
         if model.classifier:  # (n, H, 3) class probabilities; the forecast is their expected return
             probas[name] = model.predict_proba(data, symbols)
             components[name] = model.expected_return(probas[name], symbols)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from alphafactory import raw_windows
 from alphafactory.io import Directory
 from alphafactory.models import persist
 from alphafactory.models.base import Forecaster
@@ -59,6 +60,7 @@ class OnnxModel(Forecaster):
         super().__init__(horizons=manifest["horizons"], task=manifest.get("task", "regression"))
         self.seed = int(manifest["seed"])
         self.lookback = int(manifest.get("init", {}).get("lookback", 1))
+        self.inputs = raw_windows.inputs_config(manifest.get("init", {}).get("inputs"))  # neural.inputs
         if self.classifier:
             self.class_returns_ = np.asarray(manifest["class_returns"], np.float64)
         head = info.get("distribution")  # a distributional family's graph: outputs y (mean) and y_std
