@@ -194,6 +194,27 @@ def run_setting(params: dict[str, Any], args: argparse.Namespace, bars, oracle, 
     return rows
 
 
+def side_by_side(lines: list[str]) -> str:
+    """The per-row table lines of a run (``| panel | setting | ... |``) as one markdown row per
+    panel, model and horizon with the settings beside each other: test IC ± SE, cs IC ± SE and
+    their oracle shares per setting, in the run's order of settings."""
+    cells: dict[tuple[str, str, str], dict[str, str]] = {}
+    order: list[str] = []
+    for line in lines:
+        c = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(c) != 13 or c[0] in ("panel", "---") or c[0].startswith("-"):
+            continue
+        panel_, setting, _target, model, h = c[:5]
+        if setting not in order:
+            order.append(setting)
+        cells.setdefault((panel_, model, h), {})[setting] = f"{c[7]} ({c[9]}) | {c[8]} ({c[10]})"
+    head = "| panel | model | h | " + " | ".join(f"{s}: IC ± SE (share) | {s}: cs IC ± SE (share)" for s in order) + " |"
+    rule = "|---|---|---|" + "---|---|" * len(order)
+    body = [f"| {p} | {m} | {h} | " + " | ".join(v.get(s, " | ") for s in order) + " |"
+            for (p, m, h), v in cells.items()]
+    return "\n".join([head, rule, *body])
+
+
 QUICK = {"signal": "mixed", "symbols": 12, "bars": 700, "models": "ridge,lightgbm", "settings": "new",
          "groups": "returns,volume"}  # --quick: the plumbing in seconds, not figures
 
@@ -216,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"a smoke test: {QUICK} unless given")
+    ap.add_argument("--from", dest="source", default="",
+                    help="only print the side-by-side table of a saved run's output (this script's stdout)")
     args = ap.parse_args(argv)
+    if args.source:
+        print(side_by_side(Path(args.source).read_text().splitlines()))
+        return 0
     if args.quick:  # the quick defaults, under any option given explicitly
         ap.set_defaults(**QUICK)
         args = ap.parse_args(argv)
@@ -246,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| panel | setting | target | model | h | val IC | val cs IC | test IC ± SE | test cs IC ± SE "
           "| oracle share (IC) | (cs IC) | best_iteration | fit s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines: list[str] = []
     for signal in args.signals:
         bars, oracle, _ = panel(args, signal)
         cache: dict[str, Any] = {}  # one feature table per distinct features section
@@ -257,11 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             for r in run_setting(p, args, bars, oracle, feats):
                 it = "" if r["best_iter"] is None else str(r["best_iter"])
                 fit = "" if r["model"] == "oracle" else f"{r['seconds']:.0f}"
-                print(f"| {signal} | {name} | {p['label']['normalize']} | {r['model']} | {r['h']} "
-                      f"| {r['val_ic']:+.4f} | {r['val_cs_ic']:+.4f} | {r['ic']:+.4f} ± {r['ic_se']:.4f} "
-                      f"| {r['cs_ic']:+.4f} ± {r['cs_ic_se']:.4f} | {r['share']:.2f} | {r['cs_share']:.2f} "
-                      f"| {it} | {fit} |", flush=True)
+                line = (f"| {signal} | {name} | {p['label']['normalize']} | {r['model']} | {r['h']} "
+                        f"| {r['val_ic']:+.4f} | {r['val_cs_ic']:+.4f} | {r['ic']:+.4f} ± {r['ic_se']:.4f} "
+                        f"| {r['cs_ic']:+.4f} ± {r['cs_ic_se']:.4f} | {r['share']:.2f} | {r['cs_share']:.2f} "
+                        f"| {it} | {fit} |")
+                lines.append(line)
+                print(line, flush=True)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}")
+    if len(settings) > 1:
+        print("\n" + side_by_side(lines))
     return 0
 
 
