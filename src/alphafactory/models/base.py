@@ -69,8 +69,8 @@ def float_matrix(X: Any) -> np.ndarray:
 
 # What a booster's early stopping watches on val (``early_stopping_metric``): ``mse`` (the loss it
 # fits) or ``ic``, the Pearson correlation of its val forecasts with the val targets (higher is
-# better): a forecast is scored by its IC, and on a wide panel of raw returns the val MSE is
-# mostly the market's common move, so it stops after a handful of trees (docs/params.md).
+# better), the figure a forecast is judged by. docs/params.md measures both: ``mse`` stays the
+# default (CV on the bundled data), and on wide panels the target, not the metric, mattered.
 EARLY_STOPPING_METRICS = ("mse", "ic")
 
 
