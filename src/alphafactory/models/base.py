@@ -67,6 +67,28 @@ def float_matrix(X: Any) -> np.ndarray:
     return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
 
 
+# What a booster's early stopping watches on val (``early_stopping_metric``): ``mse`` (the loss it
+# fits) or ``ic``, the Pearson correlation of its val forecasts with the val targets (higher is
+# better), the figure a forecast is judged by. docs/params.md measures both: ``mse`` stays the
+# default (CV on the bundled data), and on wide panels the target, not the metric, mattered.
+EARLY_STOPPING_METRICS = ("mse", "ic")
+
+
+def pearson_ic(yhat: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of (n,) forecasts with (n,) targets, computed in float64: the pooled IC
+    of :func:`alphafactory.evaluation.metrics.regression_metrics` (models never import evaluation),
+    except that a constant side (a booster's first rounds, before any split) scores 0, not NaN,
+    so early stopping can compare it."""
+    a = np.asarray(yhat, np.float64).ravel()
+    b = np.asarray(y, np.float64).ravel()
+    if len(a) != len(b):
+        raise ValueError(f"pearson_ic: {len(a)} forecasts for {len(b)} targets")
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    a, b = a - a.mean(), b - b.mean()
+    return float(np.clip(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b)), -1.0, 1.0))
+
+
 @dataclass(frozen=True)
 class XY:
     """A training segment. X: (n, F) float32, or (n, L, F) windows for sequence models;

@@ -3,6 +3,7 @@ saved as CatBoost .cbm."""
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -11,8 +12,9 @@ import catboost as cb
 import numpy as np
 
 from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel, float_matrix, predict_threads
+from alphafactory.models.base import EARLY_STOPPING_METRICS, PerHorizonModel, float_matrix, pearson_ic, predict_threads
 
 
 def save_cbm(model: cb.CatBoost, path: Path | str, thread_count: int | None = None) -> None:
@@ -40,8 +42,28 @@ class CatBoostParams:
     depth: Annotated[int, Interval(ge=1, le=16)] = 4  # CatBoost's own limit is 16
     l2_leaf_reg: Annotated[float, Interval(ge=0)] = 10.0
     early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    early_stopping_metric: Literal[EARLY_STOPPING_METRICS] = "mse"  # see models.base.EARLY_STOPPING_METRICS
     thread_count: Annotated[int, Interval(ge=1)] = 2
     task_type: Literal["CPU", "GPU"] = "CPU"  # "GPU" on a GPU machine
+
+    def validate(self) -> None:
+        if self.task_type == "GPU" and self.early_stopping_metric != "mse":
+            raise ConfigError(f"boosting.catboost.early_stopping_metric: got {self.early_stopping_metric!r} "
+                              "with task_type: GPU; CatBoost runs no Python metric on GPU")
+
+
+class ICMetric:
+    """CatBoost eval metric (the user-metric protocol): the IC of the forecasts with the targets,
+    higher is better. CatBoost hands ``evaluate`` a whole dataset's approxes at once."""
+
+    def is_max_optimal(self) -> bool:
+        return True
+
+    def evaluate(self, approxes, target, weight) -> tuple[float, float]:
+        return pearson_ic(np.asarray(approxes[0]), np.asarray(target)), 1.0
+
+    def get_final_error(self, error: float, weight: float) -> float:
+        return error
 
 
 class _Advance:
@@ -73,19 +95,22 @@ class CatBoostModel(PerHorizonModel):
     def _fit_one(self, X, y, Xv, yv, seed, bar=None, binned=None):
         p = self.params
         kind, loss = (cb.CatBoostClassifier, "MultiClass") if self.classifier else (cb.CatBoostRegressor, "RMSE")
+        on_ic = p.early_stopping_metric == "ic" and not self.classifier
         model = kind(
             iterations=p.iterations, learning_rate=p.learning_rate, depth=p.depth,
             l2_leaf_reg=p.l2_leaf_reg, thread_count=p.thread_count, task_type=p.task_type,
             random_seed=seed, loss_function=loss, use_best_model=True,
             od_type="Iter", od_wait=p.early_stopping_rounds, verbose=False,
-            allow_writing_files=False,
+            allow_writing_files=False, **({"eval_metric": ICMetric()} if on_ic else {}),
         )
         live = bar is not None and not bar.disable
         callbacks = [_Advance(bar)] if live and p.task_type.upper() == "CPU" else None
         if self.classifier:  # integer classes 0/1/2: probability columns in that order
             model.fit(X, y.astype(np.int64), eval_set=(Xv, yv.astype(np.int64)), callbacks=callbacks)
         else:
-            model.fit(X, y, eval_set=(Xv, yv), callbacks=callbacks)
+            with warnings.catch_warnings():  # "Failed to import numba": ICMetric is vectorised numpy
+                warnings.filterwarnings("ignore", "Failed to import numba", UserWarning)
+                model.fit(X, y, eval_set=(Xv, yv), callbacks=callbacks)
         ev = model.get_evals_result()
         if live and callbacks is None:  # GPU: the rounds trained, at the end
             bar.update(len(ev["validation"][loss]))

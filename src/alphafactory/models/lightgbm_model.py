@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import lightgbm as lgb
+import numpy as np
 
 from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel, predict_threads
+from alphafactory.models.base import EARLY_STOPPING_METRICS, PerHorizonModel, pearson_ic, predict_threads
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,14 @@ class LightGBMParams:
     bagging_freq: Annotated[int, Interval(ge=0)] = 1  # 0: no bagging
     lambda_l2: Annotated[float, Interval(ge=0)] = 10.0
     early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    early_stopping_metric: Literal[EARLY_STOPPING_METRICS] = "mse"  # see models.base.EARLY_STOPPING_METRICS
     num_threads: Annotated[int, Interval(ge=1)] = 2
     distributed: bool = False  # train on the compute cluster (lightgbm.dask), rows split over its workers
+
+    def validate(self) -> None:
+        if self.distributed and self.early_stopping_metric != "mse":
+            raise ConfigError(f"boosting.lightgbm.early_stopping_metric: got {self.early_stopping_metric!r} "
+                              "with distributed: true; lightgbm.dask early-stops on mse only")
 
 
 def _advance(bar):
@@ -36,6 +44,18 @@ def _advance(bar):
         bar.set_postfix_str(f"val_{metric}={value:.4g}", refresh=False)
         bar.update(1)
     return callback
+
+
+def _ic_eval(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
+    """LightGBM feval: the IC of the forecasts with the Dataset's labels (higher is better)."""
+    return "ic", pearson_ic(preds, data.get_label()), True
+
+
+def _l2_eval(preds: np.ndarray, data: lgb.Dataset) -> tuple[str, float, bool]:
+    """LightGBM feval: the built-in ``l2`` (mean squared error), kept as the recorded curve when
+    early stopping watches the IC."""
+    y = np.asarray(data.get_label(), np.float64)
+    return "l2", float(np.mean((np.asarray(preds, np.float64) - y) ** 2)), False
 
 
 def save_text(booster: lgb.Booster, path: Path, num_threads: int, num_iteration: int | None = None) -> None:
@@ -59,13 +79,17 @@ def bin_datasets(X, Xv) -> tuple[lgb.Dataset, lgb.Dataset]:
 
 def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
                   callbacks: list | None = None, bar=None,
-                  binned: tuple[lgb.Dataset, lgb.Dataset] | None = None) -> tuple[lgb.Booster, dict[str, list[float]]]:
+                  binned: tuple[lgb.Dataset, lgb.Dataset] | None = None,
+                  stop_metric: str = "mse") -> tuple[lgb.Booster, dict[str, list[float]]]:
     """Train one deterministic LightGBM booster, regression (L2) or 3-class (multi log loss), on
     (X, y), scoring train and val after every round. Returns (booster, {"train", "val"} curves).
+    ``stop_metric`` ``ic`` (regression): the val IC is scored first, so that an early-stopping
+    callback with ``first_metric_only`` watches it; the curves are the L2 all the same.
     Shared by ``lightgbm`` and ``random_forest`` (``boosting: rf`` in ``params``). ``bar``: a
     progress bar advanced once a round (see :class:`~alphafactory.models.base.PerHorizonModel`).
     ``binned``: :func:`bin_datasets` of these X and Xv, whose labels are set to y and yv."""
     metric = "multi_logloss" if classifier else "l2"
+    on_ic = stop_metric == "ic" and not classifier
     if bar is not None and not bar.disable:
         callbacks = [*(callbacks or []), _advance(bar)]
     objective = {"objective": "multiclass", "num_class": 3} if classifier else {"objective": "regression"}
@@ -78,8 +102,10 @@ def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
         dtrain.set_label(y)
         dval.set_label(yv)
     booster = lgb.train(
-        {**objective, **params, "deterministic": True, "force_row_wise": True, "verbosity": -1, "metric": metric},
+        {**objective, **params, "deterministic": True, "force_row_wise": True, "verbosity": -1,
+         "metric": "None" if on_ic else metric},
         dtrain, num_boost_round=rounds, valid_sets=[dtrain, dval], valid_names=["train", "val"],
+        feval=[_ic_eval, _l2_eval] if on_ic else None,
         callbacks=[*(callbacks or []), lgb.record_evaluation(curves)],
     )
     return booster, {"train": curves["train"][metric], "val": curves["val"][metric]}
@@ -120,8 +146,10 @@ class LightGBMModel(PerHorizonModel):
             "bagging_fraction": p.bagging_fraction, "bagging_freq": p.bagging_freq,
             "lambda_l2": p.lambda_l2, "num_threads": p.num_threads, "seed": seed,
         }
-        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier,
-                             [lgb.early_stopping(p.early_stopping_rounds, verbose=False)], bar, binned)
+        # first_metric_only: under ic the val IC, scored first (train_booster); mse: the only metric
+        stop = lgb.early_stopping(p.early_stopping_rounds, first_metric_only=True, verbose=False)
+        return train_booster(params, X, y, Xv, yv, p.n_estimators, self.classifier, [stop], bar, binned,
+                             stop_metric=p.early_stopping_metric)
 
     def _predict_one(self, est, X):
         # num_threads always passed: LightGBM sets it as the calling thread's OpenMP default

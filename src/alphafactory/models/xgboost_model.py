@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
+import numpy as np
 import xgboost as xgb
 
 from alphafactory.config import Interval
+from alphafactory.errors import ConfigError
 from alphafactory.models import register
-from alphafactory.models.base import PerHorizonModel
+from alphafactory.models.base import EARLY_STOPPING_METRICS, PerHorizonModel, pearson_ic
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,20 @@ class XGBoostParams:
     colsample_bytree: Annotated[float, Interval(gt=0, le=1)] = 0.7
     reg_lambda: Annotated[float, Interval(ge=0)] = 10.0
     early_stopping_rounds: Annotated[int, Interval(ge=1)] = 50
+    early_stopping_metric: Literal[EARLY_STOPPING_METRICS] = "mse"  # see models.base.EARLY_STOPPING_METRICS
     nthread: Annotated[int, Interval(ge=1)] = 2
     device: str = "cpu"  # "cuda" on a GPU machine
     distributed: bool = False  # train on the compute cluster (xgboost.dask), rows split over its workers
+
+    def validate(self) -> None:
+        if self.distributed and self.early_stopping_metric != "mse":
+            raise ConfigError(f"boosting.xgboost.early_stopping_metric: got {self.early_stopping_metric!r} "
+                              "with distributed: true; xgboost.dask early-stops on mse only")
+
+
+def _ic_metric(predt: np.ndarray, data: xgb.DMatrix) -> tuple[str, float]:
+    """XGBoost custom metric: the IC of the forecasts with the DMatrix's labels."""
+    return "ic", pearson_ic(predt, data.get_label())
 
 
 class _Advance(xgb.callback.TrainingCallback):
@@ -84,10 +97,15 @@ class XGBoostModel(PerHorizonModel):
                 dtrain.set_label(y)
                 dval.set_label(yv)
             curves = {}
+            callbacks = [_Advance(bar)] if bar is not None and not bar.disable else []
+            on_ic = p.early_stopping_metric == "ic" and not self.classifier
+            if on_ic:  # rmse still recorded (the curves); the stop watches the val IC, higher better
+                callbacks.append(xgb.callback.EarlyStopping(rounds=p.early_stopping_rounds, metric_name="ic",
+                                                            data_name="val", maximize=True))
             booster = xgb.train(
                 params, dtrain, num_boost_round=p.n_estimators, evals=[(dtrain, "train"), (dval, "val")],
-                early_stopping_rounds=p.early_stopping_rounds, evals_result=curves, verbose_eval=False,
-                callbacks=[_Advance(bar)] if bar is not None and not bar.disable else None,
+                early_stopping_rounds=None if on_ic else p.early_stopping_rounds, evals_result=curves,
+                verbose_eval=False, custom_metric=_ic_metric if on_ic else None, callbacks=callbacks or None,
             )
         # Keep only the trees up to the best iteration, so saved and in-memory models agree.
         booster = booster[: booster.best_iteration + 1]
