@@ -101,6 +101,15 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
              horizons: tuple[int, ...]) -> Dataset:
     """Inner-join features (warm-up rows already dropped) with labels and segments on
     (symbol, timestamp). Rows of ``labels``/``segments`` without features are dropped."""
+    fnames = [c for c in features.columns if c not in KEYS]
+    df, ds = _join(features, labels, segments, horizons)
+    X = np.ascontiguousarray(df[fnames].to_numpy(feature_dtype(features, fnames)))  # as stored
+    return replace(ds, X=X, feature_names=fnames)
+
+
+def _join(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
+          horizons: tuple[int, ...]) -> tuple[pd.DataFrame, Dataset]:
+    """(joined frame sorted by KEYS, its Dataset without features: X (n, 0), no feature names)."""
     ycols = target_columns(horizons)
     missing = [c for c in ycols if c not in labels.columns]
     if missing:
@@ -115,11 +124,10 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
     df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
     if df.empty:
         raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
-    fnames = [c for c in features.columns if c not in KEYS]
-    X = np.ascontiguousarray(df[fnames].to_numpy(feature_dtype(features, fnames)))  # as stored
     Y = df[ycols].to_numpy(np.float32)
-    return Dataset(
-        keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
+    return df, Dataset(
+        keys=df[KEYS].copy(), X=np.empty((len(df), 0), np.float32), Y=Y, feature_names=[],
+        horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
         R=df[rcols].to_numpy(np.float32) if rcols else None,
@@ -149,6 +157,33 @@ def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
 
 
 def load(features: str, labels: str, segments: str) -> Dataset:
-    """Read the featurize, label and split outputs and assemble them."""
+    """Read the featurize, label and split outputs and assemble them: the same Dataset as
+    :func:`assemble` of the three tables, built without a frame of the features. The join runs on
+    the feature table's keys alone, and ``X`` is filled column block by column block straight
+    from the parquet file (or directory dataset), so the peak is ``X`` plus one block, not the
+    three or four copies of the feature matrix a frame merge, sort and ``to_numpy`` make."""
+    import pyarrow.dataset as pads
+
     lab = pd.read_parquet(labels)
-    return assemble(pd.read_parquet(features), lab, pd.read_parquet(segments), horizons_of(lab))
+    source = pads.dataset(features, format="parquet")
+    fnames = [c for c in source.schema.names if c not in KEYS]
+    dtypes = {np.dtype(source.schema.field(c).type.to_pandas_dtype()) for c in fnames} or {np.dtype(np.float32)}
+    if len(dtypes) != 1 or not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}:
+        raise ValueError(f"feature columns: got dtypes {sorted(map(str, dtypes))}, expected all float32 "
+                         "or all float64 (features.dtype)")
+    keys = pd.read_parquet(features, columns=KEYS)
+    df, ds = _join(keys.assign(_row=np.arange(len(keys))), lab, pd.read_parquet(segments), horizons_of(lab))
+    rows = df["_row"].to_numpy(np.int64)  # (n,) row of the feature table of each dataset row
+    del df
+    identity = len(rows) == len(keys) and bool((rows == np.arange(len(rows))).all())
+    X = np.empty((len(rows), len(fnames)), dtypes.pop())
+    for j in range(0, len(fnames), _LOAD_BLOCK):
+        block = source.to_table(columns=fnames[j:j + _LOAD_BLOCK])
+        for k, name in enumerate(block.column_names):
+            col = block.column(name).to_numpy()
+            X[:, j + k] = col if identity else col[rows]
+        del block
+    return replace(ds, X=X, feature_names=fnames)
+
+
+_LOAD_BLOCK = 16  # feature columns read at a time by load

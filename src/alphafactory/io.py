@@ -19,7 +19,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -186,6 +186,36 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
     # so DVC sees an unchanged output and skips downstream stages.
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+
+
+def write_parquet_pieces(frames: Iterable[pd.DataFrame], path: str | Path) -> int:
+    """Write consecutive pieces of one table (same columns and dtypes) as one parquet file, each
+    piece its own row group(s), holding one piece in memory at a time (readers see one table;
+    a reader can take a part by row group). One piece: exactly :func:`write_parquet`'s bytes.
+    Returns the number of rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    it = iter(frames)
+    first = next(it)
+    second = next(it, None)
+    if second is None:
+        write_parquet(first, path)
+        return len(first)
+    pending, rows = [first, second], 0
+    del first, second  # from here on a piece is referenced only while it is written
+    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
+        writer = schema = None
+        while (frame := pending.pop(0) if pending else next(it, None)) is not None:
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema)
+            del frame
+            if writer is None:
+                schema = table.schema
+                writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+            writer.write_table(table)
+            rows += table.num_rows
+            del table
+    return rows
 
 
 def _finite(obj: Any) -> Any:
