@@ -13,7 +13,15 @@ from alphafactory import dataset, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.io import read_json, write_parquet
-from alphafactory.train import TrainConfig, apply_tuned, family_inputs, fit_models, log_curves, write_seed_spread
+from alphafactory.train import (
+    TrainConfig,
+    apply_tuned,
+    family_inputs,
+    fit_models,
+    log_curves,
+    reads_in_parts,
+    write_seed_spread,
+)
 
 
 def main() -> None:
@@ -22,7 +30,9 @@ def main() -> None:
     train = section(params, "train", TrainConfig)
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
-    ds = dataset.load(args.features, args.labels, args.segments)
+    # LightGBM alone: the features stay on disk, read in parts (same models, less memory)
+    ds = dataset.load(args.features, args.labels, args.segments,
+                      lazy=reads_in_parts(names, blocks, train.scope, train.select))
     with fan_out(section(params, "compute", ComputeConfig)) as fan:  # per_symbol: the symbols' fits
         results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,
                              extra=extra, select=train.select, fan=fan)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from alphafactory.io import ParquetRows
 from alphafactory.labels import KEYS, target_columns
 
 
@@ -156,12 +158,16 @@ def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
     return tuple(int(c[3:]) for c in labels.columns if c.startswith("y_h"))
 
 
-def load(features: str, labels: str, segments: str) -> Dataset:
+def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Dataset:
     """Read the featurize, label and split outputs and assemble them: the same Dataset as
     :func:`assemble` of the three tables, built without a frame of the features. The join runs on
     the feature table's keys alone, and ``X`` is filled column block by column block straight
     from the parquet file (or directory dataset), so the peak is ``X`` plus one block, not the
-    three or four copies of the feature matrix a frame merge, sort and ``to_numpy`` make."""
+    three or four copies of the feature matrix a frame merge, sort and ``to_numpy`` make.
+
+    lazy: ``X`` is an :class:`alphafactory.io.ParquetRows` view of the feature file instead,
+    read in parts by the models that can (LightGBM) and whole by the others (``features`` one
+    file; a directory dataset is read into memory)."""
     import pyarrow.dataset as pads
 
     lab = pd.read_parquet(labels)
@@ -175,8 +181,11 @@ def load(features: str, labels: str, segments: str) -> Dataset:
     df, ds = _join(keys.assign(_row=np.arange(len(keys))), lab, pd.read_parquet(segments), horizons_of(lab))
     rows = df["_row"].to_numpy(np.int64)  # (n,) row of the feature table of each dataset row
     del df
+    dtype = dtypes.pop()
+    if lazy and Path(features).is_file():
+        return replace(ds, X=ParquetRows(features, fnames, rows, dtype), feature_names=fnames)
     identity = len(rows) == len(keys) and bool((rows == np.arange(len(rows))).all())
-    X = np.empty((len(rows), len(fnames)), dtypes.pop())
+    X = np.empty((len(rows), len(fnames)), dtype)
     for j in range(0, len(fnames), _LOAD_BLOCK):
         block = source.to_table(columns=fnames[j:j + _LOAD_BLOCK])
         for k, name in enumerate(block.column_names):
