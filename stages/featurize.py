@@ -1,14 +1,14 @@
 """featurize: causal features per symbol (warm-up rows, where some feature is undefined, dropped).
 
-With features.symbol_batch > 0 the table is computed and written one batch of symbols at a time
-(one row group or more each), so the stage never holds the whole panel's features."""
+With features.symbol_batch > 0 the table is computed a batch of symbols at a time and written a
+row group at a time, so the stage never holds the whole panel's features."""
 import pandas as pd
 
 from alphafactory import stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
 from alphafactory.data.frequency import FrequencyInfo
-from alphafactory.dataset import drop_warmup
+from alphafactory.dataset import after_warmup
 from alphafactory.features import FeatureConfig, iter_features_batched, warmup_bars
 from alphafactory.io import read_json, scratch_dir, write_parquet_pieces
 
@@ -17,10 +17,11 @@ def main() -> None:
     args, params = stage.parse(__doc__, "bars", "info", "out")
     cfg = section(params, "features", FeatureConfig)
     freq = FrequencyInfo.from_dict(read_json(args.info)["frequency"])
-    warm = warmup_bars(cfg, freq)
+    bars = pd.read_parquet(args.bars)
+    keep = after_warmup(bars, warmup_bars(cfg, freq))  # (n,) by row of bars: the pieces' index
     with fan_out(section(params, "compute", ComputeConfig)) as fan, scratch_dir(args.out) as spill:
-        pieces = iter_features_batched(pd.read_parquet(args.bars), cfg, freq=freq, fan=fan, spill=spill)
-        n = write_parquet_pieces((drop_warmup(piece, warm) for piece in pieces), args.out)
+        pieces = iter_features_batched(bars, cfg, freq=freq, fan=fan, spill=spill)
+        n = write_parquet_pieces((p.loc[keep[p.index]].reset_index(drop=True) for p in pieces), args.out)
     stage.log.info("featurize: %d rows", n)
 
 

@@ -372,19 +372,22 @@ def test_streamed_batches_write_the_one_shot_table_bit_for_bit(tmp_path, symbol_
     panel, so that batches differ in length and the cross-sectional ranks mix them."""
     import pyarrow.parquet as pq
 
-    from alphafactory.dataset import drop_warmup
+    from alphafactory.dataset import after_warmup, drop_warmup
     from alphafactory.io import write_parquet_pieces
 
     bars = make_bars(pd.bdate_range("2019-01-01", periods=260), n_symbols=7, seed=5)
     bars = bars[~((bars["symbol"] == "S03") & (bars.index % 260 < 40))].reset_index(drop=True)
     cfg = FeatureConfig(symbol_batch=symbol_batch)
     warm = warmup_bars(cfg, infer_frequency(bars))
-    pieces = list(features.iter_features_batched(bars, cfg, spill=str(tmp_path)))
-    assert len(pieces) == -(-7 // symbol_batch)
+    keep = after_warmup(bars, warm)
+    # pieces of 300 rows: they cut symbols and batches in the middle
+    pieces = list(features.iter_features_batched(bars, cfg, spill=str(tmp_path), piece_rows=300))
+    assert len(pieces) > -(-7 // symbol_batch) and max(map(len, pieces)) == 300
     assert list(tmp_path.iterdir()) == []  # the spill is removed
     path = tmp_path / "f.parquet"
-    n = write_parquet_pieces((drop_warmup(p, warm) for p in pieces), path)
-    assert pq.ParquetFile(path).metadata.num_row_groups == len(pieces)  # pieces under 65536 rows
+    n = write_parquet_pieces((p.loc[keep[p.index]].reset_index(drop=True) for p in pieces), path,
+                             row_group_size=250)
+    assert pq.ParquetFile(path).metadata.num_row_groups >= len(pieces)  # one or more per piece
     got = pd.read_parquet(path)
     want = drop_warmup(features.compute_features_batched(bars, cfg), warm)
     assert n == len(want) and list(got.columns) == list(want.columns)

@@ -149,8 +149,14 @@ def feature_dtype(frame: pd.DataFrame, columns: list[str]) -> np.dtype:
 
 def drop_warmup(frame: pd.DataFrame, warmup: int) -> pd.DataFrame:
     """Drop each symbol's first ``warmup`` rows (frame sorted by symbol, timestamp)."""
-    pos = frame.groupby("symbol", sort=False).cumcount().to_numpy()
-    return frame.loc[pos >= warmup].reset_index(drop=True)
+    return frame.loc[after_warmup(frame, warmup)].reset_index(drop=True)
+
+
+def after_warmup(frame: pd.DataFrame, warmup: int) -> np.ndarray:
+    """(n,) bool: the rows of ``frame`` (sorted by symbol, timestamp) past their symbol's first
+    ``warmup`` rows; for a piece of a table whose index holds row positions,
+    ``piece.loc[mask[piece.index]]`` is the piece's part of :func:`drop_warmup`."""
+    return frame.groupby("symbol", sort=False).cumcount().to_numpy() >= warmup
 
 
 def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
