@@ -133,10 +133,11 @@ def data_hash(ds: Dataset) -> str:
     """The first 16 hex digits of the SHA-256 of X, Y and the segments' bytes (a lazy X hashed
     part by part: the same digest)."""
     h = hashlib.sha256()
+    # the arrays' own buffers, not .tobytes() copies (that of X alone is the size of the features)
     for part in ds.X.batches() if isinstance(ds.X, ParquetRows) else [ds.X]:
-        h.update(np.ascontiguousarray(part).tobytes())
+        h.update(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
     for a in (ds.Y, ds.segment.astype("U8")):
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     return h.hexdigest()[:16]
 
 
