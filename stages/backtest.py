@@ -26,8 +26,8 @@ def main() -> None:
     table = refit_blocks(labels, seg.to_numpy() == "test", dataset.horizons_of(labels), embargo,
                          cfg.retrain_every, cfg.window_bars)
     # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
-    ds = dataset.assemble(pd.read_parquet(args.features), labels, labels[dataset.KEYS].assign(segment="purged"),
-                          dataset.horizons_of(labels))
+    ds = dataset.join_file(args.features, labels, labels[dataset.KEYS].assign(segment="purged"),
+                           dataset.horizons_of(labels))
     # block models: next to the output, not in the system temp dir; the blocks: fanned out (compute)
     with scratch_dir(args.preds) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:
         preds, spans = walk_forward(ds, labels, table, cfg, blocks=blocks, seed=train.seed, extra=extra,

@@ -165,18 +165,24 @@ def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
 
 
 def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Dataset:
-    """Read the featurize, label and split outputs and assemble them: the same Dataset as
-    :func:`assemble` of the three tables, built without a frame of the features. The join runs on
-    the feature table's keys alone, and ``X`` is filled column block by column block straight
-    from the parquet file (or directory dataset), so the peak is ``X`` plus one block, not the
-    three or four copies of the feature matrix a frame merge, sort and ``to_numpy`` make.
+    """Read the featurize, label and split outputs and assemble them (:func:`join_file`)."""
+    lab = pd.read_parquet(labels)
+    return join_file(features, lab, pd.read_parquet(segments), horizons_of(lab), lazy=lazy)
+
+
+def join_file(features: str, labels: pd.DataFrame, segments: pd.DataFrame, horizons: tuple[int, ...], *,
+              lazy: bool = False) -> Dataset:
+    """:func:`assemble` of the feature file ``features`` (a parquet file or directory dataset)
+    with ``labels`` and ``segments``: the same Dataset, built without a frame of the features.
+    The join runs on the feature table's keys alone, and ``X`` is filled column block by column
+    block straight from parquet, so the peak is ``X`` plus one block, not the three or four
+    copies of the feature matrix a frame merge, sort and ``to_numpy`` make.
 
     lazy: ``X`` is an :class:`alphafactory.io.ParquetRows` view of the feature file instead,
     read in parts by the models that can (LightGBM) and whole by the others (``features`` one
     file; a directory dataset is read into memory)."""
     import pyarrow.dataset as pads
 
-    lab = pd.read_parquet(labels)
     source = pads.dataset(features, format="parquet")
     fnames = [c for c in source.schema.names if c not in KEYS]
     dtypes = {np.dtype(source.schema.field(c).type.to_pandas_dtype()) for c in fnames} or {np.dtype(np.float32)}
@@ -184,7 +190,7 @@ def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Da
         raise ValueError(f"feature columns: got dtypes {sorted(map(str, dtypes))}, expected all float32 "
                          "or all float64 (features.dtype)")
     keys = pd.read_parquet(features, columns=KEYS)
-    df, ds = _join(keys.assign(_row=np.arange(len(keys))), lab, pd.read_parquet(segments), horizons_of(lab))
+    df, ds = _join(keys.assign(_row=np.arange(len(keys))), labels, segments, horizons)
     rows = df["_row"].to_numpy(np.int64)  # (n,) row of the feature table of each dataset row
     del df
     dtype = dtypes.pop()
