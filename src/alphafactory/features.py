@@ -1453,7 +1453,8 @@ def iter_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequenc
                     names = (_cs_sources(cfg, dict.fromkeys(frame.columns[2:]))
                              if "cross_sectional" in cfg.groups else [])
                 for name in names:
-                    kept.setdefault(name, []).append(frame[name].to_numpy())
+                    # a copy: a view would keep the frame's whole block of columns alive
+                    kept.setdefault(name, []).append(frame[name].to_numpy().copy())
                 frame.to_parquet(f"{tmp}/{g + k}.parquet", index=False, engine="pyarrow", compression="lz4",
                                  row_group_size=piece_rows)
             del jobs, frame
