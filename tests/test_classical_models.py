@@ -190,7 +190,7 @@ def test_blocked_ridge_is_the_one_matrix_solve_bit_for_bit(monkeypatch) -> None:
     from alphafactory.models.base import standardize
 
     monkeypatch.setattr(linear, "_COL_BLOCK", 3)
-    monkeypatch.setattr(linear, "_ROW_BLOCK", 1000)
+    monkeypatch.setattr(linear, "_ROW_BLOCK", 1000)  # the default 8192 is checked on the bundled pipeline
     rng = np.random.default_rng(3)
     n, F = 10_007, 11
     X = (rng.normal(size=(n, F)) * rng.uniform(0.1, 10, F)).astype(np.float32)

@@ -30,7 +30,7 @@ from alphafactory.models.base import XY, Model, standardize
 # statistics (more than one: a single column would be summed pairwise, not row by row), rows for
 # everything elementwise or row-wise.
 _COL_BLOCK = 16
-_ROW_BLOCK = 65536
+_ROW_BLOCK = 8192  # rows: each float64 temporary of a block (standardize makes ~5) is 8192 x F x 8 bytes
 
 @dataclass(frozen=True)
 class Scaler:
