@@ -1,7 +1,8 @@
 """How the pipeline's cost grows with the universe: wall time and peak memory of each stage.
 
     python bench/bench_scale.py [--symbols 100,500] [--bars 2520]
-                                [--cluster none,local] [--pipeline light|full]
+                                [--cluster none,local] [--pipeline light|full|target]
+                                [--rounds N]
 
 For each universe size it clones the committed HEAD into a temporary directory, sets
 ``data.source: synthetic`` with that many symbols x ``--bars`` daily bars, and runs the stages one
@@ -20,6 +21,12 @@ model, the one-bar ``mlp`` as the only network, the blend and bundle stages, a r
 backtest and evaluate (tune, cv, explain and report are not run). Featurize runs in batches of
 ``--symbol-batch`` symbols (default 250), the pieces of work a cluster spreads over its workers. ``--pipeline full`` runs the
 default ``dvc repro`` of every stage with the default models, the 500-symbol target's workload.
+``--pipeline target`` runs exactly the stages of the memory target: prepare, featurize, label,
+split, train@boosting with the pooled LightGBM alone (which then reads the features in parts,
+``dataset.load(lazy=True)``) and evaluate, the last run by its own script on the boosting
+forecasts (no blend and no walk-forward: the families and stages in between are not run).
+``--rounds N`` caps ``boosting.lightgbm.n_estimators`` (the peak memory is that of the binned
+data, not of the trees; the wall time is not comparable then).
 
 Targets on 2 cores / 24 GiB (issue 19): full pipeline for 500 symbols within 20 min; 5,000 symbols
 through the light chain within 8 GiB peak per process. A size whose stage fails (out of memory,
@@ -52,6 +59,17 @@ LIGHT = {
     "backtest.models": ["ridge"],
 }
 LIGHT_TARGET = "evaluate"
+TARGET = LIGHT  # the other families are set but not run
+TARGET_STAGES = ["check_params", "prepare", "featurize", "label", "split", "tune", "train@boosting"]  # tune: a no-op
+EVALUATE = [  # stages/evaluate.py on the boosting forecasts alone (see --pipeline target)
+    "python", "stages/evaluate.py", "--preds", "data/preds/boosting.parquet",
+    "--blend", "{empty}/blend.parquet", "--walk-forward", "{empty}/backtest.parquet",
+    "--bars", "data/prepared/bars.parquet", "--info", "data/prepared/info.json",
+    "--labels", "data/labels/labels.parquet", "--segments", "data/split/segments.parquet",
+    "--oracle", "data/prepared/oracle.parquet", "--metrics", "{empty}/test.json",
+    "--oracle-metrics", "{empty}/oracle.json", "--headline", "{empty}/headline.json",
+    "--predictions", "{empty}/test.parquet", "--plots", "{empty}/plots", "--tune", "{empty}/tune.json",
+]
 
 
 def set_key(params: dict, dotted: str, value) -> None:
@@ -95,8 +113,24 @@ def _watch(proc: subprocess.Popen, ps: psutil.Process, max_rss: float) -> tuple[
     return peak_tree, ""
 
 
-def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float, float, float, str]:
-    """(wall s, peak single-process RSS GiB, peak tree RSS GiB, error or '') of ``dvc repro -f -s``."""
+def empty_inputs(repo: Path) -> str:
+    """A folder of the empty blend and walk-forward tables (the boosting forecasts' columns) and
+    the tune summary that evaluate reads in ``--pipeline target``; its outputs go there too."""
+    import pandas as pd
+
+    out = repo / "bench_empty"
+    out.mkdir(exist_ok=True)
+    empty = pd.read_parquet(repo / "data/preds/boosting.parquet").iloc[:0]
+    for name in ("blend", "backtest"):
+        empty.to_parquet(out / f"{name}.parquet", index=False)
+    (out / "tune.json").write_text('{"extra_trials": 0}\n')
+    return str(out)
+
+
+def run_stage(repo: Path, env: dict, stage: str, max_rss: float,
+              command: list[str] | None = None) -> tuple[float, float, float, str]:
+    """(wall s, peak single-process RSS GiB, peak tree RSS GiB, error or '') of ``dvc repro -f -s``
+    (or of ``command``, run in the clone)."""
     # a fresh wrapper per stage, so that its RUSAGE_CHILDREN max is this stage's alone
     wrapper = (
         "import resource, subprocess, sys\n"
@@ -104,7 +138,7 @@ def run_stage(repo: Path, env: dict, stage: str, max_rss: float) -> tuple[float,
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
         "sys.exit(p.returncode)\n"
     )
-    cmd = [sys.executable, "-c", wrapper, "dvc", "repro", "-f", "-s", stage]
+    cmd = [sys.executable, "-c", wrapper, *(command or ["dvc", "repro", "-f", "-s", stage])]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
@@ -136,7 +170,8 @@ def main() -> None:
                     help="comma-separated universe sizes (the issue-19 table: 100,500,2000,5000)")
     ap.add_argument("--bars", type=int, default=2520, help="daily bars per symbol")
     ap.add_argument("--cluster", default="none,local", help="comma-separated: none (in process), local")
-    ap.add_argument("--pipeline", choices=("light", "full"), default="light")
+    ap.add_argument("--pipeline", choices=("light", "full", "target"), default="light")
+    ap.add_argument("--rounds", type=int, default=None, help="cap boosting.lightgbm.n_estimators")
     ap.add_argument("--symbol-batch", type=int, default=250,
                     help="features.symbol_batch: symbols per featurize batch, the pieces a cluster runs (0: one)")
     ap.add_argument("--max-rss-gib", type=float, default=20.0)
@@ -164,14 +199,24 @@ def main() -> None:
                 set_key(params, "compute.cluster", None if cluster == "none" else cluster)
                 set_key(params, "compute.workers", 2)
                 set_key(params, "features.symbol_batch", args.symbol_batch)
-                if args.pipeline == "light":
-                    for k, v in LIGHT.items():
+                if args.pipeline != "full":
+                    for k, v in (LIGHT if args.pipeline == "light" else TARGET).items():
                         set_key(params, k, v)
+                if args.rounds:
+                    set_key(params, "boosting.lightgbm.n_estimators", args.rounds)
                 (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-                stages = stage_order(repo, env, LIGHT_TARGET if args.pipeline == "light" else None)
+                if args.pipeline == "target":
+                    stages = [*TARGET_STAGES, "evaluate"]
+                else:
+                    stages = stage_order(repo, env, LIGHT_TARGET if args.pipeline == "light" else None)
                 total = 0.0
                 for stage in stages:
-                    wall, one, tree, err = run_stage(repo, env, stage, args.max_rss_gib)
+                    command = None
+                    if args.pipeline == "target" and stage == "evaluate":
+                        empty = empty_inputs(repo)
+                        command = [a.format(empty=empty) for a in EVALUATE]
+                        command[0] = sys.executable
+                    wall, one, tree, err = run_stage(repo, env, stage, args.max_rss_gib, command)
                     total += wall
                     rows.append((n, cluster, stage, wall, one, tree, err))
                     print(f"{n} symbols, {cluster}: {stage} {wall:.1f} s, {one:.2f} / {tree:.2f} GiB {err}",
@@ -184,7 +229,8 @@ def main() -> None:
                 if failed_at is not None:
                     break
     print(f"\n{os.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.0f} GiB, "
-          f"{args.bars} daily bars per symbol, pipeline {args.pipeline}\n")
+          f"{args.bars} daily bars per symbol, pipeline {args.pipeline}"
+          f"{f', lightgbm n_estimators {args.rounds}' if args.rounds else ''}\n")
     print("| symbols | compute | stage | wall s | peak RSS, one process GiB | peak RSS, all processes GiB | note |")
     print("|---|---|---|---|---|---|---|")
     for n, cluster, stage, wall, one, tree, err in rows:

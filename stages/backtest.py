@@ -26,8 +26,8 @@ def main() -> None:
     table = refit_blocks(labels, seg.to_numpy() == "test", dataset.horizons_of(labels), embargo,
                          cfg.retrain_every, cfg.window_bars)
     # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
-    ds = dataset.assemble(pd.read_parquet(args.features), labels, labels[dataset.KEYS].assign(segment="purged"),
-                          dataset.horizons_of(labels))
+    ds = dataset.join_file(args.features, labels, labels[dataset.KEYS].assign(segment="purged"),
+                           dataset.horizons_of(labels))
     if wants_bars(*extra.values()):  # neural.inputs raw/both: raw OHLCV windows of the prepared bars
         ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     # block models: next to the output, not in the system temp dir; the blocks: fanned out (compute)

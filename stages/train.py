@@ -19,6 +19,7 @@ from alphafactory.train import (
     family_inputs,
     fit_models,
     log_curves,
+    reads_in_parts,
     wants_bars,
     write_seed_spread,
 )
@@ -30,8 +31,10 @@ def main() -> None:
     train = section(params, "train", TrainConfig)
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
+    # LightGBM alone: the features stay on disk, read in parts (same models, less memory);
     # neural.inputs raw/both: the networks also read raw OHLCV windows of the prepared bars
-    ds = dataset.load(args.features, args.labels, args.segments)
+    ds = dataset.load(args.features, args.labels, args.segments,
+                      lazy=reads_in_parts(names, blocks, train.scope, train.select))
     if wants_bars(extra):
         ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     with fan_out(section(params, "compute", ComputeConfig)) as fan:  # per_symbol: the symbols' fits

@@ -362,3 +362,50 @@ def test_float64_storage_is_the_float32_table_unrounded(daily_bars: pd.DataFrame
         ds = assemble(frame, labels, segments, (1,))
         assert ds.X.dtype == want and float_matrix(ds.X).dtype == want
     assert float_matrix(np.zeros((2, 2), np.int64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("symbol_batch", [2, 3])
+def test_streamed_batches_write_the_one_shot_table_bit_for_bit(tmp_path, symbol_batch: int) -> None:
+    """featurize's streamed path (iter_features_batched, spilled batches, cross-sectional
+    features on the panel, written piece by piece) gives the table of the in-memory
+    compute_features_batched with the same symbol_batch, every value's bits included; a ragged
+    panel, so that batches differ in length and the cross-sectional ranks mix them."""
+    import pyarrow.parquet as pq
+
+    from alphafactory.dataset import after_warmup, drop_warmup
+    from alphafactory.io import write_parquet_pieces
+
+    bars = make_bars(pd.bdate_range("2019-01-01", periods=260), n_symbols=7, seed=5)
+    bars = bars[~((bars["symbol"] == "S03") & (bars.index % 260 < 40))].reset_index(drop=True)
+    cfg = FeatureConfig(symbol_batch=symbol_batch)
+    warm = warmup_bars(cfg, infer_frequency(bars))
+    keep = after_warmup(bars, warm)
+    # pieces of 300 rows: they cut symbols and batches in the middle
+    pieces = list(features.iter_features_batched(bars, cfg, spill=str(tmp_path), piece_rows=300))
+    assert len(pieces) > -(-7 // symbol_batch) and max(map(len, pieces)) == 300
+    assert list(tmp_path.iterdir()) == []  # the spill is removed
+    path = tmp_path / "f.parquet"
+    n = write_parquet_pieces((p.loc[keep[p.index]].reset_index(drop=True) for p in pieces), path,
+                             row_group_size=250)
+    assert pq.ParquetFile(path).metadata.num_row_groups >= len(pieces)  # one or more per piece
+    got = pd.read_parquet(path)
+    want = drop_warmup(features.compute_features_batched(bars, cfg), warm)
+    assert n == len(want) and list(got.columns) == list(want.columns)
+    assert (got.dtypes == want.dtypes).all()
+    assert got[["symbol", "timestamp"]].equals(want[["symbol", "timestamp"]])
+    cols = feature_cols(want)
+    assert any(c.startswith("cs_rank_") for c in cols)
+    a, b = got[cols].to_numpy(), want[cols].to_numpy()
+    assert a.dtype == np.float32 and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_one_piece_is_write_parquet_bytes(tmp_path, daily_bars: pd.DataFrame, daily_features: pd.DataFrame) -> None:
+    """symbol_batch 0: one piece, written with exactly write_parquet's bytes (the default
+    pipeline's features file does not change)."""
+    from alphafactory.io import write_parquet, write_parquet_pieces
+
+    pieces = list(features.iter_features_batched(daily_bars, FeatureConfig()))
+    assert len(pieces) == 1 and pieces[0].equals(daily_features)
+    write_parquet_pieces(iter(pieces), tmp_path / "a.parquet")
+    write_parquet(daily_features, tmp_path / "b.parquet")
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()

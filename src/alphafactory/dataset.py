@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from alphafactory.io import ParquetRows
 from alphafactory.labels import KEYS, target_columns
 
 
@@ -118,6 +120,15 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
              horizons: tuple[int, ...]) -> Dataset:
     """Inner-join features (warm-up rows already dropped) with labels and segments on
     (symbol, timestamp). Rows of ``labels``/``segments`` without features are dropped."""
+    fnames = [c for c in features.columns if c not in KEYS]
+    df, ds = _join(features, labels, segments, horizons)
+    X = np.ascontiguousarray(df[fnames].to_numpy(feature_dtype(features, fnames)))  # as stored
+    return replace(ds, X=X, feature_names=fnames)
+
+
+def _join(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
+          horizons: tuple[int, ...]) -> tuple[pd.DataFrame, Dataset]:
+    """(joined frame sorted by KEYS, its Dataset without features: X (n, 0), no feature names)."""
     ycols = target_columns(horizons)
     missing = [c for c in ycols if c not in labels.columns]
     if missing:
@@ -132,11 +143,10 @@ def assemble(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFram
     df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
     if df.empty:
         raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
-    fnames = [c for c in features.columns if c not in KEYS]
-    X = np.ascontiguousarray(df[fnames].to_numpy(feature_dtype(features, fnames)))  # as stored
     Y = df[ycols].to_numpy(np.float32)
-    return Dataset(
-        keys=df[KEYS].copy(), X=X, Y=Y, feature_names=fnames, horizons=tuple(horizons),
+    return df, Dataset(
+        keys=df[KEYS].copy(), X=np.empty((len(df), 0), np.float32), Y=Y, feature_names=[],
+        horizons=tuple(horizons),
         segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
         R=df[rcols].to_numpy(np.float32) if rcols else None,
@@ -160,8 +170,14 @@ def feature_dtype(frame: pd.DataFrame, columns: list[str]) -> np.dtype:
 
 def drop_warmup(frame: pd.DataFrame, warmup: int) -> pd.DataFrame:
     """Drop each symbol's first ``warmup`` rows (frame sorted by symbol, timestamp)."""
-    pos = frame.groupby("symbol", sort=False).cumcount().to_numpy()
-    return frame.loc[pos >= warmup].reset_index(drop=True)
+    return frame.loc[after_warmup(frame, warmup)].reset_index(drop=True)
+
+
+def after_warmup(frame: pd.DataFrame, warmup: int) -> np.ndarray:
+    """(n,) bool: the rows of ``frame`` (sorted by symbol, timestamp) past their symbol's first
+    ``warmup`` rows; for a piece of a table whose index holds row positions,
+    ``piece.loc[mask[piece.index]]`` is the piece's part of :func:`drop_warmup`."""
+    return frame.groupby("symbol", sort=False).cumcount().to_numpy() >= warmup
 
 
 def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
@@ -169,7 +185,47 @@ def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
     return tuple(int(c[3:]) for c in labels.columns if c.startswith("y_h"))
 
 
-def load(features: str, labels: str, segments: str) -> Dataset:
-    """Read the featurize, label and split outputs and assemble them."""
+def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Dataset:
+    """Read the featurize, label and split outputs and assemble them (:func:`join_file`)."""
     lab = pd.read_parquet(labels)
-    return assemble(pd.read_parquet(features), lab, pd.read_parquet(segments), horizons_of(lab))
+    return join_file(features, lab, pd.read_parquet(segments), horizons_of(lab), lazy=lazy)
+
+
+def join_file(features: str, labels: pd.DataFrame, segments: pd.DataFrame, horizons: tuple[int, ...], *,
+              lazy: bool = False) -> Dataset:
+    """:func:`assemble` of the feature file ``features`` (a parquet file or directory dataset)
+    with ``labels`` and ``segments``: the same Dataset, built without a frame of the features.
+    The join runs on the feature table's keys alone, and ``X`` is filled column block by column
+    block straight from parquet, so the peak is ``X`` plus one block, not the three or four
+    copies of the feature matrix a frame merge, sort and ``to_numpy`` make.
+
+    lazy: ``X`` is an :class:`alphafactory.io.ParquetRows` view of the feature file instead,
+    read in parts by the models that can (LightGBM) and whole by the others (``features`` one
+    file; a directory dataset is read into memory)."""
+    import pyarrow.dataset as pads
+
+    source = pads.dataset(features, format="parquet")
+    fnames = [c for c in source.schema.names if c not in KEYS]
+    dtypes = {np.dtype(source.schema.field(c).type.to_pandas_dtype()) for c in fnames} or {np.dtype(np.float32)}
+    if len(dtypes) != 1 or not dtypes <= {np.dtype(np.float32), np.dtype(np.float64)}:
+        raise ValueError(f"feature columns: got dtypes {sorted(map(str, dtypes))}, expected all float32 "
+                         "or all float64 (features.dtype)")
+    keys = pd.read_parquet(features, columns=KEYS)
+    df, ds = _join(keys.assign(_row=np.arange(len(keys))), labels, segments, horizons)
+    rows = df["_row"].to_numpy(np.int64)  # (n,) row of the feature table of each dataset row
+    del df
+    dtype = dtypes.pop()
+    if lazy and Path(features).is_file():
+        return replace(ds, X=ParquetRows(features, fnames, rows, dtype), feature_names=fnames)
+    identity = len(rows) == len(keys) and bool((rows == np.arange(len(rows))).all())
+    X = np.empty((len(rows), len(fnames)), dtype)
+    for j in range(0, len(fnames), _LOAD_BLOCK):
+        block = source.to_table(columns=fnames[j:j + _LOAD_BLOCK])
+        for k, name in enumerate(block.column_names):
+            col = block.column(name).to_numpy()
+            X[:, j + k] = col if identity else col[rows]
+        del block
+    return replace(ds, X=X, feature_names=fnames)
+
+
+_LOAD_BLOCK = 16  # feature columns read at a time by load

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -1465,3 +1465,73 @@ def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequ
         _cs_normalize([cols], p.ts, cfg.cs_normalize)
         feats = feats.assign(**cols.cols)
     return feats
+
+
+def iter_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: FrequencyInfo | None = None, *,
+                          fan: FanOut | None = None, spill: str | None = None,
+                          piece_rows: int = 65536) -> Iterator[pd.DataFrame]:
+    """The frame of :func:`compute_features_batched`, bit for bit, as consecutive pieces of at
+    most ``piece_rows`` rows, so that a writer holds one piece of features at a time instead of
+    the whole panel (issue 19). The index of a piece holds its rows' positions in ``bars``.
+
+    The per-symbol groups of each batch of ``cfg.symbol_batch`` symbols are computed
+    (``fan.workers`` batches at a time, one piece of work each) and spilled to a parquet file
+    under the directory ``spill`` (a temporary one if None), keeping in memory only the columns
+    the cross-sectional group ranks (``_cs_sources``); the cross-sectional features are then
+    computed on the whole panel from those, and the spilled batches are read back a row group
+    (``piece_rows`` rows) at a time with their rows of them. The peak is one batch's features,
+    not the panel's. One batch (``symbol_batch`` 0 or at least the number of symbols) or
+    ``cs_normalize`` (which rewrites every column across the panel) yields the one whole frame."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    check(cfg, "features")
+    _check_bars(bars)
+    codes = pd.factorize(bars["symbol"], sort=False)[0]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,) first row of each
+    if cfg.symbol_batch == 0 or cfg.symbol_batch >= len(starts) or cfg.cs_normalize != "none":
+        whole = compute_features_batched(bars, cfg, freq=freq, fan=fan)
+        whole.index = pd.RangeIndex(len(bars))
+        yield whole
+        return
+    if freq is None:
+        freq = infer_frequency(bars)
+    fan = fan or FanOut()
+    ends = np.r_[starts[1:], len(bars)]
+    own = dataclasses.replace(cfg, groups=tuple(g for g in cfg.groups if g != "cross_sectional"))
+    spans = [(starts[i], ends[min(i + cfg.symbol_batch, len(starts)) - 1]) for i in range(0, len(starts), cfg.symbol_batch)]
+    with tempfile.TemporaryDirectory(dir=spill, prefix=".featurize-spill-") as tmp:
+        kept: dict[str, list[np.ndarray]] = {}
+        names: list[str] | None = None
+        step = max(1, fan.workers)
+        for g in range(0, len(spans), step):
+            jobs = [(bars.iloc[a:b], own, freq) for a, b in spans[g:g + step]]
+            for k, frame in enumerate(fan.map(_features_job, jobs, desc=None)):
+                if names is None:
+                    names = (_cs_sources(cfg, dict.fromkeys(frame.columns[2:]))
+                             if "cross_sectional" in cfg.groups else [])
+                for name in names:
+                    # a copy: a view would keep the frame's whole block of columns alive
+                    kept.setdefault(name, []).append(frame[name].to_numpy().copy())
+                frame.to_parquet(f"{tmp}/{g + k}.parquet", index=False, engine="pyarrow", compression="lz4",
+                                 row_group_size=piece_rows)
+            del jobs, frame
+        cs_frame = None
+        if names:
+            p = _Panel(bars, freq)
+            sources = _Columns(pd.DataFrame())
+            sources.cols = {name: np.concatenate(kept.pop(name)) for name in names}
+            sources.fd = dict.fromkeys(names, 0)
+            cs = _Out(p.pos, warmup_bars(cfg, freq), cfg.dtype)
+            _cross_sectional(p, cfg, cs, [sources], None)
+            del sources, p
+            cs_frame = cs.frame(pd.RangeIndex(len(bars)))
+            del cs
+        for i, (a, _) in enumerate(spans):
+            spilled = pq.ParquetFile(f"{tmp}/{i}.parquet")
+            for rg in range(spilled.num_row_groups):
+                frame = spilled.read_row_group(rg).to_pandas()
+                frame.index = pd.RangeIndex(a, a + len(frame))
+                a += len(frame)
+                yield frame if cs_frame is None else pd.concat([frame, cs_frame.loc[frame.index]], axis=1)

@@ -19,7 +19,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
@@ -188,6 +188,36 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
         df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
 
 
+def write_parquet_pieces(frames: Iterable[pd.DataFrame], path: str | Path, row_group_size: int = 65536) -> int:
+    """Write consecutive pieces of one table (same columns and dtypes) as one parquet file, each
+    piece its own row groups of at most ``row_group_size`` rows, holding one piece in memory at a
+    time (readers see one table; a reader can take a part by row group, :class:`ParquetRows`).
+    One piece: exactly :func:`write_parquet`'s bytes. Returns the number of rows written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    it = iter(frames)
+    first = next(it)
+    second = next(it, None)
+    if second is None:
+        write_parquet(first, path)
+        return len(first)
+    pending, rows = [first, second], 0
+    del first, second  # from here on a piece is referenced only while it is written
+    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
+        writer = schema = None
+        while (frame := pending.pop(0) if pending else next(it, None)) is not None:
+            table = pa.Table.from_pandas(frame, preserve_index=False, schema=schema)
+            del frame
+            if writer is None:
+                schema = table.schema
+                writer = stack.enter_context(pq.ParquetWriter(tmp, schema, compression="zstd"))
+            writer.write_table(table, row_group_size=row_group_size)
+            rows += table.num_rows
+            del table
+    return rows
+
+
 def _finite(obj: Any) -> Any:
     """NaN/inf become null: strict JSON that DVC, browsers and other languages all parse."""
     if isinstance(obj, float):
@@ -296,3 +326,81 @@ class Directory:
 def _one_line(e: BaseException, limit: int = 300) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+class ParquetRows:
+    """A lazy (n, F) feature matrix: rows ``rows`` (file row numbers) and columns ``columns`` of
+    a parquet file, read a part at a time (issue 19: a stage that needs only parts of the panel
+    at once never holds all of it). Indexing with an array or slice of rows gives another lazy
+    view; :meth:`read` and :meth:`batches` read values; ``np.asarray`` reads all of them, as
+    the in-memory array (C-ordered, the stored dtype) a model that cannot read parts gets.
+
+    A read takes the file's row groups that hold the rows asked for (so a file written by
+    symbol batches, :func:`write_parquet_pieces`, is read a batch at a time)."""
+
+    def __init__(self, path: str | Path, columns: list[str], rows: Any, dtype: Any,
+                 _groups: Any = None) -> None:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        self.path, self.columns, self.dtype = str(path), list(columns), np.dtype(dtype)
+        self.rows = np.asarray(rows, np.int64)
+        if _groups is None:
+            meta = pq.ParquetFile(self.path).metadata
+            _groups = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+        self._groups = _groups  # (G + 1,) first file row of each row group, then the row count
+        self._cache: tuple[int, int, Any] | None = None  # (start, stop, values) of the last read
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), len(self.columns)
+
+    ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: Any) -> ParquetRows:
+        return ParquetRows(self.path, self.columns, self.rows[idx], self.dtype, self._groups)
+
+    def select(self, columns: list[str]) -> ParquetRows:
+        return ParquetRows(self.path, columns, self.rows, self.dtype, self._groups)
+
+    def read(self, start: int = 0, stop: int | None = None) -> Any:
+        """Values of view rows ``start:stop``: (stop - start, F) C-ordered ``dtype``."""
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        want = self.rows[start:stop]
+        out = np.empty((len(want), len(self.columns)), self.dtype)
+        if not len(want):
+            return out
+        lo, hi = int(want.min()), int(want.max())
+        first = int(np.searchsorted(self._groups, lo, side="right")) - 1
+        last = int(np.searchsorted(self._groups, hi, side="right")) - 1
+        table = pq.ParquetFile(self.path).read_row_groups(list(range(first, last + 1)), columns=self.columns)
+        local = want - self._groups[first]
+        contiguous = bool(len(want) == table.num_rows and (np.diff(local) == 1).all() and local[0] == 0)
+        for j, name in enumerate(self.columns):
+            col = table.column(name).to_numpy()
+            out[:, j] = col if contiguous else col[local]
+        return out
+
+    def batches(self, size: int = 65536) -> Iterator[Any]:
+        """Consecutive (<= size, F) blocks of the view's values, in row order."""
+        for start in range(0, len(self.rows), size):
+            yield self.read(start, start + size)
+
+    def row(self, i: int, block: int = 65536) -> Any:
+        """Row ``i`` (F,), from a cached read of the ``block`` rows around it (sampling reads many
+        nearby rows in increasing order)."""
+        if self._cache is None or not self._cache[0] <= i < self._cache[1]:
+            start = i - i % block
+            self._cache = (start, start + block, self.read(start, start + block))
+        return self._cache[2][i - self._cache[0]]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        import numpy as np
+
+        out = self.read() if len(self.rows) else np.empty(self.shape, self.dtype)
+        return out if dtype is None else out.astype(dtype, copy=False)

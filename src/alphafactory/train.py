@@ -26,7 +26,7 @@ from alphafactory.dataset import Dataset
 from alphafactory.errors import ConfigError
 from alphafactory.evaluation.metrics import regression_metrics
 from alphafactory.feature_select import SelectConfig, select_dataset
-from alphafactory.io import write_json
+from alphafactory.io import ParquetRows, write_json
 from alphafactory.labels import PROBA_COLUMNS
 from alphafactory.models.base import TASKS, XY, Model
 from alphafactory.models.per_symbol import PerSymbolModel
@@ -138,10 +138,25 @@ def segment_data(ds: Dataset, segment: str, input_kind: str, lookback: int,
 
 
 def data_hash(ds: Dataset) -> str:
+    """The first 16 hex digits of the SHA-256 of X, Y and the segments' bytes (a lazy X hashed
+    part by part: the same digest)."""
     h = hashlib.sha256()
-    for a in (ds.X, ds.Y, ds.segment.astype("U8")):
-        h.update(np.ascontiguousarray(a).tobytes())
+    # the arrays' own buffers, not .tobytes() copies (that of X alone is the size of the features)
+    for part in ds.X.batches() if isinstance(ds.X, ParquetRows) else [ds.X]:
+        h.update(np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+    for a in (ds.Y, ds.segment.astype("U8")):
+        h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
     return h.hexdigest()[:16]
+
+
+def reads_in_parts(family_models: tuple[str, ...], blocks: dict[str, Any], scope: str,
+                   select: SelectConfig | None) -> bool:
+    """Whether a training stage can leave the features on disk (``dataset.load(lazy=True)``):
+    every enabled model reads a lazy view in parts (LightGBM, not distributed), one pooled fit
+    each, no feature selection. The models and forecasts are the same either way."""
+    return (bool(family_models) and scope == "pooled" and not (select is not None and select.active)
+            and all(getattr(models.get(n).cls, "reads_parts", False) and not distributed(blocks.get(n))
+                    for n in family_models))
 
 
 def long_predictions(keys: pd.DataFrame, horizons: tuple[int, ...], pred: np.ndarray, std: np.ndarray,

@@ -534,7 +534,7 @@ def load_development_data(features: str, labels: str, segments: str) -> tuple[Da
 
     lab = pd.read_parquet(labels)
     unassigned = lab[KEYS].assign(segment="purged")  # the folds assign train/val/test
-    ds = dataset.assemble(pd.read_parquet(features), lab, unassigned, dataset.horizons_of(lab))
+    ds = dataset.join_file(features, lab, unassigned, dataset.horizons_of(lab))
     return development_data(ds, pd.read_parquet(segments)), lab
 
 

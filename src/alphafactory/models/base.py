@@ -36,7 +36,7 @@ import numpy as np
 
 from alphafactory.config import from_dict
 from alphafactory.errors import ConfigError, NotFittedError
-from alphafactory.io import Directory
+from alphafactory.io import Directory, ParquetRows
 from alphafactory.labels import CLASS_NAMES
 from alphafactory.progress import progress
 
@@ -312,6 +312,9 @@ class PerHorizonModel(Model):
     the boosters are those of binning each horizon's rows anew (tests/test_models.py checks)."""
 
     suffix: ClassVar[str] = ".bin"
+    # True: _bin, _fit_one and _predict_one take a lazy io.ParquetRows as it is (the family reads
+    # it in parts); False: it is read into memory first
+    reads_parts: ClassVar[bool] = False
 
     @abstractmethod
     def _fit_one(self, X: np.ndarray, y: np.ndarray, Xv: np.ndarray, yv: np.ndarray,
@@ -342,8 +345,11 @@ class PerHorizonModel(Model):
     def _best_iteration(self, est: Any) -> int | None:
         return None
 
+    def _matrix(self, X: Any) -> Any:
+        return X if self.reads_parts and isinstance(X, ParquetRows) else float_matrix(X)
+
     def _fit(self, train: XY, val: XY) -> None:
-        X, Xv = float_matrix(train.X), float_matrix(val.X)
+        X, Xv = self._matrix(train.X), self._matrix(val.X)
         self.estimators_, self.history_ = [], {}
         shared: list[Any] = []  # [the binned (X, Xv)] once built: only if some horizon is fully labelled
         for j, h in enumerate(self.horizons):
@@ -367,7 +373,7 @@ class PerHorizonModel(Model):
             self.history_[f"h{h}"] = hist
 
     def _predict(self, X: Any) -> np.ndarray:
-        X = float_matrix(X)
+        X = self._matrix(X)
         return np.stack([self._predict_one(e, X) for e in self.estimators_], axis=1)
 
     def _save_state(self, directory: Path) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import numpy as np
 
 from alphafactory.config import Interval
 from alphafactory.errors import ConfigError
+from alphafactory.io import ParquetRows
 from alphafactory.models import register
-from alphafactory.models.base import EARLY_STOPPING_METRICS, PerHorizonModel, pearson_ic, predict_threads
+from alphafactory.models.base import EARLY_STOPPING_METRICS, PerHorizonModel, float_matrix, pearson_ic, predict_threads
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,44 @@ def save_text(booster: lgb.Booster, path: Path, num_threads: int, num_iteration:
     path.write_bytes(text.encode())
 
 
+class _Parts(lgb.Sequence):
+    """An :class:`~alphafactory.io.ParquetRows` view as a ``lightgbm.Sequence``: LightGBM samples
+    its bin boundaries from single rows and then pushes the rows in batches of ``batch_size``, so
+    the float matrix is never in memory whole, only its binned form (about a quarter of float32).
+    The Dataset is the one LightGBM builds from the same values in one array (same sampled rows,
+    same bins; tests/test_models.py)."""
+
+    batch_size = 65536
+
+    def __init__(self, rows: ParquetRows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return self.rows.read(idx.start or 0, idx.stop)
+        if isinstance(idx, list):
+            return np.stack([self.rows.row(i) for i in idx])
+        # a sampled row: LightGBM's sampling takes float64 (the value of a float32 exactly, as the
+        # C++ sampling of an array converts it)
+        return self.rows.row(int(idx)).astype(np.float64)
+
+
+def lgb_data(X):
+    """What ``lgb.Dataset`` takes for ``X``: a lazy view as a :class:`_Parts` sequence, else X."""
+    return _Parts(X) if isinstance(X, ParquetRows) else X
+
+
 def bin_datasets(X, Xv) -> tuple[lgb.Dataset, lgb.Dataset]:
     """(train, val) LightGBM Datasets of ``X`` (n, F) and ``Xv`` (m, F) for
     :func:`train_booster` to reuse for every horizon: binned on the first training that uses
     them (val with train's bins), labels set per horizon. The bins depend on X alone (and on
     dataset parameters that are the same for every horizon of a model), so the boosters are
     those of Datasets built anew per horizon."""
-    dtrain = lgb.Dataset(X, free_raw_data=False)
-    return dtrain, lgb.Dataset(Xv, reference=dtrain)
+    dtrain = lgb.Dataset(lgb_data(X), free_raw_data=False)
+    return dtrain, lgb.Dataset(lgb_data(Xv), reference=dtrain)
 
 
 def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
@@ -95,8 +126,8 @@ def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
     objective = {"objective": "multiclass", "num_class": 3} if classifier else {"objective": "regression"}
     curves: dict = {}
     if binned is None:
-        dtrain = lgb.Dataset(X, y, free_raw_data=False)
-        dval = lgb.Dataset(Xv, yv, reference=dtrain)
+        dtrain = lgb.Dataset(lgb_data(X), y, free_raw_data=False)
+        dval = lgb.Dataset(lgb_data(Xv), yv, reference=dtrain)
     else:
         dtrain, dval = binned
         dtrain.set_label(y)
@@ -117,6 +148,7 @@ class LightGBMModel(PerHorizonModel):
     packages = ("lightgbm",)
     suffix = ".txt"
     threads_param = "num_threads"
+    reads_parts = True  # a lazy feature view is binned and predicted in parts (not distributed)
 
     def __init__(self, params=None, *, client=None, **kwargs) -> None:
         super().__init__(params, **kwargs)
@@ -133,6 +165,8 @@ class LightGBMModel(PerHorizonModel):
         if p.distributed:
             # training-only code: a bundle that serves this model never loads it
             from alphafactory.models.distributed import need_client, train_lightgbm
+
+            X, Xv = float_matrix(X), float_matrix(Xv)  # a lazy view: the Dask collections take arrays
 
             return train_lightgbm(
                 need_client(self.client, "boosting.lightgbm"),
@@ -152,6 +186,8 @@ class LightGBMModel(PerHorizonModel):
                              stop_metric=p.early_stopping_metric)
 
     def _predict_one(self, est, X):
+        if isinstance(X, ParquetRows):  # a part at a time: each row's forecast is the same
+            return np.concatenate([self._predict_one(est, part) for part in X.batches()])
         # num_threads always passed: LightGBM sets it as the calling thread's OpenMP default
         return est.predict(X, num_iteration=est.best_iteration or None,
                            num_threads=predict_threads(len(X), self.params.num_threads))

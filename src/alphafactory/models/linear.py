@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,8 +25,13 @@ from alphafactory.io import Directory, atomic_path
 from alphafactory.models import register
 from alphafactory.models.base import XY, Model, standardize
 
-
 # -- shared by the classical families --------------------------------------------------------------
+# Block sizes of the float64 working copies (memory, issue 19): columns for the scaler's
+# statistics (more than one: a single column would be summed pairwise, not row by row), rows for
+# everything elementwise or row-wise.
+_COL_BLOCK = 16
+_ROW_BLOCK = 8192  # rows: each float64 temporary of a block (standardize makes ~5) is 8192 x F x 8 bytes
+
 @dataclass(frozen=True)
 class Scaler:
     """Per-feature standardisation fitted on train rows only, NaN-aware.
@@ -39,26 +45,43 @@ class Scaler:
 
     @classmethod
     def fit(cls, X: np.ndarray, clip: float | None = None) -> Scaler:
-        """X: (n, F) train rows, NaN allowed."""
-        X = np.asarray(X, np.float64)
+        """X: (n, F) train rows, NaN allowed (any float dtype; the statistics are float64).
+
+        Computed on blocks of ``_COL_BLOCK`` columns, so the float64 working copies are of one
+        block, not of the whole matrix. An axis-0 reduction of a C-ordered block adds the rows in
+        the same order as one of the whole matrix, so the mean and scale are bit for bit those of
+        the one-block computation (tests/test_linear.py)."""
+        X = np.asarray(X)
         if X.ndim != 2 or len(X) == 0:
             raise ValueError(f"scaler: expected a non-empty (n, F) matrix, got shape {X.shape}")
-        if np.isinf(X).any():
-            raise ValueError(f"scaler: {int(np.isinf(X).sum())} infinite feature values; expected finite or NaN")
-        seen = (~np.isnan(X)).any(0)  # (F,): all-NaN columns get mean 0, scale 1 (no warning)
-        Xs = np.where(seen, X, 0.0)
-        mean = np.nanmean(Xs, 0)
-        std = np.nanstd(Xs, 0)
+        n_inf = sum(int(np.isinf(X[:, j:j + _COL_BLOCK]).sum()) for j in range(0, X.shape[1], _COL_BLOCK))
+        if n_inf:
+            raise ValueError(f"scaler: {n_inf} infinite feature values; expected finite or NaN")
+        mean, std = np.empty(X.shape[1]), np.empty(X.shape[1])
+        for j in range(0, X.shape[1], _COL_BLOCK):
+            B = np.asarray(X[:, j:j + _COL_BLOCK], np.float64)  # (n, <= _COL_BLOCK), C-ordered copy
+            seen = (~np.isnan(B)).any(0)  # all-NaN columns get mean 0, scale 1 (no warning)
+            B = np.where(seen, B, 0.0)
+            mean[j:j + _COL_BLOCK] = np.nanmean(B, 0)
+            std[j:j + _COL_BLOCK] = np.nanstd(B, 0)
         return cls(mean, np.where(std > 0, std, 1.0), clip)
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def transform(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(n, F) raw → (n, F) float64 z-scores, NaN → 0 (the train mean), clipped to ±clip
-        (:func:`alphafactory.models.base.standardize`)."""
-        Z = standardize(np.asarray(X, np.float64), self.mean, self.scale, self.clip)  # ±inf: ±clip
-        if self.clip is None and np.isinf(Z).any():
-            raise ValueError(f"scaler: {int(np.isinf(Z).sum())} infinite feature values; expected finite "
-                             "or NaN (or set clip)")
-        return Z
+        (:func:`alphafactory.models.base.standardize`). Elementwise, so it runs on blocks of
+        ``_ROW_BLOCK`` rows written into ``out`` ((n, >= F) float64, its first F columns; new if
+        None): no float64 copy of the whole input besides the result."""
+        X = np.asarray(X)
+        n, F = X.shape
+        if out is None:
+            out = np.empty((n, F))
+        for i in range(0, n, _ROW_BLOCK):
+            Z = standardize(np.asarray(X[i:i + _ROW_BLOCK], np.float64), self.mean, self.scale, self.clip)
+            if self.clip is None and np.isinf(Z).any():
+                raise ValueError(f"scaler: {int(np.isinf(Z).sum())} infinite feature values; expected finite "
+                                 "or NaN (or set clip)")
+            out[i:i + _ROW_BLOCK, :F] = Z
+        return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale}
@@ -94,15 +117,17 @@ class RidgeParams:
     clip: Annotated[float | None, Interval(gt=0)] = 5.0
 
 
-def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float,
+                transform: Callable[..., np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form ridge with an unpenalised intercept, one column per target.
 
     Z: (n, F) float64 features (no NaN); Y: (n, H) targets, NaN where unlabelled. Target j
     minimises ``mean_i (y_ij - b0_j - z_i·b_j)² + alpha·|b_j|²`` over its labelled rows, so alpha
     does not depend on the number of rows. Targets labelled on the same rows share one solve with
-    several right-hand sides. Returns (coef (F, H), intercept (H,))."""
+    several right-hand sides. ``transform``: Z holds raw rows, and ``transform(rows, out=...)``
+    (:meth:`Scaler.transform`) standardises them straight into the design matrix, so the only
+    (rows, F + 1) float64 array is that matrix itself. Returns (coef (F, H), intercept (H,))."""
     n, F = Z.shape
-    Za = np.hstack([Z, np.ones((n, 1))])  # (n, F+1): last column is the intercept
     pen = np.ones(F + 1)
     pen[-1] = 0.0
     labelled = ~np.isnan(Y)  # (n, H)
@@ -112,13 +137,29 @@ def ridge_solve(Z: np.ndarray, Y: np.ndarray, alpha: float) -> tuple[np.ndarray,
         rows, cols = patterns[:, g], np.flatnonzero(group.reshape(-1) == g)
         if rows.sum() < 2:
             raise ValueError(f"ridge: {rows.sum()} labelled train rows for target column(s) {cols.tolist()}; need >= 2")
-        A = Za[rows]
+        A = _design(Z, np.flatnonzero(rows), transform)  # (m, F+1): last column is the intercept
         G = A.T @ A + rows.sum() * alpha * np.diag(pen)
+        rhs = A.T @ Y[rows][:, cols]
+        del A
         try:
-            beta[:, cols] = np.linalg.solve(G, A.T @ Y[rows][:, cols])
+            beta[:, cols] = np.linalg.solve(G, rhs)
         except np.linalg.LinAlgError as e:
             raise ValueError(f"ridge: singular normal equations with alpha={alpha}; expected alpha > 0") from e
     return beta[:-1], beta[-1]
+
+
+def _design(Z: np.ndarray, rows: np.ndarray, transform: Callable[..., np.ndarray] | None) -> np.ndarray:
+    """(len(rows), F+1) C-ordered float64 ``[transform(Z[rows]), 1]``, filled block by block
+    (the values and layout of ``np.hstack([Z, ones])[rows]``, so the solve is bit for bit the same)."""
+    A = np.empty((len(rows), Z.shape[1] + 1))
+    A[:, -1] = 1.0
+    for i in range(0, len(rows), _ROW_BLOCK):
+        part = Z[rows[i:i + _ROW_BLOCK]] if len(rows) < len(Z) else Z[i:i + _ROW_BLOCK]
+        if transform is None:
+            A[i:i + _ROW_BLOCK, :-1] = part
+        else:
+            transform(part, out=A[i:i + _ROW_BLOCK])
+    return A
 
 
 class LinearJSONModel(Model):
@@ -162,13 +203,19 @@ class RidgeModel(LinearJSONModel):
         if Y.shape[1] != len(self.horizons):
             raise ValueError(f"ridge: Y has {Y.shape[1]} columns, expected one per horizon {self.horizons}")
         self.scaler_ = Scaler.fit(train.X, self.params.clip)
-        self.coef_, self.intercept_ = ridge_solve(self.scaler_.transform(train.X), Y, self.params.alpha)
+        self.coef_, self.intercept_ = ridge_solve(train.X, Y, self.params.alpha, self.scaler_.transform)
         ptr, pval = self._predict(train.X), self._predict(val.X)
         self.history_ = {f"h{h}": {"train": [mse(ptr[:, j], Y[:, j])], "val": [mse(pval[:, j], val.Y[:, j])]}
                          for j, h in enumerate(self.horizons)}
 
     def _predict(self, X: Any) -> np.ndarray:
-        return self.scaler_.transform(X) @ self.coef_ + self.intercept_
+        """Row block by row block: a (block, F) float64 copy at a time, not one of all of X (each
+        output row is the same dot product either way)."""
+        X = np.asarray(X)
+        out = np.empty((len(X), self.coef_.shape[1]))
+        for i in range(0, len(X), _ROW_BLOCK):
+            out[i:i + _ROW_BLOCK] = self.scaler_.transform(X[i:i + _ROW_BLOCK]) @ self.coef_ + self.intercept_
+        return out
 
     def _shapes(self, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (n_features, len(self.horizons)), (len(self.horizons),)
