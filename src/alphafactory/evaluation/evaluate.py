@@ -57,14 +57,15 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
     zero: no move. train_mean: the mean target over train rows. momentum: the sign of the last
     h-bar log return (known at t) times the mean absolute train target. buy_and_hold: always
     long (a constant positive forecast)."""
-    lab = labels.merge(segments, on=KEYS, validate="1:1")
+    segment = _segments_of(labels, segments)
+    lab = labels
     logc = np.log(bars["close"].to_numpy())
     codes = pd.factorize(bars["symbol"])[0]
-    test = lab["segment"].to_numpy() == "test"
+    test = segment == "test"
     frames = []
     for h in horizons:
         y = lab[f"y_h{h}"].to_numpy()
-        train_y = y[(lab["segment"].to_numpy() == "train") & ~np.isnan(y)]
+        train_y = y[(segment == "train") & ~np.isnan(y)]
         scale = float(np.mean(np.abs(train_y)))
         past = np.full(len(logc), np.nan)
         past[h:] = logc[h:] - logc[:-h]
@@ -78,6 +79,63 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
                                         "timestamp": lab["timestamp"].to_numpy()[test],
                                         "model": name, "horizon": h, "yhat": v[test]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> np.ndarray:
+    """(n_labels,) segment of each labels row. The split stage writes one segments row per labels
+    row in the same order; then the column is taken as is (no merged copy of the labels), else
+    the tables are merged on the keys (one to one, as before)."""
+    same = (len(labels) == len(segments)
+            and np.array_equal(labels["timestamp"].to_numpy(), segments["timestamp"].to_numpy())
+            and bool((labels["symbol"].to_numpy() == segments["symbol"].to_numpy()).all()))
+    if same:
+        return segments["segment"].to_numpy()
+    merged = labels[KEYS].merge(segments, on=KEYS, validate="1:1")
+    if len(merged) != len(labels) or not merged[KEYS].equals(labels[KEYS].reset_index(drop=True)):
+        raise ValueError(f"evaluate: the segments do not cover the labels rows one to one "
+                         f"({len(merged)} of {len(labels)} labels rows matched, or not in their order)")
+    return merged["segment"].to_numpy()
+
+
+def read_test_forecasts(paths: list[str]) -> pd.DataFrame:
+    """The ``segment == "test"`` rows of forecast files, concatenated in order, without the
+    ``segment`` column: only those rows are read (a parquet filter), not every segment's.
+    Columns: ``symbol, timestamp, model, horizon, yhat`` and whatever else the files carry."""
+    frames = [pd.read_parquet(p, filters=[("segment", "==", "test")]).drop(columns="segment") for p in paths]
+    return pd.concat(frames, ignore_index=True)
+
+
+def models_in(path: str) -> tuple[str, ...]:
+    """The model names of a forecast file, in order of first appearance (its ``model`` column alone)."""
+    return tuple(dict.fromkeys(pd.read_parquet(path, columns=["model"])["model"]))
+
+
+def label_columns(path: str) -> list[str]:
+    """The columns of the labels file that evaluation reads: the keys and, per horizon, the
+    target ``y_h``, the raw return ``ret_h`` and the class ``cls_h`` (not ``vol`` nor ``end_h``)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    return [c for c in names if c in KEYS or c.startswith(("y_h", "ret_h", "cls_h"))]
+
+
+def in_window(frame: pd.DataFrame, preds: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``frame`` whose timestamp lies within the first and last timestamp of ``preds``:
+    a superset of the rows any forecast of ``preds`` can be scored on (the scored rows are an
+    inner join on the keys), so evaluating on it gives the same figures as on the whole table."""
+    if preds.empty:
+        return frame.iloc[:0]
+    ts = frame["timestamp"]
+    return frame[(ts >= preds["timestamp"].min()) & (ts <= preds["timestamp"].max())].reset_index(drop=True)
+
+
+def read_oracle(path: str, preds: pd.DataFrame) -> pd.DataFrame:
+    """The oracle forecasts (``symbol, timestamp, horizon, yhat``) within ``preds``' timestamps
+    (:func:`in_window`), read with a parquet filter so the other segments' rows are never loaded."""
+    if preds.empty:
+        return pd.read_parquet(path).iloc[:0]
+    lo, hi = preds["timestamp"].min(), preds["timestamp"].max()
+    return pd.read_parquet(path, filters=[("timestamp", ">=", lo), ("timestamp", "<=", hi)])
 
 
 def scored_rows(preds: pd.DataFrame, labels: pd.DataFrame, horizon: int) -> pd.DataFrame:
