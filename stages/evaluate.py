@@ -5,9 +5,19 @@ import pandas as pd
 from alphafactory import stage
 from alphafactory.config import section
 from alphafactory.dataset import horizons_of
-from alphafactory.evaluation.evaluate import (EvaluateConfig, baseline_forecasts, evaluate, headline, in_window,
-                                              label_columns, models_in, read_oracle, read_test_forecasts,
-                                              summary_table)
+from alphafactory.evaluation.evaluate import (
+    EvaluateConfig,
+    baseline_forecasts,
+    evaluate,
+    headline,
+    in_window,
+    label_columns,
+    models_in,
+    read_oracle,
+    read_table,
+    read_test_forecasts,
+    summary_table,
+)
 from alphafactory.io import read_json, write_json, write_parquet
 
 
@@ -18,9 +28,9 @@ def main() -> None:
     # only what is scored is read: the test rows of the forecasts, the label columns used, the
     # close of the bars (the momentum baseline); labels and oracle are then cut to the test window
     preds = read_test_forecasts([*args.preds.split(","), args.blend, args.walk_forward])
-    labels = pd.read_parquet(args.labels, columns=label_columns(args.labels))
-    base = baseline_forecasts(pd.read_parquet(args.bars, columns=["symbol", "close"]), labels,
-                              pd.read_parquet(args.segments), horizons_of(labels))
+    labels = read_table(args.labels, columns=label_columns(args.labels))
+    base = baseline_forecasts(read_table(args.bars, columns=["symbol", "close"]), labels,
+                              read_table(args.segments), horizons_of(labels))
     preds = pd.concat([preds, base], ignore_index=True)
     labels = in_window(labels, preds)
     ppy = read_json(args.info)["frequency"]["periods_per_year"]

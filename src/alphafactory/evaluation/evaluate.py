@@ -25,11 +25,14 @@ targets), ``evaluate.threshold`` is in the score's units, and the quantile book 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from alphafactory.config import Interval
 from alphafactory.evaluation import metrics
@@ -62,6 +65,8 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
     logc = np.log(bars["close"].to_numpy())
     codes = pd.factorize(bars["symbol"])[0]
     test = segment == "test"
+    # the test rows' keys, once for every baseline and horizon (``.array``: no Python strings)
+    symbol, timestamp = lab["symbol"].array[test], lab["timestamp"].to_numpy()[test]
     frames = []
     for h in horizons:
         y = lab[f"y_h{h}"].to_numpy()
@@ -75,8 +80,7 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
         values = {"zero": np.zeros(len(y)), "train_mean": np.full(len(y), float(train_y.mean())),
                   "momentum": mom, "buy_and_hold": np.full(len(y), scale)}
         for name, v in values.items():
-            frames.append(pd.DataFrame({"symbol": lab["symbol"].to_numpy()[test],
-                                        "timestamp": lab["timestamp"].to_numpy()[test],
+            frames.append(pd.DataFrame({"symbol": symbol, "timestamp": timestamp,
                                         "model": name, "horizon": h, "yhat": v[test]}))
     return pd.concat(frames, ignore_index=True)
 
@@ -87,7 +91,8 @@ def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> np.ndarray:
     the tables are merged on the keys (one to one, as before)."""
     same = (len(labels) == len(segments)
             and np.array_equal(labels["timestamp"].to_numpy(), segments["timestamp"].to_numpy())
-            and bool((labels["symbol"].to_numpy() == segments["symbol"].to_numpy()).all()))
+            # compared as arrays (arrow strings stay arrow: no Python string per row)
+            and bool((labels["symbol"].array == segments["symbol"].array).all()))
     if same:
         return segments["segment"].to_numpy()
     merged = labels[KEYS].merge(segments, on=KEYS, validate="1:1")
@@ -101,8 +106,34 @@ def read_test_forecasts(paths: list[str]) -> pd.DataFrame:
     """The ``segment == "test"`` rows of forecast files, concatenated in order, without the
     ``segment`` column: only those rows are read (a parquet filter), not every segment's.
     Columns: ``symbol, timestamp, model, horizon, yhat`` and whatever else the files carry."""
-    frames = [pd.read_parquet(p, filters=[("segment", "==", "test")]).drop(columns="segment") for p in paths]
+    frames = [_read_where(p, lambda t: pc.equal(t.column("segment"), "test")).drop(columns="segment")
+              for p in paths]
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_where(path: str, keep: Callable[[pa.Table], pa.ChunkedArray]) -> pd.DataFrame:
+    """The rows of a parquet file where ``keep(row_group)`` is true, in file order, decoding one
+    row group at a time (a filtered ``pd.read_parquet`` decodes several at once, whole), as
+    ``pd.read_parquet`` would give them."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    parts = [g.filter(keep(g)) for g in (f.read_row_group(i) for i in range(f.num_row_groups))]
+    table = pa.concat_tables(parts) if parts else f.schema_arrow.empty_table()
+    del parts
+    out = table.to_pandas()
+    del table
+    pa.default_memory_pool().release_unused()
+    return out
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """``pd.read_parquet(path, columns=columns)``, then the decoded row groups that Arrow's
+    allocator keeps for reuse are handed back to the system (at 1,000 symbols x 2,520 bars that
+    is ~0.3 GiB of resident memory per table that nothing uses)."""
+    out = pd.read_parquet(path, columns=columns)
+    pa.default_memory_pool().release_unused()
+    return out
 
 
 def models_in(path: str) -> tuple[str, ...]:
@@ -134,8 +165,9 @@ def read_oracle(path: str, preds: pd.DataFrame) -> pd.DataFrame:
     (:func:`in_window`), read with a parquet filter so the other segments' rows are never loaded."""
     if preds.empty:
         return pd.read_parquet(path).iloc[:0]
-    lo, hi = preds["timestamp"].min(), preds["timestamp"].max()
-    return pd.read_parquet(path, filters=[("timestamp", ">=", lo), ("timestamp", "<=", hi)])
+    lo, hi = pa.scalar(preds["timestamp"].min().as_unit("ns")), pa.scalar(preds["timestamp"].max().as_unit("ns"))
+    return _read_where(path, lambda t: pc.and_(pc.greater_equal(t.column("timestamp"), lo),
+                                               pc.less_equal(t.column("timestamp"), hi)))
 
 
 def scored_rows(preds: pd.DataFrame, labels: pd.DataFrame, horizon: int) -> pd.DataFrame:
