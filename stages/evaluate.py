@@ -27,11 +27,10 @@ def main() -> None:
     cfg = section(params, "evaluate", EvaluateConfig)
     # only what is scored is read: the test rows of the forecasts, the label columns used, the
     # close of the bars (the momentum baseline); labels and oracle are then cut to the test window
-    preds = read_test_forecasts([*args.preds.split(","), args.blend, args.walk_forward])
     labels = read_table(args.labels, columns=label_columns(args.labels))
-    base = baseline_forecasts(read_table(args.bars, columns=["symbol", "close"]), labels,
-                              read_table(args.segments), horizons_of(labels))
-    preds = pd.concat([preds, base], ignore_index=True)
+    preds = pd.concat([read_test_forecasts([*args.preds.split(","), args.blend, args.walk_forward]),
+                       baseline_forecasts(read_table(args.bars, columns=["symbol", "close"]), labels,
+                                          read_table(args.segments), horizons_of(labels))], ignore_index=True)
     labels = in_window(labels, preds)
     ppy = read_json(args.info)["frequency"]["periods_per_year"]
     ev = evaluate(preds, labels, ppy, cfg, read_oracle(args.oracle, preds),

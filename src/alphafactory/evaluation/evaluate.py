@@ -346,10 +346,19 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
     result: dict = {m: {} for m in models}
     long_frames, plots, selections, oracle_notes = [], {}, {}, {}
     if oracle is not None and len(oracle):
-        preds = pd.concat([preds, oracle.assign(model="oracle").reindex(columns=preds.columns)], ignore_index=True)
+        oracle = oracle.assign(model="oracle").reindex(columns=preds.columns)
         result["oracle"] = {}
+    else:
+        oracle = None
     for h in horizons:
-        table = scored_rows(preds, labels, h)
+        # The oracle's rows join the forecasts one horizon at a time, for the scored rows alone (no
+        # copy of the whole long table): the calibration and class scores of "oracle" are {} either
+        # way (it has no yhat_std, prob_up or class probabilities: rows without them, or no rows).
+        at_h = preds[preds["horizon"] == h]
+        if oracle is not None:
+            at_h = pd.concat([at_h, oracle[oracle["horizon"] == h]], ignore_index=True)
+        table = scored_rows(at_h, labels, h)
+        del at_h
         if table.empty:
             raise ValueError(f"evaluate: no labelled test rows that every model forecast at horizon {h}")
         for m in result:
