@@ -62,15 +62,16 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
     long (a constant positive forecast)."""
     segment = _segments_of(labels, segments)
     lab = labels
+    # compared as a column (arrow strings: no Python string per row), then kept as masks
+    test, train = (segment == "test").to_numpy(dtype=bool), (segment == "train").to_numpy(dtype=bool)
     logc = np.log(bars["close"].to_numpy())
     codes = pd.factorize(bars["symbol"])[0]
-    test = segment == "test"
     # the test rows' keys, once for every baseline and horizon (``.array``: no Python strings)
     symbol, timestamp = lab["symbol"].array[test], lab["timestamp"].to_numpy()[test]
     frames = []
     for h in horizons:
         y = lab[f"y_h{h}"].to_numpy()
-        train_y = y[(segment == "train") & ~np.isnan(y)]
+        train_y = y[train & ~np.isnan(y)]
         scale = float(np.mean(np.abs(train_y)))
         past = np.full(len(logc), np.nan)
         past[h:] = logc[h:] - logc[:-h]
@@ -85,7 +86,7 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
     return pd.concat(frames, ignore_index=True)
 
 
-def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> np.ndarray:
+def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> pd.Series:
     """(n_labels,) segment of each labels row. The split stage writes one segments row per labels
     row in the same order; then the column is taken as is (no merged copy of the labels), else
     the tables are merged on the keys (one to one, as before)."""
@@ -94,17 +95,17 @@ def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> np.ndarray:
             # compared as arrays (arrow strings stay arrow: no Python string per row)
             and bool((labels["symbol"].array == segments["symbol"].array).all()))
     if same:
-        return segments["segment"].to_numpy()
+        return segments["segment"]
     merged = labels[KEYS].merge(segments, on=KEYS, validate="1:1")
     if len(merged) != len(labels) or not merged[KEYS].equals(labels[KEYS].reset_index(drop=True)):
         raise ValueError(f"evaluate: the segments do not cover the labels rows one to one "
                          f"({len(merged)} of {len(labels)} labels rows matched, or not in their order)")
-    return merged["segment"].to_numpy()
+    return merged["segment"]
 
 
 def read_test_forecasts(paths: list[str]) -> pd.DataFrame:
     """The ``segment == "test"`` rows of forecast files, concatenated in order, without the
-    ``segment`` column: only those rows are read (a parquet filter), not every segment's.
+    ``segment`` column: only those rows are kept, one row group at a time (:func:`_read_where`).
     Columns: ``symbol, timestamp, model, horizon, yhat`` and whatever else the files carry."""
     frames = [_read_where(p, lambda t: pc.equal(t.column("segment"), "test")).drop(columns="segment")
               for p in paths]
@@ -162,7 +163,8 @@ def in_window(frame: pd.DataFrame, preds: pd.DataFrame) -> pd.DataFrame:
 
 def read_oracle(path: str, preds: pd.DataFrame) -> pd.DataFrame:
     """The oracle forecasts (``symbol, timestamp, horizon, yhat``) within ``preds``' timestamps
-    (:func:`in_window`), read with a parquet filter so the other segments' rows are never loaded."""
+    (:func:`in_window`), kept one row group at a time (:func:`_read_where`): the oracle of the other
+    segments is never held whole."""
     if preds.empty:
         return pd.read_parquet(path).iloc[:0]
     lo, hi = pa.scalar(preds["timestamp"].min().as_unit("ns")), pa.scalar(preds["timestamp"].max().as_unit("ns"))
