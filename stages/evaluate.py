@@ -5,7 +5,19 @@ import pandas as pd
 from alphafactory import stage
 from alphafactory.config import section
 from alphafactory.dataset import horizons_of
-from alphafactory.evaluation.evaluate import EvaluateConfig, baseline_forecasts, evaluate, headline, summary_table
+from alphafactory.evaluation.evaluate import (
+    EvaluateConfig,
+    baseline_forecasts,
+    evaluate,
+    headline,
+    in_window,
+    label_columns,
+    models_in,
+    read_oracle,
+    read_table,
+    read_test_forecasts,
+    summary_table,
+)
 from alphafactory.io import read_json, write_json, write_parquet
 
 
@@ -13,15 +25,16 @@ def main() -> None:
     args, params = stage.parse(__doc__, "preds", "blend", "walk-forward", "bars", "info", "labels", "segments",
                                "oracle", "metrics", "oracle-metrics", "headline", "predictions", "plots", "tune")
     cfg = section(params, "evaluate", EvaluateConfig)
-    labels, segments = pd.read_parquet(args.labels), pd.read_parquet(args.segments)
-    blend, wf = pd.read_parquet(args.blend), pd.read_parquet(args.walk_forward)
-    preds = pd.concat([*(pd.read_parquet(p) for p in args.preds.split(",")), blend, wf], ignore_index=True)
-    preds = preds[preds["segment"] == "test"].drop(columns="segment")
-    base = baseline_forecasts(pd.read_parquet(args.bars), labels, segments, horizons_of(labels))
+    # only what is scored is read: the test rows of the forecasts, the label columns used, the
+    # close of the bars (the momentum baseline); labels and oracle are then cut to the test window
+    labels = read_table(args.labels, columns=label_columns(args.labels))
+    preds = pd.concat([read_test_forecasts([*args.preds.split(","), args.blend, args.walk_forward]),
+                       baseline_forecasts(read_table(args.bars, columns=["symbol", "close"]), labels,
+                                          read_table(args.segments), horizons_of(labels))], ignore_index=True)
+    labels = in_window(labels, preds)
     ppy = read_json(args.info)["frequency"]["periods_per_year"]
-    oracle = pd.read_parquet(args.oracle)
-    ev = evaluate(pd.concat([preds, base], ignore_index=True), labels, ppy, cfg, oracle,
-                  ensembles=tuple(dict.fromkeys(blend["model"])), walk_forward=tuple(dict.fromkeys(wf["model"])),
+    ev = evaluate(preds, labels, ppy, cfg, read_oracle(args.oracle, preds),
+                  ensembles=models_in(args.blend), walk_forward=models_in(args.walk_forward),
                   extra_trials=read_json(args.tune)["extra_trials"])  # every tuning trial is a strategy tried
     result = dict(ev.metrics)
     write_json({"oracle": result.pop("oracle")} if "oracle" in result else {}, args.oracle_metrics)

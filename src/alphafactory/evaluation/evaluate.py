@@ -25,11 +25,14 @@ targets), ``evaluate.threshold`` is in the score's units, and the quantile book 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from alphafactory.config import Interval
 from alphafactory.evaluation import metrics
@@ -57,14 +60,18 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
     zero: no move. train_mean: the mean target over train rows. momentum: the sign of the last
     h-bar log return (known at t) times the mean absolute train target. buy_and_hold: always
     long (a constant positive forecast)."""
-    lab = labels.merge(segments, on=KEYS, validate="1:1")
+    segment = _segments_of(labels, segments)
+    lab = labels
+    # compared as a column (arrow strings: no Python string per row), then kept as masks
+    test, train = (segment == "test").to_numpy(dtype=bool), (segment == "train").to_numpy(dtype=bool)
     logc = np.log(bars["close"].to_numpy())
     codes = pd.factorize(bars["symbol"])[0]
-    test = lab["segment"].to_numpy() == "test"
+    # the test rows' keys, once for every baseline and horizon (``.array``: no Python strings)
+    symbol, timestamp = lab["symbol"].array[test], lab["timestamp"].to_numpy()[test]
     frames = []
     for h in horizons:
         y = lab[f"y_h{h}"].to_numpy()
-        train_y = y[(lab["segment"].to_numpy() == "train") & ~np.isnan(y)]
+        train_y = y[train & ~np.isnan(y)]
         scale = float(np.mean(np.abs(train_y)))
         past = np.full(len(logc), np.nan)
         past[h:] = logc[h:] - logc[:-h]
@@ -74,10 +81,95 @@ def baseline_forecasts(bars: pd.DataFrame, labels: pd.DataFrame, segments: pd.Da
         values = {"zero": np.zeros(len(y)), "train_mean": np.full(len(y), float(train_y.mean())),
                   "momentum": mom, "buy_and_hold": np.full(len(y), scale)}
         for name, v in values.items():
-            frames.append(pd.DataFrame({"symbol": lab["symbol"].to_numpy()[test],
-                                        "timestamp": lab["timestamp"].to_numpy()[test],
+            frames.append(pd.DataFrame({"symbol": symbol, "timestamp": timestamp,
                                         "model": name, "horizon": h, "yhat": v[test]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def _segments_of(labels: pd.DataFrame, segments: pd.DataFrame) -> pd.Series:
+    """(n_labels,) segment of each labels row. The split stage writes one segments row per labels
+    row in the same order; then the column is taken as is (no merged copy of the labels), else
+    the tables are merged on the keys (one to one, as before)."""
+    same = (len(labels) == len(segments)
+            and np.array_equal(labels["timestamp"].to_numpy(), segments["timestamp"].to_numpy())
+            # compared as arrays (arrow strings stay arrow: no Python string per row)
+            and bool((labels["symbol"].array == segments["symbol"].array).all()))
+    if same:
+        return segments["segment"]
+    merged = labels[KEYS].merge(segments, on=KEYS, validate="1:1")
+    if len(merged) != len(labels) or not merged[KEYS].equals(labels[KEYS].reset_index(drop=True)):
+        raise ValueError(f"evaluate: the segments do not cover the labels rows one to one "
+                         f"({len(merged)} of {len(labels)} labels rows matched, or not in their order)")
+    return merged["segment"]
+
+
+def read_test_forecasts(paths: list[str]) -> pd.DataFrame:
+    """The ``segment == "test"`` rows of forecast files, concatenated in order, without the
+    ``segment`` column: only those rows are kept, one row group at a time (:func:`_read_where`).
+    Columns: ``symbol, timestamp, model, horizon, yhat`` and whatever else the files carry."""
+    frames = [_read_where(p, lambda t: pc.equal(t.column("segment"), "test")).drop(columns="segment")
+              for p in paths]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _read_where(path: str, keep: Callable[[pa.Table], pa.ChunkedArray]) -> pd.DataFrame:
+    """The rows of a parquet file where ``keep(row_group)`` is true, in file order, decoding one
+    row group at a time (a filtered ``pd.read_parquet`` decodes several at once, whole), as
+    ``pd.read_parquet`` would give them."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    parts = [g.filter(keep(g)) for g in (f.read_row_group(i) for i in range(f.num_row_groups))]
+    table = pa.concat_tables(parts) if parts else f.schema_arrow.empty_table()
+    del parts
+    out = table.to_pandas()
+    del table
+    pa.default_memory_pool().release_unused()
+    return out
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """``pd.read_parquet(path, columns=columns)``, then the decoded row groups that Arrow's
+    allocator keeps for reuse are handed back to the system (at 1,000 symbols x 2,520 bars that
+    is ~0.3 GiB of resident memory per table that nothing uses)."""
+    out = pd.read_parquet(path, columns=columns)
+    pa.default_memory_pool().release_unused()
+    return out
+
+
+def models_in(path: str) -> tuple[str, ...]:
+    """The model names of a forecast file, in order of first appearance (its ``model`` column alone)."""
+    return tuple(dict.fromkeys(pd.read_parquet(path, columns=["model"])["model"]))
+
+
+def label_columns(path: str) -> list[str]:
+    """The columns of the labels file that evaluation reads: the keys and, per horizon, the
+    target ``y_h``, the raw return ``ret_h`` and the class ``cls_h`` (not ``vol`` nor ``end_h``)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    return [c for c in names if c in KEYS or c.startswith(("y_h", "ret_h", "cls_h"))]
+
+
+def in_window(frame: pd.DataFrame, preds: pd.DataFrame) -> pd.DataFrame:
+    """Rows of ``frame`` whose timestamp lies within the first and last timestamp of ``preds``:
+    a superset of the rows any forecast of ``preds`` can be scored on (the scored rows are an
+    inner join on the keys), so evaluating on it gives the same figures as on the whole table."""
+    if preds.empty:
+        return frame.iloc[:0]
+    ts = frame["timestamp"]
+    return frame[(ts >= preds["timestamp"].min()) & (ts <= preds["timestamp"].max())].reset_index(drop=True)
+
+
+def read_oracle(path: str, preds: pd.DataFrame) -> pd.DataFrame:
+    """The oracle forecasts (``symbol, timestamp, horizon, yhat``) within ``preds``' timestamps
+    (:func:`in_window`), kept one row group at a time (:func:`_read_where`): the oracle of the other
+    segments is never held whole."""
+    if preds.empty:
+        return pd.read_parquet(path).iloc[:0]
+    lo, hi = pa.scalar(preds["timestamp"].min().as_unit("ns")), pa.scalar(preds["timestamp"].max().as_unit("ns"))
+    return _read_where(path, lambda t: pc.and_(pc.greater_equal(t.column("timestamp"), lo),
+                                               pc.less_equal(t.column("timestamp"), hi)))
 
 
 def scored_rows(preds: pd.DataFrame, labels: pd.DataFrame, horizon: int) -> pd.DataFrame:
@@ -256,10 +348,19 @@ def evaluate(preds: pd.DataFrame, labels: pd.DataFrame, periods_per_year: float,
     result: dict = {m: {} for m in models}
     long_frames, plots, selections, oracle_notes = [], {}, {}, {}
     if oracle is not None and len(oracle):
-        preds = pd.concat([preds, oracle.assign(model="oracle").reindex(columns=preds.columns)], ignore_index=True)
+        oracle = oracle.assign(model="oracle").reindex(columns=preds.columns)
         result["oracle"] = {}
+    else:
+        oracle = None
     for h in horizons:
-        table = scored_rows(preds, labels, h)
+        # The oracle's rows join the forecasts one horizon at a time, for the scored rows alone (no
+        # copy of the whole long table): the calibration and class scores of "oracle" are {} either
+        # way (it has no yhat_std, prob_up or class probabilities: rows without them, or no rows).
+        at_h = preds[preds["horizon"] == h]
+        if oracle is not None:
+            at_h = pd.concat([at_h, oracle[oracle["horizon"] == h]], ignore_index=True)
+        table = scored_rows(at_h, labels, h)
+        del at_h
         if table.empty:
             raise ValueError(f"evaluate: no labelled test rows that every model forecast at horizon {h}")
         for m in result:
