@@ -35,26 +35,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def panels_with_bars(params: dict[str, Any], panels: tuple[str, ...], st: Any, symbols: int) -> dict[str, Any]:
-    """{panel: (audit Panel, periods per year, bars)}: bench_zoo's panels and their bars."""
-    from alphafactory.config import section
-    from alphafactory.data.frequency import infer_frequency
-    from alphafactory.data.sources import DataConfig, load_bars
-    from alphafactory.evaluation.audit import build_panel, make_featurizer
+    """{panel: (audit Panel, periods per year, bars)}: bench_zoo's panels (params.yaml's
+    ``data.synthetic`` but ``--symbols``) and the bars they came from."""
+    from bench_zoo import build_panels
 
-    base = section(params, "data", DataConfig)
-    out = {}
-    for name in panels:
-        if name == "bundled":
-            cfg = replace(base, source="bundled")
-        elif name == "synthetic":
-            syn = replace(base.synthetic, symbols=symbols)
-            cfg = replace(base, source="synthetic", synthetic=syn, min_bars=min(base.min_bars, syn.bars))
-        else:
-            raise ValueError(f"--panels: got {name!r}, expected bundled or synthetic")
-        bars, oracle = load_bars(cfg, horizons=st.label.horizons)
-        out[name] = (build_panel(bars, oracle, st, make_featurizer(st.features, None)),
-                     infer_frequency(bars).periods_per_year, bars)
-    return out
+    return build_panels(params, panels, st, symbols, {})
 
 
 def measure(panel: Any, ppy: float, bars: Any, name: str, kind: str, st: Any, inputs: dict[str, Any],

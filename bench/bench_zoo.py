@@ -55,8 +55,9 @@ def regression_models() -> tuple[str, ...]:
 
 def build_panels(params: dict[str, Any], panels: tuple[str, ...], st: Any, symbols: int,
                  synthetic: dict[str, Any]) -> dict[str, Any]:
-    """{panel name: (audit ``Panel``, periods per year)} of the requested panels, through
-    ``load_bars`` and ``build_panel`` (features with the warm-up dropped, labels, segments, oracle or None)."""
+    """{panel name: (audit ``Panel``, periods per year, bars)} of the requested panels, through
+    ``load_bars`` and ``build_panel`` (features with the warm-up dropped, labels, segments, oracle
+    or None; the bars they came from, for bench_raw_inputs.py's raw windows)."""
     from alphafactory.config import section
     from alphafactory.data.frequency import infer_frequency
     from alphafactory.data.sources import DataConfig, load_bars
@@ -74,7 +75,7 @@ def build_panels(params: dict[str, Any], panels: tuple[str, ...], st: Any, symbo
             raise ValueError(f"--panels: got {name!r}, expected some of {list(PANELS)}")
         bars, oracle = load_bars(cfg, horizons=st.label.horizons)
         out[name] = (build_panel(bars, oracle, st, make_featurizer(st.features, None)),
-                     infer_frequency(bars).periods_per_year)
+                     infer_frequency(bars).periods_per_year, bars)
     return out
 
 
@@ -150,14 +151,14 @@ def run(params: dict[str, Any], names: tuple[str, ...], panels: tuple[str, ...],
     built = build_panels(params, panels, st, symbols, synthetic)
     rows = []
     if echo:
-        for p, (pan, _) in built.items():
+        for p, (pan, _, _) in built.items():
             print(f"panel {p}: {pan.features['symbol'].nunique()} symbols, {len(pan.features)} rows, "
                   f"{pan.features.shape[1] - 2} features; built in {time.perf_counter() - t0:.0f} s", flush=True)
         print(f"horizons {list(st.label.horizons)}, {threads} threads per fit; load average at start "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}\n", flush=True)
         print(header(), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-zoo-") as tmp:
-        for p, (pan, ppy) in built.items():
+        for p, (pan, ppy, _) in built.items():
             for n in names:
                 m = measure(pan, ppy, n, st, eval_cfg, Path(tmp) / p)
                 rows.append(format_row(n, p, m, os.getloadavg()[0]))
