@@ -1,21 +1,13 @@
 """evaluate: test-period metrics of every model, the ensemble, the walk-forward refits and naive
 baselines; prints the headline table."""
-import pandas as pd
-
 from alphafactory import stage
 from alphafactory.config import section
-from alphafactory.dataset import horizons_of
 from alphafactory.evaluation.evaluate import (
     EvaluateConfig,
-    baseline_forecasts,
     evaluate,
     headline,
-    in_window,
-    label_columns,
     models_in,
-    read_oracle,
-    read_table,
-    read_test_forecasts,
+    read_scored_inputs,
     summary_table,
 )
 from alphafactory.io import read_json, write_json, write_parquet
@@ -26,14 +18,11 @@ def main() -> None:
                                "oracle", "metrics", "oracle-metrics", "headline", "predictions", "plots", "tune")
     cfg = section(params, "evaluate", EvaluateConfig)
     # only what is scored is read: the test rows of the forecasts, the label columns used, the
-    # close of the bars (the momentum baseline); labels and oracle are then cut to the test window
-    labels = read_table(args.labels, columns=label_columns(args.labels))
-    preds = pd.concat([read_test_forecasts([*args.preds.split(","), args.blend, args.walk_forward]),
-                       baseline_forecasts(read_table(args.bars, columns=["symbol", "close"]), labels,
-                                          read_table(args.segments), horizons_of(labels))], ignore_index=True)
-    labels = in_window(labels, preds)
+    # close of the bars (the momentum baseline); labels and oracle cut to the test window
+    preds, labels, oracle = read_scored_inputs([*args.preds.split(","), args.blend, args.walk_forward],
+                                               args.bars, args.labels, args.segments, args.oracle)
     ppy = read_json(args.info)["frequency"]["periods_per_year"]
-    ev = evaluate(preds, labels, ppy, cfg, read_oracle(args.oracle, preds),
+    ev = evaluate(preds, labels, ppy, cfg, oracle,
                   ensembles=models_in(args.blend), walk_forward=models_in(args.walk_forward),
                   extra_trials=read_json(args.tune)["extra_trials"])  # every tuning trial is a strategy tried
     result = dict(ev.metrics)

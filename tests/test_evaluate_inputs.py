@@ -20,6 +20,7 @@ from alphafactory.evaluation.evaluate import (
     label_columns,
     models_in,
     read_oracle,
+    read_scored_inputs,
     read_table,
     read_test_forecasts,
 )
@@ -87,7 +88,11 @@ def test_evaluate_on_what_is_read_equals_evaluate_on_whole_tables(inputs):
     window = in_window(lab, preds)
     oracle = read_oracle(inputs["oracle"], preds)
     assert len(window) < len(lab) and 0 < len(oracle) < len(pd.read_parquet(inputs["oracle"]))  # really cut
-    new = evaluate(preds, window, 252.0, cfg, oracle, ensembles=models_in(inputs["preds"][2]))
+    # the stage's one call gives exactly these three tables
+    staged = read_scored_inputs(inputs["preds"], inputs["bars"], inputs["labels"], inputs["segments"], inputs["oracle"])
+    for got, want in zip(staged, (preds, window, oracle), strict=True):
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+    new = evaluate(*staged[:2], 252.0, cfg, staged[2], ensembles=models_in(inputs["preds"][2]))
     assert models_in(inputs["preds"][2]) == ("ensemble",) and models_in(inputs["preds"][3]) == ()
     m_old, p_old, plots_old = _dump(old)
     m_new, p_new, plots_new = _dump(new)

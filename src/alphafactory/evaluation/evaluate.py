@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alphafactory.config import Interval
+from alphafactory.dataset import horizons_of
 from alphafactory.evaluation import metrics
 from alphafactory.labels import KEYS, PROBA_COLUMNS
 
@@ -170,6 +171,19 @@ def read_oracle(path: str, preds: pd.DataFrame) -> pd.DataFrame:
     lo, hi = pa.scalar(preds["timestamp"].min().as_unit("ns")), pa.scalar(preds["timestamp"].max().as_unit("ns"))
     return _read_where(path, lambda t: pc.and_(pc.greater_equal(t.column("timestamp"), lo),
                                                pc.less_equal(t.column("timestamp"), hi)))
+
+
+def read_scored_inputs(forecasts: list[str], bars: str, labels: str, segments: str,
+                       oracle: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(preds, labels, oracle) as :func:`evaluate` scores them, reading only that: the test rows
+    of the ``forecasts`` files plus the naive baselines (from the bars' close), the label columns
+    used within the test window (:func:`in_window`), and the oracle within it. The same figures as
+    reading every table whole (tests/test_evaluate_inputs.py)."""
+    lab = read_table(labels, columns=label_columns(labels))
+    preds = pd.concat([read_test_forecasts(forecasts),
+                       baseline_forecasts(read_table(bars, columns=["symbol", "close"]), lab,
+                                          read_table(segments), horizons_of(lab))], ignore_index=True)
+    return preds, in_window(lab, preds), read_oracle(oracle, preds)
 
 
 def scored_rows(preds: pd.DataFrame, labels: pd.DataFrame, horizon: int) -> pd.DataFrame:
