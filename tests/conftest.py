@@ -33,6 +33,24 @@ def random_bars(n_symbols: int = 3, n_bars: int = 300, seed: int = 0, start: str
     return pd.concat(frames, ignore_index=True)
 
 
+def small_dataset(bars: pd.DataFrame, horizons: tuple[int, ...]):
+    """``(freq, features, label, labels, ds)``: the pipeline's featurize (windows 5 and 10, one
+    5-bar multi-timeframe scale), label and split stages on ``bars``, as a ``Dataset`` ``ds``."""
+    from alphafactory.data.frequency import infer_frequency
+    from alphafactory.dataset import assemble, drop_warmup
+    from alphafactory.features import FeatureConfig, compute_features, warmup_bars
+    from alphafactory.labels import LabelConfig, make_labels
+    from alphafactory.split import SplitConfig, assign_segments
+
+    freq = infer_frequency(bars)
+    features = FeatureConfig(windows=(5, 10), mtf_scales=(5,))
+    label = LabelConfig(horizons=horizons)
+    feats = drop_warmup(compute_features(bars, features, freq=freq), warmup_bars(features, freq))
+    labels = make_labels(bars, label)
+    ds = assemble(feats, labels, assign_segments(labels, horizons, SplitConfig()), horizons)
+    return freq, features, label, labels, ds
+
+
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return random_bars()

@@ -20,14 +20,9 @@ import pandas as pd
 import pytest
 
 from alphafactory.blend import BlendConfig, Stacker
-from alphafactory.data.frequency import infer_frequency
-from alphafactory.dataset import assemble, drop_warmup
-from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.serving.bundle import build_bundle
-from alphafactory.split import SplitConfig, assign_segments
 from alphafactory.train import fit_models
-from conftest import random_bars
+from conftest import random_bars, small_dataset
 
 PKG = "alphafactory"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
@@ -168,12 +163,7 @@ def small_bundle(tmp_path_factory) -> tuple[Path, Path]:
     trained on a random 3-symbol panel, stacked and bundled as the pipeline's stages do."""
     root = tmp_path_factory.mktemp("layers")
     bars = random_bars(n_symbols=3, n_bars=420)
-    freq = infer_frequency(bars)
-    features = FeatureConfig(windows=(5, 10), mtf_scales=(5,))
-    label = LabelConfig(horizons=HORIZONS)
-    feats = drop_warmup(compute_features(bars, features, freq=freq), warmup_bars(features, freq))
-    labels = make_labels(bars, label)
-    ds = assemble(feats, labels, assign_segments(labels, HORIZONS, SplitConfig()), HORIZONS)
+    freq, features, label, labels, ds = small_dataset(bars, HORIZONS)
     results = []
     for family, names, extra in (("boosting", ("lightgbm",), None), ("classical", ("ridge",), None),
                                  ("neural", ("lstm",), NEURAL)):

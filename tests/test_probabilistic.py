@@ -10,20 +10,16 @@ import pytest
 from scipy import integrate, stats
 
 from alphafactory.blend import BlendConfig, Stacker
-from alphafactory.data.frequency import infer_frequency
-from alphafactory.dataset import Dataset, assemble, drop_warmup
+from alphafactory.dataset import Dataset
 from alphafactory.evaluation import metrics
 from alphafactory.evaluation.evaluate import calibration_scores, scored_rows
-from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.models.per_symbol import PerSymbolModel
 from alphafactory.models.trainer import mixture
 from alphafactory.serving.bundle import build_bundle
 from alphafactory.serving.inference import FORECAST_KEYS, load_bundle, predict
-from alphafactory.split import SplitConfig, assign_segments
 from alphafactory.train import fit_models
 from alphafactory.uncertainty import Calibration, apply_calibration, distribution_prob_up
-from conftest import random_bars
+from conftest import random_bars, small_dataset
 
 HORIZONS = (1, 2)
 LOOKBACK = 6
@@ -154,11 +150,7 @@ def test_a_bundle_forecasts_with_a_distributional_models_own_std(tmp_path):
     forecasts and stds as the blend stage did on the training stage's predictions: DeepAR's
     own std, not its volatility scale. With the volatility scale the blend's yhat_std differs."""
     bars = random_bars(n_symbols=3, n_bars=420)
-    freq = infer_frequency(bars)
-    features, label = FeatureConfig(windows=(5, 10), mtf_scales=(5,)), LabelConfig(horizons=HORIZONS)
-    feats = drop_warmup(compute_features(bars, features, freq=freq), warmup_bars(features, freq))
-    labels = make_labels(bars, label)
-    ds = assemble(feats, labels, assign_segments(labels, HORIZONS, SplitConfig()), HORIZONS)
+    freq, features, label, labels, ds = small_dataset(bars, HORIZONS)
     results = fit_models(ds, ("ridge",), {}, tmp_path / "models/classical", seed=0)
     results += fit_models(ds, ("deepar",), DEEPAR, tmp_path / "models/neural", seed=0, extra=NEURAL)
     preds = pd.concat([r.predictions for r in results], ignore_index=True)

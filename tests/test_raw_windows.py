@@ -15,17 +15,12 @@ import pytest
 
 from alphafactory import models
 from alphafactory.blend import BlendConfig, Stacker
-from alphafactory.data.frequency import infer_frequency
-from alphafactory.dataset import assemble, drop_warmup
 from alphafactory.errors import ConfigError, DataValidationError
-from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.raw_windows import Bars, InputsConfig, inputs_config, with_bars
 from alphafactory.serving.bundle import build_bundle
 from alphafactory.serving.inference import load_bundle, predict
-from alphafactory.split import SplitConfig, assign_segments
 from alphafactory.train import fit_models, segment_data
-from conftest import random_bars
+from conftest import random_bars, small_dataset
 
 HORIZONS = (1, 5)
 SMALL = InputsConfig(kind="both", resolutions=((1, 8), (5, 4), (10, 3)))  # history 30 bars
@@ -94,12 +89,7 @@ def test_too_little_history_is_an_error_and_config_is_checked():
 
 def _panel(n_bars: int = 260):
     bars = random_bars(n_symbols=3, n_bars=n_bars, seed=1)
-    freq = infer_frequency(bars)
-    features = FeatureConfig(windows=(5, 10), mtf_scales=(5,))
-    label = LabelConfig(horizons=HORIZONS)
-    feats = drop_warmup(compute_features(bars, features, freq=freq), warmup_bars(features, freq))
-    labels = make_labels(bars, label)
-    ds = assemble(feats, labels, assign_segments(labels, HORIZONS, SplitConfig()), HORIZONS)
+    freq, features, label, labels, ds = small_dataset(bars, HORIZONS)
     return bars, freq, features, label, labels, with_bars(ds, bars)
 
 

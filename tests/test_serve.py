@@ -25,11 +25,8 @@ import sqlalchemy as sa
 
 from alphafactory import cli
 from alphafactory.blend import BlendConfig, Stacker
-from alphafactory.data.frequency import FrequencyInfo, infer_frequency
-from alphafactory.dataset import assemble, drop_warmup
+from alphafactory.data.frequency import FrequencyInfo
 from alphafactory.errors import InputError
-from alphafactory.features import FeatureConfig, compute_features, warmup_bars
-from alphafactory.labels import LabelConfig, make_labels
 from alphafactory.serving.bundle import build_bundle
 from alphafactory.serving.db import read_predictions, write_predictions
 from alphafactory.serving.inference import (
@@ -41,9 +38,8 @@ from alphafactory.serving.inference import (
     predict,
     target_timestamps,
 )
-from alphafactory.split import SplitConfig, assign_segments
 from alphafactory.train import fit_models
-from conftest import random_bars
+from conftest import random_bars, small_dataset
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HORIZONS = (1, 5)
@@ -56,12 +52,7 @@ def _build(root: Path, bars: pd.DataFrame, families, *, scope: str = "pooled", s
            task: str = "regression") -> Path:
     """A bundle of ``families`` ((family, names, extra) triples) trained on ``bars`` as the
     pipeline's stages would (features, labels, split, fit, stack, bundle)."""
-    freq = infer_frequency(bars)
-    features = FeatureConfig(windows=(5, 10), mtf_scales=(5,))
-    label = LabelConfig(horizons=HORIZONS)
-    feats = drop_warmup(compute_features(bars, features, freq=freq), warmup_bars(features, freq))
-    labels = make_labels(bars, label)
-    ds = assemble(feats, labels, assign_segments(labels, HORIZONS, SplitConfig()), HORIZONS)
+    freq, features, label, labels, ds = small_dataset(bars, HORIZONS)
     fast = {"lightgbm": {"n_estimators": 20, "min_child_samples": 10, "early_stopping_rounds": 5}}
     results = []
     for family, names, extra in families:
