@@ -473,7 +473,7 @@ def test_tune_trials_on_the_cluster_share_one_study(cluster, files, tmp_path, mo
     from dask.distributed import get_task_stream
 
     from alphafactory.tune import create_study, optimize_on_cluster
-    from test_tune import load, run_study, spec_for
+    from test_tune import load, run_study, spec_for, startup_values
 
     address, client = cluster
     n, startup = 6, 4
@@ -490,10 +490,6 @@ def test_tune_trials_on_the_cluster_share_one_study(cluster, files, tmp_path, mo
     assert n <= len(done) <= n + 1 and len({t.number for t in done}) == len(done)
     assert seen == sorted(t.number for t in study.get_trials() if t.state.is_finished())
     single = run_study(folds, n, startup)
-
-    def startup_values(st):
-        return sorted((tuple(sorted(t.params.items())), t.value) for t in st.get_trials()
-                      if t.system_attrs.get("fixed_params"))
 
     assert len(startup_values(single)) == startup
     assert startup_values(study) == startup_values(single)

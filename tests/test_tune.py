@@ -81,6 +81,12 @@ def load(paths, poison: str | None = None) -> Folds:
     return Folds.build(ds, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
 
 
+def startup_values(study: optuna.Study) -> list:
+    """(params, value) of the study's seeded startup trials, sorted: what two runs must share."""
+    return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+                  if t.system_attrs.get("fixed_params"))
+
+
 def run_study(folds: Folds, n_trials: int, startup: int, spy=None) -> optuna.Study:
     spec = spec_for(folds, n_trials, startup)
     study = create_study(spec, "sqlite:///:memory:", "s", resume=False)
@@ -191,10 +197,6 @@ def test_two_workers_share_one_postgres_study(files, postgres_url):
     assert len({t.number for t in trials}) == len(trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
     single = run_study(folds, n, startup)
-
-    def startup_values(study):
-        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
-                      if t.system_attrs.get("fixed_params"))
 
     assert len(startup_values(single)) == startup
     assert startup_values(shared) == startup_values(single)
