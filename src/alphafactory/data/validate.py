@@ -116,7 +116,8 @@ def _is_blank(raw: pd.Series, na_strings: tuple[str, ...] = ("",)) -> np.ndarray
         codes, uniq = pd.factorize(raw)  # missing values: code -1, already in `blank`
         s = pd.Series(uniq, dtype=object).astype("string").str.strip().str.lower()
         hit = s.isin(na_strings).fillna(False).to_numpy(dtype=bool)
-        blank |= (codes >= 0) & hit[np.maximum(codes, 0)] if len(hit) else False
+        if hit.any():
+            blank |= (codes >= 0) & hit[np.maximum(codes, 0)]
     return blank
 
 
