@@ -197,7 +197,10 @@ class ChronosModel(Model):
         cols = np.asarray(self.horizons) - 1
         kw = {"num_samples": self.params.num_samples} if self.pipeline_kind_ == "ChronosPipeline" else {}
         out = []
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        device = self.pipeline_.model.device
+        # the generator state is restored afterwards: forecasting leaves the caller's seed alone
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []), \
+                warnings.catch_warnings():
             torch.manual_seed(self.seed)  # Chronos T5 samples; Bolt draws nothing
             warnings.filterwarnings("ignore", message="We recommend keeping prediction length")  # logged at fit
             for i in range(0, len(ctx), self.params.batch_size):
