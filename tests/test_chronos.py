@@ -195,6 +195,19 @@ def test_training_stage_writes_its_own_std_and_a_bundle_loads_it_natively(checkp
     np.testing.assert_allclose(std[:, 0], h1["yhat_std"].to_numpy(), rtol=0, atol=1e-12)
 
 
+def test_per_symbol_scope_forecasts_as_the_pooled_model(checkpoints, data, tmp_path):
+    """Nothing is fitted, so one model per symbol (train.scope: per_symbol) forecasts what the
+    pooled one does, and each saved member holds its own copy of the checkpoint."""
+    _, ds = data
+    blocks = {"chronos": {"path": str(checkpoints["bolt"]), "context_length": CONTEXT}}
+    (pooled,) = fit_models(ds, ("chronos",), blocks, tmp_path / "pooled", seed=0, extra=EXTRA)
+    (split,) = fit_models(ds, ("chronos",), blocks, tmp_path / "split", seed=0, extra=EXTRA, scope="per_symbol")
+    assert split.model.symbols == ("S00", "S01", "S02")
+    a, b = (r.predictions.sort_values(["segment", "symbol", "timestamp", "horizon"]) for r in (pooled, split))
+    np.testing.assert_allclose(b["yhat"].to_numpy(), a["yhat"].to_numpy(), rtol=0, atol=1e-6)
+    assert len(list((tmp_path / "split").rglob("model.safetensors"))) == 3
+
+
 def test_same_seed_same_forecasts(fitted, checkpoints, data):
     _, ds = data
     block = {"path": str(checkpoints["bolt"]), "context_length": CONTEXT, "batch_size": 16}
