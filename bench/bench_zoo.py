@@ -47,10 +47,13 @@ COLUMNS = ("family", "panel", "fit s (wall / CPU)", "IC h1 ± SE", "IC h5 ± SE"
 
 
 def regression_models() -> tuple[str, ...]:
-    """Every registered model that supports ``train.task: regression``, in registry order."""
+    """Every registered model that supports ``train.task: regression``, in registry order, but
+    those that read the bars themselves (``reads_bars``: the zero-shot chronos, which also needs a
+    local checkpoint, ``neural.chronos.path``, which the bench has none of)."""
     from alphafactory import models
 
-    return tuple(n for n, s in models.REGISTRY.items() if "regression" in s.tasks)
+    return tuple(n for n, s in models.REGISTRY.items()
+                 if "regression" in s.tasks and not getattr(s.cls, "reads_bars", False))
 
 
 def build_panels(params: dict[str, Any], panels: tuple[str, ...], st: Any, symbols: int,

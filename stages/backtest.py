@@ -28,7 +28,7 @@ def main() -> None:
     # every row starts "purged": walk_forward assigns train/val/test per block from the blocks table
     ds = dataset.join_file(args.features, labels, labels[dataset.KEYS].assign(segment="purged"),
                            dataset.horizons_of(labels))
-    if wants_bars(*extra.values()):  # neural.inputs raw/both: raw OHLCV windows of the prepared bars
+    if wants_bars(*extra.values(), names=cfg.models):  # neural.inputs raw/both, or chronos: the prepared bars
         ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     # block models: next to the output, not in the system temp dir; the blocks: fanned out (compute)
     with scratch_dir(args.preds) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:

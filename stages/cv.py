@@ -20,7 +20,7 @@ def main() -> None:
     # every row starts "purged": cross_validate assigns train/val/test per fold from the folds table
     unassigned = labels[dataset.KEYS].assign(segment="purged")
     ds = dataset.join_file(args.features, labels, unassigned, dataset.horizons_of(labels))
-    if wants_bars(*extra.values()):  # neural.inputs raw/both: raw OHLCV windows of the prepared bars
+    if wants_bars(*extra.values(), names=cfg.models):  # neural.inputs raw/both, or chronos: the prepared bars
         ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     # fold models: next to the output, not in the system temp dir; the folds: fanned out (compute)
     with scratch_dir(args.metrics) as work, fan_out(section(params, "compute", ComputeConfig)) as fan:

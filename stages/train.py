@@ -32,10 +32,10 @@ def main() -> None:
     names, blocks, extra = family_inputs(params, args.family, train, task=train.task)
     blocks = apply_tuned(names, blocks, read_json(args.tuned))  # tune.apply: the tune stage's best params
     # LightGBM alone: the features stay on disk, read in parts (same models, less memory);
-    # neural.inputs raw/both: the networks also read raw OHLCV windows of the prepared bars
+    # neural.inputs raw/both: the networks also read raw OHLCV windows of the prepared bars (chronos: its closes)
     ds = dataset.load(args.features, args.labels, args.segments,
                       lazy=reads_in_parts(names, blocks, train.scope, train.select))
-    if wants_bars(extra):
+    if wants_bars(extra, names=names):
         ds = raw_windows.with_bars(ds, pd.read_parquet(args.bars))
     with fan_out(section(params, "compute", ComputeConfig)) as fan:  # per_symbol: the symbols' fits
         results = fit_models(ds, names, blocks, args.models, seed=train.seed, task=train.task, scope=train.scope,

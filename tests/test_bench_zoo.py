@@ -39,3 +39,4 @@ def test_classification_only_model_is_refused() -> None:
         bench_zoo.run(load_params(ROOT / "params.yaml"), ("logistic",), ("synthetic",), symbols=4,
                       synthetic={"bars": 500}, horizons=(1,), threads=1, echo=False)
     assert "logistic" not in bench_zoo.regression_models()
+    assert "chronos" not in bench_zoo.regression_models() and "lstm" in bench_zoo.regression_models()

@@ -212,8 +212,8 @@ def test_the_families_a_bundle_runs_through_onnx_are_those_that_export():
     ONNX Runtime: its list of families must be exactly those whose class writes an export."""
     from alphafactory import models
     from alphafactory.models.base import Model
-    from alphafactory.models.portable import EXPORTED_FAMILIES
+    from alphafactory.models.portable import exported
 
     for spec in models.REGISTRY.values():
         exports = spec.cls._export is not Model._export
-        assert exports == (spec.family in EXPORTED_FAMILIES), (spec.name, spec.family, exports)
+        assert exports == exported({"family": spec.family, "model": spec.name}), (spec.name, spec.family, exports)

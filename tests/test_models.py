@@ -55,6 +55,20 @@ def panel(seed: int = 0):
     return X, Y, codes
 
 
+# Models the fitted-model checks below cannot run on, with the reason (a skip that says why):
+# they run the same checks on data they can read in their own test file.
+NEEDS_MORE = {"chronos": "zero-shot Chronos needs a checkpoint path and the prepared bars, which this "
+                         "feature panel lacks, and has no ONNX export: tests/test_chronos.py runs these checks"}
+
+
+def cases(pairs, fixture: bool = False):
+    """pytest params of (name, task) pairs (one (name, task) value each for a fixture), those of
+    NEEDS_MORE marked skipped with their reason."""
+    return [pytest.param(*([(n, t)] if fixture else [n, t]), id=f"{n}-{t}",
+                         marks=[pytest.mark.skip(reason=NEEDS_MORE[n])] if n in NEEDS_MORE else [])
+            for n, t in pairs]
+
+
 # Every (model, task) pair the registry declares.
 CASES = [(n, t) for n in sorted(models.REGISTRY) for t in models.REGISTRY[n].tasks]
 
@@ -104,7 +118,7 @@ def fit_case(name: str, task: str):
     return _FITTED[name, task]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{t}" for n, t in CASES])
+@pytest.fixture(scope="module", params=cases(CASES, fixture=True))
 def fitted(request):
     return fit_case(*request.param)
 
@@ -172,7 +186,7 @@ EXPORT_CASES = [(n, "regression") for n in sorted(models.REGISTRY) if models.REG
 EXPORT_CASES.append(("lstm", "classification"))
 
 
-@pytest.mark.parametrize("name, task", EXPORT_CASES, ids=[f"{n}-{t}" for n, t in EXPORT_CASES])
+@pytest.mark.parametrize("name, task", cases(EXPORT_CASES))
 def test_onnx_export_forecasts_as_the_pytorch_model(name, task, tmp_path):
     """What a bundle forecasts with: the export (scaling + network + output transform) run by
     ONNX Runtime equals the PyTorch model to float32 rounding, on lazy windows and on one row."""

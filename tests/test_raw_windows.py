@@ -170,7 +170,9 @@ SEQUENCE = sorted(n for n, s in models.REGISTRY.items() if s.family == "neural" 
                   and "regression" in s.tasks)
 
 
-@pytest.mark.parametrize("name", SEQUENCE)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.skip(
+    reason="chronos reads its own raw closes, not neural.inputs, and has no ONNX export: tests/test_chronos.py"))
+    if n == "chronos" else n for n in SEQUENCE])
 def test_every_sequence_family_trains_and_exports_with_raw_windows(name, tmp_path):
     """Every registered sequence network reads the (B, L, F + 5R) windows unchanged: it fits,
     forecasts every test row, and its ONNX export passes the check against PyTorch (in save)."""

@@ -91,10 +91,12 @@ def family_inputs(params: dict[str, Any], family: str, train: TrainConfig, task:
     return names, blocks, extra
 
 
-def wants_bars(*extras: dict[str, Any] | None) -> bool:
+def wants_bars(*extras: dict[str, Any] | None, names: tuple[str, ...] = ()) -> bool:
     """Whether any family's constructor arguments (:func:`family_inputs`) ask for raw OHLCV
-    windows (``neural.inputs.kind`` raw or both), which need the prepared bars."""
-    return any(raw_windows.inputs_config((e or {}).get("inputs")).raw for e in extras)
+    windows (``neural.inputs.kind`` raw or both), or any of the models ``names`` to be fitted
+    reads the bars itself (a class with ``reads_bars``: ``chronos``); both need the prepared bars."""
+    return (any(raw_windows.inputs_config((e or {}).get("inputs")).raw for e in extras)
+            or any(getattr(models.get(n).cls, "reads_bars", False) for n in names))
 
 
 def apply_tuned(names: tuple[str, ...], blocks: dict[str, Any], tuned: dict[str, dict[str, Any]]) -> dict[str, Any]:

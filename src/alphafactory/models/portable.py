@@ -11,6 +11,15 @@ ONNX_FILE = "net.onnx"
 # Families a bundle forecasts with through their ONNX export (``Model._export``), because their
 # library (PyTorch) is not a serving dependency; the others load their native files.
 EXPORTED_FAMILIES = ("neural",)
+# Models of those families that have no export and load their native files in a bundle too:
+# chronos, a pretrained checkpoint run by its own library (chronos-forecasting on PyTorch), so a
+# bundle holding it imports PyTorch when it loads.
+NATIVE_MODELS = ("chronos",)
+
+
+def exported(manifest: dict[str, Any]) -> bool:
+    """Whether the saved model of ``manifest`` forecasts in a bundle through its ONNX export."""
+    return manifest.get("family") in EXPORTED_FAMILIES and manifest.get("model") not in NATIVE_MODELS
 
 
 def import_onnxruntime() -> Any:

@@ -38,7 +38,7 @@ from alphafactory.features import FeatureConfig
 from alphafactory.io import Directory, atomic_dir, safe_relpath
 from alphafactory.labels import LabelConfig
 from alphafactory.models.persist import single_models
-from alphafactory.models.portable import EXPORTED_FAMILIES, ONNX_INFO
+from alphafactory.models.portable import ONNX_INFO, exported
 
 FORMAT_VERSION = 2  # 2: PyTorch models carry an ONNX export (net.onnx, onnx.json)
 MANIFEST = "manifest.json"
@@ -218,7 +218,7 @@ def _check_exported(model_dir: Path) -> None:
     """A PyTorch model's dir (each symbol's, for a per-symbol model) must hold the ONNX export
     the training stage writes next to it: the bundle forecasts with that."""
     for d, man in single_models(model_dir):
-        if man.get("family") in EXPORTED_FAMILIES and not (d / ONNX_INFO).is_file():
+        if exported(man) and not (d / ONNX_INFO).is_file():
             raise BundleError(f"{d / ONNX_INFO}: missing; a PyTorch model needs the ONNX export that "
                               f"the training stage writes next to it (retrain: dvc repro train@neural)")
 

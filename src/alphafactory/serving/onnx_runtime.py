@@ -3,9 +3,9 @@
 The training stage saves every PyTorch model with its export (``save(..., portable=True)``, see
 :mod:`alphafactory.models.export`): feature scaling, network and output transform as one graph,
 ``net.onnx``, described by ``onnx.json`` next to the model's manifest. :func:`load` loads a saved
-model as a bundle forecasts with it: a model of a family in ``EXPORTED_FAMILIES`` as an
+model as a bundle forecasts with it: a model of a family in ``EXPORTED_FAMILIES`` (less ``NATIVE_MODELS``) as an
 :class:`OnnxModel`, any other from its native files, a per-symbol model as a per-symbol model of
-those. So loading a bundle and forecasting never import PyTorch (about 2 s of a cold start on
+those. So loading a bundle and forecasting never import PyTorch, unless it holds one of ``NATIVE_MODELS`` (about 2 s of a cold start on
 2 cores; ONNX Runtime imports in 0.05 s).
 
 Forecasts equal the PyTorch model's to float32 rounding (checked at export, recorded in
@@ -23,7 +23,7 @@ from alphafactory import raw_windows
 from alphafactory.io import Directory
 from alphafactory.models import persist
 from alphafactory.models.base import Forecaster
-from alphafactory.models.portable import EXPORTED_FAMILIES, ONNX_INFO, import_onnxruntime
+from alphafactory.models.portable import ONNX_INFO, exported, import_onnxruntime
 
 # Rows per ONNX Runtime call: bounds the materialised windows and the memory ONNX Runtime keeps in
 # its arena after the largest call (lookback 32 x 237 features: ~200 MB per model at 1024, 800 MB
@@ -38,7 +38,7 @@ def load(directory: str | Path | Directory) -> Forecaster:
 
 
 def _load_single(files: Directory, manifest: dict[str, Any]) -> Forecaster:
-    if manifest.get("family") in EXPORTED_FAMILIES:
+    if exported(manifest):
         return OnnxModel(files, manifest)
     return persist.load_native(files, manifest)
 
