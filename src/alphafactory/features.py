@@ -78,6 +78,7 @@ _WEEK_BARS = 7
 _MONTH_BARS = 31
 _TWO_PI = 2.0 * math.pi
 _CHUNK = 64  # feature columns per output buffer
+_INF_BY_COLUMN = 1 << 15  # rows from which _Out.add, not finish, turns inf into NaN
 _DENSE_GRID_MAX = 4  # cross-sectional ranks on a (time, symbol) grid up to this many cells a row
 
 
@@ -483,7 +484,10 @@ class _Panel:
             log_beta = math.log1p(-alpha) if alpha < 1 else -np.inf
             with np.errstate(invalid="ignore"):
                 self._decay[alpha] = np.exp((self.pos + 1.0) * log_beta)
-        return s - self._decay[alpha] * self.per_row(carry)
+        carried = self.per_row(carry)  # (n,)
+        carried *= self._decay[alpha]
+        s -= carried  # in place: s - decay * carry, without two more fresh (n,) arrays
+        return s
 
     def _history(self, of: Callable[[_Panel], np.ndarray]
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -556,22 +560,31 @@ class _Out:
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 np.copyto(row, x, casting="unsafe")  # float64 -> float32: overflow becomes inf
+        if self.n >= _INF_BY_COLUMN:
+            # inf (an overflow, a division by zero) becomes NaN here, while the row is in cache:
+            # on a long panel finish()'s pass over whole chunks cost ~3x more (its (64, n) masks
+            # are fresh pages); on a forecast's few rows it is the cheaper one (fewer calls).
+            inf = np.isinf(row)
+            if inf.any():
+                row[inf] = np.nan
         self.cols[name] = row
         self.fd[name] = fd
 
     def finish(self) -> None:
         """Mask what :meth:`add` copied as is: inf (an overflow, a division by zero) becomes
-        NaN, and so does each column's warm-up (pos < fd). Once per group, over whole chunks
-        (a few array operations instead of a few per column: ~1 ms of a few-symbol forecast);
-        the columns of ``cols`` are views into the chunks, so they see it. Idempotent."""
+        NaN (on long panels :meth:`add` has done it, column by column), and so does each
+        column's warm-up (pos < fd). Once per group, over whole chunks (a few array operations
+        instead of a few per column: ~1 ms of a few-symbol forecast); the columns of ``cols``
+        are views into the chunks, so they see it. Idempotent."""
         names = list(self.cols)
         for i, chunk in enumerate(self._chunks):
             first, stop = i * _CHUNK, min((i + 1) * _CHUNK, len(names))
             done = max(self._done - first, 0)
             if done >= stop - first:
                 continue
-            rows = chunk[done:stop - first]
-            rows[np.isinf(rows)] = np.nan
+            if self.n < _INF_BY_COLUMN:
+                rows = chunk[done:stop - first]
+                rows[np.isinf(rows)] = np.nan
             by_fd: dict[int, list[int]] = {}
             for k in range(done, stop - first):
                 fd = self.fd[names[first + k]]
