@@ -2,12 +2,17 @@
 
     python bench/bench_featurize.py --symbols 500 --bars 2520 --repeats 3
 
+    python bench/bench_featurize.py --baseline /tmp/old/src   # paired with another version
+
 Each repeat runs in a fresh subprocess so that its peak RSS (``ru_maxrss``: the whole process,
 including the input panel and the imported libraries) is measured on its own. Prints a markdown
-table with the median wall-clock throughput (rows per second, the 237 default features, 2
-threads) and the median CPU seconds of the call (both threads; unlike the wall time it hardly
-moves when other jobs share the cores, so compare it across runs on a busy machine); exits with
-status 1 if the median throughput or the peak memory misses the target.
+table with the median wall-clock throughput (rows per second, the 237 default features,
+``--threads`` 2) and the median CPU seconds of the call (both threads, user and system; unlike
+the wall time they move little when other jobs share the cores, so compare them across runs on
+a busy machine), with the load average before and after. ``--baseline SRC`` runs another
+version's package (``git archive <rev> src | tar x -C /tmp/old``) in turns with this one, so
+both see the same load. Exits with status 1 if this code's median throughput or peak memory
+misses the target.
 """
 from __future__ import annotations
 
@@ -50,17 +55,33 @@ def _peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
 
 
-def worker(n_symbols: int, n_bars: int) -> dict:
-    """One timed run in this process; returns rows, features, seconds and peak RSS."""
+def worker(n_symbols: int, n_bars: int, n_jobs: int) -> dict:
+    """One timed run in this process; returns rows, features, seconds, CPU seconds (user and
+    system: the system part is mostly first touches of fresh pages) and peak RSS."""
     from alphafactory.features import FeatureConfig, compute_features
 
     bars = random_panel(n_symbols, n_bars)
     before = _peak_gib()
-    t0, c0 = time.perf_counter(), time.process_time()
-    feats = compute_features(bars, FeatureConfig())
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"rows": len(bars), "features": feats.shape[1] - 2, "seconds": seconds, "cpu": cpu,
-            "peak_gib": _peak_gib(), "input_peak_gib": before}
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    feats = compute_features(bars, FeatureConfig(), n_jobs=n_jobs)
+    seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
+    return {"rows": len(bars), "features": feats.shape[1] - 2, "seconds": seconds, "cpu": user + system,
+            "user": user, "sys": system, "peak_gib": _peak_gib(), "input_peak_gib": before}
+
+
+def _run(src: str | None, args: argparse.Namespace) -> dict:
+    """One worker in a fresh process, importing alphafactory from ``src`` (None: as installed
+    or on the caller's PYTHONPATH)."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, __file__, "--worker", "--symbols", str(args.symbols), "--bars", str(args.bars),
+           "--threads", str(args.threads)]
+    res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -68,31 +89,49 @@ def main() -> int:
     ap.add_argument("--symbols", type=int, default=500)
     ap.add_argument("--bars", type=int, default=2520)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="compute_features(n_jobs=...)")
+    ap.add_argument("--baseline", metavar="SRC", default=None,
+                    help="a directory holding another alphafactory package (e.g. `git archive <rev> src` "
+                         "unpacked): its runs alternate with this code's and get their own row")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.symbols, args.bars)))
+        print(json.dumps(worker(args.symbols, args.bars, args.threads)))
         return 0
+    if args.baseline is not None and not os.path.isdir(os.path.join(args.baseline, "alphafactory")):
+        print(f"--baseline: {args.baseline!r} holds no alphafactory package directory; expected e.g. "
+              "a checkout's src/", file=sys.stderr)
+        return 2
 
-    runs = []
-    for _ in range(args.repeats):
-        cmd = [sys.executable, __file__, "--worker",
-               "--symbols", str(args.symbols), "--bars", str(args.bars)]
-        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        runs.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    secs = [r["seconds"] for r in runs]
-    rows = runs[0]["rows"]
-    rate = rows / statistics.median(secs)
-    peak = max(r["peak_gib"] for r in runs)
+    codes = {"this code": None} if args.baseline is None else {"baseline": args.baseline, "this code": None}
+    runs: dict[str, list[dict]] = {name: [] for name in codes}
+    load0 = os.getloadavg()[0]
+    for _ in range(args.repeats):  # interleaved, so both codes see the same load
+        for name, src in codes.items():
+            runs[name].append(_run(src, args))
+    load1 = os.getloadavg()[0]
+    med = statistics.median
+    print(f"{args.threads} thread(s); load average (1 min) {load0:.1f} before, {load1:.1f} after; "
+          f"median of {args.repeats} fresh processes each")
+    print()
+    print("| code | rows | features | rows/s wall (median) | median s | min s | max s | CPU s (median) "
+          "| user s | sys s | CPU rows/s | peak memory GiB | input-only GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rs in runs.items():
+        secs = [r["seconds"] for r in rs]
+        rows = rs[0]["rows"]
+        print(f"| {name} | {rows:,} | {rs[0]['features']} | {rows / med(secs):,.0f} | {med(secs):.2f} "
+              f"| {min(secs):.2f} | {max(secs):.2f} | {med(r['cpu'] for r in rs):.2f} "
+              f"| {med(r['user'] for r in rs):.2f} | {med(r['sys'] for r in rs):.2f} "
+              f"| {rows / med(r['cpu'] for r in rs):,.0f} | {max(r['peak_gib'] for r in rs):.2f} "
+              f"| {max(r['input_peak_gib'] for r in rs):.2f} |")
+    mine = runs["this code"]
+    rate = mine[0]["rows"] / med(r["seconds"] for r in mine)
+    peak = max(r["peak_gib"] for r in mine)
     ok = rate >= TARGET_ROWS_PER_S and peak <= TARGET_GIB
-    load = os.getloadavg()[0]
-    print("| rows | features | rows/s (median) | median s | min s | max s | CPU s (median) "
-          "| peak memory GiB | input-only GiB | load avg | target | met |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    print(f"| {rows:,} | {runs[0]['features']} | {rate:,.0f} | {statistics.median(secs):.2f} "
-          f"| {min(secs):.2f} | {max(secs):.2f} | {statistics.median(r['cpu'] for r in runs):.2f} "
-          f"| {peak:.2f} | {max(r['input_peak_gib'] for r in runs):.2f} | {load:.1f} "
-          f"| >= {TARGET_ROWS_PER_S:,} rows/s, <= {TARGET_GIB:.0f} GiB | {'yes' if ok else 'NO'} |")
+    print()
+    print(f"target (this code): >= {TARGET_ROWS_PER_S:,} rows/s wall, <= {TARGET_GIB:.0f} GiB: "
+          f"{'met' if ok else 'NOT met'}")
     return 0 if ok else 1
 
 

@@ -209,6 +209,48 @@ def test_threads_and_rank_paths_agree(daily_bars: pd.DataFrame, daily_features: 
         compute_features(daily_bars, FeatureConfig(), n_jobs=0)
 
 
+def test_rank_rows_pct_is_pandas_rank() -> None:
+    """The cross-sectional ranks' own kernel gives pandas' ``rank(axis=1, pct=True)`` bit for
+    bit: ties (average rank), NaN, all-NaN rows, -0.0 beside 0.0, inf, float32 and float64."""
+    rng = np.random.default_rng(3)
+    for trial in range(60):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 30)))
+        grid = (rng.integers(0, 5, shape).astype(np.float64) if trial % 2
+                else rng.normal(size=shape))
+        grid[rng.random(shape) < 0.3] = np.nan
+        if trial % 3 == 0:
+            grid[:, 0] = -0.0
+        if trial % 5 == 0:
+            grid[0] = np.nan
+        if trial % 7 == 0:
+            grid[-1, -1] = np.inf
+        if trial % 4 < 2:
+            grid = grid.astype(np.float32)
+        want = pd.DataFrame(grid).rank(axis=1, pct=True).to_numpy()
+        assert features._rank_rows_pct(grid).tobytes() == want.tobytes(), trial
+
+
+@pytest.mark.parametrize("by_column", [False, True])
+def test_out_masks_inf_and_warmup(by_column: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_Out turns inf and float32 overflow into NaN and masks each warm-up, whether add (long
+    panels) or finish (short ones) does the inf part; the whole frame is the same either way."""
+    monkeypatch.setattr(features, "_INF_BY_COLUMN", 0 if by_column else 10**9)
+    pos = np.tile(np.arange(5), 2)  # two symbols of 5 bars
+    out = features._Out(pos, warm=2, dtype="float32")
+    out.add("a", np.array([1.0, np.inf, 3.0, 1e39, -np.inf, 1.0, 2.0, 3.0, 4.0, 5.0]), 0)
+    out.add("b", np.arange(10.0), 2)
+    frame = out.frame(pd.RangeIndex(10))
+    nan = [np.nan] * 2
+    np.testing.assert_array_equal(frame["a"], np.array([1, np.nan, 3, np.nan, np.nan, 1, 2, 3, 4, 5], np.float32))
+    np.testing.assert_array_equal(frame["b"], np.array([*nan, 2, 3, 4, *nan, 7, 8, 9], np.float32))
+
+
+def test_inf_by_column_changes_nothing(daily_bars: pd.DataFrame, daily_features: pd.DataFrame,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features, "_INF_BY_COLUMN", 0)
+    pd.testing.assert_frame_equal(compute_features(daily_bars, FeatureConfig()), daily_features, check_exact=True)
+
+
 def test_single_symbol(daily_bars: pd.DataFrame) -> None:
     one = daily_bars[daily_bars["symbol"] == "S01"].reset_index(drop=True)
     feats = compute_features(one, FeatureConfig())
