@@ -101,14 +101,18 @@ def test_lightgbm_on_the_lazy_view_is_the_in_memory_model(tmp_path, task):
         assert np.array_equal(out["mem"][seg][1], out["lazy"][seg][1])
 
 
-def test_lightgbm_predicts_a_view_as_its_array(tmp_path):
+def test_lightgbm_predicts_a_view_as_its_array(tmp_path, monkeypatch):
     fpath, lpath, spath, _ = write_panel(tmp_path)
     ds = dataset.load(fpath, lpath, spath, lazy=True)
     X = np.asarray(ds.X)
     rows = ds.rows("train")
     model = models.create("lightgbm", {"n_estimators": 15, "num_threads": 1}, horizons=ds.horizons, seed=0)
     model.fit(XY(X[rows], ds.Y[rows]), XY(X[ds.rows("val")], ds.Y[ds.rows("val")]))
+    reads = []
+    read = ParquetRows.read
+    monkeypatch.setattr(ParquetRows, "read", lambda self, *a: reads.append(a) or read(self, *a))
     assert np.array_equal(model.predict(ds.X), model.predict(X))
+    assert len(reads) == -(-len(X) // 65536)  # each part read once, for every horizon
 
 
 def test_reads_in_parts_only_where_every_model_can():

@@ -374,6 +374,11 @@ class PerHorizonModel(Model):
 
     def _predict(self, X: Any) -> np.ndarray:
         X = self._matrix(X)
+        if isinstance(X, ParquetRows) and len(X):
+            # a lazy view: each part read once for every horizon (per horizon, the parts were
+            # read H times: most of a pooled fit's reading at scale); the same forecasts, as
+            # the estimators forecast row by row
+            return np.concatenate([self._predict(part) for part in X.batches()])
         return np.stack([self._predict_one(e, X) for e in self.estimators_], axis=1)
 
     def _save_state(self, directory: Path) -> dict[str, Any]:
