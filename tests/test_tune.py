@@ -2,8 +2,11 @@
 and two workers on one PostgreSQL study run it without duplicate trials."""
 from __future__ import annotations
 
+import argparse
+import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,12 @@ import optuna
 import pandas as pd
 import pytest
 
+from alphafactory import tune
 from alphafactory.config import from_dict
 from alphafactory.dataset import KEYS, drop_warmup
 from alphafactory.errors import ConfigError
 from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.raw_windows import with_bars
 from alphafactory.split import SplitConfig, assign_segments, make_folds
 from alphafactory.train import data_hash
 from alphafactory.tune import (
@@ -24,8 +29,11 @@ from alphafactory.tune import (
     create_study,
     development_data,
     distributions,
+    fold_hash,
     load_development_data,
+    needs_bars,
     optimize,
+    run_tuning,
     startup_points,
     trials_table,
 )
@@ -233,8 +241,6 @@ RAW = {"kind": "raw", "resolutions": [[1, 8], [5, 4]]}  # 20 bars of history
 def tune_lstm(paths, inputs, storage: str, n_trials: int = 2):
     """The tune stage's run_tuning for lstm (2 trials, both seeded startup points) with
     ``neural.inputs`` ``inputs``, the bars attached as the stage attaches them."""
-    from alphafactory.tune import needs_bars, run_tuning
-
     extra = {"neural": {"lookback": 8, "trainer": {"epochs": 2, "batch_size": 256, "patience": 2},
                         "inputs": inputs}}
     cfg = from_dict(TuneConfig, {"models": ["lstm"], "n_trials": n_trials, "startup_trials": 2, "pruner": "none",
@@ -251,13 +257,9 @@ def test_a_network_on_raw_windows_is_tuned_and_a_worker_joins_it(files, tmp_path
     completes, and the fold scores differ from the same trials on the features (same seeded
     points, other inputs). A tune-worker joins the study, reading the bars named in dvc.yaml; one
     whose dvc.yaml names no --bars is refused in one line."""
-    import argparse
-
-    from alphafactory import tune
-
     d, paths = files
-    assert tune.needs_bars(("lstm",), {"neural": {"inputs": RAW}})
-    assert not tune.needs_bars(("ridge",), {"neural": {"inputs": RAW}})  # only a network reads them
+    assert needs_bars(("lstm",), {"neural": {"inputs": RAW}})
+    assert not needs_bars(("ridge",), {"neural": {"inputs": RAW}})  # only a network reads them
     feats = tune_lstm(paths, None, "sqlite:///:memory:")[1]
     url = f"sqlite:///{tmp_path / 'study.db'}"
     summary, raw, _ = tune_lstm(paths, RAW, url)
@@ -285,19 +287,22 @@ def test_a_network_on_raw_windows_is_tuned_and_a_worker_joins_it(files, tmp_path
 def test_a_worker_with_other_bars_is_refused(files, tmp_path):
     """The study's data hash covers the bars a raw network reads: the same features with other
     bars are other data; a feature-only study's hash is what it was."""
-    from dataclasses import replace
-
-    from alphafactory.tune import fold_hash
-
     _, paths = files
-    ds, _ = load_development_data(paths["features"], paths["labels"], paths["segments"], paths["bars"])
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"], paths["bars"])
     plain, _ = load_development_data(paths["features"], paths["labels"], paths["segments"])
     assert fold_hash(plain) == data_hash(plain)  # feature-only studies keep their hash
     other = pd.read_parquet(paths["bars"]).assign(volume=lambda b: b["volume"] * 2)
-    from alphafactory.raw_windows import with_bars
-
     moved = with_bars(replace(plain, bars=None, bar_rows=None), other)
     assert len({fold_hash(ds), fold_hash(moved), fold_hash(plain)}) == 3
-    import pickle  # a cluster task carries the folds, bars included: the same hash over there
-
+    # a cluster task carries the folds, bars included: the same hash over there
     assert fold_hash(pickle.loads(pickle.dumps(ds))) == fold_hash(ds)
+    folds = Folds.build(ds, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
+    theirs = Folds.build(moved, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
+    spec = StudySpec(model="lstm", block={}, space={"hidden": "int 4 12"},
+                     extra={"lookback": 8, "trainer": {"epochs": 1}, "inputs": RAW},
+                     scorer={"metric": "ic", "horizon": None}, seed=0, task="regression", scope="pooled",
+                     val_frac=0.2, pruner="none", n_trials=1, startup_trials=1, tune_seed=7,
+                     data_hash=fold_hash(theirs.datasets[0][1]))
+    study = create_study(spec, "sqlite:///:memory:", "s", resume=False)
+    with pytest.raises(ConfigError, match="was created on other data"):
+        optimize(study, spec, folds)
