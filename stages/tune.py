@@ -13,7 +13,7 @@ from alphafactory.evaluation.cv import CVConfig, refit_inputs
 from alphafactory.evaluation.evaluate import EvaluateConfig
 from alphafactory.io import read_json, scratch_dir, write_json
 from alphafactory.train import TrainConfig
-from alphafactory.tune import TuneConfig, check_stage_params, load_development_data, run_tuning
+from alphafactory.tune import TuneConfig, check_stage_params, load_development_data, needs_bars, run_tuning
 
 
 def dvclive_callbacks(live_dir: str, lives: list):
@@ -46,8 +46,8 @@ def dvclive_callbacks(live_dir: str, lives: list):
 
 
 def main() -> None:
-    args, params = stage.parse(__doc__, "features", "labels", "segments", "folds", "info", "study-db", "out",
-                               "applied", "live")
+    args, params = stage.parse(__doc__, "features", "labels", "bars", "segments", "folds", "info", "study-db",
+                               "out", "applied", "live")
     cfg = section(params, "tune", TuneConfig)
     db = Path(args.study_db)
     if not cfg.resume and db.exists():
@@ -63,7 +63,9 @@ def main() -> None:
         train = section(params, "train", TrainConfig)
         ev = section(params, "evaluate", EvaluateConfig)
         blocks, extra = refit_inputs(params, train)
-        ds, labels = load_development_data(args.features, args.labels, args.segments)
+        # a network under neural.inputs raw/both: raw OHLCV windows of the prepared bars
+        bars = args.bars if needs_bars(cfg.models, extra) else None
+        ds, labels = load_development_data(args.features, args.labels, args.segments, bars)
         scorer = {"metric": cfg.metric, "horizon": cfg.horizon, "cost_bps": ev.cost_bps, "threshold": ev.threshold,
                   "min_symbols": ev.min_symbols_cs,
                   "periods_per_year": read_json(args.info)["frequency"]["periods_per_year"]}

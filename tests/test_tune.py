@@ -2,8 +2,11 @@
 and two workers on one PostgreSQL study run it without duplicate trials."""
 from __future__ import annotations
 
+import argparse
+import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,12 @@ import optuna
 import pandas as pd
 import pytest
 
+from alphafactory import tune
 from alphafactory.config import from_dict
 from alphafactory.dataset import KEYS, drop_warmup
 from alphafactory.errors import ConfigError
 from alphafactory.labels import LabelConfig, make_labels
+from alphafactory.raw_windows import with_bars
 from alphafactory.split import SplitConfig, assign_segments, make_folds
 from alphafactory.train import data_hash
 from alphafactory.tune import (
@@ -24,8 +29,11 @@ from alphafactory.tune import (
     create_study,
     development_data,
     distributions,
+    fold_hash,
     load_development_data,
+    needs_bars,
     optimize,
+    run_tuning,
     startup_points,
     trials_table,
 )
@@ -38,8 +46,8 @@ SPACE = {"alpha": "log 0.01 1000", "clip": "float 1 6"}
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """3 symbols x 400 bars written as the tune stage's inputs (features with one informative
-    column), plus a dvc.yaml whose tune stage names them, as a worker reads it."""
+    """3 symbols x 400 bars written as the tune stage's inputs (the bars, features with one
+    informative column), plus a dvc.yaml whose tune stage names them, as a worker reads it."""
     d = tmp_path_factory.mktemp("tune")
     bars = random_bars(n_symbols=3, n_bars=400, seed=3)
     labels = make_labels(bars, LabelConfig(horizons=HORIZONS))
@@ -48,7 +56,8 @@ def files(tmp_path_factory):
     y1 = labels["y_h1"].to_numpy()
     features = drop_warmup(labels[KEYS].assign(knows=y1 + rng.normal(0, 2 * np.nanstd(y1), len(y1)),
                                                noise=rng.normal(size=len(y1))), 5)
-    paths = {k: d / f"{k}.parquet" for k in ("features", "labels", "segments", "folds")}
+    paths = {k: d / f"{k}.parquet" for k in ("features", "labels", "bars", "segments", "folds")}
+    bars.to_parquet(paths["bars"])  # read only for a network under neural.inputs raw/both
     features.to_parquet(paths["features"])
     labels.to_parquet(paths["labels"])
     assign_segments(labels, HORIZONS, split).to_parquet(paths["segments"])
@@ -220,5 +229,80 @@ def test_a_tuned_model_without_its_block_in_the_stage_params_is_named(tmp_path):
     check_stage_params(from_dict(TuneConfig, {"models": ["lightgbm"], "spaces": {"lightgbm": {"num_leaves": "int 4 8"}}},
                                  "tune"), ROOT / "dvc.yaml")  # the documented example is listed
     cfg = from_dict(TuneConfig, {"models": ["lstm"], "spaces": {"lstm": {"hidden": "int 8 16"}}}, "tune")
-    with pytest.raises(ConfigError, match=r"'lstm' needs \['neural.lstm', 'train.lookback', 'neural.trainer'\]"):
+    with pytest.raises(ConfigError, match=r"'lstm' needs \['neural.lstm', 'train.lookback', 'neural.trainer', 'neural.inputs'\]"):
         check_stage_params(cfg, ROOT / "dvc.yaml")
+
+
+# -- networks on raw OHLCV windows (neural.inputs) -------------------------------------------
+
+RAW = {"kind": "raw", "resolutions": [[1, 8], [5, 4]]}  # 20 bars of history
+
+
+def tune_lstm(paths, inputs, storage: str, n_trials: int = 2):
+    """The tune stage's run_tuning for lstm (2 trials, both seeded startup points) with
+    ``neural.inputs`` ``inputs``, the bars attached as the stage attaches them."""
+    extra = {"neural": {"lookback": 8, "trainer": {"epochs": 2, "batch_size": 256, "patience": 2},
+                        "inputs": inputs}}
+    cfg = from_dict(TuneConfig, {"models": ["lstm"], "n_trials": n_trials, "startup_trials": 2, "pruner": "none",
+                                 "spaces": {"lstm": {"hidden": "int 4 12"}}}, "tune")
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"],
+                                       paths["bars"] if needs_bars(cfg.models, extra) else None)
+    return run_tuning(cfg, ds, labels, pd.read_parquet(paths["folds"]), blocks={}, extra=extra, train_seed=0,
+                      task="regression", scope="pooled", val_frac=0.2, scorer={"metric": "ic", "horizon": None},
+                      storage=storage, workdir=paths["bars"].parent / "work")
+
+
+def test_a_network_on_raw_windows_is_tuned_and_a_worker_joins_it(files, tmp_path):
+    """lstm under neural.inputs.kind raw: the stage attaches the prepared bars, every trial
+    completes, and the fold scores differ from the same trials on the features (same seeded
+    points, other inputs). A tune-worker joins the study, reading the bars named in dvc.yaml; one
+    whose dvc.yaml names no --bars is refused in one line."""
+    d, paths = files
+    assert needs_bars(("lstm",), {"neural": {"inputs": RAW}})
+    assert not needs_bars(("ridge",), {"neural": {"inputs": RAW}})  # only a network reads them
+    feats = tune_lstm(paths, None, "sqlite:///:memory:")[1]
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    summary, raw, _ = tune_lstm(paths, RAW, url)
+    assert summary["models"]["lstm"]["complete"] == 2 and raw["state"].eq("COMPLETE").all()
+    fold_cols = [c for c in raw if c.startswith("fold") and c[4:].isdigit()]
+    assert len(fold_cols) >= 2 and np.isfinite(raw[fold_cols].to_numpy()).all()
+    assert raw["p_hidden"].tolist() == feats["p_hidden"].tolist()  # the same seeded points ...
+    assert not np.allclose(raw[fold_cols].to_numpy(), feats[fold_cols].to_numpy())  # ... on other inputs
+
+    # a worker joins with one more trial to run (its data hash covers the bars)
+    study = optuna.load_study(study_name="alphafactory-lstm", storage=url)
+    spec = StudySpec(**{**study.user_attrs["spec"], "n_trials": 3})
+    study.set_user_attr("spec", spec.attrs())
+    args = argparse.Namespace(storage=url, study="alphafactory-lstm", worker=1, timeout=None,
+                              dvc_yaml=str(d / "dvc.yaml"))
+    assert tune.run(args) == 0
+    done = optuna.load_study(study_name="alphafactory-lstm", storage=url).get_trials()
+    assert sum(t.state.name == "COMPLETE" for t in done) == 3
+    no_bars = tmp_path / "dvc.yaml"
+    no_bars.write_text((d / "dvc.yaml").read_text().replace(f" --bars {paths['bars']}", ""))
+    with pytest.raises(ConfigError, match=r"reads raw OHLCV windows .* has no --bars; expected --bars"):
+        tune.run(argparse.Namespace(**{**vars(args), "dvc_yaml": str(no_bars)}))
+
+
+def test_a_worker_with_other_bars_is_refused(files, tmp_path):
+    """The study's data hash covers the bars a raw network reads: the same features with other
+    bars are other data; a feature-only study's hash is what it was."""
+    _, paths = files
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"], paths["bars"])
+    plain, _ = load_development_data(paths["features"], paths["labels"], paths["segments"])
+    assert fold_hash(plain) == data_hash(plain)  # feature-only studies keep their hash
+    other = pd.read_parquet(paths["bars"]).assign(volume=lambda b: b["volume"] * 2)
+    moved = with_bars(replace(plain, bars=None, bar_rows=None), other)
+    assert len({fold_hash(ds), fold_hash(moved), fold_hash(plain)}) == 3
+    # a cluster task carries the folds, bars included: the same hash over there
+    assert fold_hash(pickle.loads(pickle.dumps(ds))) == fold_hash(ds)
+    folds = Folds.build(ds, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
+    theirs = Folds.build(moved, labels, pd.read_parquet(paths["folds"]), 0.2, "pooled")
+    spec = StudySpec(model="lstm", block={}, space={"hidden": "int 4 12"},
+                     extra={"lookback": 8, "trainer": {"epochs": 1}, "inputs": RAW},
+                     scorer={"metric": "ic", "horizon": None}, seed=0, task="regression", scope="pooled",
+                     val_frac=0.2, pruner="none", n_trials=1, startup_trials=1, tune_seed=7,
+                     data_hash=fold_hash(theirs.datasets[0][1]))
+    study = create_study(spec, "sqlite:///:memory:", "s", resume=False)
+    with pytest.raises(ConfigError, match="was created on other data"):
+        optimize(study, spec, folds)

@@ -8,6 +8,9 @@ its fold scores; after each fold the running mean is reported, so the pruner (me
 successive halving) can stop a poor trial before its later, larger folds. The test segment never
 reaches the objective: :func:`development_data` drops its rows before anything is fitted, and the
 folds only hold rows of train + val anyway (tests/test_tune.py poisons the test rows to show it).
+A network under ``neural.inputs.kind`` raw or both also reads raw OHLCV windows of the prepared
+bars (:mod:`alphafactory.raw_windows`): the stage and every worker then attach them
+(:func:`needs_bars`, :func:`load_development_data`), as the cv stage does.
 
 Search spaces are declared per model in ``tune.spaces`` as one short string per hyperparameter::
 
@@ -42,7 +45,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from alphafactory import models
+from alphafactory import models, raw_windows
 from alphafactory.compute import FanOut
 from alphafactory.config import Interval, Unique, to_dict
 from alphafactory.dataset import KEYS, Dataset
@@ -50,7 +53,7 @@ from alphafactory.errors import ConfigError
 from alphafactory.evaluation import metrics
 from alphafactory.evaluation.cv import check_base_models, fold_dataset, label_ends
 from alphafactory.progress import progress
-from alphafactory.train import data_hash, fit_models
+from alphafactory.train import data_hash, fit_models, wants_bars
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial from optimize's callback instead
@@ -182,6 +185,27 @@ class Scorer:
                                             threshold=self.threshold)["sharpe"]
             scores.append(float(v) if v is not None and np.isfinite(v) else 0.0)  # undefined (constant forecast): no skill
         return float(np.mean(scores))
+
+
+def fold_hash(ds: Dataset) -> str:
+    """What a study records of the data it scores on: :func:`~alphafactory.train.data_hash` of
+    ``ds``, and with the prepared bars attached (raw OHLCV windows) also the bars' OHLCV and
+    each row's bar, so a worker with other bars is refused like one with other features."""
+    h = data_hash(ds)
+    if ds.bars is None:
+        return h
+    import hashlib
+
+    d = hashlib.sha256(h.encode())
+    for a in (*(getattr(ds.bars, f) for f in raw_windows.FIELDS), ds.bars.pos, ds.bar_rows):
+        d.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    return d.hexdigest()[:16]
+
+
+def needs_bars(names: tuple[str, ...] | list[str], extra: dict[str, dict[str, Any] | None]) -> bool:
+    """Whether any of the models ``names`` reads raw OHLCV windows: a network whose family's
+    constructor arguments (``extra``, per family) have ``neural.inputs.kind`` raw or both."""
+    return wants_bars(*(extra.get(models.get(n).family) for n in names))
 
 
 @dataclass
@@ -358,7 +382,7 @@ def optimize(study: optuna.Study, spec: StudySpec, folds: Folds, *, timeout: flo
     """Run trials of ``study`` until it holds ``spec.n_trials`` finished (complete or pruned)
     trials over all workers, or ``timeout`` seconds. Trial models are fitted in ``workdir`` (or
     a temporary directory) and deleted after each trial."""
-    if folds.datasets and data_hash(folds.datasets[0][1]) != spec.data_hash:
+    if folds.datasets and fold_hash(folds.datasets[0][1]) != spec.data_hash:
         raise ConfigError(f"tune: study {study.study_name!r} was created on other data (hash {spec.data_hash}); "
                           "expected this worker's data/features, labels and split to match the stage's (dvc pull)")
     left = spec.n_trials - counted(study)
@@ -472,7 +496,8 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
                ) -> tuple[dict[str, Any], pd.DataFrame, dict[str, dict[str, Any]]]:
     """Tune every model of ``cfg.models`` in turn (one study each, ``<cfg.study>-<model>``).
 
-    ds: the development data (:func:`development_data`); folds_table: the split stage's folds;
+    ds: the development data (:func:`development_data`; with the prepared bars attached when a
+    tuned network reads raw windows, :func:`needs_bars`); folds_table: the split stage's folds;
     blocks, extra: the hand-set params block per model and constructor arguments per family (as
     the cv stage reads them); scorer: :class:`Scorer` fields; callbacks(model): extra Optuna
     callbacks (dvclive); fan: under a cluster, the trials run on its workers
@@ -482,7 +507,7 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
     from alphafactory.models import create
 
     folds = Folds.build(ds, labels, folds_table, val_frac, scope)
-    h = data_hash(folds.datasets[0][1])
+    h = fold_hash(folds.datasets[0][1])
     per_model, tables, applied = {}, [], {}
     for name in cfg.models:
         family = models.get(name).family
@@ -528,13 +553,18 @@ def run_tuning(cfg: TuneConfig, ds: Dataset, labels: pd.DataFrame, folds_table: 
 
 # -- `alphafactory tune-worker`: join a study from any machine with the repo and its data -------
 
-def load_development_data(features: str, labels: str, segments: str) -> tuple[Dataset, pd.DataFrame]:
-    """The tune stage's inputs read as it reads them: (development rows of the panel, labels)."""
+def load_development_data(features: str, labels: str, segments: str,
+                          bars: str | None = None) -> tuple[Dataset, pd.DataFrame]:
+    """The tune stage's inputs read as it reads them: (development rows of the panel, labels).
+    ``bars``: the prepared bars, attached (:func:`alphafactory.raw_windows.with_bars`) for the
+    networks that read raw OHLCV windows; None: not read."""
     from alphafactory import dataset
 
     lab = pd.read_parquet(labels)
     unassigned = lab[KEYS].assign(segment="purged")  # the folds assign train/val/test
     ds = dataset.join_file(features, lab, unassigned, dataset.horizons_of(lab))
+    if bars is not None:  # before the test rows go: a window's history may reach back anywhere
+        ds = raw_windows.with_bars(ds, pd.read_parquet(bars))
     return development_data(ds, pd.read_parquet(segments)), lab
 
 
@@ -551,8 +581,8 @@ def stage_paths(dvc_yaml: str | Path = "dvc.yaml") -> dict[str, str]:
 
 
 def check_stage_params(cfg: TuneConfig, dvc_yaml: str | Path = "dvc.yaml") -> None:
-    """Every tuned model's params block (and, for a network, ``train.lookback`` and
-    ``neural.trainer``) must be a params dependency of the tune stage in ``dvc_yaml``, so that
+    """Every tuned model's params block (and, for a network, ``train.lookback``,
+    ``neural.trainer`` and ``neural.inputs``) must be a params dependency of the tune stage in ``dvc_yaml``, so that
     changing it reruns the search; a missing one is a ConfigError naming the key to add."""
     import yaml
 
@@ -561,7 +591,8 @@ def check_stage_params(cfg: TuneConfig, dvc_yaml: str | Path = "dvc.yaml") -> No
         listed |= set(p) if isinstance(p, dict) else {p}
     for name in cfg.models:
         family = models.get(name).family
-        needed = [f"{family}.{name}"] + (["train.lookback", "neural.trainer"] if family == "neural" else [])
+        needed = [f"{family}.{name}"] + (["train.lookback", "neural.trainer", "neural.inputs"]
+                                         if family == "neural" else [])
         missing = [k for k in needed if k not in listed and k.split(".")[0] not in listed]
         if missing:
             raise ConfigError(f"tune.models: {name!r} needs {missing} among the tune stage's params in {dvc_yaml}, "
@@ -583,11 +614,17 @@ def run(args: Any) -> int:
         raise ConfigError(f"tune-worker --worker: got {args.worker}, expected >= 1 (0 is the tune stage)")
     study, spec = load_study(args.storage, args.study, args.worker)
     paths = stage_paths(args.dvc_yaml)
-    missing = [paths[k] for k in ("features", "labels", "segments", "folds") if not Path(paths[k]).exists()]
+    raw = wants_bars(spec.extra)  # the study's networks read raw OHLCV windows: the bars too
+    inputs = ("features", "labels", "segments", "folds") + (("bars",) if raw else ())
+    if raw and "bars" not in paths:
+        raise ConfigError(f"tune-worker: study {args.study!r} reads raw OHLCV windows (neural.inputs), but the tune "
+                          f"stage's command in {args.dvc_yaml} has no --bars; expected --bars data/prepared/bars.parquet")
+    missing = [paths[k] for k in inputs if not Path(paths[k]).exists()]
     if missing:
         raise ConfigError(f"tune-worker: missing {missing}; expected the tune stage's inputs "
                           "(dvc pull, or dvc repro split featurize)")
-    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"])
+    ds, labels = load_development_data(paths["features"], paths["labels"], paths["segments"],
+                                       paths["bars"] if raw else None)
     folds = Folds.build(ds, labels, pd.read_parquet(paths["folds"]), spec.val_frac, spec.scope)
     optimize(study, spec, folds, timeout=args.timeout)
     st = summary(study, spec, importance=False)

@@ -14,6 +14,13 @@
   no longer belongs to its row. To stay fast, only a capped, evenly spaced set of test rows is
   scored and only a subset of features is shuffled: the top features by SHAP share, or groups of
   features that share a name prefix (``vol_*``, ``rsi_*``).
+* A network that reads raw OHLCV windows (``neural.inputs.kind`` raw or both,
+  :mod:`alphafactory.raw_windows`) is given them, built from the prepared bars as in training,
+  and gets one more group per resolution ``[k, n]``: ``raw_<k>x<n>``, its 5 channels (open, high,
+  low, close, volume) shuffled together across rows by the same code and permutations as a
+  feature group, after the feature groups (none under ``raw``: it reads no feature column). Its
+  rows of ``permutation.csv`` have ``kind`` ``raw``. Tree SHAP covers tree models only, which
+  never read raw windows, so a raw network has permutation importance alone, like every network.
 
 Only test rows are used: nothing here feeds back into training or model selection.
 """
@@ -32,6 +39,7 @@ from alphafactory import models, raw_windows
 from alphafactory.compute import FanOut, single_threaded_blas
 from alphafactory.config import Interval
 from alphafactory.dataset import Dataset
+from alphafactory.errors import ConfigError
 from alphafactory.models.base import Model, float_matrix
 from alphafactory.progress import progress
 
@@ -272,7 +280,8 @@ def permutation_importance(model: Model, X: np.ndarray, Y: np.ndarray, groups: d
 class ExplainResult:
     shap: pd.DataFrame  # model, horizon, feature, mean_abs_shap, share
     top: pd.DataFrame  # rank, feature, importance
-    permutation: pd.DataFrame  # model, horizon, feature, kind, base_ic, ic_drop, ic_drop_std, mse_rise, n_rows
+    # model, horizon, feature, kind (feature | group | raw), base_ic, ic_drop, ic_drop_std, mse_rise, n_rows
+    permutation: pd.DataFrame
     models: pd.DataFrame  # model, family, input_kind, method, n_rows
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -299,14 +308,29 @@ def model_dirs(parents: list[str | Path]) -> list[Path]:
 
 
 def _inputs(model: Model, ds: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(X, rows kept): (n, F) for tabular models, (n, L, F) windows for sequence models."""
+    """(X, rows kept): (n, F) for tabular models, (n, L, F) windows for sequence models, with
+    their raw OHLCV channels (n, L, F + 5R) or alone (n, L, 5R) under ``neural.inputs`` (only the
+    rows with the history those read are kept, as in training)."""
     if model.input_kind != "sequence":
         return ds.X[rows], rows
     lookback = getattr(model, "lookback", None) or (getattr(model, "meta_", {}) or {}).get("lookback")
     if not lookback:
         raise ValueError(f"sequence model {model.name!r} records no lookback in its manifest")
-    rows = ds.window_ends(rows, int(lookback))
-    return np.asarray(ds.windows(rows, int(lookback))), rows
+    inputs = raw_windows.of_model(model)
+    rows = raw_windows.history_rows(ds, ds.window_ends(rows, int(lookback)), inputs)
+    return np.asarray(raw_windows.dataset_windows(ds, rows, int(lookback), inputs)), rows
+
+
+def raw_groups(inputs: raw_windows.InputsConfig, n_features: int) -> dict[str, list[int]]:
+    """The raw-window groups of a network reading ``inputs``: ``raw_<k>x<n>`` -> the input
+    channels of that resolution (its 5 OHLCV channels, after the ``n_features`` feature channels
+    under ``both``, from 0 under ``raw``); empty without raw inputs."""
+    if not inputs.raw:
+        return {}
+    first = n_features if inputs.features else 0
+    width = len(raw_windows.FIELDS)
+    return {f"raw_{k}x{n}": list(range(first + width * r, first + width * (r + 1)))
+            for r, (k, n) in enumerate(inputs.resolutions)}
 
 
 def _trained_columns(loaded: list[tuple[Model, Path]], ds: Dataset) -> Dataset:
@@ -333,9 +357,12 @@ def _check_features(model: Model, path: Path, ds: Dataset) -> None:
                          "expected the same columns in the same order: rerun the training stages")
 
 
-def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOut | None = None) -> ExplainResult:
+def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOut | None = None,
+                   bars: pd.DataFrame | None = None) -> ExplainResult:
     """Tree SHAP for tree models, then permutation importance for every other model in ``dirs``
-    (each feature group's shuffles one piece of work for ``fan``, see :func:`permutation_importance`)."""
+    (each feature group's shuffles one piece of work for ``fan``, see :func:`permutation_importance`).
+    ``bars``: the prepared bars ``ds`` was built from, attached when a network reads raw OHLCV
+    windows (its raw groups are then shuffled too); such a network without them is a ConfigError."""
     test = ds.rows("test")
     if len(test) == 0:
         raise ValueError("no test rows in the dataset; expected the split stage to assign some")
@@ -345,11 +372,13 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOu
         if model.symbols is not None:  # one model per symbol: no one model's features to rank
             log.info("explain: %s: per-symbol models (train.scope: per_symbol) are not explained", model.name)
             continue
-        if raw_windows.of_model(model).raw:  # its inputs are not only the feature columns explain shuffles
-            log.info("explain: %s: reads raw OHLCV windows (neural.inputs.kind %s): not explained", model.name,
-                     model.inputs.kind)
-            continue
         loaded.append((model, path))
+    raw = [m.name for m, _ in loaded if raw_windows.of_model(m).raw]
+    if raw and bars is None:
+        raise ConfigError(f"explain: {raw} read raw OHLCV windows (neural.inputs); expected the prepared bars "
+                          "they were trained on (explain_models bars=, the stage's --bars)")
+    if raw:
+        ds = raw_windows.with_bars(ds, bars)
     ds = _trained_columns(loaded, ds)
     for model, path in loaded:
         _check_features(model, path, ds)
@@ -379,12 +408,26 @@ def explain_models(dirs: list[Path], ds: Dataset, cfg: ExplainConfig, fan: FanOu
     for model in progress([m for m in loaded if not supports_shap(m)], desc="explain: permutation",
                           unit="model"):
         t0 = time.perf_counter()
+        inputs = raw_windows.of_model(model)
+        extra = raw_groups(inputs, len(ds.feature_names))
+        # after the feature groups, so those get the permutations a feature-only model gets
+        own = {**(groups if inputs.features else {}), **extra}
+        if len(own) < len(extra) + (len(groups) if inputs.features else 0):
+            raise ValueError(f"explain: a feature group of {model.name} is named like a raw group "
+                             f"{sorted(set(groups) & set(extra))}; expected distinct names")
+        if extra:
+            log.info("explain: %s reads raw OHLCV windows (neural.inputs.kind %s): its %d raw groups %s shuffled "
+                     "like feature groups; no SHAP for it (tree SHAP covers tree models only)", model.name,
+                     inputs.kind, len(extra), list(extra))
         X, rows = _inputs(model, ds, perm_rows)
-        table = permutation_importance(model, X, ds.Y[rows], groups, cfg.perm_seeds, cfg.seed, fan=fan)
-        perm_frames.append(table.assign(model=model.name, kind=kind, n_rows=len(rows)))
+        table = permutation_importance(model, X, ds.Y[rows], own, cfg.perm_seeds, cfg.seed, fan=fan)
+        kinds = np.where(table["feature"].isin(list(extra)), "raw", kind)
+        perm_frames.append(table.assign(model=model.name, kind=kinds, n_rows=len(rows)))
         info.append((model, "permutation", len(rows)))
-        log.info("explain: %s: permutation importance of %d %ss x %d seeds on %d test rows in %.1f s",
-                 model.name, len(groups), kind, cfg.perm_seeds, len(rows), time.perf_counter() - t0)
+        log.info("explain: %s: permutation importance of %d groups (%s) x %d seeds on %d test rows in %.1f s",
+                 model.name, len(own), ", ".join(f"{(kinds == k).sum() // len(model.horizons)} {k}"
+                                                 for k in dict.fromkeys(kinds)),
+                 cfg.perm_seeds, len(rows), time.perf_counter() - t0)
     cols = ["model", "horizon", "feature", "kind", "base_ic", "ic_drop", "ic_drop_std", "mse_rise", "n_rows"]
     permutation = pd.concat(perm_frames, ignore_index=True)[cols] if perm_frames else pd.DataFrame(columns=cols)
     table = pd.DataFrame([(m.name, m.family, m.input_kind, how, n) for m, how, n in info],
