@@ -157,7 +157,7 @@ def scaled(bars: pd.DataFrame, symbol: str, price: float, volume: float) -> pd.D
 # volume's unit, below float32 resolution for volumes >> 1 (shares, contracts) and material only
 # for volumes of order 1 (volumes in millions, lots). Those columns, and the ranks of them:
 LOG1P_VOLUME = ("logvolume_chg_", "volume_z_", "volume_ret_corr_", "volume_trend_", "corr_", "cord_",
-                "cs_rank_volume_z_", "cs_demean_volume_z_", "sess_volume_rel")
+                "cs_rank_volume_z_", "cs_demean_volume_z_", "sess_volume_rel", "vsurprise_")
 
 
 @pytest.mark.parametrize("daily", [True, False])
@@ -227,3 +227,34 @@ def test_serving_needs_the_cross_section(caplog: pytest.LogCaptureFixture) -> No
     assert "S02" in caplog.text and "cs_normalize" in caplog.text
     plain = SimpleNamespace(symbols=bundle.symbols, models={}, features=FeatureConfig(groups=("returns",)))
     _check_panel(bars[bars["symbol"] == "S00"], plain)  # without cs_normalize one symbol is fine
+
+
+def test_volume_surprise_is_the_residual_of_a_trailing_fit(bars):
+    """vsurprise_w against a per-window least-squares fit written from the formula (numpy
+    lstsq of log(1+v) on 1, |r|/sigma and log sigma, sigma the std of the w returns before
+    each bar of the window); windows under 10 bars get no column."""
+    cfg = FeatureConfig(groups=("volume_surprise",), windows=(5, 12))
+    f = compute_features(bars, cfg)
+    assert [c for c in feature_cols(f)] == ["vsurprise_12"]
+    w = 12
+    checked = 0
+    for sym, b in bars.groupby("symbol", sort=True):
+        lv = np.log1p(b["volume"].to_numpy(np.float64))
+        r = np.r_[np.nan, np.diff(np.log(b["close"].to_numpy(np.float64)))]
+        ref = np.full(len(b), np.nan)
+        for t in range(2 * w, len(b)):
+            rows = range(t - w + 1, t + 1)
+            sig = np.array([np.std(r[u - w:u], ddof=1) for u in rows])
+            X = np.column_stack([np.ones(w), np.abs(r[list(rows)]) / sig, np.log(sig)])
+            y = lv[list(rows)]
+            beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+            e = y - X @ beta
+            ref[t] = e[-1] / np.sqrt((e ** 2).mean()) if (e ** 2).mean() > 1e-12 * y.var() else 0.0
+        got = f.loc[f["symbol"] == sym, "vsurprise_12"].to_numpy(np.float64)
+        assert np.isnan(got[:2 * w]).all()
+        np.testing.assert_allclose(got[2 * w:], ref[2 * w:], rtol=2e-5, atol=2e-5)
+        checked += len(b) - 2 * w
+    assert checked > 100
+    # it is not the volume z-score: the fit takes out what volatility and |return| explain
+    z = compute_features(bars, FeatureConfig(groups=("volume",), windows=(12,)))["volume_z_12"]
+    assert abs(np.corrcoef(f["vsurprise_12"].dropna(), z[f["vsurprise_12"].notna()])[0, 1]) < 0.999

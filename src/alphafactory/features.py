@@ -63,6 +63,9 @@ FEATURE_GROUPS: tuple[str, ...] = (
     "price_volume",
     "up_down",
     "volume_ops",
+    # abnormal volume: the part of log volume that its own recent level, volatility and the
+    # bar's |return| do not explain (not default either)
+    "volume_surprise",
 )
 # The default ``features.groups``: every group but the Alpha158-class ones.
 DEFAULT_GROUPS: tuple[str, ...] = FEATURE_GROUPS[: FEATURE_GROUPS.index("cross_sectional") + 1]
@@ -1096,7 +1099,7 @@ def _alpha_warmups(cfg: FeatureConfig) -> dict[str, int]:
     """First bar index of every feature of the Alpha158-class groups (see ``_group_warmups``)."""
     w_max = max(cfg.windows)
     return {"kbar": 0, "price_ratio": 1, "rolling_ops": w_max, "price_volume": w_max,
-            "up_down": w_max, "volume_ops": w_max}
+            "up_down": w_max, "volume_ops": w_max, "volume_surprise": 2 * max(_surprise_windows(cfg), default=0)}
 
 
 def _roll_quantile(p: _Panel, x: np.ndarray, w: int, q: float) -> np.ndarray:
@@ -1254,7 +1257,41 @@ def _volume_ops(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
         out.add(f"vsumd_{w}", vsump - vsumn, w)
 
 
+_SURPRISE_MIN_WINDOW = 10  # a 2-regressor fit needs a few more bars than parameters
+
+
+def _surprise_windows(cfg: FeatureConfig) -> list[int]:
+    return sorted(w for w in cfg.windows if w >= _SURPRISE_MIN_WINDOW)
+
+
+def _volume_surprise(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
+    """``vsurprise_w``: the residual of this bar's log volume in a trailing w-bar least-squares
+    fit of ``log(1 + v)`` on ``|r_t| / sigma`` and ``log sigma`` (``sigma``: the std of the w
+    1-bar log returns before this bar), over the fit's residual std. Volume rises with
+    volatility and with the size of the bar's move; what is left is the unusual volume (news,
+    flows) that a z-score of volume mixes with both. Causal (the window ends at this bar); 0
+    where the fit is degenerate; windows of at least 10 bars."""
+    lv = np.log1p(p.v)
+    for w in _surprise_windows(cfg):
+        sigma = p.lag(p.roll(p.r, w, "std", "r"), 1)
+        x1 = _div(np.abs(p.r), sigma, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x2 = np.where(sigma > 0, np.log(sigma), np.nan)
+        m = {k: p.roll(v, w, "mean") for k, v in
+             (("y", lv), ("1", x1), ("2", x2), ("11", x1 * x1), ("22", x2 * x2), ("12", x1 * x2),
+              ("1y", x1 * lv), ("2y", x2 * lv), ("yy", lv * lv))}
+        c11, c22, c12 = m["11"] - m["1"] ** 2, m["22"] - m["2"] ** 2, m["12"] - m["1"] * m["2"]
+        c1y, c2y, cyy = m["1y"] - m["1"] * m["y"], m["2y"] - m["2"] * m["y"], m["yy"] - m["y"] ** 2
+        det = c11 * c22 - c12 * c12
+        b1, b2 = _div(c22 * c1y - c12 * c2y, det, 0.0), _div(c11 * c2y - c12 * c1y, det, 0.0)
+        resid = (lv - m["y"]) - b1 * (x1 - m["1"]) - b2 * (x2 - m["2"])
+        var = cyy - b1 * c1y - b2 * c2y  # the fit's residual variance (population)
+        scale = np.sqrt(np.where(var > 1e-12 * np.maximum(cyy, 1e-300), var, 0.0))
+        out.add(f"vsurprise_{w}", _div(resid, scale, 0.0), 2 * w)
+
+
 _GROUP_FUNCS.update({
+    "volume_surprise": _volume_surprise,
     "kbar": _kbar,
     "price_ratio": _price_ratio,
     "rolling_ops": _rolling_ops,
