@@ -63,6 +63,24 @@ def test_lazy_view_reads_the_rows_asked_for(tmp_path):
     assert np.array_equal(view.select(["f3", "f1"]).read(0, 10), full[rows[:10]][:, [3, 1]], equal_nan=True)
 
 
+def test_a_pass_over_a_view_reads_each_row_group_once(tmp_path):
+    """Consecutive reads share the row group at their boundary; the last one read is kept, so a
+    pass in parts of any size reads each group of the view's rows once (not about twice)."""
+    fpath, _, _, feats = write_panel(tmp_path)
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(fpath).metadata
+    starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    cols = [c for c in feats.columns if c not in KEYS]
+    rows = np.flatnonzero(np.arange(len(feats)) % 700 < 400)  # a train segment: each symbol's first rows
+    touched = len(np.unique(np.searchsorted(starts, rows, side="right")))  # groups holding a view row
+    assert touched > 6
+    for size in (333, 500, 777):
+        view = ParquetRows(fpath, cols, rows, np.float32)
+        assert np.array_equal(np.concatenate(list(view.batches(size))), feats[cols].to_numpy()[rows], equal_nan=True)
+        assert view.group_reads == touched
+
+
 def test_lazy_load_is_the_in_memory_dataset(tmp_path):
     fpath, lpath, spath, _ = write_panel(tmp_path)
     mem, lazy = dataset.load(fpath, lpath, spath), dataset.load(fpath, lpath, spath, lazy=True)
@@ -99,6 +117,26 @@ def test_lightgbm_on_the_lazy_view_is_the_in_memory_model(tmp_path, task):
     for seg in ("val", "test"):
         assert np.array_equal(out["mem"][seg][0], out["lazy"][seg][0])
         assert np.array_equal(out["mem"][seg][1], out["lazy"][seg][1])
+        if task == "classification":
+            assert np.array_equal(out["mem"][seg][2], out["lazy"][seg][2])
+
+
+def test_lazy_features_forecast_val_and_test_in_one_pass(tmp_path, monkeypatch):
+    """On the lazy view val and test are forecast together (one pass over the file), and each
+    segment gets its own rows' forecasts, as from the arrays in memory."""
+    fpath, lpath, spath, _ = write_panel(tmp_path)
+    calls = []
+    forecast = train._forecast
+    monkeypatch.setattr(train, "_forecast", lambda model, X: calls.append(len(X)) or forecast(model, X))
+    block = {"n_estimators": 20, "num_threads": 1}
+    lazy = dataset.load(fpath, lpath, spath, lazy=True)
+    _, got = train.fit_forecast(lazy, "lightgbm", block, seed=1)
+    assert calls == [len(lazy.rows("val")) + len(lazy.rows("test"))]
+    _, want = train.fit_forecast(dataset.load(fpath, lpath, spath), "lightgbm", block, seed=1)
+    assert calls[1:] == [len(lazy.rows("val")), len(lazy.rows("test"))]
+    for seg in ("val", "test"):
+        assert np.array_equal(got[seg][0], want[seg][0]) and np.array_equal(got[seg][1], want[seg][1])
+        assert got[seg][2] is None and got[seg][3] is None
 
 
 def test_lightgbm_predicts_a_view_as_its_array(tmp_path, monkeypatch):

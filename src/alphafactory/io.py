@@ -350,6 +350,8 @@ class ParquetRows:
             _groups = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
         self._groups = _groups  # (G + 1,) first file row of each row group, then the row count
         self._cache: tuple[int, int, Any] | None = None  # (start, stop, values) of the last read
+        self._last: tuple[int, Any] | None = None  # (row group, its Arrow table) of the last read
+        self.group_reads = 0  # row groups read from the file so far (tests, benchmarks)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -369,7 +371,7 @@ class ParquetRows:
     def read(self, start: int = 0, stop: int | None = None) -> Any:
         """Values of view rows ``start:stop``: (stop - start, F) C-ordered ``dtype``."""
         import numpy as np
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
         want = self.rows[start:stop]
         out = np.empty((len(want), len(self.columns)), self.dtype)
@@ -378,13 +380,27 @@ class ParquetRows:
         lo, hi = int(want.min()), int(want.max())
         first = int(np.searchsorted(self._groups, lo, side="right")) - 1
         last = int(np.searchsorted(self._groups, hi, side="right")) - 1
-        table = pq.ParquetFile(self.path).read_row_groups(list(range(first, last + 1)), columns=self.columns)
+        parts = [self._group(g) for g in range(first, last + 1)]
+        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         local = want - self._groups[first]
         contiguous = bool(len(want) == table.num_rows and (np.diff(local) == 1).all() and local[0] == 0)
         for j, name in enumerate(self.columns):
             col = table.column(name).to_numpy()
             out[:, j] = col if contiguous else col[local]
         return out
+
+    def _group(self, g: int) -> Any:
+        """Row group ``g``'s columns (an Arrow table). The last group read is kept: consecutive
+        reads of a view (LightGBM's batches, :meth:`batches`) share the group at their boundary,
+        which was read twice, so a pass over the view read about twice the file."""
+        import pyarrow.parquet as pq
+
+        if self._last is not None and self._last[0] == g:
+            return self._last[1]
+        table = pq.ParquetFile(self.path).read_row_group(g, columns=self.columns)
+        self._last = (g, table)
+        self.group_reads += 1
+        return table
 
     def batches(self, size: int = 65536) -> Iterator[Any]:
         """Consecutive (<= size, F) blocks of the view's values, in row order."""

@@ -257,18 +257,37 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
         raise ConfigError(f"{name}: {len(train.Y)} train and {len(val.Y)} val rows; need both "
                           "(per_symbol needs every symbol to span the train and val periods)")
     model.fit(train, val)
+    if isinstance(ds.X, ParquetRows) and spec.input_kind != "sequence":
+        # features on disk: val and test forecast in one pass over the file (their rows
+        # interleave symbol by symbol, so a pass per segment read every row group twice); the
+        # same forecasts, as the models forecast row by row
+        seg_rows = [segment_data(ds, seg, spec.input_kind, lookback, inputs=inputs)[0] for seg in PRED_SEGMENTS]
+        both = np.concatenate(seg_rows)
+        order = np.argsort(both, kind="stable")
+        parts = []  # forecasts, probabilities, std of the rows of ``both``, in its order
+        for a in _forecast(model, ds.X[both[order]]):
+            if a is not None:
+                a[order] = a.copy()
+            parts.append(a)
+        bounds = np.cumsum([0] + [len(r) for r in seg_rows])
+        return model, {seg: (r, *(a[bounds[i]:bounds[i + 1]] if a is not None else None for a in parts))
+                       for i, (seg, r) in enumerate(zip(PRED_SEGMENTS, seg_rows, strict=True))}
     forecasts = {}
     for seg in PRED_SEGMENTS:
         rows, data = segment_data(ds, seg, spec.input_kind, lookback, inputs=inputs)
-        if model.classifier:
-            proba = model.predict_proba(data.X)
-            forecasts[seg] = (rows, model.expected_return(proba), proba, None)
-        elif model.distribution:  # its own predictive distribution: the mean is the forecast
-            mean, std = model.predict_dist(data.X)
-            forecasts[seg] = (rows, mean, None, std)
-        else:
-            forecasts[seg] = (rows, model.predict(data.X), None, None)
+        forecasts[seg] = (rows, *_forecast(model, data.X))
     return model, forecasts
+
+
+def _forecast(model: Model, X: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(forecasts (n, H), class probabilities (n, H, 3) or None, own std (n, H) or None) of X."""
+    if model.classifier:
+        proba = model.predict_proba(X)
+        return model.expected_return(proba), proba, None
+    if model.distribution:  # its own predictive distribution: the mean is the forecast
+        mean, std = model.predict_dist(X)
+        return mean, None, std
+    return model.predict(X), None, None
 
 
 def _fit_symbol(job: tuple[Dataset, str, str, dict[str, Any] | None, int, dict[str, Any] | None, str,

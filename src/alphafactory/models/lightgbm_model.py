@@ -186,8 +186,6 @@ class LightGBMModel(PerHorizonModel):
                              stop_metric=p.early_stopping_metric)
 
     def _predict_one(self, est, X):
-        if isinstance(X, ParquetRows):  # a part at a time: each row's forecast is the same
-            return np.concatenate([self._predict_one(est, part) for part in X.batches()])
         # num_threads always passed: LightGBM sets it as the calling thread's OpenMP default
         return est.predict(X, num_iteration=est.best_iteration or None,
                            num_threads=predict_threads(len(X), self.params.num_threads))
