@@ -160,3 +160,25 @@ def test_trailing_vol_is_pandas_groupby_rolling_std_bit_for_bit():
         ref = (pd.Series(r1).groupby(codes).rolling(w, min_periods=w).std()
                .reset_index(level=0, drop=True).sort_index().to_numpy())
         np.testing.assert_array_equal(_trailing_vol(logc, codes, w), ref)
+
+
+def test_labels_take_the_c_library_log_the_same_bits_on_every_cpu(bars):
+    """The log of the close is libm's, value by value (numpy's dispatches per CPU: its AVX-512
+    kernel differs in the last bit of about one value in 2,400, which changed the labels' bytes,
+    and dvc.lock, with the machine); the forward returns are differences of those logs."""
+    import math
+
+    from alphafactory.labels import log_close, trailing_vol
+
+    b = bars.copy()
+    b.loc[b.index[:3], "close"] = [1e-300, 1.0, 7e12]  # tiny, exactly 1, large
+    logc = log_close(b)
+    assert logc.dtype == np.float64
+    assert (logc.view(np.int64) == np.array([math.log(x) for x in b["close"]]).view(np.int64)).all()
+    lab = make_labels(b, LabelConfig(horizons=(1,)))
+    codes = pd.factorize(b["symbol"])[0]
+    same = np.r_[codes[1:] == codes[:-1], False]  # the next bar is the same symbol's
+    ret = lab["ret_h1"].to_numpy()
+    assert np.array_equal(ret[same], (np.r_[logc[1:], np.nan] - logc)[same]) and np.isnan(ret[~same]).all()
+    assert np.array_equal(trailing_vol(b, LabelConfig()), lab["vol"].to_numpy(), equal_nan=True)
+    assert len(log_close(b.iloc[:0])) == 0

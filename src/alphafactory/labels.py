@@ -23,6 +23,7 @@ rank IC, the direction and the trading books against the raw return all the same
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -118,8 +119,17 @@ def _trailing_vol(logc: np.ndarray, codes: np.ndarray, window: int) -> np.ndarra
 
 def trailing_vol(bars: pd.DataFrame, cfg: LabelConfig) -> np.ndarray:
     """``make_labels(bars, cfg)["vol"]``, without the labels (what a forecast's yhat_std reads)."""
-    return _trailing_vol(np.log(bars["close"].to_numpy(np.float64)), pd.factorize(bars["symbol"])[0],
-                         cfg.vol_window)
+    return _trailing_vol(log_close(bars), pd.factorize(bars["symbol"])[0], cfg.vol_window)
+
+
+def log_close(bars: pd.DataFrame) -> np.ndarray:
+    """(n,) float64 log of the close, the same bits on every x86-64 CPU: the C library's ``log``
+    (correctly rounded but for rare cases, one code path on every CPU with FMA), not numpy's,
+    which dispatches per CPU (its AVX-512 kernel differs from libm in the last bit of about one
+    value in 2,400), so the labels' bytes, and every md5 in dvc.lock downstream of them,
+    depended on the machine that ran ``dvc repro``."""
+    close = bars["close"].to_numpy(np.float64)
+    return np.fromiter(map(math.log, close.tolist()), np.float64, len(close)) if len(close) else close.copy()
 
 
 def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
@@ -130,7 +140,7 @@ def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
     (-1 SHORT / 0 NEUTRAL / 1 LONG, NaN where no label) and ``end_h{h}`` (timestamp of bar t+h).
     """
     codes = pd.factorize(bars["symbol"])[0]
-    logc = np.log(bars["close"].to_numpy(np.float64))
+    logc = log_close(bars)
     ts = bars["timestamp"].to_numpy("datetime64[ns]")
     vol = _trailing_vol(logc, codes, cfg.vol_window)
     out: dict[str, object] = {"symbol": bars["symbol"].to_numpy(), "timestamp": ts, "vol": vol}
