@@ -12,7 +12,7 @@ import pandas as pd
 from alphafactory import dataset, raw_windows, stage
 from alphafactory.compute import ComputeConfig, fan_out
 from alphafactory.config import section
-from alphafactory.io import read_json, write_parquet
+from alphafactory.io import read_json, write_parquet_concat
 from alphafactory.train import (
     TrainConfig,
     apply_tuned,
@@ -42,7 +42,7 @@ def main() -> None:
                              extra=extra, select=train.select, fan=fan)
     log_curves(results, args.live)
     write_seed_spread(results, args.live)
-    write_parquet(pd.concat([r.predictions for r in results], ignore_index=True), args.preds)
+    write_parquet_concat([r.predictions for r in results], args.preds)  # a row group per model's forecasts
 
 
 if __name__ == "__main__":

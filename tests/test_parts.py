@@ -160,3 +160,40 @@ def test_reads_in_parts_only_where_every_model_can():
     assert not train.reads_in_parts(("lightgbm",), {}, "per_symbol", on)
     assert not train.reads_in_parts(("lightgbm",), {"lightgbm": {"distributed": True}}, "pooled", on)
     assert not train.reads_in_parts((), {}, "pooled", on)
+
+
+def _long_forecasts(name: str, n: int, seed: int, proba: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    ts = np.tile(pd.bdate_range("2020-01-01", periods=n // 4).to_numpy(), 4)[:n]
+    out = {"symbol": np.repeat(["A", "B", "C", "D"], n // 4)[:n], "timestamp": ts,
+           "segment": np.where(np.arange(n) % 3 == 0, "val", "test"), "model": name,
+           "horizon": np.tile(np.array([1, 5], np.int64), n // 2 + 1)[:n], "yhat": rng.normal(size=n),
+           "yhat_std": rng.random(n), "prob_up": rng.random(n)}
+    if proba:
+        out |= {c: rng.random(n) for c in ("p_short", "p_neutral", "p_long")}
+    return pd.DataFrame(out)
+
+
+def test_forecasts_written_a_model_at_a_time_are_the_concat(tmp_path):
+    """The train stage writes each model's forecasts as its own row groups (no concat copy): the
+    table read back is the concat's, bit for bit; frames whose columns differ are concatenated
+    (NaN where a model has no class probabilities), and one frame is write_parquet's bytes."""
+    import pyarrow.parquet as pq
+
+    from alphafactory.io import write_parquet, write_parquet_concat
+
+    frames = [_long_forecasts(m, n, i) for i, (m, n) in enumerate((("lightgbm", 1200), ("xgboost", 900), ("cat", 4)))]
+    path = tmp_path / "preds.parquet"
+    assert write_parquet_concat(frames, path, row_group_size=500) == 2104
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3 + 2 + 1
+    pd.testing.assert_frame_equal(pd.read_parquet(path), pd.concat(frames, ignore_index=True), check_exact=True)
+    mixed = [frames[0], _long_forecasts("clf", 800, 7, proba=True)]
+    write_parquet_concat(mixed, path)
+    got, want = pd.read_parquet(path), pd.concat(mixed, ignore_index=True)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert got["p_long"].isna().sum() == 1200
+    write_parquet_concat(frames[:1], path)
+    write_parquet(frames[0], tmp_path / "one.parquet")
+    assert path.read_bytes() == (tmp_path / "one.parquet").read_bytes()
+    with pytest.raises(ValueError, match="no frames"):
+        write_parquet_concat([], path)

@@ -218,6 +218,22 @@ def write_parquet_pieces(frames: Iterable[pd.DataFrame], path: str | Path, row_g
     return rows
 
 
+def write_parquet_concat(frames: list[pd.DataFrame], path: str | Path, row_group_size: int = 65536) -> int:
+    """The parquet table of ``pd.concat(frames, ignore_index=True)`` without building it: frames
+    of the same columns and dtypes are written a frame at a time (:func:`write_parquet_pieces`:
+    row groups follow the frames, and the concat's copy of every frame is never made); frames
+    that differ (a column only some have, which concat fills with NaN) are concatenated. One
+    frame: exactly :func:`write_parquet`'s bytes. Returns the number of rows written."""
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    first = frames[0]
+    if any(list(f.columns) != list(first.columns) or not f.dtypes.equals(first.dtypes) for f in frames[1:]):
+        whole = pd.concat(frames, ignore_index=True)
+        write_parquet(whole, path)
+        return len(whole)
+    return write_parquet_pieces((f.reset_index(drop=True) for f in frames), path, row_group_size)
+
+
 def _finite(obj: Any) -> Any:
     """NaN/inf become null: strict JSON that DVC, browsers and other languages all parse."""
     if isinstance(obj, float):
