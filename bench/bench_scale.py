@@ -173,7 +173,8 @@ def main() -> None:
     ap.add_argument("--pipeline", choices=("light", "full", "target"), default="light")
     ap.add_argument("--rounds", type=int, default=None, help="cap boosting.lightgbm.n_estimators")
     ap.add_argument("--symbol-batch", type=int, default=250,
-                    help="features.symbol_batch: symbols per featurize batch, the pieces a cluster runs (0: one)")
+                    help="features.symbol_batch and label.symbol_batch: symbols per featurize and label batch, "
+                         "the pieces a cluster runs (0: one)")
     ap.add_argument("--max-rss-gib", type=float, default=20.0)
     args = ap.parse_args()
     sizes = [int(s) for s in args.symbols.split(",")]
@@ -199,6 +200,7 @@ def main() -> None:
                 set_key(params, "compute.cluster", None if cluster == "none" else cluster)
                 set_key(params, "compute.workers", 2)
                 set_key(params, "features.symbol_batch", args.symbol_batch)
+                set_key(params, "label.symbol_batch", args.symbol_batch)
                 if args.pipeline != "full":
                     for k, v in (LIGHT if args.pipeline == "light" else TARGET).items():
                         set_key(params, k, v)

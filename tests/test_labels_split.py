@@ -182,3 +182,37 @@ def test_labels_take_the_c_library_log_the_same_bits_on_every_cpu(bars):
     assert np.array_equal(ret[same], (np.r_[logc[1:], np.nan] - logc)[same]) and np.isnan(ret[~same]).all()
     assert np.array_equal(trailing_vol(b, LabelConfig()), lab["vol"].to_numpy(), equal_nan=True)
     assert len(log_close(b.iloc[:0])) == 0
+
+
+@pytest.mark.parametrize("normalize", ["none", "vol", "cs_zscore", "cs_rank"])
+def test_labels_in_symbol_batches_are_the_one_piece_table(tmp_path, normalize):
+    """label.symbol_batch: the stage's pieces (a batch of whole symbols each, its own row groups)
+    read back as the one-piece table bit for bit, on ragged symbols; the cross-sectional targets
+    are one piece; symbol_batch 0 writes write_parquet's bytes."""
+    import pyarrow.parquet as pq
+
+    from alphafactory.io import write_parquet, write_parquet_pieces
+    from alphafactory.labels import iter_labels
+
+    rng = np.random.default_rng(3)
+    frames = []
+    for i, n in enumerate((40, 7, 90, 1, 55, 60, 33)):
+        ts = pd.bdate_range("2021-01-01", periods=100)[rng.integers(0, 100 - n + 1):][:n]
+        frames.append(pd.DataFrame({"symbol": f"S{i}", "timestamp": ts,
+                                    "close": np.exp(np.cumsum(rng.normal(0, 0.02, n)) + 3)}))
+    bars = pd.concat(frames, ignore_index=True)
+    one = make_labels(bars, LabelConfig(horizons=(1, 5), normalize=normalize))
+    cfg = LabelConfig(horizons=(1, 5), normalize=normalize, symbol_batch=2)
+    path = tmp_path / "labels.parquet"
+    write_parquet_pieces(iter_labels(bars, cfg), path, row_group_size=50)
+    got = pd.read_parquet(path)
+    pd.testing.assert_frame_equal(got, one, check_exact=True)
+    floats = [c for c in one.columns if one[c].dtype == np.float64]
+    assert np.array_equal(got[floats].to_numpy().view(np.int64), one[floats].to_numpy().view(np.int64))
+    pieces = len(list(iter_labels(bars, cfg)))
+    assert pieces == (1 if normalize.startswith("cs_") else 4)
+    groups = pq.ParquetFile(path).metadata.num_row_groups
+    assert groups == 1 if pieces == 1 else groups > pieces  # one piece: write_parquet's one group
+    write_parquet_pieces(iter_labels(bars, LabelConfig(horizons=(1, 5), normalize=normalize)), path)
+    write_parquet(one, tmp_path / "one.parquet")
+    assert path.read_bytes() == (tmp_path / "one.parquet").read_bytes()

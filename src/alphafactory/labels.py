@@ -24,6 +24,7 @@ rank IC, the direction and the trading books against the raw return all the same
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -45,6 +46,8 @@ class LabelConfig:
     # dead zone of the 3-class label, in units of vol * sqrt(h)
     class_threshold: Annotated[float, Interval(ge=0)] = 0.5
     vol_window: Annotated[int, Interval(ge=2)] = 20  # bars of trailing 1-bar log returns used for the volatility
+    # symbols per piece of the label stage's table (0: one piece; cs_zscore/cs_rank: always one)
+    symbol_batch: Annotated[int, Interval(ge=0)] = 0
 
     def validate(self) -> None:
         if isinstance(self.normalize, bool):
@@ -130,6 +133,23 @@ def log_close(bars: pd.DataFrame) -> np.ndarray:
     depended on the machine that ran ``dvc repro``."""
     close = bars["close"].to_numpy(np.float64)
     return np.fromiter(map(math.log, close.tolist()), np.float64, len(close)) if len(close) else close.copy()
+
+
+def iter_labels(bars: pd.DataFrame, cfg: LabelConfig) -> Iterator[pd.DataFrame]:
+    """:func:`make_labels` of ``bars`` a batch of ``cfg.symbol_batch`` whole symbols at a time
+    (the label stage writes each as its own row groups, so it never holds the panel's labels):
+    the pieces concatenate to the one-piece table bit for bit, as every label but the
+    cross-sectional targets is computed within a symbol. ``cs_zscore`` and ``cs_rank`` compare
+    the symbols at each timestamp, so they are one piece."""
+    cross = cfg.normalize in ("cs_zscore", "cs_rank")
+    if cfg.symbol_batch == 0 or cross or len(bars) == 0:
+        yield make_labels(bars, cfg)
+        return
+    sym = bars["symbol"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])  # first row of each symbol (sorted)
+    cuts = np.r_[starts[::cfg.symbol_batch], len(bars)]
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        yield make_labels(bars.iloc[a:b], cfg)
 
 
 def make_labels(bars: pd.DataFrame, cfg: LabelConfig) -> pd.DataFrame:
