@@ -231,7 +231,7 @@ def write_parquet_concat(frames: list[pd.DataFrame], path: str | Path, row_group
         whole = pd.concat(frames, ignore_index=True)
         write_parquet(whole, path)
         return len(whole)
-    return write_parquet_pieces((f.reset_index(drop=True) for f in frames), path, row_group_size)
+    return write_parquet_pieces(frames, path, row_group_size)  # the index is not written: no reset copy
 
 
 def _finite(obj: Any) -> Any:
@@ -387,7 +387,6 @@ class ParquetRows:
     def read(self, start: int = 0, stop: int | None = None) -> Any:
         """Values of view rows ``start:stop``: (stop - start, F) C-ordered ``dtype``."""
         import numpy as np
-        import pyarrow as pa
 
         want = self.rows[start:stop]
         out = np.empty((len(want), len(self.columns)), self.dtype)
@@ -396,8 +395,7 @@ class ParquetRows:
         lo, hi = int(want.min()), int(want.max())
         first = int(np.searchsorted(self._groups, lo, side="right")) - 1
         last = int(np.searchsorted(self._groups, hi, side="right")) - 1
-        parts = [self._group(g) for g in range(first, last + 1)]
-        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        table = self._groups_table(first, last)
         local = want - self._groups[first]
         contiguous = bool(len(want) == table.num_rows and (np.diff(local) == 1).all() and local[0] == 0)
         for j, name in enumerate(self.columns):
@@ -405,18 +403,23 @@ class ParquetRows:
             out[:, j] = col if contiguous else col[local]
         return out
 
-    def _group(self, g: int) -> Any:
-        """Row group ``g``'s columns (an Arrow table). The last group read is kept: consecutive
-        reads of a view (LightGBM's batches, :meth:`batches`) share the group at their boundary,
-        which was read twice, so a pass over the view read about twice the file."""
+    def _groups_table(self, first: int, last: int) -> Any:
+        """Row groups ``first..last``'s columns (an Arrow table), those not kept read in one call
+        (one open of the file, whose metadata grows with its row groups). The last group
+        read is kept: consecutive reads of a view (LightGBM's batches, :meth:`batches`) share the
+        group at their boundary, which was read twice, so a pass over the view read about twice
+        the file."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if self._last is not None and self._last[0] == g:
-            return self._last[1]
-        table = pq.ParquetFile(self.path).read_row_group(g, columns=self.columns)
-        self._last = (g, table)
-        self.group_reads += 1
-        return table
+        kept = self._last[1] if self._last is not None and self._last[0] == first else None
+        if kept is not None and first == last:
+            return kept
+        todo = list(range(first + (kept is not None), last + 1))
+        table = pq.ParquetFile(self.path).read_row_groups(todo, columns=self.columns)
+        self.group_reads += len(todo)
+        self._last = (last, table.slice(int(self._groups[last] - self._groups[todo[0]])))
+        return table if kept is None else pa.concat_tables([kept, table])
 
     def batches(self, size: int = 65536) -> Iterator[Any]:
         """Consecutive (<= size, F) blocks of the view's values, in row order."""

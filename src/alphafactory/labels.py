@@ -126,13 +126,13 @@ def trailing_vol(bars: pd.DataFrame, cfg: LabelConfig) -> np.ndarray:
 
 
 def log_close(bars: pd.DataFrame) -> np.ndarray:
-    """(n,) float64 log of the close, the same bits on every x86-64 CPU: the C library's ``log``
-    (correctly rounded but for rare cases, one code path on every CPU with FMA), not numpy's,
-    which dispatches per CPU (its AVX-512 kernel differs from libm in the last bit of about one
-    value in 2,400), so the labels' bytes, and every md5 in dvc.lock downstream of them,
-    depended on the machine that ran ``dvc repro``."""
+    """(n,) float64 log of the (validated, positive) close from the C library's ``log``, value by
+    value, not numpy's, which dispatches per CPU: its AVX-512 kernel differs from libm in the
+    last bit of about one value in 2,400, so the labels' bytes, and every md5 in dvc.lock
+    downstream of them, depended on the machine that ran ``dvc repro`` (with libm an AVX-512
+    and an X86_V3 machine wrote the same labels)."""
     close = bars["close"].to_numpy(np.float64)
-    return np.fromiter(map(math.log, close.tolist()), np.float64, len(close)) if len(close) else close.copy()
+    return np.fromiter(map(math.log, close.tolist()), np.float64, len(close))
 
 
 def iter_labels(bars: pd.DataFrame, cfg: LabelConfig) -> Iterator[pd.DataFrame]:

@@ -263,14 +263,13 @@ def fit_forecast(ds: Dataset, name: str, block: dict[str, Any] | None, *, seed: 
         # same forecasts, as the models forecast row by row
         seg_rows = [segment_data(ds, seg, spec.input_kind, lookback, inputs=inputs)[0] for seg in PRED_SEGMENTS]
         both = np.concatenate(seg_rows)
-        order = np.argsort(both, kind="stable")
-        parts = []  # forecasts, probabilities, std of the rows of ``both``, in its order
-        for a in _forecast(model, ds.X[both[order]]):
-            if a is not None:
-                a[order] = a.copy()
-            parts.append(a)
-        bounds = np.cumsum([0] + [len(r) for r in seg_rows])
-        return model, {seg: (r, *(a[bounds[i]:bounds[i + 1]] if a is not None else None for a in parts))
+        order = np.argsort(both, kind="stable")  # file order: one pass
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))  # forecasts in file order -> in the order of ``both``
+        cuts = np.cumsum([len(r) for r in seg_rows])[:-1]
+        split = [np.split(a[back], cuts) if a is not None else [None] * len(seg_rows)
+                 for a in _forecast(model, ds.X[both[order]])]
+        return model, {seg: (r, *(s[i] for s in split))
                        for i, (seg, r) in enumerate(zip(PRED_SEGMENTS, seg_rows, strict=True))}
     forecasts = {}
     for seg in PRED_SEGMENTS:
