@@ -36,6 +36,7 @@ from pandas.api.indexers import BaseIndexer
 from alphafactory.compute import FanOut
 from alphafactory.config import Interval, NonEmpty, Unique, check
 from alphafactory.data.frequency import FrequencyInfo, infer_frequency
+from alphafactory.data.layout import symbol_starts
 from alphafactory.errors import ConfigError
 
 FEATURE_GROUPS: tuple[str, ...] = (
@@ -1522,7 +1523,7 @@ def compute_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequ
     check(cfg, "features")
     _check_bars(bars)
     codes = pd.factorize(bars["symbol"], sort=False)[0]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,) first row of each
+    starts = symbol_starts(codes)  # (n_symbols,) first row of each
     if cfg.symbol_batch == 0 or cfg.symbol_batch >= len(starts):
         return compute_features(bars, cfg, freq=freq)
     if freq is None:
@@ -1571,7 +1572,7 @@ def iter_features_batched(bars: pd.DataFrame, cfg: FeatureConfig, freq: Frequenc
     check(cfg, "features")
     _check_bars(bars)
     codes = pd.factorize(bars["symbol"], sort=False)[0]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,) first row of each
+    starts = symbol_starts(codes)  # (n_symbols,) first row of each
     if cfg.symbol_batch == 0 or cfg.symbol_batch >= len(starts) or cfg.cs_normalize != "none":
         whole = compute_features_batched(bars, cfg, freq=freq, fan=fan)
         whole.index = pd.RangeIndex(len(bars))

@@ -33,6 +33,7 @@ import pandas as pd
 from pandas._libs.window import aggregations as _window_agg
 
 from alphafactory.config import Interval, NonEmpty, Unique
+from alphafactory.data.layout import symbol_starts
 from alphafactory.errors import ConfigError
 
 NORMALIZE: tuple[str, ...] = ("none", "vol", "cs_zscore", "cs_rank")  # label.normalize choices
@@ -109,7 +110,7 @@ def _trailing_vol(logc: np.ndarray, codes: np.ndarray, window: int) -> np.ndarra
     n = len(r1)
     if n == 0:
         return r1
-    first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # each symbol's first row
+    first = symbol_starts(codes)  # each symbol's first row
     seg_start = np.repeat(first, np.diff(np.r_[first, n]))
     end = np.arange(1, n + 1, dtype=np.int64)
     start = np.maximum(end - window, seg_start).astype(np.int64)
@@ -146,7 +147,7 @@ def iter_labels(bars: pd.DataFrame, cfg: LabelConfig) -> Iterator[pd.DataFrame]:
         yield make_labels(bars, cfg)
         return
     sym = bars["symbol"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]])  # first row of each symbol (sorted)
+    starts = symbol_starts(sym)  # first row of each symbol (sorted)
     cuts = np.r_[starts[::cfg.symbol_batch], len(bars)]
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
         yield make_labels(bars.iloc[a:b], cfg)

@@ -35,6 +35,7 @@ from alphafactory import raw_windows
 from alphafactory.blend import Stacker
 from alphafactory.config import from_dict
 from alphafactory.data.frequency import FrequencyInfo
+from alphafactory.data.layout import symbol_starts
 from alphafactory.data.validate import validate_bars
 from alphafactory.dataset import feature_dtype
 from alphafactory.errors import BundleError, ConfigError, DataValidationError, InputError
@@ -352,7 +353,7 @@ def trim_history(bars: pd.DataFrame, keep: int) -> pd.DataFrame:
     """At least the last ``keep`` bars of every symbol, cut at one timestamp for all symbols so
     that every kept timestamp keeps its whole cross-section. bars: sorted by (symbol, timestamp)."""
     codes = pd.factorize(bars["symbol"], sort=False)[0]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])  # (n_symbols,)
+    starts = symbol_starts(codes)  # (n_symbols,)
     ends = np.r_[starts[1:], len(bars)]
     first_kept = np.maximum(ends - keep, starts)
     ts = bars["timestamp"].to_numpy("datetime64[ns]")
@@ -362,7 +363,7 @@ def trim_history(bars: pd.DataFrame, keep: int) -> pd.DataFrame:
 
 def _check_history(bars: pd.DataFrame, need: int, bundle: Bundle, asof: Any) -> None:
     sym = bars["symbol"].to_numpy()  # sorted (validate_bars): each symbol's rows are contiguous
-    starts = np.flatnonzero(np.r_[True, sym[1:] != sym[:-1]]) if len(sym) else np.zeros(0, np.int64)
+    starts = symbol_starts(sym)
     sizes = np.diff(np.r_[starts, len(sym)])
     if (sizes < need).any():
         counts = pd.Series(sizes, index=sym[starts])
@@ -558,7 +559,7 @@ def _symbol_batches(symbols: pd.Series, max_rows: int | None = None) -> list[sli
     a batch of its own)."""
     max_rows = CHUNK_ROWS if max_rows is None else max_rows
     codes = pd.factorize(symbols, sort=False)[0]
-    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    starts = symbol_starts(codes)
     bounds = np.r_[starts, len(codes)]
     batches, first = [], 0
     for k in range(1, len(bounds)):
@@ -592,7 +593,7 @@ def _forecast(X: np.ndarray, rows: np.ndarray, keys: pd.DataFrame, vol: np.ndarr
 def _tail(bars: pd.DataFrame, k: int) -> np.ndarray:
     """Row indices of each symbol's last ``k`` bars (every symbol has >= k), in order."""
     codes = pd.factorize(bars["symbol"], sort=False)[0]
-    ends = np.r_[np.flatnonzero(codes[1:] != codes[:-1]) + 1, len(bars)]  # (n_symbols,)
+    ends = np.r_[symbol_starts(codes)[1:], len(bars)]  # (n_symbols,)
     return (ends[:, None] + np.arange(-k, 0)).reshape(-1)
 
 
