@@ -63,6 +63,24 @@ def test_lazy_view_reads_the_rows_asked_for(tmp_path):
     assert np.array_equal(view.select(["f3", "f1"]).read(0, 10), full[rows[:10]][:, [3, 1]], equal_nan=True)
 
 
+def test_a_read_in_any_row_order_fills_each_row_from_its_group(tmp_path):
+    """Rows out of file order, repeated, and spread over many row groups in one read: each is
+    filled from its own group, in the order asked for, one group decoded at a time."""
+    fpath, _, _, feats = write_panel(tmp_path)
+    cols = [c for c in feats.columns if c not in KEYS]
+    full = feats[cols].to_numpy()
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(fpath).metadata
+    starts = np.cumsum([0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+    rows = np.random.default_rng(1).permutation(len(feats))[:300]
+    rows = np.concatenate([rows, rows[:50], [0, len(feats) - 1]])
+    view = ParquetRows(fpath, cols, rows, np.float32)
+    assert np.array_equal(view.read(), full[rows], equal_nan=True)
+    touched = len(np.unique(np.searchsorted(starts, rows, side="right")))
+    assert 6 < touched and view.group_reads == touched  # each group decoded once
+
+
 def test_a_pass_over_a_view_reads_each_row_group_once(tmp_path):
     """Consecutive reads share the row group at their boundary; the last one read is kept, so a
     pass in parts of any size reads each group of the view's rows once (not about twice)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import json
 import math
 import os
@@ -385,41 +386,47 @@ class ParquetRows:
         return ParquetRows(self.path, columns, self.rows, self.dtype, self._groups)
 
     def read(self, start: int = 0, stop: int | None = None) -> Any:
-        """Values of view rows ``start:stop``: (stop - start, F) C-ordered ``dtype``."""
+        """Values of view rows ``start:stop``: (stop - start, F) C-ordered ``dtype``, filled one
+        row group at a time, so a read holds one decoded group beside its result however many
+        groups its rows span (the val rows of a 65,536-row part, a sixth of each symbol's bars,
+        span some seven groups: decoded together they were most of train@boosting's peak)."""
         import numpy as np
 
         want = self.rows[start:stop]
         out = np.empty((len(want), len(self.columns)), self.dtype)
         if not len(want):
             return out
-        lo, hi = int(want.min()), int(want.max())
-        first = int(np.searchsorted(self._groups, lo, side="right")) - 1
-        last = int(np.searchsorted(self._groups, hi, side="right")) - 1
-        table = self._groups_table(first, last)
-        local = want - self._groups[first]
-        contiguous = bool(len(want) == table.num_rows and (np.diff(local) == 1).all() and local[0] == 0)
-        for j, name in enumerate(self.columns):
-            col = table.column(name).to_numpy()
-            out[:, j] = col if contiguous else col[local]
+        group = np.searchsorted(self._groups, want, side="right") - 1  # the row group of each row
+        order = None if bool((np.diff(group) >= 0).all()) else np.argsort(group, kind="stable")
+        by_group = group if order is None else group[order]
+        bounds = [0, *(np.flatnonzero(np.diff(by_group)) + 1).tolist(), len(want)]
+        file = None
+        for a, b in itertools.pairwise(bounds):
+            g = int(by_group[a])
+            at = slice(a, b) if order is None else order[a:b]
+            local = want[at] - self._groups[g]
+            table, file = self._group_table(g, file)
+            run = bool((np.diff(local) == 1).all())  # consecutive rows: a slice of each column
+            for j, name in enumerate(self.columns):
+                col = table.column(name).to_numpy()
+                out[at, j] = col[local[0]:local[-1] + 1] if run else col[local]
         return out
 
-    def _groups_table(self, first: int, last: int) -> Any:
-        """Row groups ``first..last``'s columns (an Arrow table), those not kept read in one call
-        (one open of the file, whose metadata grows with its row groups). The last group
-        read is kept: consecutive reads of a view (LightGBM's batches, :meth:`batches`) share the
-        group at their boundary, which was read twice, so a pass over the view read about twice
-        the file."""
-        import pyarrow as pa
+    def _group_table(self, g: int, file: Any) -> tuple[Any, Any]:
+        """(row group ``g``'s columns as an Arrow table, the open file). The last group read is
+        kept: consecutive reads of a view (LightGBM's batches, :meth:`batches`) share the group
+        at their boundary, so a pass over the view reads each of its groups once."""
         import pyarrow.parquet as pq
 
-        kept = self._last[1] if self._last is not None and self._last[0] == first else None
-        if kept is not None and first == last:
-            return kept
-        todo = list(range(first + (kept is not None), last + 1))
-        table = pq.ParquetFile(self.path).read_row_groups(todo, columns=self.columns)
-        self.group_reads += len(todo)
-        self._last = (last, table.slice(int(self._groups[last] - self._groups[todo[0]])))
-        return table if kept is None else pa.concat_tables([kept, table])
+        if self._last is not None and self._last[0] == g:
+            return self._last[1], file
+        if file is None:  # one open per read: the footer grows with the row groups
+            file = pq.ParquetFile(self.path)
+        self._last = None  # the kept group freed before the next is decoded
+        table = file.read_row_group(g, columns=self.columns)
+        self.group_reads += 1
+        self._last = (g, table)
+        return table, file
 
     def batches(self, size: int = 65536) -> Iterator[Any]:
         """Consecutive (<= size, F) blocks of the view's values, in row order."""
