@@ -138,16 +138,33 @@ def _join(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
     ccols = [f"cls_h{h}" for h in horizons]
     rcols = [f"ret_h{h}" for h in horizons]
     rcols = rcols if all(c in labels.columns for c in rcols) else []
-    lab = labels[KEYS + ycols + ccols + rcols + ["vol"]].merge(segments[KEYS + ["segment"]], on=KEYS, how="inner", validate="1:1")
-    df = features.merge(lab, on=KEYS, how="inner", validate="1:1")
-    df = df.sort_values(KEYS, kind="stable").reset_index(drop=True)
+    # joined and sorted on (symbol code, timestamp): codes into the symbols' sorted union, so
+    # their order is the symbols' and the merges hash integers, not 3 x n string objects
+    names = np.unique(np.concatenate([pd.unique(f["symbol"]).astype(object) for f in (features, labels, segments)]))
+    code = pd.Index(names)
+    on = ["_sym", "timestamp"]
+
+    def keyed(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+        return pd.DataFrame({"_sym": code.get_indexer(frame["symbol"]), **{c: frame[c] for c in ["timestamp", *cols]}})
+
+    lab = keyed(labels, ycols + ccols + rcols + ["vol"]).merge(keyed(segments, ["segment"]), on=on, how="inner",
+                                                               validate="1:1")
+    left = features.assign(_sym=code.get_indexer(features["symbol"]))
+    df = left.merge(lab, on=on, how="inner", validate="1:1")
+    del left, lab
+    keys = df[on]
+    ordered = bool(((keys["_sym"].diff() > 0) | ((keys["_sym"].diff() == 0) & (keys["timestamp"].diff() > pd.Timedelta(0))))
+                   .iloc[1:].all())
+    del keys
+    # the stages' tables are stored in this order: then no sorted copy of the joined frame
+    df = df.reset_index(drop=True) if ordered else df.sort_values(on, kind="stable").reset_index(drop=True)
     if df.empty:
         raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
     Y = df[ycols].to_numpy(np.float32)
     return df, Dataset(
         keys=df[KEYS].copy(), X=np.empty((len(df), 0), np.float32), Y=Y, feature_names=[],
         horizons=tuple(horizons),
-        segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["symbol"])[0],
+        segment=df["segment"].to_numpy().astype(str), sym_codes=pd.factorize(df["_sym"])[0],
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
         R=df[rcols].to_numpy(np.float32) if rcols else None,
     )
@@ -187,7 +204,15 @@ def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
 
 def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Dataset:
     """Read the featurize, label and split outputs and assemble them (:func:`join_file`)."""
-    lab = pd.read_parquet(labels)
+    import pyarrow.parquet as pq
+
+    have = pq.read_schema(labels).names  # only the columns the join takes (not end_h*)
+    horizons = tuple(int(c[3:]) for c in have if c.startswith("y_h"))
+    used = {*KEYS, "vol", *(f"{p}_h{h}" for p in ("y", "cls", "ret") for h in horizons)}
+    lab = pd.read_parquet(labels, columns=[c for c in have if c in used])
+    # the targets, classes and returns are taken as float32: cast on reading, the same values
+    for c in lab.columns.difference([*KEYS, "vol"]):
+        lab[c] = lab[c].astype(np.float32, copy=False)
     return join_file(features, lab, pd.read_parquet(segments), horizons_of(lab), lazy=lazy)
 
 
