@@ -133,7 +133,7 @@ def train_booster(params: dict, X, y, Xv, yv, rounds: int, classifier: bool,
         dtrain.set_label(y)
         dval.set_label(yv)
     booster = lgb.train(
-        {**objective, **params, "deterministic": True, "force_row_wise": True, "verbosity": -1,
+        {**objective, **params, "deterministic": True, "force_col_wise": True, "verbosity": -1,
          "metric": "None" if on_ic else metric},
         dtrain, num_boost_round=rounds, valid_sets=[dtrain, dval], valid_names=["train", "val"],
         feval=[_ic_eval, _l2_eval] if on_ic else None,
