@@ -215,3 +215,18 @@ def test_forecasts_written_a_model_at_a_time_are_the_concat(tmp_path):
     assert path.read_bytes() == (tmp_path / "one.parquet").read_bytes()
     with pytest.raises(ValueError, match="no frames"):
         write_parquet_concat([], path)
+
+
+def test_the_join_sorts_tables_out_of_order_and_keeps_them_in_order(tmp_path):
+    """The join hashes symbol codes and skips its sort when the rows are in (symbol, timestamp)
+    order: tables given shuffled give the Dataset of the tables in order."""
+    fpath, lpath, spath, feats = write_panel(tmp_path)
+    labels, segments = pd.read_parquet(lpath), pd.read_parquet(spath)
+    want = dataset.assemble(feats, labels, segments, (1, 5))
+    order = np.random.default_rng(2).permutation
+    got = dataset.assemble(feats.iloc[order(len(feats))], labels.iloc[order(len(labels))],
+                           segments.iloc[order(len(segments))], (1, 5))
+    assert got.keys.equals(want.keys) and (got.sym_codes == want.sym_codes).all()
+    assert np.array_equal(got.X, want.X, equal_nan=True) and np.array_equal(got.Y, want.Y, equal_nan=True)
+    assert (got.segment == want.segment).all() and np.array_equal(got.C, want.C, equal_nan=True)
+    assert want.keys.equals(want.keys.sort_values(KEYS, ignore_index=True))

@@ -152,12 +152,8 @@ def _join(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
     left = features.assign(_sym=code.get_indexer(features["symbol"]))
     df = left.merge(lab, on=on, how="inner", validate="1:1")
     del left, lab
-    keys = df[on]
-    ordered = bool(((keys["_sym"].diff() > 0) | ((keys["_sym"].diff() == 0) & (keys["timestamp"].diff() > pd.Timedelta(0))))
-                   .iloc[1:].all())
-    del keys
     # the stages' tables are stored in this order: then no sorted copy of the joined frame
-    df = df.reset_index(drop=True) if ordered else df.sort_values(on, kind="stable").reset_index(drop=True)
+    df = df.reset_index(drop=True) if _in_key_order(df) else df.sort_values(on, kind="stable").reset_index(drop=True)
     if df.empty:
         raise ValueError("no rows left after joining features, labels and splits on (symbol, timestamp)")
     Y = df[ycols].to_numpy(np.float32)
@@ -168,6 +164,12 @@ def _join(features: pd.DataFrame, labels: pd.DataFrame, segments: pd.DataFrame,
         vol=df["vol"].to_numpy(np.float64), C=df[ccols].to_numpy(np.float32) + 1,
         R=df[rcols].to_numpy(np.float32) if rcols else None,
     )
+
+
+def _in_key_order(df: pd.DataFrame) -> bool:
+    """Whether the rows of ``df`` are strictly increasing in (``_sym``, ``timestamp``)."""
+    step, later = df["_sym"].diff().iloc[1:], df["timestamp"].diff().iloc[1:] > pd.Timedelta(0)
+    return bool(((step > 0) | ((step == 0) & later)).all())
 
 
 def feature_dtype(frame: pd.DataFrame, columns: list[str]) -> np.dtype:
@@ -213,7 +215,7 @@ def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Da
     # the targets, classes and returns are taken as float32: cast on reading, the same values
     for c in lab.columns.difference([*KEYS, "vol"]):
         lab[c] = lab[c].astype(np.float32, copy=False)
-    return join_file(features, lab, pd.read_parquet(segments), horizons_of(lab), lazy=lazy)
+    return join_file(features, lab, pd.read_parquet(segments), horizons, lazy=lazy)
 
 
 def join_file(features: str, labels: pd.DataFrame, segments: pd.DataFrame, horizons: tuple[int, ...], *,
