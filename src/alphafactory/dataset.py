@@ -199,9 +199,11 @@ def after_warmup(frame: pd.DataFrame, warmup: int) -> np.ndarray:
     return frame.groupby("symbol", sort=False).cumcount().to_numpy() >= warmup
 
 
-def horizons_of(labels: pd.DataFrame) -> tuple[int, ...]:
-    """The horizons the label stage produced, from its ``y_h{h}`` columns."""
-    return tuple(int(c[3:]) for c in labels.columns if c.startswith("y_h"))
+def horizons_of(labels: pd.DataFrame | list[str]) -> tuple[int, ...]:
+    """The horizons the label stage produced, from its ``y_h{h}`` columns (of a frame, or the
+    column names of its file)."""
+    names = labels.columns if isinstance(labels, pd.DataFrame) else labels
+    return tuple(int(c[3:]) for c in names if c.startswith("y_h"))
 
 
 def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Dataset:
@@ -209,8 +211,8 @@ def load(features: str, labels: str, segments: str, *, lazy: bool = False) -> Da
     import pyarrow.parquet as pq
 
     have = pq.read_schema(labels).names  # only the columns the join takes (not end_h*)
-    horizons = tuple(int(c[3:]) for c in have if c.startswith("y_h"))
-    used = {*KEYS, "vol", *(f"{p}_h{h}" for p in ("y", "cls", "ret") for h in horizons)}
+    horizons = horizons_of(have)
+    used = {*KEYS, "vol", *target_columns(horizons), *(f"{p}_h{h}" for p in ("cls", "ret") for h in horizons)}
     lab = pd.read_parquet(labels, columns=[c for c in have if c in used])
     # the targets, classes and returns are taken as float32: cast on reading, the same values
     for c in lab.columns.difference([*KEYS, "vol"]):
