@@ -8,6 +8,7 @@ validation loss and restore of the best weights. A model file only defines its `
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from alphafactory.models.base import CLIP, XY, Model, standardize
 from alphafactory.progress import progress
 from alphafactory.raw_windows import InputsConfig, init_kwargs, inputs_config
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -43,6 +46,12 @@ class TrainerConfig:
     # quantile levels a regression network forecasts, trained by the pinball loss (empty: off);
     # its yhat_std and prob_up are then its own (models.dist, "quantile")
     quantiles: tuple[Annotated[float, Interval(gt=0, lt=1)], ...] = ()
+    # A budget for wide panels (null: none). epoch_rows: the train windows an epoch steps through,
+    # drawn without replacement anew each epoch (every window while there are at most that many).
+    # val_rows: the val windows the early-stopping loss is taken on, evenly spaced over the val
+    # set and the same every epoch. Forecasts are made on every row either way.
+    epoch_rows: Annotated[int | None, Interval(ge=1)] = None
+    val_rows: Annotated[int | None, Interval(ge=1)] = None
 
     def validate(self) -> None:
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -98,6 +107,17 @@ def predict_network(net: nn.Module, X: Any, device: torch.device, batch_size: in
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def _val_subset(val: XY, rows: int | None) -> XY:
+    """``val`` itself while it has at most ``rows`` rows, else ``rows`` of them evenly spaced
+    (windows are ordered by symbol, then time: every symbol and period keeps its share)."""
+    n = len(val.Y)
+    if rows is None or n <= rows:
+        return val
+    take = np.unique(np.linspace(0, n - 1, rows).round().astype(np.int64))
+    X = val.X[take] if isinstance(val.X, np.ndarray) else val.X.take(take)  # windows stay lazy
+    return XY(X, val.Y[take])
+
+
 def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: int,
                 loss_fn: Any = masked_mse, desc: str = "train") -> dict[str, list[float]]:
     """Train ``net`` in place; returns the per-epoch history. Y arrays are (n, H), already scaled
@@ -111,13 +131,19 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
     gen = np.random.default_rng(seed)
+    n_train, n_val = len(train.Y), len(val.Y)
+    val = _val_subset(val, cfg.val_rows)
+    if (cfg.epoch_rows or n_train) < n_train or len(val.Y) < n_val:
+        log.info("%s: %d of %d train windows an epoch, early stopping on %d of %d val windows "
+                 "(neural.trainer.epoch_rows, val_rows)", desc, min(cfg.epoch_rows or n_train, n_train),
+                 n_train, len(val.Y), n_val)
     yv = torch.as_tensor(val.Y, device=device)
     best, best_state, bad = float("inf"), copy.deepcopy(net.state_dict()), 0
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     with progress(desc=desc, total=cfg.epochs, unit="epoch") as epochs:
         for epoch in range(cfg.epochs):
             net.train()
-            order = gen.permutation(len(train.Y))
+            order = gen.permutation(len(train.Y))[:cfg.epoch_rows]
             total, count = 0.0, 0
             for s in progress(range(0, len(order), cfg.batch_size), desc=f"{desc} epoch {epoch + 1}",
                               unit="batch", leave=False, delay=3.0):
@@ -384,6 +410,9 @@ class _Scaled:
 
     def __len__(self) -> int:
         return len(self.windows)
+
+    def take(self, idx: np.ndarray) -> _Scaled:
+        return _Scaled(self.windows.take(idx), self.mean, self.std)
 
     def __getitem__(self, idx: Any) -> np.ndarray:
         return standardize(self.windows[idx].astype(np.float32), self.mean, self.std, CLIP).astype(np.float32)
