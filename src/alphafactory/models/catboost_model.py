@@ -45,6 +45,10 @@ class CatBoostParams:
     early_stopping_metric: Literal[EARLY_STOPPING_METRICS] = "mse"  # see models.base.EARLY_STOPPING_METRICS
     thread_count: Annotated[int, Interval(ge=1)] = 2
     task_type: Literal["CPU", "GPU"] = "CPU"  # "GPU" on a GPU machine
+    # borders a feature is quantized into (null: CatBoost's own, 254 on CPU and 128 on GPU). A
+    # round's cost grows with borders x features, not rows: on small per-symbol fits it is the
+    # lever (docs/params.md, `boosting`)
+    border_count: Annotated[int | None, Interval(ge=1, le=65535)] = None
 
     def validate(self) -> None:
         if self.task_type == "GPU" and self.early_stopping_metric != "mse":
@@ -102,6 +106,7 @@ class CatBoostModel(PerHorizonModel):
             random_seed=seed, loss_function=loss, use_best_model=True,
             od_type="Iter", od_wait=p.early_stopping_rounds, verbose=False,
             allow_writing_files=False, **({"eval_metric": ICMetric()} if on_ic else {}),
+            **({"border_count": p.border_count} if p.border_count is not None else {}),
         )
         live = bar is not None and not bar.disable
         callbacks = [_Advance(bar)] if live and p.task_type.upper() == "CPU" else None
