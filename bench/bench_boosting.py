@@ -77,6 +77,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 # Read once, when OpenMP starts: lightgbm, xgboost, sklearn and alphafactory.models are imported
 # lazily, after this line (numpy and pandas do not use OpenMP).
@@ -414,7 +415,14 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--per-symbol-speedup", type=float, default=6.0,
                     help="least reference / ours per_symbol wall-time ratio, 22 tickers each")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a params key for this run, as dvc exp run -S does "
+                         "(e.g. boosting.catboost.border_count=64); repeatable")
     args = ap.parse_args()
+    for item in args.set:
+        key, eq, _ = item.partition("=")
+        if not eq or not key or any(not k for k in key.split(".")):
+            ap.error(f"--set: got {item!r}, expected KEY=VALUE, KEY a params path such as boosting.catboost.border_count")
     for key in ("ref_tickers", "per_symbol_tickers"):
         v = getattr(args, key)
         if not 1 <= v <= N_TICKERS:
@@ -439,6 +447,13 @@ def main() -> int:
     from alphafactory.train import family_section
 
     params = load_params(args.params)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        node = params
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
     _, blocks, _ = family_section(params, "boosting")
     seed = int((params.get("train") or {}).get("seed", 42))
     load0 = os.getloadavg()
