@@ -77,7 +77,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 # Read once, when OpenMP starts: lightgbm, xgboost, sklearn and alphafactory.models are imported
 # lazily, after this line (numpy and pandas do not use OpenMP).
@@ -419,10 +418,6 @@ def _parse() -> argparse.Namespace:
                     help="override a params key for this run, as dvc exp run -S does "
                          "(e.g. boosting.catboost.border_count=64); repeatable")
     args = ap.parse_args()
-    for item in args.set:
-        key, eq, _ = item.partition("=")
-        if not eq or not key or any(not k for k in key.split(".")):
-            ap.error(f"--set: got {item!r}, expected KEY=VALUE, KEY a params path such as boosting.catboost.border_count")
     for key in ("ref_tickers", "per_symbol_tickers"):
         v = getattr(args, key)
         if not 1 <= v <= N_TICKERS:
@@ -433,6 +428,24 @@ def _parse() -> argparse.Namespace:
     if not 0.0 <= args.signal < 1.0:
         ap.error(f"--signal: got {args.signal}, expected 0 <= x < 1 (it is a correlation)")
     return args
+
+
+def _with_overrides(path: str, overrides: list[str]) -> str:
+    """A temporary copy of the params file with ``overrides`` applied by DVC's own writer, the
+    one ``dvc exp run -S`` uses; a bad override is one line and an exit."""
+    import shutil
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+
+    out = Path(tempfile.mkdtemp(prefix="bench_boosting_")) / "params.yaml"
+    shutil.copyfile(path, out)
+    try:
+        apply_overrides(str(out), overrides)
+    except ValueError as exc:  # DVC's InvalidArgumentError; hydra's reason is its cause
+        reason = " ".join(str(exc.__cause__ or exc).split())
+        sys.exit(f"--set {' '.join(overrides)}: {reason}")
+    return str(out)
 
 
 def main() -> int:
@@ -446,14 +459,7 @@ def main() -> int:
     from alphafactory.config import load_params
     from alphafactory.train import family_section
 
-    params = load_params(args.params)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *path, last = key.split(".")
-        node = params
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(value)
+    params = load_params(_with_overrides(args.params, args.set) if args.set else args.params)
     _, blocks, _ = family_section(params, "boosting")
     seed = int((params.get("train") or {}).get("seed", 42))
     load0 = os.getloadavg()

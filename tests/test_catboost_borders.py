@@ -7,8 +7,6 @@ from alphafactory.errors import ConfigError
 from alphafactory.models.base import XY
 from alphafactory.models.catboost_model import CatBoostParams
 
-cb = pytest.importorskip("catboost")
-
 
 def _fit(**kw):
     from alphafactory.models import create

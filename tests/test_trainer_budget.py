@@ -33,7 +33,7 @@ def xy(n: int, F: int = 3, seed: int = 0) -> XY:
     return XY(X, (X[:, :2] * 0.1 + rng.normal(size=(n, 2)) * 0.1).astype(np.float32))
 
 
-def test_an_epoch_steps_through_epoch_rows_windows_and_a_new_draw_each_epoch():
+def test_an_epoch_steps_through_epoch_rows_windows_and_a_new_draw_each_epoch(monkeypatch):
     train, val = xy(1000), xy(300, seed=1)
     net = Counting(3)
     seen = []
@@ -45,11 +45,8 @@ def test_an_epoch_steps_through_epoch_rows_windows_and_a_new_draw_each_epoch():
         return real_batch(X, idx)
 
     cfg = TrainerConfig(epochs=3, batch_size=64, patience=10, epoch_rows=200, device="cpu")
-    trainer_mod._batch, restore = spy, trainer_mod._batch
-    try:
-        fit_network(net, train, val, cfg, seed=0)
-    finally:
-        trainer_mod._batch = restore
+    monkeypatch.setattr(trainer_mod, "_batch", spy)
+    fit_network(net, train, val, cfg, seed=0)
     assert sum(net.train_rows) == 3 * 200  # 200 rows an epoch: batches of 64, 64, 64, 8
     per_epoch = [np.concatenate(seen[i * 4:(i + 1) * 4]) for i in range(3)]
     for rows in per_epoch:

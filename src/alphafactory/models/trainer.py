@@ -113,7 +113,7 @@ def _val_subset(val: XY, rows: int | None) -> XY:
     n = len(val.Y)
     if rows is None or n <= rows:
         return val
-    take = np.unique(np.linspace(0, n - 1, rows).round().astype(np.int64))
+    take = np.linspace(0, n - 1, rows).round().astype(np.int64)  # distinct: the spacing is > 1
     X = val.X[take] if isinstance(val.X, np.ndarray) else val.X.take(take)  # windows stay lazy
     return XY(X, val.Y[take])
 
@@ -132,18 +132,18 @@ def fit_network(net: nn.Module, train: XY, val: XY, cfg: TrainerConfig, seed: in
     use_amp = cfg.amp and device.type == "cuda"
     gen = np.random.default_rng(seed)
     n_train, n_val = len(train.Y), len(val.Y)
+    n_epoch = min(cfg.epoch_rows or n_train, n_train)
     val = _val_subset(val, cfg.val_rows)
-    if (cfg.epoch_rows or n_train) < n_train or len(val.Y) < n_val:
+    if n_epoch < n_train or len(val.Y) < n_val:
         log.info("%s: %d of %d train windows an epoch, early stopping on %d of %d val windows "
-                 "(neural.trainer.epoch_rows, val_rows)", desc, min(cfg.epoch_rows or n_train, n_train),
-                 n_train, len(val.Y), n_val)
+                 "(neural.trainer.epoch_rows, val_rows)", desc, n_epoch, n_train, len(val.Y), n_val)
     yv = torch.as_tensor(val.Y, device=device)
     best, best_state, bad = float("inf"), copy.deepcopy(net.state_dict()), 0
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     with progress(desc=desc, total=cfg.epochs, unit="epoch") as epochs:
         for epoch in range(cfg.epochs):
             net.train()
-            order = gen.permutation(len(train.Y))[:cfg.epoch_rows]
+            order = gen.permutation(n_train)[:n_epoch]
             total, count = 0.0, 0
             for s in progress(range(0, len(order), cfg.batch_size), desc=f"{desc} epoch {epoch + 1}",
                               unit="batch", leave=False, delay=3.0):
