@@ -62,6 +62,7 @@ MAX_BODY_BYTES = 64 << 20  # 64 MiB: 500 symbols x 600 bars is ~8 MiB of JSON, ~
 MAX_ROWS = 1_000_000  # bars per request (featurizing costs ~1 KiB per bar per feature column group)
 MAX_READ_ROWS = 100_000  # rows one GET /v1/forecasts returns at most
 USER_ERRORS = (ConfigError, InputError)  # bad input, not a bug: one line, exit status 2 (stage.user_errors)
+BACKLOG = 2048  # connections waiting to be accepted: uvicorn's default, which it sets again when it serves
 PREDICT_THREADS = 2  # forecasts computed at once (the rest queue): one per core of the target box
 # Latency histogram buckets, seconds.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -561,7 +562,12 @@ def run(args: argparse.Namespace) -> int:
                          socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))  # bound, not listening: uvicorn listens once it serves
+        sock.bind((args.host, args.port))
+        # Listening from here on, before the "on http://..." line below: a client that connects
+        # once it reads that line waits in the backlog until uvicorn (or a worker) accepts it,
+        # instead of being refused while the server starts (uvicorn's own listen() later only
+        # sets the same backlog again).
+        sock.listen(BACKLOG)
     except OSError as e:
         raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror})") from e
     host, port = sock.getsockname()[:2]
