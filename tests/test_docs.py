@@ -36,3 +36,30 @@ def test_models_table_lists_the_registry():
             for s in sorted(models.REGISTRY.values(), key=lambda s: (s.family, s.name))]
     want += [(e.name, e.family, e.input_kind, ", ".join(e.tasks), e.params) for e in models.ENSEMBLES.values()]
     assert rows == want
+
+
+def test_feature_table_lists_every_group_with_its_column_count():
+    """README.md's feature table: one row per feature group, in FEATURE_GROUPS' order, saying
+    whether it is a default group and how many columns it adds under the default windows."""
+    import numpy as np
+    import pandas as pd
+
+    from alphafactory.features import DEFAULT_GROUPS, FEATURE_GROUPS, FeatureConfig, compute_features
+
+    rows = re.findall(r"^\| `(\w+)` \| (yes|no) \| (\d+) \|", (ROOT / "README.md").read_text(), re.M)
+    assert [g for g, _, _ in rows] == list(FEATURE_GROUPS)
+    rng = np.random.default_rng(0)
+    stamps = pd.bdate_range("2019-01-01", periods=300)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (3, len(stamps))), axis=1))
+    bars = pd.DataFrame({"symbol": np.repeat(["A", "B", "C"], len(stamps)), "timestamp": np.tile(stamps, 3),
+                         "close": close.ravel()})
+    bars = bars.assign(open=bars["close"] * 0.999, high=bars["close"] * 1.01, low=bars["close"] * 0.99,
+                       volume=rng.lognormal(12, 0.5, len(bars)))
+
+    def width(groups: tuple[str, ...]) -> int:
+        return compute_features(bars, FeatureConfig(groups=groups)).shape[1] - 2
+
+    counts = {g: width((g,)) for g in FEATURE_GROUPS if g != "cross_sectional"}
+    counts["cross_sectional"] = width(DEFAULT_GROUPS) - sum(counts[g] for g in DEFAULT_GROUPS if g != "cross_sectional")
+    assert {g: (d, int(n)) for g, d, n in rows} == {g: ("yes" if g in DEFAULT_GROUPS else "no", counts[g])
+                                                   for g in FEATURE_GROUPS}

@@ -157,7 +157,7 @@ def scaled(bars: pd.DataFrame, symbol: str, price: float, volume: float) -> pd.D
 # volume's unit, below float32 resolution for volumes >> 1 (shares, contracts) and material only
 # for volumes of order 1 (volumes in millions, lots). Those columns, and the ranks of them:
 LOG1P_VOLUME = ("logvolume_chg_", "volume_z_", "volume_ret_corr_", "volume_trend_", "corr_", "cord_",
-                "cs_rank_volume_z_", "cs_demean_volume_z_", "sess_volume_rel", "vsurprise_")
+                "cs_rank_volume_z_", "cs_demean_volume_z_", "sess_volume_rel", "vsurprise_", "vret_")
 
 
 @pytest.mark.parametrize("daily", [True, False])
@@ -258,3 +258,28 @@ def test_volume_surprise_is_the_residual_of_a_trailing_fit(bars):
     # it is not the volume z-score: the fit takes out what volatility and |return| explain
     z = compute_features(bars, FeatureConfig(groups=("volume",), windows=(12,)))["volume_z_12"]
     assert abs(np.corrcoef(f["vsurprise_12"].dropna(), z[f["vsurprise_12"].notna()])[0, 1]) < 0.999
+
+
+def test_volume_return_is_the_scaled_return_times_the_volume_surprise(bars):
+    """vret_{k}_w against the formula: the k-bar log return over (sigma sqrt(k)), sigma the std
+    of the w 1-bar returns before the bar, times vsurprise_w; computed without the
+    volume_surprise group, and the same numbers with it."""
+    cfg = FeatureConfig(groups=("volume_return",), windows=(5, 12))
+    f = compute_features(bars, cfg)
+    assert feature_cols(f) == ["vret_1_12", "vret_5_12"]
+    both = compute_features(bars, FeatureConfig(groups=("volume_surprise", "volume_return"), windows=(5, 12)))
+    for k in (1, 5):
+        np.testing.assert_array_equal(both[f"vret_{k}_12"].to_numpy(), f[f"vret_{k}_12"].to_numpy())
+    w, checked = 12, 0
+    for sym, b in bars.groupby("symbol", sort=True):
+        lc = np.log(b["close"].to_numpy(np.float64))
+        r = np.r_[np.nan, np.diff(lc)]
+        vs = both.loc[both["symbol"] == sym, "vsurprise_12"].to_numpy(np.float64)
+        for k in (1, 5):
+            got = f.loc[f["symbol"] == sym, f"vret_{k}_12"].to_numpy(np.float64)
+            assert np.isnan(got[:2 * w]).all()
+            ref = np.array([(lc[t] - lc[t - k]) / (np.std(r[t - w:t], ddof=1) * np.sqrt(k)) * vs[t]
+                            for t in range(2 * w, len(b))])
+            np.testing.assert_allclose(got[2 * w:], ref, rtol=2e-5, atol=2e-5)
+            checked += len(ref)
+    assert checked > 100
