@@ -562,25 +562,33 @@ def run(args: argparse.Namespace) -> int:
                          socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
-        # Listening from here on, before the "on http://..." line below: a client that connects
-        # once it reads that line waits in the backlog until uvicorn (or a worker) accepts it,
-        # instead of being refused while the server starts (uvicorn's own listen() later only
-        # sets the same backlog again).
-        sock.listen(BACKLOG)
+        sock.bind((args.host, args.port))  # bound, not listening: nothing listens before the bundle is verified
     except OSError as e:
         raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror})") from e
     host, port = sock.getsockname()[:2]
     if args.workers > 1:
         supervisor = Supervisor(args.workers, options, sock, worker_main)
         digest = supervisor.start()  # every worker verified the bundle, or a BundleError here
+        _listen(sock, args)
         log.info("serve: %d workers, supervisor pid %d (SIGHUP to it reloads them all); %s (sha256 %s) on http://%s:%d",
                  args.workers, os.getpid(), args.models, digest[:12], host, port)
         return supervisor.run()
     signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=service.reload_logged, daemon=True).start())
+    _listen(sock, args)
     log.info("serve: %s (sha256 %s) on http://%s:%d", service.path, service.bundle.digest[:12], host, port)
     serve_socket(service, sock)
     return 0
+
+
+def _listen(sock: socket.socket, args: argparse.Namespace) -> None:
+    """Listen on the bound ``sock`` once the bundle is verified, before the "on http://..."
+    line is logged: a client that connects as soon as it reads that line waits in the backlog
+    until uvicorn (or a worker) accepts it, instead of being refused while the server starts
+    (uvicorn's own listen() later sets the same backlog again)."""
+    try:
+        sock.listen(BACKLOG)
+    except OSError as e:
+        raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror})") from e
 
 
 def freeze_heap(collect_frozen: bool = False) -> None:
