@@ -283,3 +283,5 @@ def test_volume_return_is_the_scaled_return_times_the_volume_surprise(bars):
             np.testing.assert_allclose(got[2 * w:], ref, rtol=2e-5, atol=2e-5)
             checked += len(ref)
     assert checked > 100
+    tail = compute_features(bars, cfg, tail=5)  # what predict computes: the last bars' values
+    assert changed_features(f.loc[tail.index], tail) == []
