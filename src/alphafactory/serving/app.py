@@ -569,7 +569,11 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1:
         supervisor = Supervisor(args.workers, options, sock, worker_main)
         digest = supervisor.start()  # every worker verified the bundle, or a BundleError here
-        _listen(sock, args)
+        try:
+            _listen(sock, args)
+        except InputError:
+            supervisor.stop()
+            raise
         log.info("serve: %d workers, supervisor pid %d (SIGHUP to it reloads them all); %s (sha256 %s) on http://%s:%d",
                  args.workers, os.getpid(), args.models, digest[:12], host, port)
         return supervisor.run()
