@@ -41,20 +41,14 @@ def test_models_table_lists_the_registry():
 def test_feature_table_lists_every_group_with_its_column_count():
     """README.md's feature table: one row per feature group, in FEATURE_GROUPS' order, saying
     whether it is a default group and how many columns it adds under the default windows."""
-    import numpy as np
     import pandas as pd
 
     from alphafactory.features import DEFAULT_GROUPS, FEATURE_GROUPS, FeatureConfig, compute_features
+    from test_features import make_bars
 
     rows = re.findall(r"^\| `(\w+)` \| (yes|no) \| (\d+) \|", (ROOT / "README.md").read_text(), re.M)
     assert [g for g, _, _ in rows] == list(FEATURE_GROUPS)
-    rng = np.random.default_rng(0)
-    stamps = pd.bdate_range("2019-01-01", periods=300)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (3, len(stamps))), axis=1))
-    bars = pd.DataFrame({"symbol": np.repeat(["A", "B", "C"], len(stamps)), "timestamp": np.tile(stamps, 3),
-                         "close": close.ravel()})
-    bars = bars.assign(open=bars["close"] * 0.999, high=bars["close"] * 1.01, low=bars["close"] * 0.99,
-                       volume=rng.lognormal(12, 0.5, len(bars)))
+    bars = make_bars(pd.bdate_range("2019-01-01", periods=300), n_symbols=3, seed=0)
 
     def width(groups: tuple[str, ...]) -> int:
         return compute_features(bars, FeatureConfig(groups=groups)).shape[1] - 2

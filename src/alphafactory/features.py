@@ -1268,16 +1268,17 @@ def _surprise_windows(cfg: FeatureConfig) -> list[int]:
     return sorted(w for w in cfg.windows if w >= _SURPRISE_MIN_WINDOW)
 
 
-def _vsurprise(p: _Panel, w: int) -> np.ndarray:
-    """(n,) ``vsurprise_w`` (see :func:`_volume_surprise`), memoised on the panel: the
-    volume_return group multiplies it by returns whether or not volume_surprise is computed."""
+def _vsurprise(p: _Panel, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma, vsurprise_w), (n,) each (see :func:`_volume_surprise`; sigma: the std of the w
+    1-bar log returns before this bar, NaN until there are w), memoised on the panel: the
+    volume_return group multiplies both into returns whether or not volume_surprise is computed."""
     memo = ("vsurprise", w)
     if memo in p._memo:
         return p._memo[memo]
-    lv = p._memo.get(("log1p_volume",))
+    lv = p._memo.get(("log1p_volume",))  # shared by the windows
     if lv is None:
         lv = p._memo[("log1p_volume",)] = np.log1p(p.v)
-    sigma = _sigma_before(p, w)
+    sigma = p.lag(p.roll(p.r, w, "std", "r"), 1)
     x1 = _div(np.abs(p.r), sigma, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         x2 = np.where(sigma > 0, np.log(sigma), np.nan)
@@ -1291,13 +1292,8 @@ def _vsurprise(p: _Panel, w: int) -> np.ndarray:
     resid = (lv - m["y"]) - b1 * (x1 - m["1"]) - b2 * (x2 - m["2"])
     var = cyy - b1 * c1y - b2 * c2y  # the fit's residual variance (population)
     scale = np.sqrt(np.where(var > 1e-12 * np.maximum(cyy, 1e-300), var, 0.0))
-    out = p._memo[memo] = _div(resid, scale, 0.0)
+    out = p._memo[memo] = (sigma, _div(resid, scale, 0.0))
     return out
-
-
-def _sigma_before(p: _Panel, w: int) -> np.ndarray:
-    """(n,) the std of the w 1-bar log returns before this bar (NaN until there are w)."""
-    return p.lag(p.roll(p.r, w, "std", "r"), 1)
 
 
 def _volume_surprise(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
@@ -1308,7 +1304,7 @@ def _volume_surprise(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     flows) that a z-score of volume mixes with both. Causal (the window ends at this bar); 0
     where the fit is degenerate; windows of at least 10 bars."""
     for w in _surprise_windows(cfg):
-        out.add(f"vsurprise_{w}", _vsurprise(p, w), 2 * w)
+        out.add(f"vsurprise_{w}", _vsurprise(p, w)[1], 2 * w)
 
 
 _VOLUME_RETURN_SPANS = (1, 5)  # k: bars of the return volume_return multiplies
@@ -1324,7 +1320,7 @@ def _volume_return(p: _Panel, cfg: FeatureConfig, out: _Out) -> None:
     product does (docs/data.md, "Why the boosters missed the interaction panel"). Causal and
     scale-free; windows of at least 10 bars, k = 1 and 5."""
     for w in _surprise_windows(cfg):
-        sigma, vs = _sigma_before(p, w), _vsurprise(p, w)
+        sigma, vs = _vsurprise(p, w)
         for k in _VOLUME_RETURN_SPANS:
             z = _div(p.logc - p.lag(p.logc, k), sigma * math.sqrt(k), 0.0)
             out.add(f"vret_{k}_{w}", z * vs, 2 * w)
